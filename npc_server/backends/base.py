@@ -1,0 +1,92 @@
+"""The generation backend interface.
+
+A backend turns a `GenerationRequest` into an async iterator of pieces: text
+as it is produced, actions anchored where they occur, and usage figures. The
+turn runner cancels the consuming task to stop a generation; a backend must
+let `CancelledError` through and release what it holds (HTTP streams) in
+`finally` blocks or `aclose()` of its generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from npc_server.npcs import NpcConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TextPiece:
+    """Text the NPC says, appended to the turn."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActionPiece:
+    """An action the NPC takes at the current end of its text."""
+
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePiece:
+    """Token counts reported by the model server, if any."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Piece = TextPiece | ActionPiece | UsagePiece
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryEntry:
+    """One line of a conversation as the NPC remembers it.
+
+    NPC lines hold only the text the player could have seen (cut to `shown`).
+    """
+
+    role: Literal["player", "npc"]
+    speaker: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Everything a backend needs to produce one NPC turn."""
+
+    npc: NpcConfig
+    player: str
+    text: str
+    history: tuple[MemoryEntry, ...] = ()
+    context: Mapping[str, Any] = field(default_factory=dict)
+    room: str | None = None
+    room_members: tuple[str, ...] = ()
+    seed: int = 0
+
+
+class GenerationError(Exception):
+    """A generation failed; `message` is safe to show to players.
+
+    `reason` becomes `turn.end.reason`: "error" or "timeout".
+    """
+
+    def __init__(self, message: str, *, reason: Literal["error", "timeout"] = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+class Backend(Protocol):
+    """A source of NPC text. One instance may serve many turns at once."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        """Stream the pieces of one turn; raise `GenerationError` on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release shared resources (connection pools)."""
+        ...
