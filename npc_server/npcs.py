@@ -123,7 +123,10 @@ def parse_npc(doc: Mapping[str, Any], where: str = "<npc>") -> NpcConfig:
     for key in ("id", "name"):
         if key not in doc:
             raise NpcConfigError(f"{where}: missing required key {key!r}")
-    fields: dict[str, Any] = {"id": _get(doc, "id", str, where), "name": _get(doc, "name", str, where)}
+    fields: dict[str, Any] = {
+        "id": _get(doc, "id", str, where),
+        "name": _get(doc, "name", str, where),
+    }
     simple: tuple[tuple[str, type | tuple[type, ...]], ...] = (
         ("persona", str),
         ("greeting", str),
@@ -142,7 +145,9 @@ def parse_npc(doc: Mapping[str, Any], where: str = "<npc>") -> NpcConfig:
     actions = doc.get("actions", [])
     if not isinstance(actions, list):
         raise NpcConfigError(f"{where}: 'actions' must be an array of tables ([[actions]])")
-    fields["actions"] = tuple(parse_action(a, f"{where} actions[{i}]") for i, a in enumerate(actions))
+    fields["actions"] = tuple(
+        parse_action(a, f"{where} actions[{i}]") for i, a in enumerate(actions)
+    )
     backend = dict(doc.get("backend", {}))
     fields["backend"] = backend.pop("kind", "scripted")
     fields["backend_settings"] = backend

@@ -56,4 +56,6 @@ def create_backend(
         from npc_server.backends.openai import OpenAIBackend
 
         return OpenAIBackend(npc, settings)
-    raise ValueError(f"NPC {npc.id!r}: unknown backend kind {kind!r}; expected one of {BACKEND_KINDS}")
+    raise ValueError(
+        f"NPC {npc.id!r}: unknown backend kind {kind!r}; expected one of {BACKEND_KINDS}"
+    )

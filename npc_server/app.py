@@ -1,0 +1,125 @@
+"""The Quart application: `/ws`, `/healthz` and the `/play` page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, Response, jsonify, send_from_directory
+
+from npc_server import __version__
+from npc_server.config import PACKAGE_ROOT, Config
+from npc_server.edge import NpcWebsocketConnection
+from npc_server.node import Node
+from npc_server.npcs import NpcConfig, load_npcs
+from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import Draining
+from npc_server.session import SessionState
+from npc_server.tokens import DEV_SECRET
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = PACKAGE_ROOT.parent / "clients" / "web"
+SWEEP_INTERVAL = 5.0
+CLOSE_WAIT = 3.0
+
+
+class InsecureSecret(RuntimeError):
+    """`--production` was asked for without `NPC_SERVER_SECRET`."""
+
+
+def resolve_secret(config: Config) -> str:
+    """The token secret; the development one only outside production."""
+    if config.secret:
+        return config.secret
+    if config.server.production:
+        raise InsecureSecret("production mode needs NPC_SERVER_SECRET to be set")
+    log.warning("DEVELOPMENT MODE: NPC_SERVER_SECRET is not set; tokens use a public dev secret")
+    return DEV_SECRET
+
+
+def create_app(
+    config: Config, npcs: dict[str, NpcConfig] | None = None, node: Node | None = None
+) -> Quart:
+    """Build the app; the node holds all server state."""
+    app = Quart(__name__)
+    app.asgi_websocket_class = NpcWebsocketConnection
+    node = node or Node(config, npcs if npcs is not None else load_npcs(config.npcs_path))
+    app.extensions["npc_server.node"] = node
+    app.extensions["npc_server.secret"] = resolve_secret(config)
+    sweeper: list[asyncio.Task[None]] = []
+
+    @app.before_serving
+    async def start_sweeper() -> None:
+        sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
+
+    @app.after_serving
+    async def shutdown() -> None:
+        for task in sweeper:
+            task.cancel()
+        for conversation in list(node.conversations.values()):
+            await conversation.aclose()
+        for backend in node.backends.values():
+            await backend.aclose()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        stats = node.statistics()
+        body: dict[str, Any] = {
+            "status": "draining" if node.draining else "ok",
+            "version": __version__,
+            "node": node.node_id,
+            "npcs": sorted(node.npcs),
+            "sockets": len(node.sockets),
+            **asdict(stats),
+        }
+        return jsonify(body)
+
+    @app.get("/npcs")
+    async def list_npcs() -> Response:
+        return jsonify(
+            [{"id": n.id, "name": n.name, "greeting": n.greeting} for n in node.npcs.values()]
+        )
+
+    @app.get("/play")
+    @app.get("/play/")
+    async def play() -> Response:
+        return await send_from_directory(WEB_DIR, "index.html")
+
+    @app.get("/play/<path:name>")
+    async def play_asset(name: str) -> Response:
+        return await send_from_directory(WEB_DIR, name)
+
+    return app
+
+
+async def _sweep(node: Node) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        node.expire_sessions()
+
+
+async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:
+    """Tell every socket to go elsewhere, let turns finish for `grace`, then close 1001."""
+    node.draining = True
+    for session in list(node.hub.sessions.values()):
+        if session.state is SessionState.ATTACHED:
+            session.push_nowait(Draining(retry_after=retry_after))
+    generating = [turn.task for _, turn in node.turns.values() if turn.task is not None]
+    if generating:
+        await asyncio.wait(generating, timeout=grace)
+    sockets = list(node.sockets)
+    for socket in sockets:
+        socket.request_close(CloseCode.GOING_AWAY, "server draining")
+    closed = [asyncio.ensure_future(socket.finished.wait()) for socket in sockets]
+    if closed:
+        await asyncio.wait(closed, timeout=CLOSE_WAIT)
+        for waiter in closed:
+            waiter.cancel()
+
+
+def web_dir() -> Path:
+    return WEB_DIR

@@ -1,0 +1,271 @@
+"""One server process: sessions, conversations and the handling of client frames.
+
+Everything here is synchronous apart from the generation tasks that the
+conversations own; the socket edge calls in and never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from npc_server import __version__
+from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_backend
+from npc_server.config import Config
+from npc_server.hub import Hub
+from npc_server.npcs import NpcConfig
+from npc_server.protocol.codes import CloseCode, ErrorCode
+from npc_server.protocol.frames import (
+    Delta,
+    ServerFrame,
+    TurnStart,
+)
+from npc_server.session import Session, SessionState
+from npc_server.turns import (
+    Audience,
+    Conversation,
+    GenerationLimiter,
+    Scheduler,
+    Turn,
+    TurnAction,
+    TurnState,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """A request is answered with `error{code}`; the socket stays open."""
+
+    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    sessions: int
+    attached: int
+    players: int
+    rooms: int
+    memberships: int
+    conversations: int
+    turns: int
+    generations: int
+    open_actions: int
+
+
+class Closable(Protocol):
+    finished: asyncio.Event
+
+    def request_close(self, code: CloseCode | None, reason: str = "") -> None: ...
+
+
+class LoopScheduler:
+    """`Scheduler` on the running asyncio loop."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class Node:
+    """The state of one server process and the handlers of client requests."""
+
+    def __init__(
+        self,
+        config: Config,
+        npcs: Mapping[str, NpcConfig],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        scheduler: Scheduler | None = None,
+        backends: Mapping[str, Backend] | None = None,
+    ) -> None:
+        self.config = config
+        self.npcs = dict(npcs)
+        self.clock = clock
+        self.scheduler = scheduler or LoopScheduler()
+        self.node_id = secrets.token_hex(3)
+        self.hub = Hub()
+        self.limiter = GenerationLimiter(config.limits.max_generations)
+        self.backends: dict[str, Backend] = dict(backends or {})
+        self.conversations: dict[tuple[str, str], Conversation] = {}
+        self.turns: dict[str, tuple[Conversation, Turn]] = {}
+        self.actions: dict[str, tuple[Conversation, Turn, TurnAction]] = {}
+        self.contexts: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self.draining = False
+        self.sockets: set[Closable] = set()
+        self._ids = itertools.count(1)
+
+    def new_id(self, prefix: str) -> str:
+        """An id unique across the cluster: the node's random id plus a counter."""
+        return f"{prefix}-{self.node_id}-{next(self._ids)}"
+
+    def server_info(self) -> dict[str, str]:
+        return {"name": self.config.server.name, "version": __version__, "node": self.node_id}
+
+    def statistics(self) -> NodeStatistics:
+        """An immutable snapshot of what this process holds."""
+        hub = self.hub.statistics()
+        return NodeStatistics(
+            sessions=hub.sessions,
+            attached=sum(s.state is SessionState.ATTACHED for s in self.hub.sessions.values()),
+            players=hub.players,
+            rooms=hub.rooms,
+            memberships=hub.memberships,
+            conversations=len(self.conversations),
+            turns=len(self.turns),
+            generations=self.limiter.active,
+            open_actions=len(self.actions),
+        )
+
+    # --- sessions ---------------------------------------------------------
+
+    def open_session(self, player: str) -> Session:
+        """A new session for a player (not yet attached to a socket)."""
+        session = Session(
+            self.new_id("s"), player, self.config.limits.session_limits(), self.clock()
+        )
+        session.on_written = self._written
+        self.hub.add(session)
+        return session
+
+    def find_resumable(self, player: str, session_id: str) -> Session | None:
+        """The session to resume, if it is still held and belongs to `player`."""
+        session = self.hub.sessions.get(session_id)
+        if session is None or session.player != player or session.state is SessionState.EXPIRED:
+            return None
+        if session.expired_at(self.clock()):
+            self.end_session(session)
+            return None
+        return session
+
+    def attached_sessions(self, player: str) -> list[Session]:
+        return [s for s in self.hub.sessions_of(player) if s.state is SessionState.ATTACHED]
+
+    def snapshot(self, session: Session) -> None:
+        """Queue, for a fresh session, every active turn it should see so far."""
+        for conversation, turn in list(self.turns.values()):
+            if turn.state is TurnState.ACTIVE and self._sees(session.player, conversation.audience):
+                session.push_nowait(
+                    TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to)
+                )
+                if turn.chars:
+                    session.push_nowait(Delta(turn.id, turn.text, 0))
+
+    def _sees(self, player: str, audience: Audience) -> bool:
+        if audience.room is not None:
+            return self.hub.is_member(audience.room, player)
+        return audience.player == player
+
+    def detach_session(self, session: Session, owner: object, resumable: bool) -> None:
+        """Socket `owner` closed: keep the session for a resume, or end it."""
+        if session.owner is not owner:
+            return  # another socket took the session over
+        if resumable and session.state is not SessionState.EXPIRED:
+            session.detach(self.clock())
+        else:
+            self.end_session(session)
+
+    def end_session(self, session: Session) -> None:
+        """Forget a session for good, and the player's rooms with its last one."""
+        session.expire()
+        if self.hub.remove(session):
+            self.hub.leave_all(session.player)
+            self.contexts.pop(session.player, None)
+            for conversation in list(self.conversations.values()):
+                self._forget_if_unused(conversation)
+
+    def expire_sessions(self) -> int:
+        """End detached sessions past their resume window; returns how many."""
+        now = self.clock()
+        stale = [
+            s
+            for s in self.hub.sessions.values()
+            if s.state is not SessionState.ATTACHED and s.expired_at(now)
+        ]
+        for session in stale:
+            self.end_session(session)
+        return len(stale)
+
+    def _written(self, frame: ServerFrame) -> None:
+        if isinstance(frame, Delta):
+            entry = self.turns.get(frame.turn)
+            if entry is not None:
+                entry[1].note_written(frame.at + len(frame.text))
+
+    # --- conversations ----------------------------------------------------
+
+    def backend_for(self, npc: NpcConfig) -> Backend:
+        backend = self.backends.get(npc.id)
+        if backend is None:
+            config = self.config
+            backend = create_backend(npc, config.backend_defaults, config.backend_overrides)
+            self.backends[npc.id] = backend
+        return backend
+
+    def conversation(self, npc: NpcConfig, audience: Audience) -> Conversation:
+        key = (npc.id, audience.key)
+        conversation = self.conversations.get(key)
+        if conversation is None:
+            conversation = Conversation(
+                npc,
+                audience,
+                backend=self.backend_for(npc),
+                delivery=self.hub,
+                limiter=self.limiter,
+                scheduler=self.scheduler,
+                make_request=self._request_for(npc),
+                new_id=self.new_id,
+                on_turn_ended=self._turn_ended,
+                on_action=self._action_opened,
+                on_action_resolved=self._action_resolved,
+                turn_timeout=self.config.limits.turn_timeout,
+            )
+            self.conversations[key] = conversation
+        return conversation
+
+    def _request_for(
+        self, npc: NpcConfig
+    ) -> Callable[[Turn, tuple[MemoryEntry, ...]], GenerationRequest]:
+        def make(turn: Turn, history: tuple[MemoryEntry, ...]) -> GenerationRequest:
+            contexts = self.contexts.get(turn.player, {})
+            context = {**contexts.get("*", {}), **contexts.get(npc.id, {})}
+            members = self.hub.members(turn.room) if turn.room is not None else ()
+            seed = next(self._ids)
+            return GenerationRequest(
+                npc, turn.player, turn.text_in, history, context, turn.room, members, seed
+            )
+
+        return make
+
+    def _turn_ended(self, turn: Turn) -> None:
+        entry = self.turns.pop(turn.id, None)
+        if entry is not None:
+            self._forget_if_unused(entry[0])
+
+    def _action_opened(self, conversation: Conversation, turn: Turn, action: TurnAction) -> None:
+        self.actions[action.id] = (conversation, turn, action)
+
+    def _action_resolved(self, action: TurnAction) -> None:
+        entry = self.actions.pop(action.id, None)
+        if entry is not None:
+            self._forget_if_unused(entry[0])
+
+    def _forget_if_unused(self, conversation: Conversation) -> None:
+        audience = conversation.audience
+        present = (
+            self.hub.room_exists(audience.room)
+            if audience.room is not None
+            else audience.player is not None and self.hub.is_online(audience.player)
+        )
+        if present or not conversation.idle or conversation.open_actions:
+            return
+        self.conversations.pop((conversation.npc.id, audience.key), None)

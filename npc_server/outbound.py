@@ -1,0 +1,197 @@
+"""The bounded outgoing queue of one session: merges, replaces, drops.
+
+Producers call `push_nowait()` and never wait. The queue keeps every frame it
+is given (text is never lost) and reports `PushResult.OVERFLOW` once it holds
+more than its bounds; the owner then closes the socket with 4000 and keeps
+the session resumable.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from npc_server.protocol.frames import Delta, ServerFrame, TypingNotice
+
+FRAME_OVERHEAD_BYTES = 48
+
+
+class PushResult(Enum):
+    QUEUED = "queued"
+    MERGED = "merged"
+    REPLACED = "replaced"
+    OVERFLOW = "overflow"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatistics:
+    depth: int
+    bytes: int
+    pushed: int
+    popped: int
+    merged: int
+    replaced: int
+    dropped: int
+    peak_depth: int
+    peak_bytes: int
+
+
+class _Entry:
+    """A queued frame; deltas keep their text as parts so merging is O(1)."""
+
+    __slots__ = ("alive", "frame", "parts", "size", "turn")
+
+    def __init__(self, frame: ServerFrame, size: int) -> None:
+        self.frame = frame
+        self.size = size
+        self.alive = True
+        self.turn = frame.turn if isinstance(frame, Delta) else None
+        self.parts: list[str] | None = [frame.text] if isinstance(frame, Delta) else None
+
+    def materialize(self) -> ServerFrame:
+        if self.parts is None or len(self.parts) == 1:
+            return self.frame
+        assert isinstance(self.frame, Delta)
+        return Delta(turn=self.frame.turn, text="".join(self.parts), at=self.frame.at)
+
+
+def estimate_size(frame: ServerFrame) -> int:
+    """Approximate encoded size; exact for the text, fixed overhead for the rest."""
+    if isinstance(frame, Delta):
+        return FRAME_OVERHEAD_BYTES + len(frame.text.encode())
+    return 4 * FRAME_OVERHEAD_BYTES
+
+
+def _typing_key(frame: TypingNotice) -> tuple[str, str | None, str | None]:
+    return (frame.player, frame.room, frame.npc)
+
+
+class OutboundQueue:
+    """FIFO of server frames bounded by `max_frames` and `max_bytes`."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._entries: deque[_Entry] = deque()
+        self._open_delta: dict[str, _Entry] = {}
+        self._typing: dict[tuple[str, str | None, str | None], _Entry] = {}
+        self._depth = 0
+        self._bytes = 0
+        self._pushed = self._popped = self._merged = self._replaced = self._dropped = 0
+        self._peak_depth = self._peak_bytes = 0
+
+    def __len__(self) -> int:
+        return self._depth
+
+    @property
+    def over_limit(self) -> bool:
+        return self._depth > self.max_frames or self._bytes > self.max_bytes
+
+    def push_nowait(self, frame: ServerFrame) -> PushResult:
+        """Queue a frame, merging or replacing where the protocol allows."""
+        self._pushed += 1
+        if isinstance(frame, Delta):
+            result = self._push_delta(frame)
+        elif isinstance(frame, TypingNotice):
+            result = self._push_typing(frame)
+        else:
+            self._close_delta_of(frame)
+            self._append(_Entry(frame, estimate_size(frame)))
+            result = PushResult.QUEUED
+        self._peak_depth = max(self._peak_depth, self._depth)
+        self._peak_bytes = max(self._peak_bytes, self._bytes)
+        return PushResult.OVERFLOW if self.over_limit else result
+
+    def _push_delta(self, frame: Delta) -> PushResult:
+        entry = self._open_delta.get(frame.turn)
+        if entry is not None and entry.parts is not None:
+            size = len(frame.text.encode())
+            entry.parts.append(frame.text)
+            entry.size += size
+            self._bytes += size
+            self._merged += 1
+            return PushResult.MERGED
+        entry = _Entry(frame, estimate_size(frame))
+        self._append(entry)
+        self._open_delta[frame.turn] = entry
+        return PushResult.QUEUED
+
+    def _close_delta_of(self, frame: ServerFrame) -> None:
+        # A later delta must not jump ahead of this frame of the same turn.
+        turn = getattr(frame, "turn", None)
+        if turn is not None:
+            self._open_delta.pop(turn, None)
+
+    def _push_typing(self, frame: TypingNotice) -> PushResult:
+        key = _typing_key(frame)
+        entry = self._typing.get(key)
+        if entry is not None and entry.alive:
+            entry.frame = frame
+            self._replaced += 1
+            return PushResult.REPLACED
+        entry = _Entry(frame, estimate_size(frame))
+        self._append(entry)
+        self._typing[key] = entry
+        return PushResult.QUEUED
+
+    def _append(self, entry: _Entry) -> None:
+        self._entries.append(entry)
+        self._depth += 1
+        self._bytes += entry.size
+
+    def pop_nowait(self) -> ServerFrame | None:
+        """The next frame to write, or None when the queue is empty."""
+        while self._entries:
+            entry = self._entries.popleft()
+            if not entry.alive:
+                continue
+            self._forget(entry)
+            self._popped += 1
+            return entry.materialize()
+        return None
+
+    def _forget(self, entry: _Entry) -> None:
+        entry.alive = False
+        self._depth -= 1
+        self._bytes -= entry.size
+        if entry.turn is not None and self._open_delta.get(entry.turn) is entry:
+            del self._open_delta[entry.turn]
+        if isinstance(entry.frame, TypingNotice):
+            key = _typing_key(entry.frame)
+            if self._typing.get(key) is entry:
+                del self._typing[key]
+
+    def drop_turn_nowait(self, turn: str) -> int:
+        """Drop every queued delta of a turn (it was interrupted); returns how many."""
+        dropped = 0
+        for entry in self._entries:
+            if entry.alive and entry.turn == turn:
+                self._forget(entry)
+                dropped += 1
+        self._dropped += dropped
+        return dropped
+
+    def clear_nowait(self) -> int:
+        """Drop everything (the session is gone); returns how many frames."""
+        count = self._depth
+        self._entries.clear()
+        self._open_delta.clear()
+        self._typing.clear()
+        self._dropped += count
+        self._depth = self._bytes = 0
+        return count
+
+    def statistics(self) -> QueueStatistics:
+        """An immutable snapshot of the queue's counters."""
+        return QueueStatistics(
+            depth=self._depth,
+            bytes=self._bytes,
+            pushed=self._pushed,
+            popped=self._popped,
+            merged=self._merged,
+            replaced=self._replaced,
+            dropped=self._dropped,
+            peak_depth=self._peak_depth,
+            peak_bytes=self._peak_bytes,
+        )

@@ -1,0 +1,95 @@
+"""Run the app on Hypercorn, on a listening socket the server makes itself.
+
+Owning the socket lets us set `TCP_USER_TIMEOUT`, which accepted sockets
+inherit: the kernel then drops a peer that stopped reading, which Hypercorn
+alone never does (HYPERCORN-NOTES.md). SIGTERM/SIGINT drain before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from npc_server.app import create_app, drain
+from npc_server.config import Config
+from npc_server.node import Node
+from npc_server.npcs import load_npcs
+
+log = logging.getLogger(__name__)
+
+
+def make_listener(config: Config) -> socket.socket:
+    """A bound, listening TCP socket with the kernel timeouts set."""
+    server = config.server
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if server.tcp_user_timeout_ms > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, server.tcp_user_timeout_ms)
+    if server.send_buffer_bytes > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.send_buffer_bytes)
+    sock.bind((server.host, server.port))
+    sock.listen(server.backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.backlog = config.server.backlog
+    # Hypercorn closes oversized messages with 1009 before buffering them whole.
+    hc.websocket_max_message_size = config.limits.frame_bytes
+    hc.graceful_timeout = config.server.graceful_timeout
+    hc.accesslog = None
+    return hc
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and exit."""
+    node = Node(config, load_npcs(config.npcs_path))
+    app = create_app(config, node=node)
+    sock = make_listener(config)
+    host, port = sock.getsockname()[:2]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if not draining:
+            log.info("signal received: draining")
+            draining.append(loop.create_task(_drain_then_stop(node, config, stop)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    npcs = ", ".join(sorted(node.npcs)) or "none"
+    print(f"npc-server listening on http://{host}:{port} (WebSocket /ws, NPCs: {npcs})", flush=True)
+    try:
+        await hypercorn_serve(app, hypercorn_config(config, sock), shutdown_trigger=stop.wait)
+    finally:
+        sock.close()
+
+
+async def _drain_then_stop(node: Node, config: Config, stop: asyncio.Event) -> None:
+    try:
+        await drain(node, grace=config.server.graceful_timeout)
+    finally:
+        stop.set()
+
+
+def run(config: Config) -> None:
+    """Run `serve` on uvloop when available and enabled."""
+    if config.server.use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(serve(config))
+            return
+    asyncio.run(serve(config))

@@ -1,0 +1,177 @@
+"""A player's session: its outgoing queue, its `seq` and its replay window.
+
+A session outlives its socket. While no socket is attached, frames keep
+queueing (deltas merge), so turns that generate while the player is away lose
+no text; `hello{resume}` attaches a new socket, which first gets the frames
+after the client's `seq` from the replay window and then the queue.
+Sans I/O: the socket edge is told through the `on_ready` / `on_close`
+callbacks and pulls frames with `next_write_nowait()`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from npc_server.outbound import OutboundQueue, PushResult
+from npc_server.protocol.codec import encode_server_frame
+from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import ServerFrame
+
+
+class SessionState(Enum):
+    ATTACHED = "attached"
+    DETACHED = "detached"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    queue_frames: int = 256
+    queue_bytes: int = 256 * 1024
+    # While detached the queue may hold this many times its bounds before the
+    # session gives up (resume then falls back to a snapshot).
+    detached_factor: int = 4
+    replay_frames: int = 2048
+    replay_bytes: int = 1024 * 1024
+    resume_window: float = 120.0
+
+
+class ReplayBuffer:
+    """Encoded frames as written, bounded by count and bytes."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._frames: deque[tuple[int, bytes]] = deque()
+        self._bytes = 0
+
+    def append(self, seq: int, data: bytes) -> None:
+        self._frames.append((seq, data))
+        self._bytes += len(data)
+        while self._frames and (
+            len(self._frames) > self.max_frames or self._bytes > self.max_bytes
+        ):
+            _, old = self._frames.popleft()
+            self._bytes -= len(old)
+
+    def after(self, seq: int, last_seq: int) -> list[bytes] | None:
+        """Frames with a seq above `seq`, or None if some of them are gone."""
+        if seq > last_seq:
+            return None
+        if seq == last_seq:
+            return []
+        if not self._frames or self._frames[0][0] > seq + 1:
+            return None
+        return [data for s, data in self._frames if s > seq]
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+def _noop() -> None:
+    return None
+
+
+def _ignore_close(code: CloseCode) -> None:
+    return None
+
+
+class Session:
+    """One client session; frames reach its socket only through here."""
+
+    def __init__(self, session_id: str, player: str, limits: SessionLimits, now: float) -> None:
+        self.id = session_id
+        self.player = player
+        self.limits = limits
+        self.queue = OutboundQueue(limits.queue_frames, limits.queue_bytes)
+        self.replay = ReplayBuffer(limits.replay_frames, limits.replay_bytes)
+        self.last_seq = 0
+        self.state = SessionState.DETACHED
+        self.detached_at: float | None = now
+        self.on_ready: Callable[[], None] = _noop
+        self.on_close: Callable[[CloseCode], None] = _ignore_close
+        self.on_written: Callable[[ServerFrame], None] = lambda frame: None
+        self.owner: object | None = None
+
+    def attach(
+        self, owner: object, on_ready: Callable[[], None], on_close: Callable[[CloseCode], None]
+    ) -> None:
+        """A socket (`owner`) takes over this session; one already attached is replaced."""
+        if self.state is SessionState.ATTACHED:
+            self.on_close(CloseCode.REPLACED)
+        self.owner = owner
+        self.state = SessionState.ATTACHED
+        self.detached_at = None
+        self.on_ready = on_ready
+        self.on_close = on_close
+
+    def detach(self, now: float) -> None:
+        """The socket is gone; the session waits `resume_window` for a resume."""
+        if self.state is SessionState.ATTACHED:
+            self.owner = None
+            self.state = SessionState.DETACHED
+            self.detached_at = now
+            self.on_ready = _noop
+            self.on_close = _ignore_close
+
+    def expire(self) -> None:
+        """The session can no longer be resumed; drop what it holds."""
+        self.state = SessionState.EXPIRED
+        self.owner = None
+        self.queue.clear_nowait()
+        self.on_ready = _noop
+        self.on_close = _ignore_close
+
+    def expired_at(self, now: float) -> bool:
+        """Whether a detached session has outlived its resume window."""
+        return self.detached_at is not None and now - self.detached_at > self.limits.resume_window
+
+    def push_nowait(self, frame: ServerFrame) -> None:
+        """Queue a frame for this session's socket; never waits."""
+        if self.state is SessionState.EXPIRED:
+            return
+        result = self.queue.push_nowait(frame)
+        if result is PushResult.OVERFLOW:
+            self._overflowed()
+        else:
+            self.on_ready()
+
+    def _overflowed(self) -> None:
+        if self.state is SessionState.ATTACHED:
+            self.on_close(CloseCode.SLOW_CONSUMER)
+            return
+        stats = self.queue.statistics()
+        factor = self.limits.detached_factor
+        if (
+            stats.depth > factor * self.queue.max_frames
+            or stats.bytes > factor * self.queue.max_bytes
+        ):
+            self.expire()
+
+    def drop_turn_nowait(self, turn: str) -> int:
+        """Drop queued deltas of an interrupted turn."""
+        return self.queue.drop_turn_nowait(turn)
+
+    def next_write_nowait(self) -> bytes | None:
+        """The next frame to write, encoded with its seq and kept for replay."""
+        frame = self.queue.pop_nowait()
+        if frame is None:
+            return None
+        if not frame.SEQ:
+            return encode_server_frame(frame, None)
+        self.last_seq += 1
+        data = encode_server_frame(frame, self.last_seq)
+        self.replay.append(self.last_seq, data)
+        self.on_written(frame)
+        return data
+
+    def replay_after(self, seq: int) -> list[bytes] | None:
+        """Frames the client missed after `seq`, or None if that gap can't be filled."""
+        return self.replay.after(seq, self.last_seq)

@@ -1,0 +1,386 @@
+"""NPC turns: one active turn per NPC and audience, interrupts, memory cuts.
+
+A `Conversation` is the turn runner of one NPC with one audience (a player,
+or a room). It starts a generation task per turn, streams its pieces to the
+audience through `Delivery`, and ends turns synchronously: an interrupt
+cancels the task, drops queued deltas and sends `turn.end` before returning,
+so no delta of the turn can follow it. The NPC remembers only what the
+audience could have seen: text written to a socket, cut to `shown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, Protocol
+
+from npc_server.backends.base import (
+    ActionPiece,
+    Backend,
+    GenerationError,
+    GenerationRequest,
+    MemoryEntry,
+    TextPiece,
+    UsagePiece,
+)
+from npc_server.memory import ConversationMemory
+from npc_server.npcs import BusyPolicy, NpcConfig
+from npc_server.protocol.codes import ErrorCode
+from npc_server.protocol.frames import (
+    Action,
+    ActionEnd,
+    Delta,
+    Error,
+    RequestId,
+    ServerFrame,
+    TurnEnd,
+    TurnStart,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who sees a conversation: one player, or every member of a room."""
+
+    player: str | None = None
+    room: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"room:{self.room}" if self.room is not None else f"player:{self.player}"
+
+
+class Delivery(Protocol):
+    """How frames reach sockets; implemented by the hub."""
+
+    def send_to_audience(self, audience: Audience, frame: ServerFrame) -> None: ...
+
+    def send_to_player(self, player: str, frame: ServerFrame) -> None: ...
+
+    def drop_turn(self, audience: Audience, turn: str) -> None: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+
+
+class GenerationLimiter:
+    """A server-wide cap on concurrent generations; never waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_acquire_nowait(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+class TurnState(Enum):
+    QUEUED = "queued"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class EndReason(StrEnum):
+    DONE = "done"
+    INTERRUPTED = "interrupted"
+    SUPERSEDED = "superseded"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+@dataclass(slots=True)
+class TurnAction:
+    id: str
+    name: str
+    args: Mapping[str, Any]
+    at: int
+    approval: bool
+    timeout_s: float
+    status: str | None = None
+    timer: Timer | None = None
+
+
+@dataclass(slots=True)
+class Turn:
+    id: str
+    npc: str
+    player: str
+    text_in: str
+    room: str | None
+    reply_to: RequestId
+    state: TurnState = TurnState.QUEUED
+    parts: list[str] = field(default_factory=list)
+    chars: int = 0
+    written: int = 0
+    shown: int | None = None
+    kept: int | None = None
+    actions: list[TurnAction] = field(default_factory=list)
+    usage: dict[str, int] | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def note_written(self, end: int) -> None:
+        """A socket was handed the text up to character `end`."""
+        self.written = max(self.written, end)
+
+
+class TurnRefused(Exception):
+    """A say could not become a turn; answer with this error code."""
+
+    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What `Conversation.submit` did: the turn, and its place in line if queued."""
+
+    turn: Turn
+    queued: int | None
+
+
+RequestFactory = Callable[[Turn, tuple[MemoryEntry, ...]], GenerationRequest]
+
+
+class Conversation:
+    """The turn runner of one NPC with one audience."""
+
+    def __init__(
+        self,
+        npc: NpcConfig,
+        audience: Audience,
+        *,
+        backend: Backend,
+        delivery: Delivery,
+        limiter: GenerationLimiter,
+        scheduler: Scheduler,
+        make_request: RequestFactory,
+        new_id: Callable[[str], str],
+        on_turn_ended: Callable[[Turn], None] = lambda turn: None,
+        on_action: Callable[[Conversation, Turn, TurnAction], None] = lambda c, t, a: None,
+        on_action_resolved: Callable[[TurnAction], None] = lambda action: None,
+        turn_timeout: float = 120.0,
+    ) -> None:
+        self.npc = npc
+        self.audience = audience
+        self.backend = backend
+        self.delivery = delivery
+        self.limiter = limiter
+        self.scheduler = scheduler
+        self.make_request = make_request
+        self.new_id = new_id
+        self.on_turn_ended = on_turn_ended
+        self.on_action = on_action
+        self.on_action_resolved = on_action_resolved
+        self.open_actions = 0
+        self.turn_timeout = turn_timeout
+        self.memory = ConversationMemory(npc.memory_chars)
+        self.active: Turn | None = None
+        self.waiting: deque[Turn] = deque()
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self.waiting
+
+    def submit(
+        self,
+        player: str,
+        text: str,
+        reply_to: RequestId,
+        accepted: Callable[[Started], None] = lambda started: None,
+    ) -> Started:
+        """Start a turn answering `text`, or queue it / supersede per the busy policy.
+
+        `accepted` runs once the say is accepted and before any frame of the
+        turn is sent, so the speaker's `ack` comes before `turn.start`.
+        """
+        turn = Turn(self.new_id("t"), self.npc.id, player, text, self.audience.room, reply_to)
+        if self.active is None:
+            self._acquire_slot()
+            started = Started(turn, None)
+            accepted(started)
+            self._start(turn)
+        elif self.npc.busy is BusyPolicy.INTERRUPT and self.npc.interruptible:
+            started = Started(turn, None)
+            accepted(started)
+            self._end(self.active, EndReason.SUPERSEDED, keep_slot=True)
+            self._start(turn)
+        elif len(self.waiting) >= self.npc.max_queue:
+            raise TurnRefused(
+                ErrorCode.BUSY, f"{self.npc.id} already has {len(self.waiting)} says waiting", 1.0
+            )
+        else:
+            self.waiting.append(turn)
+            started = Started(turn, len(self.waiting))
+            accepted(started)
+        return started
+
+    def _acquire_slot(self) -> None:
+        if not self.limiter.try_acquire_nowait():
+            raise TurnRefused(
+                ErrorCode.BUSY,
+                f"the server is at its limit of {self.limiter.limit} generations",
+                1.0,
+            )
+
+    def _start(self, turn: Turn) -> None:
+        turn.state = TurnState.ACTIVE
+        self.active = turn
+        self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
+        start = TurnStart(turn.id, self.npc.id, turn.player, turn.room, turn.reply_to)
+        self.delivery.send_to_audience(self.audience, start)
+        request = self.make_request(turn, self.memory.lines()[:-1])
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(turn, request), name=f"turn-{turn.id}"
+        )
+
+    async def _run(self, turn: Turn, request: GenerationRequest) -> None:
+        reason = EndReason.DONE
+        try:
+            async with asyncio.timeout(self.turn_timeout):
+                async for piece in self.backend.generate(request):
+                    self._take(turn, piece)
+        except GenerationError as exc:
+            reason = EndReason(exc.reason)
+            self._report(turn, exc.message)
+        except TimeoutError:
+            reason = EndReason.TIMEOUT
+            self._report(turn, f"the reply took longer than {self.turn_timeout:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("backend %s failed in turn %s", self.npc.backend, turn.id)
+            reason = EndReason.ERROR
+            self._report(turn, "the NPC's generator failed")
+        if turn.state is TurnState.ACTIVE:
+            self._end(turn, reason)
+
+    def _take(self, turn: Turn, piece: object) -> None:
+        if turn.state is not TurnState.ACTIVE:
+            return
+        if isinstance(piece, TextPiece) and piece.text:
+            at = turn.chars
+            turn.parts.append(piece.text)
+            turn.chars += len(piece.text)
+            self.delivery.send_to_audience(self.audience, Delta(turn.id, piece.text, at))
+        elif isinstance(piece, ActionPiece):
+            self._act(turn, piece)
+        elif isinstance(piece, UsagePiece):
+            turn.usage = {"prompt": piece.prompt_tokens, "completion": piece.completion_tokens}
+
+    def _act(self, turn: Turn, piece: ActionPiece) -> None:
+        spec = self.npc.action(piece.name)
+        if spec is None:
+            log.warning("NPC %s emitted unknown action %r; skipped", self.npc.id, piece.name)
+            return
+        action = TurnAction(
+            self.new_id("a"), spec.name, dict(piece.args), turn.chars, spec.approval, spec.timeout_s
+        )
+        turn.actions.append(action)
+        self.open_actions += 1
+        self.on_action(self, turn, action)
+        frame = Action(turn.id, action.id, action.name, action.args, action.at, action.approval)
+        self.delivery.send_to_audience(self.audience, frame)
+
+    def _report(self, turn: Turn, message: str) -> None:
+        error = Error(code=ErrorCode.BACKEND_ERROR, message=message, id=turn.reply_to)
+        self.delivery.send_to_player(turn.player, error)
+
+    def interrupt(self, turn: Turn, shown: int | None) -> None:
+        """Stop a turn now: no delta of it reaches any socket after its `turn.end`."""
+        if turn.state is TurnState.QUEUED:
+            self.waiting.remove(turn)
+            turn.state = TurnState.ENDED
+            return
+        if shown is not None:
+            turn.shown = shown
+        self._end(turn, EndReason.INTERRUPTED)
+
+    def _end(self, turn: Turn, reason: EndReason, *, keep_slot: bool = False) -> None:
+        turn.state = TurnState.ENDED
+        cut = reason in (EndReason.INTERRUPTED, EndReason.SUPERSEDED)
+        if turn.task is not None and turn.task is not asyncio.current_task():
+            turn.task.cancel()
+        if cut:
+            self.delivery.drop_turn(self.audience, turn.id)
+        turn.kept = self._kept(turn, cut)
+        self.memory.add(MemoryEntry("npc", self.npc.id, turn.text[: turn.kept]))
+        self._settle_actions(turn)
+        end = TurnEnd(turn.id, reason.value, turn.chars, turn.kept, turn.usage)
+        self.delivery.send_to_audience(self.audience, end)
+        self.active = None
+        self.on_turn_ended(turn)
+        if keep_slot:
+            return
+        if self.waiting:
+            self._start(self.waiting.popleft())
+        else:
+            self.limiter.release()
+
+    @staticmethod
+    def _kept(turn: Turn, cut: bool) -> int:
+        kept = min(turn.written, turn.chars) if cut else turn.chars
+        if turn.shown is not None:
+            kept = min(kept, turn.shown)
+        return kept
+
+    def _settle_actions(self, turn: Turn) -> None:
+        assert turn.kept is not None
+        for action in turn.actions:
+            if action.status is not None:
+                continue
+            if action.at > turn.kept:
+                self._resolve(turn, action, "retracted")
+            elif not action.approval:
+                self._resolve(turn, action, "done")
+            else:
+                expire = lambda a=action: self._resolve(turn, a, "expired")  # noqa: E731
+                action.timer = self.scheduler.call_later(action.timeout_s, expire)
+
+    def answer(self, turn: Turn, action: TurnAction, accept: bool) -> None:
+        """The player answered an action that asked for approval."""
+        self._resolve(turn, action, "accepted" if accept else "declined")
+
+    def _resolve(self, turn: Turn, action: TurnAction, status: str) -> None:
+        if action.status is not None:
+            return
+        action.status = status
+        if action.timer is not None:
+            action.timer.cancel()
+        self.open_actions -= 1
+        self.delivery.send_to_audience(self.audience, ActionEnd(action.id, status, turn.id))
+        self.on_action_resolved(action)
+
+    async def aclose(self) -> None:
+        """Cancel everything this conversation runs (server shutdown)."""
+        tasks = [t.task for t in (self.active,) if t is not None and t.task is not None]
+        self.waiting.clear()
+        if self.active is not None:
+            self._end(self.active, EndReason.INTERRUPTED)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

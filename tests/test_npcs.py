@@ -1,0 +1,191 @@
+"""Tests of NPC file loading and validation."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from npc_server.backends.scripted import ScriptedBackend
+from npc_server.npcs import (
+    ActionSpec,
+    BusyPolicy,
+    NpcConfigError,
+    RoomInterrupt,
+    load_npc_file,
+    load_npcs,
+    parse_npc,
+)
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "config" / "npcs"
+
+GOOD = """\
+id = "mira"
+name = "Mira the Merchant"
+persona = "A shrewd but warm merchant."
+greeting = "Welcome, traveller!"
+busy = "queue"
+interruptible = false
+room_interrupt = "anyone"
+max_queue = 5
+memory_chars = 1000
+
+[[actions]]
+name = "open_shop"
+description = "Open the shop window"
+approval = true
+timeout_s = 12.5
+
+[[actions]]
+name = "give_item"
+parameters = { type = "object" }
+
+[backend]
+kind = "scripted"
+first_token_ms = 0
+fallback = ["Eh?"]
+"""
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_file_loads_every_field(tmp_path: Path) -> None:
+    """A complete file fills every field, with enums and typed actions."""
+    npc = load_npc_file(write(tmp_path, "mira.toml", GOOD))
+    assert (npc.id, npc.name, npc.greeting) == ("mira", "Mira the Merchant", "Welcome, traveller!")
+    assert npc.persona == "A shrewd but warm merchant."
+    assert npc.busy is BusyPolicy.QUEUE
+    assert npc.room_interrupt is RoomInterrupt.ANYONE
+    assert (npc.interruptible, npc.max_queue, npc.memory_chars) == (False, 5, 1000)
+    assert npc.actions[0] == ActionSpec("open_shop", "Open the shop window", True, 12.5)
+    assert npc.action("give_item") == ActionSpec("give_item", parameters={"type": "object"})
+    assert npc.action("fly") is None
+
+
+def test_backend_table_splits_kind_from_settings(tmp_path: Path) -> None:
+    """`[backend] kind` picks the backend; the other keys become its settings."""
+    npc = load_npc_file(write(tmp_path, "mira.toml", GOOD))
+    assert npc.backend == "scripted"
+    assert npc.backend_settings == {"first_token_ms": 0, "fallback": ["Eh?"]}
+
+
+def test_minimal_file_gets_defaults() -> None:
+    """Only id and name are required; the rest take documented defaults."""
+    npc = parse_npc({"id": "bob", "name": "Bob"})
+    assert npc.busy is BusyPolicy.INTERRUPT
+    assert npc.room_interrupt is RoomInterrupt.SPEAKER
+    assert (npc.interruptible, npc.max_queue, npc.memory_chars) == (True, 3, 6000)
+    assert (npc.actions, npc.backend, dict(npc.backend_settings)) == ((), "scripted", {})
+
+
+@pytest.mark.parametrize("key", ["id", "name"])
+def test_missing_required_key(tmp_path: Path, key: str) -> None:
+    """A file without id or name fails, naming the file and the key."""
+    text = "\n".join(line for line in GOOD.splitlines() if not line.startswith(f"{key} ="))
+    path = write(tmp_path, "mira.toml", text)
+    with pytest.raises(NpcConfigError, match=rf"mira\.toml: missing required key '{key}'"):
+        load_npc_file(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("id = 7", "id"),
+        ('interruptible = "yes"', "interruptible"),
+        ("max_queue = true", "max_queue"),
+        ('memory_chars = "lots"', "memory_chars"),
+        ("persona = 3.5", "persona"),
+        ("busy = 1", "busy"),
+    ],
+)
+def test_wrong_types(line: str, key: str) -> None:
+    """A value of the wrong kind fails with a message naming the key and the value."""
+    doc: dict[str, object] = {"id": "mira", "name": "Mira"}
+    doc.update(tomllib.loads(line))
+    with pytest.raises(NpcConfigError, match=rf"'{key}' must be"):
+        parse_npc(doc, "mira.toml")
+
+
+@pytest.mark.parametrize(("key", "value"), [("busy", "sometimes"), ("room_interrupt", "nobody")])
+def test_bad_enum_value(key: str, value: str) -> None:
+    """An enum key with an unknown value fails, listing the allowed values."""
+    with pytest.raises(NpcConfigError, match=rf"'{key}' must be one of .*got '{value}'"):
+        parse_npc({"id": "mira", "name": "Mira", key: value}, "mira.toml")
+
+
+def test_bad_actions() -> None:
+    """Actions must be an array of tables, each with a string name and typed fields."""
+    base = {"id": "mira", "name": "Mira"}
+    with pytest.raises(NpcConfigError, match="array of tables"):
+        parse_npc({**base, "actions": {"name": "x"}})
+    with pytest.raises(NpcConfigError, match=r"actions\[0\].*needs a 'name'"):
+        parse_npc({**base, "actions": [{"approval": True}]})
+    with pytest.raises(NpcConfigError, match=r"actions\[1\].*'approval' must be bool"):
+        parse_npc({**base, "actions": [{"name": "a"}, {"name": "b", "approval": "yes"}]})
+
+
+def test_invalid_toml_names_file(tmp_path: Path) -> None:
+    """A file that is not TOML fails with its path in the message."""
+    path = write(tmp_path, "broken.toml", "id = \n")
+    with pytest.raises(NpcConfigError, match=r"broken\.toml: not valid TOML"):
+        load_npc_file(path)
+
+
+def test_duplicate_ids(tmp_path: Path) -> None:
+    """Two files defining the same id fail, naming the second file."""
+    write(tmp_path, "a.toml", 'id = "mira"\nname = "Mira"\n')
+    write(tmp_path, "b.toml", 'id = "mira"\nname = "Other Mira"\n')
+    with pytest.raises(NpcConfigError, match=r"b\.toml: NPC id 'mira' is defined twice"):
+        load_npcs(tmp_path)
+
+
+def test_load_npcs_keys_by_id_and_ignores_other_files(tmp_path: Path) -> None:
+    """Every *.toml is loaded under its id; other files are ignored."""
+    write(tmp_path, "one.toml", 'id = "a"\nname = "A"\n')
+    write(tmp_path, "two.toml", 'id = "b"\nname = "B"\n')
+    write(tmp_path, "notes.txt", "not an npc")
+    assert sorted(load_npcs(tmp_path)) == ["a", "b"]
+
+
+def test_demo_npcs_load() -> None:
+    """The three shipped demo NPCs load with the policies the demo relies on."""
+    npcs = load_npcs(DEMO_DIR)
+    assert sorted(npcs) == ["guard", "merchant", "questgiver"]
+    assert npcs["merchant"].busy is BusyPolicy.QUEUE
+    assert npcs["guard"].busy is BusyPolicy.INTERRUPT
+    assert npcs["guard"].interruptible
+    quest = npcs["questgiver"]
+    assert (quest.busy, quest.interruptible) == (BusyPolicy.QUEUE, True)
+    assert quest.room_interrupt is RoomInterrupt.ANYONE
+    for npc in npcs.values():
+        assert npc.persona, npc.id
+        assert npc.greeting, npc.id
+        assert npc.backend == "scripted"
+
+
+@pytest.mark.parametrize(
+    ("npc_id", "action", "approval"),
+    [
+        ("merchant", "open_shop", True),
+        ("merchant", "give_item", False),
+        ("guard", "draw_sword", False),
+        ("questgiver", "offer_quest", True),
+    ],
+)
+def test_demo_actions_exist(npc_id: str, action: str, approval: bool) -> None:
+    """The demo NPCs declare their key actions with the intended approval flag."""
+    spec = load_npcs(DEMO_DIR)[npc_id].action(action)
+    assert spec is not None
+    assert spec.approval is approval
+
+
+def test_demo_scripts_are_valid() -> None:
+    """Every demo script builds a scripted backend (markers name declared actions)."""
+    for npc in load_npcs(DEMO_DIR).values():
+        ScriptedBackend(npc, npc.backend_settings)
+        assert all(len(t["replies"]) >= 2 for t in npc.backend_settings["topics"]), npc.id
