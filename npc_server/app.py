@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, Response, jsonify, send_from_directory
+from quart import Quart, Response, jsonify, request, send_from_directory
 
 from npc_server import __version__
 from npc_server.config import PACKAGE_ROOT, Config
@@ -18,7 +18,7 @@ from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Draining
 from npc_server.session import SessionState
-from npc_server.tokens import DEV_SECRET
+from npc_server.tokens import DEV_SECRET, issue_token
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ def create_app(
         return jsonify(
             [{"id": n.id, "name": n.name, "greeting": n.greeting} for n in node.npcs.values()]
         )
+
+    @app.post("/dev/token")
+    async def dev_token() -> Response | tuple[str, int]:
+        # Only without a configured secret: lets the /play page start at once locally.
+        if config.secret:
+            return "not found", 404
+        body = await request.get_json(silent=True) or {}
+        player = body.get("player") if isinstance(body, dict) else None
+        if not isinstance(player, str) or not 0 < len(player) <= 64:
+            return "player must be a name of 1 to 64 characters", 400
+        return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
 
     @app.get("/play")
     @app.get("/play/")

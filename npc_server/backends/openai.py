@@ -234,17 +234,10 @@ class OpenAIBackend:
         self._secret = read_api_key(npc.id, self.settings.api_key_env)
         self._sleep = sleep
         s = self.settings
+        # Read timeouts are enforced per chunk in generate(); httpx's is only a backstop.
+        timeout = httpx2.Timeout(s.connect_timeout_s, read=s.total_timeout_s)
         self._client = AsyncOpenAI(
-            base_url=s.base_url,
-            api_key=self._secret,
-            max_retries=0,
-            # Read timeouts are enforced per chunk below; httpx's is only a backstop.
-            timeout=httpx2.Timeout(
-                connect=s.connect_timeout_s,
-                read=s.total_timeout_s,
-                write=s.connect_timeout_s,
-                pool=s.connect_timeout_s,
-            ),
+            base_url=s.base_url, api_key=self._secret, max_retries=0, timeout=timeout
         )
 
     async def aclose(self) -> None:
@@ -267,6 +260,11 @@ class OpenAIBackend:
                     raise self._error(exc, mid_stream=True) from None
                 except ValueError:
                     raise GenerationError("the model server sent a malformed chunk") from None
+                except GenerationError:
+                    raise
+                except Exception:
+                    log.exception("NPC %r: unexpected failure reading the stream", self.npc.id)
+                    raise GenerationError("the model client failed mid-reply") from None
                 for piece in assembler.feed(chunk):
                     yield piece
             if not assembler.finished:
@@ -322,6 +320,11 @@ class OpenAIBackend:
                     "NPC %r: %s; retry %d in %.2f s", self.npc.id, failure, attempt + 1, delay
                 )
                 await self._sleep(delay)
+            except GenerationError:
+                raise
+            except Exception:
+                log.exception("NPC %r: unexpected failure sending the request", self.npc.id)
+                raise GenerationError("the model client failed to send the request") from None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _create(self, request: GenerationRequest) -> Awaitable[AsyncStream[ChatCompletionChunk]]:

@@ -329,7 +329,40 @@ async def test_unreachable_server_is_an_error(make_backend: MakeBackend) -> None
     assert sleeps == [0.25]
 
 
+async def test_error_event_mid_stream_is_an_error(
+    stub: OpenAIStub, make_backend: MakeBackend
+) -> None:
+    """An `{"error": ...}` event inside the stream ends the turn with its message."""
+    event = {"error": {"message": "out of KV cache", "type": "server_error", "code": None}}
+    stub.script(partial("Let me", then=Raw(json.dumps(event))))
+    pieces, error = await collect(make_backend())
+    assert pieces == [TextPiece("Let me")]
+    assert error is not None
+    assert error.message == "the model server reported an error: out of KV cache"
+
+
 # Timeouts
+
+
+async def test_connect_timeout_is_retried_then_times_out(make_backend: MakeBackend) -> None:
+    """A server whose accept queue is full never completes the handshake: connect timeout."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        fillers = [socket.socket() for _ in range(3)]  # fill the accept queue
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+        sleeps: list[float] = []
+        url = "http://{}:{}/v1".format(*server.getsockname())
+        backend = make_backend(sleeps, base_url=url, connect_timeout_s=100 * MS, retries=1)
+        _, error = await collect(backend)
+        for filler in fillers:
+            filler.close()
+    assert error is not None
+    assert error.reason == "timeout"
+    assert error.message == "could not connect to the model server within 0.1 s"
+    assert sleeps == [0.25]
 
 
 @pytest.mark.parametrize(

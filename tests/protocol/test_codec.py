@@ -1,0 +1,187 @@
+"""Codec: client frames decode and validate from plain bytes; server frames encode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npc_server.protocol.codec import FrameError, decode_client_frame, encode_server_frame
+from npc_server.protocol.codes import CloseCode, ErrorCode, should_reconnect
+from npc_server.protocol.frames import (
+    Act,
+    Context,
+    Delta,
+    Hello,
+    Interrupt,
+    Resume,
+    Say,
+    ServerPing,
+    TurnEnd,
+    Welcome,
+)
+
+
+def pack(frame: Any) -> bytes:
+    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    return data
+
+
+def refused(data: bytes) -> FrameError:
+    with pytest.raises(FrameError) as info:
+        decode_client_frame(data)
+    return info.value
+
+
+def test_say_decodes_to_dataclass() -> None:
+    """A valid say becomes a Say with its id, npc, text and room."""
+    frame = decode_client_frame(pack({"t": "say", "id": 7, "npc": "merchant", "text": "hi", "room": "inn"}))
+    assert frame == Say(id=7, npc="merchant", text="hi", room="inn")
+
+
+def test_hello_with_resume() -> None:
+    """hello carries the token and an optional resume {session, seq}."""
+    data = pack({"t": "hello", "token": "abc", "resume": {"session": "s-1", "seq": 4}})
+    assert decode_client_frame(data) == Hello(token="abc", resume=Resume("s-1", 4))
+
+
+def test_unknown_keys_are_ignored() -> None:
+    """Keys the protocol does not define do not make a frame invalid."""
+    frame = decode_client_frame(pack({"t": "interrupt", "x": [1, 2], "shown": 3}))
+    assert frame == Interrupt(shown=3)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xc1",  # never-used msgpack byte
+        b"\x92\x01",  # truncated array
+        pack([1, 2, 3]),
+        pack("say"),
+        pack(None),
+        pack({1: "x"}),
+        pack({"text": "no type"}),
+        pack({"t": 5}),
+        b"",
+    ],
+)
+def test_garbage_is_bad_frame(data: bytes) -> None:
+    """Malformed msgpack, non-maps and maps without a string t are bad_frame."""
+    assert refused(data).code is ErrorCode.BAD_FRAME
+
+
+def test_unknown_type_keeps_id() -> None:
+    """An unknown t is unknown_type, answered with the frame's id."""
+    error = refused(pack({"t": "dance", "id": "r1"}))
+    assert (error.code, error.request_id) == (ErrorCode.UNKNOWN_TYPE, "r1")
+
+
+@pytest.mark.parametrize(
+    ("frame", "key"),
+    [
+        ({"t": "say", "id": 1, "npc": 3, "text": "hi"}, "npc"),
+        ({"t": "say", "id": 1, "npc": "m", "text": b"bytes"}, "text"),
+        ({"t": "seen", "turn": "t", "shown": -1}, "shown"),
+        ({"t": "seen", "turn": "t", "shown": True}, "shown"),
+        ({"t": "act", "id": 1, "action": "a", "accept": "yes"}, "accept"),
+        ({"t": "context", "data": [1]}, "data"),
+        ({"t": "hello", "token": "x", "resume": {"session": "s", "seq": "1"}}, "seq"),
+    ],
+)
+def test_wrong_key_types_name_the_key(frame: dict[str, Any], key: str) -> None:
+    """A key of the wrong type is bad_frame and the message names frame and key."""
+    error = refused(pack(frame))
+    assert error.code is ErrorCode.BAD_FRAME
+    assert key in error.message
+
+
+def test_say_needs_an_id() -> None:
+    """say without id cannot be acknowledged, so it is refused."""
+    assert "id" in refused(pack({"t": "say", "npc": "m", "text": "hi"})).message
+
+
+def test_long_ids_and_names_are_refused() -> None:
+    """Ids are short and names bounded, so huge strings never become keys."""
+    assert refused(pack({"t": "ping", "id": "x" * 65})).code is ErrorCode.BAD_FRAME
+    assert refused(pack({"t": "join", "id": 1, "room": "r" * 129})).code is ErrorCode.BAD_FRAME
+
+
+def test_deep_nesting_is_not_a_crash() -> None:
+    """Deeply nested context data is decoded or refused, never a crash."""
+    data = pack({"t": "context", "data": {"k": 1}})[:-1]  # truncated valid frame
+    assert refused(data).code is ErrorCode.BAD_FRAME
+    deep = b"\x91" * 100_000 + b"\xc0"
+    assert refused(deep).code is ErrorCode.BAD_FRAME
+
+
+def test_act_and_context() -> None:
+    """act and context decode with their types."""
+    assert decode_client_frame(pack({"t": "act", "id": 2, "action": "a-1", "accept": False})) == Act(
+        2, "a-1", False
+    )
+    frame = decode_client_frame(pack({"t": "context", "data": {"location": "market"}, "npc": "guard"}))
+    assert frame == Context(data={"location": "market"}, npc="guard")
+
+
+def test_server_frames_encode_with_seq() -> None:
+    """Server frames encode as one map with t, seq and their keys; None keys left out."""
+    assert msgpack.unpackb(encode_server_frame(Delta("t-1", "Hi ", 0), 5)) == {
+        "t": "delta",
+        "seq": 5,
+        "turn": "t-1",
+        "text": "Hi ",
+        "at": 0,
+    }
+    end = msgpack.unpackb(encode_server_frame(TurnEnd("t-1", "done", 3, 3), 6))
+    assert "usage" not in end
+
+
+def test_ping_and_welcome_carry_no_assigned_seq() -> None:
+    """ping/pong and welcome are not sequenced frames."""
+    assert not ServerPing.SEQ
+    assert not Welcome.SEQ
+    assert Delta.SEQ
+
+
+def test_close_code_ranges() -> None:
+    """4000-4499 reconnect, 4500-4999 stop, as PROTOCOL.md says."""
+    assert CloseCode.SLOW_CONSUMER.should_reconnect
+    assert CloseCode.TOKEN_EXPIRED.should_reconnect
+    assert not CloseCode.AUTH_FAILED.should_reconnect
+    assert not CloseCode.REPLACED.should_reconnect
+    assert not CloseCode.NORMAL.should_reconnect
+    assert CloseCode.GOING_AWAY.should_reconnect
+    assert should_reconnect(4123) and not should_reconnect(4999)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_never_crash(data: bytes) -> None:
+    """Any bytes decode to a frame or raise FrameError, nothing else."""
+    try:
+        decode_client_frame(data)
+    except FrameError as exc:
+        assert exc.code in (ErrorCode.BAD_FRAME, ErrorCode.UNKNOWN_TYPE)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["hello", "say", "interrupt", "seen", "typing", "context", "act", "join", "ping", "refresh"]),
+    st.dictionaries(st.sampled_from(["id", "npc", "text", "turn", "shown", "on", "data", "token", "room"]), json_values),
+)
+def test_random_maps_never_crash(t: str, keys: dict[str, Any]) -> None:
+    """Maps of a known type with random key values decode or are refused cleanly."""
+    try:
+        decode_client_frame(pack({"t": t, **keys}))
+    except FrameError as exc:
+        assert exc.code is ErrorCode.BAD_FRAME
