@@ -63,6 +63,7 @@ class LimitsSection:
     resume_window: float = 120.0
     replay_frames: int = 2048
     replay_bytes: int = 1024 * 1024
+    hold_bytes: int = 1024 * 1024
     max_sockets_per_player: int = 4
     # "refuse" closes the newest socket with 4513; "replace" closes the oldest with 4503.
     sockets_policy: str = "refuse"
@@ -86,6 +87,7 @@ class LimitsSection:
             queue_bytes=self.queue_bytes,
             replay_frames=self.replay_frames,
             replay_bytes=self.replay_bytes,
+            hold_bytes=self.hold_bytes,
             resume_window=self.resume_window,
         )
 

@@ -11,8 +11,10 @@ import asyncio
 import logging
 import signal
 import socket
+from dataclasses import dataclass
 
 from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config as HypercornConfig
 
 from npc_server.app import create_app, drain
@@ -23,7 +25,42 @@ from npc_server.npcs import load_npcs
 log = logging.getLogger(__name__)
 
 
-def make_listener(config: Config) -> socket.socket:
+def _guard_hypercorn_close() -> None:
+    """Keep the kernel's ETIMEDOUT from escaping Hypercorn's connection task.
+
+    With TCP_USER_TIMEOUT the kernel drops a peer that stopped reading, and
+    `wait_closed()` then raises `TimeoutError(ETIMEDOUT)`, which Hypercorn
+    does not treat as a closed connection (HYPERCORN-NOTES.md): it would be
+    logged as an unhandled error in its task group. The socket is gone either
+    way; this only makes that quiet.
+    """
+    original = TCPServer._close
+    if getattr(original, "_npc_guarded", False):
+        return
+
+    async def _close(self: TCPServer) -> None:
+        try:
+            await original(self)
+        except OSError:  # TimeoutError(ETIMEDOUT) and friends: already closed
+            log.debug("connection dropped by the kernel while closing")
+
+    _close._npc_guarded = True  # type: ignore[attr-defined]
+    TCPServer._close = _close  # type: ignore[method-assign]
+
+
+_guard_hypercorn_close()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listening socket's descriptor, handed over to Hypercorn (which closes it)."""
+
+    fd: int
+    host: str
+    port: int
+
+
+def make_listener(config: Config) -> Listener:
     """A bound, listening TCP socket with the kernel timeouts set."""
     server = config.server
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
@@ -35,13 +72,13 @@ def make_listener(config: Config) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.send_buffer_bytes)
     sock.bind((server.host, server.port))
     sock.listen(server.backlog)
-    sock.set_inheritable(True)
-    return sock
+    host, port = sock.getsockname()[:2]
+    return Listener(sock.detach(), host, port)
 
 
-def hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
+def hypercorn_config(config: Config, listener: Listener) -> HypercornConfig:
     hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.bind = [f"fd://{listener.fd}"]
     hc.backlog = config.server.backlog
     # Hypercorn closes oversized messages with 1009 before buffering them whole.
     hc.websocket_max_message_size = config.limits.frame_bytes
@@ -54,8 +91,7 @@ async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then drain and exit."""
     node = Node(config, load_npcs(config.npcs_path))
     app = create_app(config, node=node)
-    sock = make_listener(config)
-    host, port = sock.getsockname()[:2]
+    listener = make_listener(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []
@@ -68,11 +104,9 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     npcs = ", ".join(sorted(node.npcs)) or "none"
-    print(f"npc-server listening on http://{host}:{port} (WebSocket /ws, NPCs: {npcs})", flush=True)
-    try:
-        await hypercorn_serve(app, hypercorn_config(config, sock), shutdown_trigger=stop.wait)
-    finally:
-        sock.close()
+    address = f"http://{listener.host}:{listener.port}"
+    print(f"npc-server listening on {address} (WebSocket /ws, NPCs: {npcs})", flush=True)
+    await hypercorn_serve(app, hypercorn_config(config, listener), shutdown_trigger=stop.wait)
 
 
 async def _drain_then_stop(node: Node, config: Config, stop: asyncio.Event) -> None:

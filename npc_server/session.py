@@ -31,9 +31,11 @@ class SessionState(Enum):
 class SessionLimits:
     queue_frames: int = 256
     queue_bytes: int = 256 * 1024
-    # While detached the queue may hold this many times its bounds before the
-    # session gives up (resume then falls back to a snapshot).
+    # While detached the queue may hold this many times `queue_frames`, and up
+    # to `hold_bytes` (text of turns that go on generating, merged), before the
+    # session gives up; a resume then falls back to a snapshot.
     detached_factor: int = 4
+    hold_bytes: int = 1024 * 1024
     replay_frames: int = 2048
     replay_bytes: int = 1024 * 1024
     resume_window: float = 120.0
@@ -148,11 +150,9 @@ class Session:
             self.on_close(CloseCode.SLOW_CONSUMER)
             return
         stats = self.queue.statistics()
-        factor = self.limits.detached_factor
-        if (
-            stats.depth > factor * self.queue.max_frames
-            or stats.bytes > factor * self.queue.max_bytes
-        ):
+        limits = self.limits
+        too_many = stats.depth > limits.detached_factor * self.queue.max_frames
+        if too_many or stats.bytes > limits.hold_bytes:
             self.expire()
 
     def drop_turn_nowait(self, turn: str) -> int:

@@ -57,7 +57,11 @@ def test_newer_typing_replaces_queued_one() -> None:
     queue.push_nowait(Ack(1))
     assert queue.push_nowait(TypingNotice("bob", False, "inn")) is PushResult.REPLACED
     queue.push_nowait(TypingNotice("eve", True, "inn"))
-    assert drain(queue) == [TypingNotice("bob", False, "inn"), Ack(1), TypingNotice("eve", True, "inn")]
+    assert drain(queue) == [
+        TypingNotice("bob", False, "inn"),
+        Ack(1),
+        TypingNotice("eve", True, "inn"),
+    ]
     assert queue.statistics().replaced == 1
 
 
@@ -101,7 +105,13 @@ def test_statistics_track_peaks() -> None:
         queue.push_nowait(Ack(i))
     drain(queue)
     stats = queue.statistics()
-    assert (stats.depth, stats.bytes, stats.peak_depth, stats.pushed, stats.popped) == (0, 0, 4, 4, 4)
+    assert (stats.depth, stats.bytes, stats.peak_depth, stats.pushed, stats.popped) == (
+        0,
+        0,
+        4,
+        4,
+        4,
+    )
     assert stats.peak_bytes > 0
 
 

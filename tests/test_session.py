@@ -15,6 +15,11 @@ def decode(data: bytes | None) -> dict[str, object]:
     return frame
 
 
+def session_state(session: Session) -> SessionState:
+    """Read the state afresh (mypy narrows attributes across calls otherwise)."""
+    return session.state
+
+
 def attached(limits: SessionLimits | None = None) -> tuple[Session, list[CloseCode]]:
     session = Session("s1", "alice", limits or SessionLimits(), now=0.0)
     closes: list[CloseCode] = []
@@ -92,8 +97,18 @@ def test_detached_session_keeps_queueing_then_expires_past_its_hold() -> None:
     assert session.state is SessionState.DETACHED and len(session.queue) == 1
     for i in range(4):
         session.push_nowait(Ack(i))
-    assert session.state is SessionState.EXPIRED
+    assert session_state(session) is SessionState.EXPIRED
     assert len(session.queue) == 0
+
+
+def test_detached_session_expires_past_hold_bytes() -> None:
+    """Text held for an absent player is capped by hold_bytes."""
+    session, _ = attached(SessionLimits(queue_bytes=100, hold_bytes=1000))
+    session.detach(now=1.0)
+    session.push_nowait(Delta("t", "x" * 900, 0))
+    assert session.state is SessionState.DETACHED
+    session.push_nowait(Delta("t", "x" * 200, 900))
+    assert session_state(session) is SessionState.EXPIRED
 
 
 def test_attach_replaces_an_attached_socket_with_4503() -> None:

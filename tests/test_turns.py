@@ -20,7 +20,15 @@ from npc_server.backends.base import (
 )
 from npc_server.npcs import ActionSpec, BusyPolicy, NpcConfig
 from npc_server.protocol.codes import ErrorCode
-from npc_server.protocol.frames import Action, ActionEnd, Delta, Error, ServerFrame, TurnEnd, TurnStart
+from npc_server.protocol.frames import (
+    Action,
+    ActionEnd,
+    Delta,
+    Error,
+    ServerFrame,
+    TurnEnd,
+    TurnStart,
+)
 from npc_server.turns import (
     Audience,
     Conversation,
@@ -139,7 +147,9 @@ class Rig:
             delivery=self.delivery,
             limiter=self.limiter,
             scheduler=self.scheduler,
-            make_request=lambda turn, history: GenerationRequest(npc, turn.player, turn.text_in, history),
+            make_request=lambda turn, history: GenerationRequest(
+                npc, turn.player, turn.text_in, history
+            ),
             new_id=lambda prefix: f"{prefix}{next(ids)}",
         )
 
@@ -153,7 +163,9 @@ class Rig:
 
     async def finished(self, turn: Turn) -> TurnEnd:
         await self.delivery.wait_for(lambda: turn.state is TurnState.ENDED)
-        [end] = [f for f in self.delivery.of(TurnEnd) if isinstance(f, TurnEnd) and f.turn == turn.id]
+        [end] = [
+            f for f in self.delivery.of(TurnEnd) if isinstance(f, TurnEnd) and f.turn == turn.id
+        ]
         return end
 
 
@@ -166,7 +178,12 @@ async def test_a_turn_streams_and_ends_done() -> None:
     end = await rig.finished(turn)
     assert rig.delivery.frames[0] == TurnStart(turn.id, "mira", "alice", None, 1)
     assert rig.delivery.of(Delta) == [Delta(turn.id, "Hi ", 0), Delta(turn.id, "there", 3)]
-    assert (end.reason, end.chars, end.kept, end.usage) == ("done", 8, 8, {"prompt": 5, "completion": 2})
+    assert (end.reason, end.chars, end.kept, end.usage) == (
+        "done",
+        8,
+        8,
+        {"prompt": 5, "completion": 2},
+    )
     assert rig.conversation.memory.lines() == (
         MemoryEntry("player", "alice", "hello"),
         MemoryEntry("npc", "mira", "Hi there"),
@@ -243,7 +260,9 @@ async def test_actions_past_the_cut_are_retracted() -> None:
     """Actions beyond kept are retracted; those within it are done at the end."""
     rig = Rig()
     turn = rig.say("x")
-    await rig.stream(turn, ActionPiece("wave"), TextPiece("Hello, "), ActionPiece("wave"), TextPiece("friend"))
+    await rig.stream(
+        turn, ActionPiece("wave"), TextPiece("Hello, "), ActionPiece("wave"), TextPiece("friend")
+    )
     turn.note_written(7)
     rig.conversation.interrupt(turn, shown=None)
     await rig.finished(turn)
@@ -272,7 +291,9 @@ async def test_approval_actions_wait_for_act_or_expire() -> None:
     assert rig.conversation.open_actions == 2
     rig.conversation.answer(turn, first, accept=True)
     rig.scheduler.fire_all()
-    statuses = [(f.action, f.status) for f in rig.delivery.of(ActionEnd) if isinstance(f, ActionEnd)]
+    statuses = [
+        (f.action, f.status) for f in rig.delivery.of(ActionEnd) if isinstance(f, ActionEnd)
+    ]
     assert statuses == [(first.id, "accepted"), (second.id, "expired")]
     assert rig.conversation.open_actions == 0
     rig.conversation.answer(turn, first, accept=False)  # a late answer changes nothing
@@ -286,6 +307,7 @@ async def test_unknown_actions_from_the_backend_are_skipped() -> None:
     rig.backend.feed("x", ActionPiece("burn_village"), TextPiece("ok"))
     await rig.delivery.wait_for(lambda: bool(rig.delivery.of(Delta)))
     assert rig.delivery.of(Action) == []
+    assert turn.actions == []
 
 
 async def test_supersede_policy_ends_the_active_turn() -> None:

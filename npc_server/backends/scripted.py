@@ -141,6 +141,10 @@ class ScriptedBackend:
             delay = self._pacing.delay(first, piece, pacing_rng)
             if delay > 0:
                 await self._sleep(delay)
+            else:
+                # Unpaced, still give the loop a turn per piece: a generator that
+                # never awaits would starve every socket's writer until it ends.
+                await asyncio.sleep(0)
             first = False
             yield piece
 

@@ -79,18 +79,15 @@ async def running_server(
     config = config or server_config()
     node = Node(config, npcs if npcs is not None else load_npcs(DEMO_NPCS), backends=backends)
     app = create_app(config, node=node)
-    sock = make_listener(config)
-    host, port = sock.getsockname()[:2]
+    listener = make_listener(config)
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        hypercorn_serve(app, hypercorn_config(config, sock), shutdown_trigger=stop.wait)
-    )
+    serving = hypercorn_serve(app, hypercorn_config(config, listener), shutdown_trigger=stop.wait)
+    task = asyncio.create_task(serving)
     try:
-        yield RunningServer(host, port, node, config)
+        yield RunningServer(listener.host, listener.port, node, config)
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
-        sock.close()
 
 
 @dataclass

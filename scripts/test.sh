@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set everything up on a fresh machine (Python 3.11) and run lint, types and tests.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]' -e clients/python
+
+# System packages the end-to-end tests use: Debian's chromium (browser test)
+# and redis-server (cluster tests). Installed only when missing and possible.
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing ${need[*]} from Debian's packages"
+  apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null || \
+    echo "could not install ${need[*]}; the tests that need them will skip with a reason"
+fi
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy --strict
+ulimit -n 65536 2>/dev/null || true
+.venv/bin/python -m pytest -q "$@"
