@@ -65,6 +65,12 @@ class LimitsSection:
     replay_bytes: int = 1024 * 1024
     hold_bytes: int = 1024 * 1024
     max_sockets_per_player: int = 4
+    # New connections per second (and burst) per player and per client address;
+    # past them the socket is closed with 4029.
+    connects_per_s_player: float = 2.0
+    connects_burst_player: int = 10
+    connects_per_s_address: float = 50.0
+    connects_burst_address: int = 200
     # "refuse" closes the newest socket with 4513; "replace" closes the oldest with 4503.
     sockets_policy: str = "refuse"
     room_members: int = 32

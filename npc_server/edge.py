@@ -157,6 +157,9 @@ class SocketEdge:
             code = CloseCode.TOKEN_EXPIRED if exc.expired else CloseCode.AUTH_FAILED
             await self._send_close(code, exc.message)
             return
+        if not self.node.player_connects.allow_nowait(claims.player):
+            await self._send_close(CloseCode.RATE_LIMITED, "too many connects for this player")
+            return
         refused = self._socket_cap(claims.player)
         if refused is not None:
             await self._send_close(refused, "too many connections for this player")
@@ -248,6 +251,10 @@ class SocketEdge:
         except PeerGone as exc:
             self.peer_code = exc.code
             self.request_close(None)
+        except Exception:
+            # A bug must cost this socket only, never silently stop its reader.
+            log.exception("internal error while handling a frame of %s", session.player)
+            self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _dispatch(
         self, session: Session, event: FrameReceived | SendError | CloseConnection
@@ -336,5 +343,10 @@ class NpcWebsocketConnection:
             await send({"type": "websocket.close", "code": 1008})
             return
         await send({"type": "websocket.accept"})
+        address = (self.scope.get("client") or ("unknown",))[0]
+        if not node.address_connects.allow_nowait(str(address)):
+            code = int(CloseCode.RATE_LIMITED)
+            await send({"type": "websocket.close", "code": code, "reason": "too many connects"})
+            return
         secret: str = self.app.extensions["npc_server.secret"]
         await SocketEdge(node, receive, send, secret).run()

@@ -77,15 +77,14 @@ def say(node: Node, session: Session, frame: Say) -> None:
     def accepted(started: Started) -> None:
         node.turns[started.turn.id] = (conversation, started.turn)
         session.push_nowait(Ack(frame.id, turn=started.turn.id, queued=started.queued))
+        if frame.room is not None:  # others hear the player before the NPC answers
+            said = Said(frame.room, player, npc.id, frame.text)
+            node.hub.send_to_room(frame.room, said, exclude=player)
 
     try:
         conversation.submit(player, frame.text, frame.id, accepted)
     except TurnRefused as exc:
         raise Refused(exc.code, exc.message, exc.retry_after) from None
-    if frame.room is not None:
-        node.hub.send_to_room(
-            frame.room, Said(frame.room, player, npc.id, frame.text), exclude=player
-        )
 
 
 def _target_turn(node: Node, player: str, turn_id: str | None) -> tuple[Conversation, Turn]:

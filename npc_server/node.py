@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from npc_server import __version__
+from npc_server.admission import ConnectLimiter
 from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_backend
 from npc_server.config import Config
 from npc_server.hub import Hub
@@ -101,6 +102,13 @@ class Node:
         self.actions: dict[str, tuple[Conversation, Turn, TurnAction]] = {}
         self.contexts: dict[str, dict[str, Mapping[str, Any]]] = {}
         self.draining = False
+        limits = config.limits
+        self.player_connects = ConnectLimiter(
+            limits.connects_per_s_player, limits.connects_burst_player, clock
+        )
+        self.address_connects = ConnectLimiter(
+            limits.connects_per_s_address, limits.connects_burst_address, clock
+        )
         self.sockets: set[Closable] = set()
         self._ids = itertools.count(1)
 

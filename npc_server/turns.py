@@ -313,8 +313,13 @@ class Conversation:
     def interrupt(self, turn: Turn, shown: int | None) -> None:
         """Stop a turn now: no delta of it reaches any socket after its `turn.end`."""
         if turn.state is TurnState.QUEUED:
+            # It never started: tell the audience it is gone, so no client waits for it.
             self.waiting.remove(turn)
             turn.state = TurnState.ENDED
+            turn.kept = 0
+            end = TurnEnd(turn.id, EndReason.INTERRUPTED.value, 0, 0)
+            self.delivery.send_to_audience(self.audience, end)
+            self.on_turn_ended(turn)
             return
         if shown is not None:
             turn.shown = shown
@@ -343,10 +348,16 @@ class Conversation:
 
     @staticmethod
     def _kept(turn: Turn, cut: bool) -> int:
-        kept = min(turn.written, turn.chars) if cut else turn.chars
-        if turn.shown is not None:
-            kept = min(kept, turn.shown)
-        return kept
+        """What the NPC remembers saying.
+
+        A turn that ran to its end reaches the player whole (queued text is never
+        dropped), so `seen` reports, which lag behind the display, do not cut it.
+        A cut turn keeps what was written to a socket, and no more than `shown`.
+        """
+        if not cut:
+            return turn.chars
+        kept = min(turn.written, turn.chars)
+        return kept if turn.shown is None else min(kept, turn.shown)
 
     def _settle_actions(self, turn: Turn) -> None:
         assert turn.kept is not None

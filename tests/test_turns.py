@@ -232,6 +232,18 @@ async def test_latest_seen_cuts_memory_when_interrupt_has_no_shown() -> None:
     assert (await rig.finished(turn)).kept == 6
 
 
+async def test_seen_does_not_cut_a_turn_that_finished() -> None:
+    """A done turn is remembered whole even if the last seen report lagged behind."""
+    rig = Rig()
+    turn = rig.say("x")
+    await rig.stream(turn, TextPiece("abcdefghij"))
+    turn.shown = 3
+    rig.backend.feed("x", END)
+    end = await rig.finished(turn)
+    assert (end.chars, end.kept) == (10, 10)
+    assert rig.conversation.memory.lines()[-1].text == "abcdefghij"
+
+
 async def test_interrupt_before_any_text_keeps_nothing() -> None:
     """A turn cut before its first piece ends with chars 0, kept 0, and no NPC memory line."""
     rig = Rig()
@@ -339,6 +351,11 @@ async def test_queue_policy_waits_its_turn() -> None:
     await rig.finished(first)
     assert queued.turn.state is TurnState.ACTIVE and rig.limiter.active == 1
     rig.conversation.interrupt(third.turn, shown=None)  # a queued turn just leaves the line
+    cancelled = await rig.finished(third.turn)
+    assert (cancelled.reason, cancelled.chars, cancelled.kept) == ("interrupted", 0, 0)
+    assert not any(
+        isinstance(f, TurnStart) and f.turn == third.turn.id for f in rig.delivery.frames
+    )
     rig.backend.feed("two", END)
     await rig.finished(queued.turn)
     assert rig.conversation.idle and rig.limiter.active == 0

@@ -89,6 +89,8 @@ async def connect(url: str, **kwargs: Any) -> AsyncIterator[RawClient]:
     """Open a socket (no compression, like game clients) and yield a `RawClient`."""
     kwargs.setdefault("compression", None)
     kwargs.setdefault("max_size", 2**22)
+    # Frames a test never reads (presence of others) must not stall the close handshake.
+    kwargs.setdefault("max_queue", None)
     async with websockets.connect(url, **kwargs) as ws:
         yield RawClient(ws)
 
