@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -116,9 +117,35 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
-        if self.proc.stdout is not None:
-            self.output.extend(self.proc.stdout.read().splitlines())
+        self._close_pipe()
         return code
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        code = self.proc.wait(timeout)
+        self._close_pipe()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL if still running; always releases the pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    _reader: threading.Thread | None = None
+
+
+def _drain(proc: subprocess.Popen[str], output: list[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line.rstrip())
 
 
 LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
@@ -150,6 +177,11 @@ def start_server_process(
         output.append(line.rstrip())
         match = LISTENING.search(line)
         if match:
-            return ServerProcess(proc, match.group(1), int(match.group(2)), output=output)
+            server = ServerProcess(proc, match.group(1), int(match.group(2)), output=output)
+            # Keep reading its output, so a chatty server never blocks on a full pipe.
+            server._reader = threading.Thread(target=_drain, args=(proc, output), daemon=True)
+            server._reader.start()
+            return server
     proc.wait(10)
+    proc.stdout.close()
     raise RuntimeError("server exited before listening:\n" + "\n".join(output))
