@@ -170,6 +170,10 @@ def join(node: Node, session: Session, frame: Join) -> None:
                 ErrorCode.FORBIDDEN, f"room {frame.room!r} is full ({limits.room_members} players)"
             )
         node.hub.join(frame.room, player)
+        _ack(session, frame)
+        for mine in node.hub.sessions_of(player):  # catch up on turns already under way
+            node.snapshot(mine, room=frame.room)
+        return
     _ack(session, frame)
 
 

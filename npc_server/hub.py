@@ -22,6 +22,9 @@ class HubStatistics:
     memberships: int
 
 
+_NO_SESSIONS: dict[str, Session] = {}
+
+
 class Hub:
     """The registry of sessions, players and rooms of one server process."""
 
@@ -107,7 +110,8 @@ class Hub:
         session.push_nowait(frame)
 
     def send_to_player(self, player: str, frame: ServerFrame) -> None:
-        for session in self.sessions_of(player):
+        # Hot path (every delta): iterate in place; pushing never changes the registry.
+        for session in self._by_player.get(player, _NO_SESSIONS).values():
             session.push_nowait(frame)
 
     def send_to_room(self, room: str, frame: ServerFrame, exclude: str | None = None) -> None:
@@ -118,11 +122,14 @@ class Hub:
     def _audience_sessions(self, audience: Audience) -> Iterator[Session]:
         if audience.room is not None:
             for player in self._rooms.get(audience.room, ()):
-                yield from self.sessions_of(player)
+                yield from self._by_player.get(player, _NO_SESSIONS).values()
         elif audience.player is not None:
-            yield from self.sessions_of(audience.player)
+            yield from self._by_player.get(audience.player, _NO_SESSIONS).values()
 
     def send_to_audience(self, audience: Audience, frame: ServerFrame) -> None:
+        if audience.room is None and audience.player is not None:
+            self.send_to_player(audience.player, frame)
+            return
         for session in self._audience_sessions(audience):
             session.push_nowait(frame)
 

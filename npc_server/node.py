@@ -23,6 +23,7 @@ from npc_server.hub import Hub
 from npc_server.npcs import NpcConfig
 from npc_server.protocol.codes import CloseCode, ErrorCode
 from npc_server.protocol.frames import (
+    Action,
     Delta,
     ServerFrame,
     TurnStart,
@@ -158,15 +159,27 @@ class Node:
     def attached_sessions(self, player: str) -> list[Session]:
         return [s for s in self.hub.sessions_of(player) if s.state is SessionState.ATTACHED]
 
-    def snapshot(self, session: Session) -> None:
-        """Queue, for a fresh session, every active turn it should see so far."""
+    def snapshot(self, session: Session, room: str | None = None) -> None:
+        """Queue for `session` the active turns it should see so far (all, or one room's).
+
+        Each turn as `turn.start` and one `delta` at 0 with its text so far, then
+        any action still waiting for the player's approval.
+        """
         for conversation, turn in list(self.turns.values()):
-            if turn.state is TurnState.ACTIVE and self._sees(session.player, conversation.audience):
-                session.push_nowait(
-                    TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to)
-                )
+            audience = conversation.audience
+            if room is not None and audience.room != room:
+                continue
+            if turn.state is TurnState.ACTIVE and self._sees(session.player, audience):
+                start = TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to)
+                session.push_nowait(start)
                 if turn.chars:
                     session.push_nowait(Delta(turn.id, turn.text, 0))
+        for conversation, turn, action in list(self.actions.values()):
+            if room is not None and conversation.audience.room != room:
+                continue
+            if action.approval and self._sees(session.player, conversation.audience):
+                frame = Action(turn.id, action.id, action.name, action.args, action.at, True)
+                session.push_nowait(frame)
 
     def _sees(self, player: str, audience: Audience) -> bool:
         if audience.room is not None:
@@ -186,10 +199,14 @@ class Node:
         """Forget a session for good, and the player's rooms with its last one."""
         session.expire()
         if self.hub.remove(session):
-            self.hub.leave_all(session.player)
+            rooms = self.hub.leave_all(session.player)
             self.contexts.pop(session.player, None)
-            for conversation in list(self.conversations.values()):
-                self._forget_if_unused(conversation)
+            audiences = [f"player:{session.player}", *(f"room:{room}" for room in rooms)]
+            for npc_id in self.npcs:
+                for audience in audiences:
+                    conversation = self.conversations.get((npc_id, audience))
+                    if conversation is not None:
+                        self._forget_if_unused(conversation)
 
     def expire_sessions(self) -> int:
         """End detached sessions past their resume window; returns how many."""

@@ -350,3 +350,54 @@ async def test_churn_leaves_nothing_behind() -> None:
         await wait_until(
             lambda: len(asyncio.all_tasks()) <= baseline_tasks, what="tasks back to baseline"
         )
+
+
+async def test_new_session_snapshot_includes_actions_awaiting_approval() -> None:
+    """After the resume window, the new session still gets the open approval and can answer it."""
+    config = server_config(limits={"resume_window": 0.05})
+    async with running_server(config) as server:
+        async with connect(server.url) as first:
+            await first.hello(server.token("alice"))
+            await first.send(
+                {"t": "say", "id": 1, "npc": "merchant", "text": "what wares do you sell?"}
+            )
+            action = await first.expect("action")
+            assert action["approval"] is True
+            await first.expect("turn.end")
+            old = {"session": first.session, "seq": first.last_seq}
+            await drop(first)
+        [session] = server.node.hub.sessions_of("alice")
+        await wait_until(lambda: session.expired_at(server.node.clock()), what="resume window over")
+        async with connect(server.url) as second:
+            welcome = await second.hello(server.token("alice"), resume=old)
+            assert welcome["resumed"] is False
+            again = await second.expect("action")
+            assert (again["action"], again["name"], again["at"]) == (
+                action["action"],
+                "open_shop",
+                action["at"],
+            )
+            await second.send({"t": "act", "id": 2, "action": again["action"], "accept": True})
+            ended = await second.expect("action.end")
+            assert (ended["action"], ended["status"]) == (action["action"], "accepted")
+
+
+async def test_joining_a_room_mid_turn_catches_up() -> None:
+    """A player who joins while a room turn streams gets it from the start, then live."""
+    async with running_server(server_config(scripted=SLOW_LONG)) as server:
+        async with connect(server.url) as alice, connect(server.url) as bob:
+            await alice.hello(server.token("alice"))
+            await bob.hello(server.token("bob"))
+            await alice.send({"t": "join", "id": 1, "room": "inn"})
+            await alice.expect("ack")
+            await alice.send(
+                {"t": "say", "id": 2, "npc": "questgiver", "text": "the quest?", "room": "inn"}
+            )
+            turn = (await alice.expect("ack"))["turn"]
+            await alice.recv_until(lambda f: f["t"] == "delta" and f["at"] > 100)
+            await bob.send({"t": "join", "id": 1, "room": "inn"})
+            frames = await bob.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+            start = next(f for f in frames if f["t"] == "turn.start")
+            assert start["turn"] == turn
+            text = joined_text(frames, turn)
+            assert len(text) == frames[-1]["chars"]
