@@ -37,6 +37,8 @@ class ServerSection:
     tcp_user_timeout_ms: int = 5000
     send_buffer_bytes: int = 0
     use_uvloop: bool = True
+    # permessage-deflate: costs CPU and ~100 KB per socket for tiny frames.
+    websocket_compression: bool = False
     production: bool = False
     graceful_timeout: float = 5.0
 

@@ -12,10 +12,12 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.ws_stream import Handshake
 
 from npc_server.app import create_app, drain
 from npc_server.config import Config
@@ -51,6 +53,27 @@ def _guard_hypercorn_close() -> None:
 _guard_hypercorn_close()
 
 
+def set_websocket_compression(enabled: bool) -> None:
+    """Let Hypercorn accept permessage-deflate, or not (its default is always).
+
+    Browsers always offer it and Hypercorn has no setting to refuse it; it costs
+    about 20% of throughput and ~100 KB of zlib state per connection
+    (HYPERCORN-NOTES.md), for msgpack frames of a few dozen bytes. Off by default.
+    """
+    if not hasattr(Handshake, "_npc_original_accept"):
+        Handshake._npc_original_accept = Handshake.accept  # type: ignore[attr-defined]
+    original = Handshake._npc_original_accept  # type: ignore[attr-defined]
+    if enabled:
+        Handshake.accept = original  # type: ignore[method-assign]
+        return
+
+    def accept(self: Handshake, *args: Any, **kwargs: Any) -> Any:
+        self.extensions = None  # as if the client had offered none
+        return original(self, *args, **kwargs)
+
+    Handshake.accept = accept  # type: ignore[method-assign]
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     """A listening socket's descriptor, handed over to Hypercorn (which closes it)."""
@@ -77,6 +100,7 @@ def make_listener(config: Config) -> Listener:
 
 
 def hypercorn_config(config: Config, listener: Listener) -> HypercornConfig:
+    set_websocket_compression(config.server.websocket_compression)
     hc = HypercornConfig()
     hc.bind = [f"fd://{listener.fd}"]
     hc.backlog = config.server.backlog

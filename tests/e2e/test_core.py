@@ -278,3 +278,22 @@ async def test_healthz() -> None:
         health = json.loads(body)
         assert health["status"] == "ok" and health["npcs"] == ["guard", "merchant", "questgiver"]
         assert health["sessions"] == 0 and health["generations"] == 0
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_websocket_compression_follows_the_setting(enabled: bool) -> None:
+    """permessage-deflate is refused unless websocket_compression is on."""
+    config = server_config(server={"websocket_compression": enabled})
+    async with (
+        running_server(config) as server,
+        connect(server.url, compression="deflate") as client,
+    ):
+        await client.hello(server.token("alice"))
+        extensions = (
+            client.ws.response.headers.get("Sec-WebSocket-Extensions")
+            if client.ws.response
+            else None
+        )
+        assert (extensions is not None) is enabled
+        await client.send({"t": "say", "id": 1, "npc": "guard", "text": "hello"})
+        assert (await client.expect("turn.end"))["reason"] == "done"
