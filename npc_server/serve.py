@@ -12,66 +12,19 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.protocol.ws_stream import Handshake
 
 from npc_server.app import create_app, drain
 from npc_server.config import Config
+from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
 
 log = logging.getLogger(__name__)
 
-
-def _guard_hypercorn_close() -> None:
-    """Keep the kernel's ETIMEDOUT from escaping Hypercorn's connection task.
-
-    With TCP_USER_TIMEOUT the kernel drops a peer that stopped reading, and
-    `wait_closed()` then raises `TimeoutError(ETIMEDOUT)`, which Hypercorn
-    does not treat as a closed connection (HYPERCORN-NOTES.md): it would be
-    logged as an unhandled error in its task group. The socket is gone either
-    way; this only makes that quiet.
-    """
-    original = TCPServer._close
-    if getattr(original, "_npc_guarded", False):
-        return
-
-    async def _close(self: TCPServer) -> None:
-        try:
-            await original(self)
-        except OSError:  # TimeoutError(ETIMEDOUT) and friends: already closed
-            log.debug("connection dropped by the kernel while closing")
-
-    _close._npc_guarded = True  # type: ignore[attr-defined]
-    TCPServer._close = _close  # type: ignore[method-assign]
-
-
-_guard_hypercorn_close()
-
-
-def set_websocket_compression(enabled: bool) -> None:
-    """Let Hypercorn accept permessage-deflate, or not (its default is always).
-
-    Browsers always offer it and Hypercorn has no setting to refuse it; it costs
-    about 20% of throughput and ~100 KB of zlib state per connection
-    (HYPERCORN-NOTES.md), for msgpack frames of a few dozen bytes. Off by default.
-    """
-    if not hasattr(Handshake, "_npc_original_accept"):
-        Handshake._npc_original_accept = Handshake.accept  # type: ignore[attr-defined]
-    original = Handshake._npc_original_accept  # type: ignore[attr-defined]
-    if enabled:
-        Handshake.accept = original  # type: ignore[method-assign]
-        return
-
-    def accept(self: Handshake, *args: Any, **kwargs: Any) -> Any:
-        self.extensions = None  # as if the client had offered none
-        return original(self, *args, **kwargs)
-
-    Handshake.accept = accept  # type: ignore[method-assign]
+install_fixes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,12 +197,12 @@ async def test_resume_mid_turn_gets_every_missed_delta_once_in_order() -> None:
             assert welcome["resumed"] is True
             assert welcome["session"] == session_id
             after = await second.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+            memory = server.node.conversations[("merchant", "player:alice")].memory.lines()
         seqs = [f["seq"] for f in before + after if "seq" in f]
         assert seqs == list(range(1, len(seqs) + 1)), "every frame exactly once, in order"
         text = joined_text(before + after, turn)
         end = after[-1]
         assert end["reason"] == "done" and len(text) == end["chars"] >= 3000
-        memory = server.node.conversations[("merchant", "player:alice")].memory.lines()
         assert memory[-1].text == text
 
 
@@ -401,3 +401,26 @@ async def test_joining_a_room_mid_turn_catches_up() -> None:
             assert start["turn"] == turn
             text = joined_text(frames, turn)
             assert len(text) == frames[-1]["chars"]
+
+
+async def test_a_clean_close_ends_the_session_and_a_drop_keeps_it() -> None:
+    """Close 1000 means the player left (session gone, presence left); a drop stays resumable."""
+    async with running_server() as server, connect(server.url) as watcher:
+        await watcher.hello(server.token("watcher"))
+        await watcher.send({"t": "join", "id": 1, "room": "inn"})
+        await watcher.expect("ack")
+        async with connect(server.url) as leaver:
+            await leaver.hello(server.token("leaver"))
+            await leaver.send({"t": "join", "id": 1, "room": "inn"})
+            await leaver.expect("ack")
+            await leaver.ws.close(code=1000)
+        frames = await watcher.recv_until(lambda f: f["t"] == "presence" and f["state"] == "left")
+        assert frames[-1]["player"] == "leaver"
+        assert server.node.hub.sessions_of("leaver") == []
+        async with connect(server.url) as dropper:
+            await dropper.hello(server.token("dropper"))
+            await drop(dropper)
+        [session] = server.node.hub.sessions_of("dropper")
+        await wait_until(
+            lambda: session.state is SessionState.DETACHED, what="dropped session detached"
+        )

@@ -1,0 +1,93 @@
+"""Three adjustments to Hypercorn 0.17-0.18 that the socket edge relies on.
+
+Each answers a trap measured in HYPERCORN-NOTES.md, and each is installed by
+`install_fixes()` once per process (`serve.py` does it):
+
+1. A client's close code reaches the app. Hypercorn answers the close
+   handshake itself and then tells the app `websocket.disconnect` with 1006
+   whenever the app had not closed first, so a player who quits (1000) looked
+   like a dropped network and their session lingered for the resume window.
+2. The kernel's ETIMEDOUT while closing is not an unhandled error. With
+   TCP_USER_TIMEOUT the kernel drops a peer that stopped reading and
+   `wait_closed()` raises `TimeoutError`, which Hypercorn does not expect.
+3. permessage-deflate can be refused. Hypercorn always accepts it when a
+   browser offers it: ~20% of throughput and ~100 KB of zlib state per socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.ws_stream import Handshake, WSStream
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
+
+log = logging.getLogger(__name__)
+
+_installed = False
+
+
+def install_fixes() -> None:
+    """Install fixes 1 and 2; idempotent."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    _pass_client_close_codes()
+    _guard_close_timeouts()
+
+
+def _pass_client_close_codes() -> None:
+    original = WSStream._handle_events
+
+    async def _handle_events(self: WSStream) -> None:
+        # wsproto's events() yields its `_events` deque before parsing new frames,
+        # so what is not a close can be handed back to Hypercorn's own handler.
+        events = list(self.connection.events())
+        closes = [e for e in events if isinstance(e, CloseConnection)]
+        if not closes:
+            self.connection._events.extendleft(reversed(events))
+            await original(self)
+            return
+        # Tell the app the client's own code first; Hypercorn's later 1006 is then ignored.
+        before = events[: events.index(closes[0])]
+        self.connection._events.extendleft(reversed(before))
+        await original(self)
+        if self.app_put is not None:
+            await self.app_put({"type": "websocket.disconnect", "code": closes[0].code})
+        if self.connection.state == ConnectionState.REMOTE_CLOSING:
+            await self._send_wsproto_event(closes[0].response())
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+    WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+
+
+def _guard_close_timeouts() -> None:
+    original = TCPServer._close
+
+    async def _close(self: TCPServer) -> None:
+        try:
+            await original(self)
+        except OSError:  # TimeoutError(ETIMEDOUT) and friends: the socket is gone
+            log.debug("connection dropped by the kernel while closing")
+
+    TCPServer._close = _close  # type: ignore[method-assign]
+
+
+_ORIGINAL_ACCEPT = Handshake.accept
+
+
+def set_websocket_compression(enabled: bool) -> None:
+    """Fix 3: let Hypercorn accept permessage-deflate, or refuse it."""
+    if enabled:
+        Handshake.accept = _ORIGINAL_ACCEPT  # type: ignore[method-assign]
+        return
+
+    def accept(self: Handshake, *args: Any, **kwargs: Any) -> Any:
+        self.extensions = None  # as if the client had offered none
+        return _ORIGINAL_ACCEPT(self, *args, **kwargs)
+
+    Handshake.accept = accept  # type: ignore[method-assign]
