@@ -61,6 +61,7 @@ def hypercorn_config(config: Config, listener: Listener) -> HypercornConfig:
     hc.websocket_max_message_size = config.limits.frame_bytes
     hc.graceful_timeout = config.server.graceful_timeout
     hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")  # our handlers and format, once
     return hc
 
 
