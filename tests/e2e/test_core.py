@@ -297,3 +297,45 @@ async def test_websocket_compression_follows_the_setting(enabled: bool) -> None:
         assert (extensions is not None) is enabled
         await client.send({"t": "say", "id": 1, "npc": "guard", "text": "hello"})
         assert (await client.expect("turn.end"))["reason"] == "done"
+
+
+async def test_context_changes_the_npcs_next_turns() -> None:
+    """context{data} is game state for the NPC's next turns: the guard shuts the gate at night."""
+
+    async def ask_gate(client: RawClient, say_id: int) -> str:
+        ack, frames = await talk(client, "guard", "can I pass the gate?", say_id=say_id)
+        return text_of(frames, ack["turn"])
+
+    async with running_server() as server, connect(server.url) as client:
+        await client.hello(server.token("alice"))
+        day = await ask_gate(client, 1)
+        await client.send({"t": "context", "id": 2, "data": {"time": "night"}, "npc": "guard"})
+        assert (await client.expect("ack"))["id"] == 2
+        night = await ask_gate(client, 3)
+        assert "dawn" in night and ("Shut" in night or "shut" in night)
+        assert "Shut" not in day and "shut till" not in day
+        await client.send({"t": "context", "id": 4, "data": {"time": "noon"}})
+        await client.expect("ack")
+        await client.send({"t": "context", "id": 5, "data": {"x": 1}, "npc": "dragon"})
+        assert (await client.expect("error"))["code"] == "unknown_npc"
+
+
+async def test_generation_cap_answers_busy_and_recovers() -> None:
+    """Past max_generations a say gets busy with retry_after; once a turn ends, says work again."""
+    config = server_config(limits={"max_generations": 1}, scripted=LONG)
+    async with running_server(config) as server:
+        async with connect(server.url) as alice, connect(server.url) as bob:
+            await alice.hello(server.token("alice"))
+            await bob.hello(server.token("bob"))
+            await alice.send(
+                {"t": "say", "id": 1, "npc": "guard", "text": "tell me about the gate"}
+            )
+            await alice.expect("delta")
+            await bob.send({"t": "say", "id": 1, "npc": "merchant", "text": "hello"})
+            error = await bob.expect("error")
+            assert (error["code"], error["id"]) == ("busy", 1)
+            assert error["retry_after"] > 0
+            await alice.send({"t": "interrupt"})
+            await alice.expect("turn.end")
+            await bob.send({"t": "say", "id": 2, "npc": "merchant", "text": "hello"})
+            assert (await bob.expect("turn.end"))["reason"] == "done"
