@@ -55,6 +55,7 @@ def create_app(
     @app.before_serving
     async def start_sweeper() -> None:
         sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
+        sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
 
     @app.after_serving
     async def shutdown() -> None:
@@ -105,6 +106,14 @@ def create_app(
         return await send_from_directory(WEB_DIR, name)
 
     return app
+
+
+async def _watch(node: Node) -> None:
+    # One task for every socket's timers, instead of a task and a timer per socket.
+    interval = node.watch_interval()
+    while True:
+        await asyncio.sleep(interval)
+        node.tick_sockets()
 
 
 async def _sweep(node: Node) -> None:

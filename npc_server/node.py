@@ -70,6 +70,8 @@ class Closable(Protocol):
 
     def request_close(self, code: CloseCode | None, reason: str = "") -> None: ...
 
+    def tick(self, now: float) -> None: ...
+
 
 class LoopScheduler:
     """`Scheduler` on the running asyncio loop."""
@@ -207,6 +209,17 @@ class Node:
                     conversation = self.conversations.get((npc_id, audience))
                     if conversation is not None:
                         self._forget_if_unused(conversation)
+
+    def watch_interval(self) -> float:
+        """How often the watchdog ticks: fine enough for the heartbeat and write timeout."""
+        limits = self.config.limits
+        return min(1.0, limits.heartbeat / 4, limits.write_timeout / 4)
+
+    def tick_sockets(self) -> None:
+        """One watchdog pass over every socket (write stalls, heartbeats)."""
+        now = self.clock()
+        for socket in list(self.sockets):
+            socket.tick(now)
 
     def expire_sessions(self) -> int:
         """End detached sessions past their resume window; returns how many."""
