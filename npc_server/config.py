@@ -34,7 +34,8 @@ class ServerSection:
     backlog: int = 2048
     # The kernel drops a connection whose sent data stays unacknowledged this
     # long, which frees sockets of peers that stopped reading (HYPERCORN-NOTES).
-    tcp_user_timeout_ms: int = 5000
+    # Keep it above write_timeout, so that the client is told 4000 first.
+    tcp_user_timeout_ms: int = 15000
     send_buffer_bytes: int = 0
     use_uvloop: bool = True
     # permessage-deflate: costs CPU and ~100 KB per socket for tiny frames.

@@ -1,7 +1,7 @@
-"""Three adjustments to Hypercorn 0.17-0.18 that the socket edge relies on.
+"""Four adjustments to Hypercorn 0.17-0.18 that the socket edge relies on.
 
-Each answers a trap measured in HYPERCORN-NOTES.md, and each is installed by
-`install_fixes()` once per process (`serve.py` does it):
+Each answers a trap measured in HYPERCORN-NOTES.md or by our stress tests;
+`install_fixes()` installs 1-3 once per process (`serve.py` does it):
 
 1. A client's close code reaches the app. Hypercorn answers the close
    handshake itself and then tells the app `websocket.disconnect` with 1006
@@ -10,12 +10,17 @@ Each answers a trap measured in HYPERCORN-NOTES.md, and each is installed by
 2. The kernel's ETIMEDOUT while closing is not an unhandled error. With
    TCP_USER_TIMEOUT the kernel drops a peer that stopped reading and
    `wait_closed()` raises `TimeoutError`, which Hypercorn does not expect.
-3. permessage-deflate can be refused. Hypercorn always accepts it when a
+3. A finished app lets go of its socket. Hypercorn feeds client messages into
+   a bounded queue (10) that only the app reads; when the app has returned
+   after closing a socket whose client kept sending, Hypercorn's reader stayed
+   blocked on that full queue for ever and the socket sat in CLOSE_WAIT.
+4. permessage-deflate can be refused. Hypercorn always accepts it when a
    browser offers it: ~20% of throughput and ~100 KB of zlib state per socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -38,6 +43,7 @@ def install_fixes() -> None:
     _installed = True
     _pass_client_close_codes()
     _guard_close_timeouts()
+    _release_finished_apps()
 
 
 def _pass_client_close_codes() -> None:
@@ -65,6 +71,27 @@ def _pass_client_close_codes() -> None:
     WSStream._handle_events = _handle_events  # type: ignore[method-assign]
 
 
+async def _drop(message: Any) -> None:
+    return None
+
+
+def _release_finished_apps() -> None:
+    original = WSStream.app_send
+
+    async def app_send(self: WSStream, message: Any) -> None:
+        if message is None and self.app_put is not None:
+            # The app is gone: nothing may wait on its queue any more. Emptying it
+            # wakes a put already blocked on it; later messages are dropped.
+            queue = getattr(self.app_put, "__self__", None)
+            self.app_put = _drop
+            if isinstance(queue, asyncio.Queue):
+                while not queue.empty():
+                    queue.get_nowait()
+        await original(self, message)
+
+    WSStream.app_send = app_send  # type: ignore[method-assign]
+
+
 def _guard_close_timeouts() -> None:
     original = TCPServer._close
 
@@ -81,7 +108,7 @@ _ORIGINAL_ACCEPT = Handshake.accept
 
 
 def set_websocket_compression(enabled: bool) -> None:
-    """Fix 3: let Hypercorn accept permessage-deflate, or refuse it."""
+    """Fix 4: let Hypercorn accept permessage-deflate, or refuse it."""
     if enabled:
         Handshake.accept = _ORIGINAL_ACCEPT  # type: ignore[method-assign]
         return

@@ -13,9 +13,11 @@ from enum import Enum
 
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import CloseCode, ErrorCode
-from npc_server.protocol.frames import ClientFrame, Error, Hello, Limits, Say
+from npc_server.protocol.frames import ClientFrame, Error, Hello, Limits, Pong, Say
 
 BAD_FRAMES_BEFORE_CLOSE = 3
+# A pong is a map of `t` and `ts`; anything longer is not one.
+MAX_PONG_BYTES = 64
 
 
 class ConnectionState(Enum):
@@ -81,7 +83,8 @@ class ServerConnection:
         self._now = now
         self._limiter = RateLimiter(limits.rate_per_s, limits.rate_burst, now)
         self._bad_streak = 0
-        self._limited_streak = 0
+        self._dropped = 0.0
+        self._dropped_at = now()
         self._last_limited_error = -1e9
 
     def accept_hello(self) -> None:
@@ -108,10 +111,22 @@ class ServerConnection:
             ]
         if self.state is ConnectionState.AWAITING_HELLO:
             return self._receive_hello(data)
+        if self._is_pong(data):
+            # Pongs answer our heartbeat: never dropped, or a client over its rate
+            # would look dead (4001) instead of flooding (4029).
+            return self._receive_open(data)
         if not self._limiter.take_nowait():
             return self._rate_limited()
-        self._limited_streak = 0
         return self._receive_open(data)
+
+    @staticmethod
+    def _is_pong(data: bytes | str) -> bool:
+        if isinstance(data, str) or len(data) > MAX_PONG_BYTES:
+            return False
+        try:
+            return isinstance(decode_client_frame(data), Pong)
+        except FrameError:
+            return False
 
     def _receive_hello(self, data: bytes | str) -> list[Event]:
         try:
@@ -163,10 +178,14 @@ class ServerConnection:
         return events
 
     def _rate_limited(self) -> list[Event]:
-        self._limited_streak += 1
-        if self._limited_streak >= self.limits.flood_close_after:
-            return [self.close(CloseCode.RATE_LIMITED, "too many frames")]
+        # Dropped frames decay at the allowed rate: a client a little over its rate
+        # is only slowed down; one far over it (a flood) is closed.
         now = self._now()
+        decayed = self._dropped - (now - self._dropped_at) * self.limits.rate_per_s
+        self._dropped = max(0.0, decayed) + 1
+        self._dropped_at = now
+        if self._dropped >= self.limits.flood_close_after:
+            return [self.close(CloseCode.RATE_LIMITED, "too many frames")]
         # One error a second is enough to tell the client; more would feed its flood.
         if now - self._last_limited_error < 1.0:
             return []

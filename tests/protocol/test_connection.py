@@ -138,3 +138,36 @@ def test_rate_refills_with_time() -> None:
         clock.now += 0.1
         [event] = conn.receive(pack({"t": "ping"}))
         assert isinstance(event, FrameReceived)
+
+
+def test_a_sustained_flood_below_the_burst_speed_is_closed() -> None:
+    """Frames at 3x the rate for long enough close with 4029; dropped frames decay, not reset."""
+    clock = FakeClock()
+    conn = opened(Limits(rate_per_s=10, rate_burst=5, flood_close_after=50), clock)
+    closes: list[CloseConnection] = []
+    for _ in range(2000):  # 30 frames/s for up to ~67 s
+        clock.now += 1 / 30
+        closes += [e for e in conn.receive(pack({"t": "ping"})) if isinstance(e, CloseConnection)]
+        if closes:
+            break
+    assert [c.code for c in closes] == [CloseCode.RATE_LIMITED]
+
+
+def test_slightly_over_the_rate_is_slowed_not_closed() -> None:
+    """At 1.5x the rate frames are dropped but the socket stays open."""
+    clock = FakeClock()
+    conn = opened(Limits(rate_per_s=10, rate_burst=5, flood_close_after=50), clock)
+    for _ in range(3000):
+        clock.now += 1 / 15
+        conn.receive(pack({"t": "ping"}))
+    assert conn.state is ConnectionState.OPEN
+
+
+def test_pongs_pass_even_when_over_the_rate() -> None:
+    """A client over its rate still gets its heartbeat answers through."""
+    conn = opened(Limits(rate_per_s=1, rate_burst=1, flood_close_after=10**6))
+    for _ in range(20):
+        conn.receive(pack({"t": "ping"}))
+    [event] = conn.receive(pack({"t": "pong", "ts": 123}))
+    assert isinstance(event, FrameReceived)
+    assert event.frame.T == "pong"
