@@ -36,7 +36,12 @@ class ServerSection:
     # long, which frees sockets of peers that stopped reading (HYPERCORN-NOTES).
     # Keep it above write_timeout, so that the client is told 4000 first.
     tcp_user_timeout_ms: int = 15000
-    send_buffer_bytes: int = 0
+    # Caps kernel memory per socket, and keeps what a stalled reader's kernel
+    # buffers hold well inside the replay window (so a resume loses nothing).
+    send_buffer_bytes: int = 131072
+    # Python's collector pauses cost the p99 of streaming (benchmarks); 0 keeps
+    # Python's default threshold for generation 0.
+    gc_threshold: int = 100_000
     use_uvloop: bool = True
     # permessage-deflate: costs CPU and ~100 KB per socket for tiny frames.
     websocket_compression: bool = False

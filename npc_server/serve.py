@@ -8,6 +8,7 @@ alone never does (HYPERCORN-NOTES.md). SIGTERM/SIGINT drain before exiting.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -94,8 +95,22 @@ async def _drain_then_stop(node: Node, config: Config, stop: asyncio.Event) -> N
         stop.set()
 
 
+def tune_gc(threshold: int) -> None:
+    """Freeze start-up objects and collect generation 0 less often.
+
+    Measured (benchmarks/README.md): collector pauses of 45-80 ms set the p99
+    delivery lag; with (100000, 50, 50) the 100 ms knee moved from ~400 to
+    ~750 streaming players and CPU per token fell 10-15%.
+    """
+    if threshold > 0:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(threshold, 50, 50)
+
+
 def run(config: Config) -> None:
     """Run `serve` on uvloop when available and enabled."""
+    tune_gc(config.server.gc_threshold)
     if config.server.use_uvloop:
         try:
             import uvloop
