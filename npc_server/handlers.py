@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from npc_server.node import Node, Refused
+from npc_server.node import Node
 from npc_server.npcs import NpcConfig, RoomInterrupt
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import (
@@ -27,7 +27,7 @@ from npc_server.protocol.frames import (
     TypingNotice,
 )
 from npc_server.session import Session
-from npc_server.turns import Audience, Conversation, Started, Turn, TurnRefused, TurnState
+from npc_server.turns import Audience, Conversation, Refused, Started, Turn, TurnState
 
 MAX_CONTEXT_KEYS = 64
 
@@ -81,10 +81,7 @@ def say(node: Node, session: Session, frame: Say) -> None:
             said = Said(frame.room, player, npc.id, frame.text)
             node.hub.send_to_room(frame.room, said, exclude=player)
 
-    try:
-        conversation.submit(player, frame.text, frame.id, accepted)
-    except TurnRefused as exc:
-        raise Refused(exc.code, exc.message, exc.retry_after) from None
+    conversation.submit(player, frame.text, frame.id, accepted)
 
 
 def _target_turn(node: Node, player: str, turn_id: str | None) -> tuple[Conversation, Turn]:

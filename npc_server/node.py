@@ -21,7 +21,7 @@ from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_
 from npc_server.config import Config
 from npc_server.hub import Hub
 from npc_server.npcs import NpcConfig
-from npc_server.protocol.codes import CloseCode, ErrorCode
+from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import (
     Action,
     Delta,
@@ -40,16 +40,6 @@ from npc_server.turns import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class Refused(Exception):
-    """A request is answered with `error{code}`; the socket stays open."""
-
-    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,8 +145,8 @@ class Turn:
         self.written = max(self.written, end)
 
 
-class TurnRefused(Exception):
-    """A say could not become a turn; answer with this error code."""
+class Refused(Exception):
+    """A request is refused with `error{code}` (the socket stays open)."""
 
     def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -230,7 +230,7 @@ class Conversation:
             self._end(self.active, EndReason.SUPERSEDED, keep_slot=True)
             self._start(turn)
         elif len(self.waiting) >= self.npc.max_queue:
-            raise TurnRefused(
+            raise Refused(
                 ErrorCode.BUSY, f"{self.npc.id} already has {len(self.waiting)} says waiting", 1.0
             )
         else:
@@ -241,7 +241,7 @@ class Conversation:
 
     def _acquire_slot(self) -> None:
         if not self.limiter.try_acquire_nowait():
-            raise TurnRefused(
+            raise Refused(
                 ErrorCode.BUSY,
                 f"the server is at its limit of {self.limiter.limit} generations",
                 1.0,

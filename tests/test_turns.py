@@ -34,8 +34,8 @@ from npc_server.turns import (
     Conversation,
     EndReason,
     GenerationLimiter,
+    Refused,
     Turn,
-    TurnRefused,
     TurnState,
 )
 
@@ -344,7 +344,7 @@ async def test_queue_policy_waits_its_turn() -> None:
     queued = rig.conversation.submit("alice", "two", reply_to=2)
     third = rig.conversation.submit("alice", "three", reply_to=3)
     assert (queued.queued, third.queued) == (1, 2)
-    with pytest.raises(TurnRefused) as info:
+    with pytest.raises(Refused) as info:
         rig.say("four")
     assert info.value.code is ErrorCode.BUSY
     rig.backend.feed("one", TextPiece("1"), END)
@@ -375,7 +375,7 @@ async def test_generation_cap_refuses_with_busy() -> None:
         make_request=lambda turn, history: GenerationRequest(NPC, turn.player, turn.text_in),
         new_id=lambda prefix: prefix + "b",
     )
-    with pytest.raises(TurnRefused) as info:
+    with pytest.raises(Refused) as info:
         other.submit("bob", "hi", reply_to=1)
     assert info.value.code is ErrorCode.BUSY and info.value.retry_after
 
