@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]' -e clients/python
+.venv/bin/python -m pip install -q -e '.[dev,bench]' -e clients/python
 
 # System packages the end-to-end tests use: Debian's chromium (browser test).
 # Installed only when missing and possible.
