@@ -26,9 +26,7 @@ report what is left compared with the baseline:
   the traffic; for a server process it is tight.
 
 Nothing here raises on a leak: the report lists `problems`, and the caller
-(a test, or the soak table) decides. A leak caused by a known server bug
-that has its own strict-xfail test can be excused per client port; it is
-then listed under `known` instead of `problems`.
+(a test, or the soak table) decides.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ import sys
 import time
 import urllib.request
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -59,8 +57,6 @@ FD_TOLERANCE = 4
 BLOCKS_TOLERANCE = 50_000
 SETTLE_TIMEOUT = 20.0
 POLL_S = 0.02
-# A Hypercorn connection stuck after a close holds its connection task and the app task.
-TASKS_PER_STUCK_SOCKET = 2
 HEALTH_COUNTS = (
     "sockets",
     "sessions",
@@ -109,7 +105,6 @@ class LeakReport:
     registry: dict[str, int] = field(default_factory=dict)
     queued_frames: int = 0
     problems: list[str] = field(default_factory=list)
-    known: list[str] = field(default_factory=list)
     settle_s: float = 0.0
 
     @property
@@ -121,8 +116,6 @@ class LeakReport:
         blocks = "" if self.blocks is None else f", objects {self.blocks:+,d} blocks"
         numbers = f"fds {self.fds:+d}{tasks}, rss {self.rss_mb:+.1f} MB{blocks}"
         text = "; ".join(self.problems) if self.problems else f"none ({numbers})"
-        if self.known:
-            text += " [known bug: " + "; ".join(self.known) + "]"
         return text
 
 
@@ -212,15 +205,6 @@ async def wait_for_async(condition: Callable[[], Awaitable[bool]], deadline: flo
     return True
 
 
-def _excused(
-    report: LeakReport, sockets: list[tuple[str, int | None]], ignore_peers: Collection[int]
-) -> int:
-    stuck = [(status, peer) for status, peer in sockets if peer in ignore_peers]
-    for status, peer in stuck:
-        report.known.append(f"server socket from :{peer} left in {status}")
-    return len(stuck)
-
-
 def release_free_heap() -> None:
     """Hand freed heap pages back to the OS (glibc), so RSS shows what is still in use.
 
@@ -272,17 +256,11 @@ async def settle_in_process(
     rss_tolerance_mb: float,
     players: Iterable[str] = (),
     sessions: Iterable[weakref.ref[Session]] = (),
-    ignore_peers: Collection[int] = (),
     fd_tolerance: int = FD_TOLERANCE,
     blocks_tolerance: int = BLOCKS_TOLERANCE,
     timeout: float = SETTLE_TIMEOUT,
 ) -> LeakReport:
-    """Wait for an in-process server to release everything; report what is left.
-
-    `ignore_peers`: client ports whose server socket is known to stay open
-    because of a server bug with its own xfail test; each may keep its
-    socket, one descriptor and its Hypercorn tasks.
-    """
+    """Wait for an in-process server to release everything; report what is left."""
     started = time.monotonic()
     deadline = started + timeout
     node = server.node
@@ -290,7 +268,7 @@ async def settle_in_process(
     pid, port = baseline.pid, server.port
 
     def open_sockets() -> list[tuple[str, int | None]]:
-        return [s for s in server_connections(pid, port) if s[1] not in ignore_peers]
+        return server_connections(pid, port)
 
     await wait_for(lambda: not node.sockets, deadline)
     await wait_for(lambda: not open_sockets(), deadline)
@@ -299,7 +277,6 @@ async def settle_in_process(
         report.problems.append(f"{len(node.sockets)} socket edges still registered")
     if report.server_sockets:
         report.problems.append("server sockets open: " + ", ".join(report.server_sockets))
-    stuck = _excused(report, server_connections(pid, port), ignore_peers)
 
     await wait_for(lambda: node.limiter.active == 0 and not node.turns, deadline)
     await wait_for(
@@ -332,14 +309,14 @@ async def settle_in_process(
         report.problems.append(f"{alive} sessions not expired")
 
     assert baseline.tasks is not None
-    allowed_tasks = baseline.tasks + TASKS_PER_STUCK_SOCKET * stuck
+    allowed_tasks = baseline.tasks
     await wait_for(lambda: len(asyncio.all_tasks()) <= allowed_tasks, deadline)
     report.tasks = len(asyncio.all_tasks()) - baseline.tasks
     if len(asyncio.all_tasks()) > allowed_tasks:
         names = sorted(t.get_name() for t in asyncio.all_tasks())
         report.problems.append(f"{report.tasks:+d} asyncio tasks: {names}")
 
-    await _descriptors(report, baseline, fd_tolerance + stuck, deadline)
+    await _descriptors(report, baseline, fd_tolerance, deadline)
     _memory(report, baseline, rss_tolerance_mb, blocks_tolerance)
     report.settle_s = time.monotonic() - started
     return report

@@ -1,4 +1,4 @@
-"""Inbound floods: rate limiting, the 4029 close, bounded memory, and two known server bugs."""
+"""Inbound floods: rate limiting, the 4029 close, bounded memory, released sockets."""
 
 from __future__ import annotations
 
