@@ -55,15 +55,19 @@ class AuthSection:
     expiry_grace: float = 2.0
 
 
+# The protocol core's own defaults are the server's: one place to change them.
+_PROTOCOL = Limits()
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsSection:
-    frame_bytes: int = 16 * 1024
-    text_chars: int = 2000
-    queue_frames: int = 256
-    queue_bytes: int = 256 * 1024
-    rate_per_s: float = 20.0
-    rate_burst: int = 40
-    flood_close_after: int = 200
+    frame_bytes: int = _PROTOCOL.frame_bytes
+    text_chars: int = _PROTOCOL.text_chars
+    queue_frames: int = _PROTOCOL.queue_frames
+    queue_bytes: int = _PROTOCOL.queue_bytes
+    rate_per_s: float = _PROTOCOL.rate_per_s
+    rate_burst: int = _PROTOCOL.rate_burst
+    flood_close_after: int = _PROTOCOL.flood_close_after
     write_timeout: float = 10.0
     heartbeat: float = 15.0
     max_generations: int = 512

@@ -8,7 +8,7 @@ socket (see `encode_server_frame`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 RequestId = int | str | None
@@ -289,8 +289,6 @@ class Limits:
     rate_per_s: float = 20.0
     rate_burst: int = 40
     flood_close_after: int = 200
-    context_keys: int = 64
-    extra: Mapping[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, int]:
         """The subset of limits a client needs to know."""
