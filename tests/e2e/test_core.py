@@ -339,3 +339,22 @@ async def test_generation_cap_answers_busy_and_recovers() -> None:
             await alice.expect("turn.end")
             await bob.send({"t": "say", "id": 2, "npc": "merchant", "text": "hello"})
             assert (await bob.expect("turn.end"))["reason"] == "done"
+
+
+async def test_latest_seen_is_the_cut_when_interrupt_has_no_shown() -> None:
+    """seen{turn, shown} then a bare interrupt: kept and the NPC's memory end at that seen."""
+    async with (
+        running_server(server_config(scripted=LONG)) as server,
+        connect(server.url) as client,
+    ):
+        await client.hello(server.token("alice"))
+        await client.send({"t": "say", "id": 1, "npc": "guard", "text": "tell me about the gate"})
+        turn = (await client.expect("ack"))["turn"]
+        await client.recv_until(lambda f: f["t"] == "delta" and f["at"] > 40)
+        await client.send({"t": "seen", "id": 2, "turn": turn, "shown": 9})
+        await client.recv_until(lambda f: f["t"] == "ack" and f["id"] == 2)
+        await client.send({"t": "interrupt"})
+        end = await client.recv_until(lambda f: f["t"] == "turn.end")
+        assert (end[-1]["reason"], end[-1]["kept"]) == ("interrupted", 9)
+        memory = server.node.conversations[("guard", "player:alice")].memory.lines()
+        assert len(memory[-1].text) == 9
