@@ -35,3 +35,37 @@ class ConnectLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class TokenBudget:
+    """Generated tokens per player per minute: a bucket that refills continuously.
+
+    Spending may take a bucket below zero (a turn under way is not cut); a
+    player whose bucket is empty may not start another turn until it refills.
+    """
+
+    def __init__(
+        self, per_minute: int, now: Callable[[], float], max_keys: int = MAX_TRACKED
+    ) -> None:
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0
+        self._now = now
+        self._max_keys = max_keys
+        self._levels: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _level(self, player: str) -> float:
+        level, at = self._levels.get(player, (float(self.per_minute), self._now()))
+        return min(float(self.per_minute), level + (self._now() - at) * self._rate)
+
+    def spend_nowait(self, player: str, tokens: int) -> None:
+        self._levels[player] = (self._level(player) - tokens, self._now())
+        self._levels.move_to_end(player)
+        if len(self._levels) > self._max_keys:
+            self._levels.popitem(last=False)
+
+    def retry_after(self, player: str) -> float | None:
+        """None if `player` may start a turn now, else seconds until it may."""
+        level = self._level(player)
+        if level > 0:
+            return None
+        return (1.0 - level) / self._rate

@@ -12,13 +12,11 @@ from quart import Quart, Response, jsonify, request, send_from_directory
 
 from npc_server import __version__
 from npc_server.config import PACKAGE_ROOT, Config
-from npc_server.edge import NpcWebsocketConnection
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
-from npc_server.protocol.frames import Draining
-from npc_server.session import SessionState
 from npc_server.tokens import DEV_SECRET, issue_token
+from npc_server.transports.websocket import NpcWebsocketConnection
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +52,7 @@ def create_app(
 
     @app.before_serving
     async def start_sweeper() -> None:
+        await node.broker.start()
         sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
 
@@ -61,10 +60,11 @@ def create_app(
     async def shutdown() -> None:
         for task in sweeper:
             task.cancel()
-        for conversation in list(node.conversations.values()):
+        for conversation in node.all_conversations():
             await conversation.aclose()
         for backend in node.backends.values():
             await backend.aclose()
+        await node.broker.aclose()
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -125,10 +125,8 @@ async def _sweep(node: Node) -> None:
 async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:
     """Tell every socket to go elsewhere, let turns finish for `grace`, then close 1001."""
     node.draining = True
-    for session in list(node.hub.sessions.values()):
-        if session.state is SessionState.ATTACHED:
-            session.push_nowait(Draining(retry_after=retry_after))
-    generating = [turn.task for _, turn in node.turns.values() if turn.task is not None]
+    node.announce_drain(retry_after)
+    generating = node.turns.tasks()
     if generating:
         await asyncio.wait(generating, timeout=grace)
     sockets = list(node.sockets)

@@ -87,6 +87,13 @@ class LimitsSection:
     sockets_policy: str = "refuse"
     room_members: int = 32
     rooms_per_player: int = 8
+    # A fair share: turns one player may have queued or generating at once,
+    # over private and room conversations; past it a say gets `busy`.
+    turns_per_player: int = 4
+    # Generated tokens per player per minute (what a hosted model costs); 0 is no budget.
+    tokens_per_minute_player: int = 0
+    # Bytes of stored `context` per player, over all NPCs (msgpack size).
+    context_bytes_player: int = 32 * 1024
 
     def protocol_limits(self) -> Limits:
         return Limits(

@@ -1,12 +1,15 @@
 """Handlers of client requests after `hello`: one function per frame type.
 
-Each handler answers through the requesting session (`ack`/`error`) and
-reaches other players only through the hub. `Refused` becomes `error{id}`.
+Each handler answers the requesting session (`ack`/`error`) and reaches
+other players only through the hub; turns, actions and contexts are reached
+through their registries' methods. `Refused` becomes `error{id}`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import msgpack
 
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, RoomInterrupt
@@ -27,9 +30,10 @@ from npc_server.protocol.frames import (
     TypingNotice,
 )
 from npc_server.session import Session
-from npc_server.turns import Audience, Conversation, Refused, Started, Turn, TurnState
+from npc_server.turns import Audience, Conversation, Refused, Started, Turn
 
 MAX_CONTEXT_KEYS = 64
+TURN_RETRY_AFTER = 1.0
 
 
 def handle_request(node: Node, session: Session, frame: ClientFrame) -> None:
@@ -41,7 +45,7 @@ def handle_request(node: Node, session: Session, frame: ClientFrame) -> None:
         handler(node, session, frame)
     except Refused as exc:
         error = Error(code=exc.code, message=exc.message, id=frame.id, retry_after=exc.retry_after)
-        session.push_nowait(error)
+        node.hub.send_to_session(session, error)
 
 
 def _npc(node: Node, npc_id: str) -> NpcConfig:
@@ -57,9 +61,9 @@ def _member(node: Node, room: str, player: str) -> None:
         raise Refused(ErrorCode.NOT_IN_ROOM, f"join room {room!r} first")
 
 
-def _ack(session: Session, frame: ClientFrame) -> None:
+def _ack(node: Node, session: Session, frame: ClientFrame) -> None:
     if frame.id is not None:
-        session.push_nowait(Ack(frame.id))
+        node.hub.send_to_session(session, Ack(frame.id))
 
 
 def say(node: Node, session: Session, frame: Say) -> None:
@@ -73,10 +77,11 @@ def say(node: Node, session: Session, frame: Say) -> None:
     else:
         audience = Audience(player=player)
     conversation = node.conversation(npc, audience)
+    _fair_share(node, player, conversation)
 
     def accepted(started: Started) -> None:
-        node.turns[started.turn.id] = (conversation, started.turn)
-        session.push_nowait(Ack(frame.id, turn=started.turn.id, queued=started.queued))
+        ack = Ack(frame.id, turn=started.turn.id, queued=started.queued)
+        node.hub.send_to_session(session, ack)
         if frame.room is not None:  # others hear the player before the NPC answers
             said = Said(frame.room, player, npc.id, frame.text)
             node.hub.send_to_room(frame.room, said, exclude=player)
@@ -84,23 +89,34 @@ def say(node: Node, session: Session, frame: Say) -> None:
     conversation.submit(player, frame.text, frame.id, accepted)
 
 
+def _fair_share(node: Node, player: str, conversation: Conversation) -> None:
+    """Refuse a say past the player's share of turns or tokens (`busy`, `retry_after`)."""
+    limits = node.config.limits
+    active = conversation.active
+    freed = active is not None and active.player == player and conversation.supersedes
+    if node.turns.count_started_by(player) - freed >= limits.turns_per_player:
+        raise Refused(
+            ErrorCode.BUSY,
+            f"you have {limits.turns_per_player} turns under way already",
+            TURN_RETRY_AFTER,
+        )
+    wait = node.budget.retry_after(player) if node.budget is not None else None
+    if wait is not None:
+        per_minute = limits.tokens_per_minute_player
+        raise Refused(ErrorCode.BUSY, f"your budget of {per_minute} tokens a minute is spent", wait)
+
+
 def _target_turn(node: Node, player: str, turn_id: str | None) -> tuple[Conversation, Turn]:
-    if turn_id is not None:
-        entry = node.turns.get(turn_id)
-        if entry is None or not _may_see(node, player, entry[0]):
-            raise Refused(ErrorCode.UNKNOWN_TURN, f"no active turn {turn_id!r}")
+    if turn_id is None:
+        # A bare interrupt means the player's own newest turn, never another's.
+        entry = node.turns.newest_started_by(player)
+        if entry is None:
+            raise Refused(ErrorCode.UNKNOWN_TURN, "you have no active turn to interrupt")
         return entry
-    for conversation, turn in reversed(list(node.turns.values())):
-        if turn.state is TurnState.ACTIVE and _may_see(node, player, conversation):
-            return conversation, turn
-    raise Refused(ErrorCode.UNKNOWN_TURN, "there is no active turn to interrupt")
-
-
-def _may_see(node: Node, player: str, conversation: Conversation) -> bool:
-    audience = conversation.audience
-    if audience.room is not None:
-        return node.hub.is_member(audience.room, player)
-    return audience.player == player
+    entry = node.turns.get(turn_id)
+    if entry is None or not node.sees(player, entry[0].audience):
+        raise Refused(ErrorCode.UNKNOWN_TURN, f"no active turn {turn_id!r}")
+    return entry
 
 
 def interrupt(node: Node, session: Session, frame: Interrupt) -> None:
@@ -114,36 +130,43 @@ def interrupt(node: Node, session: Session, frame: Interrupt) -> None:
             ErrorCode.FORBIDDEN, f"only {turn.player} may interrupt this turn of {npc.id}"
         )
     conversation.interrupt(turn, frame.shown)
-    _ack(session, frame)
+    _ack(node, session, frame)
 
 
 def seen(node: Node, session: Session, frame: Seen) -> None:
     entry = node.turns.get(frame.turn)
-    if entry is not None and _may_see(node, session.player, entry[0]):
+    if entry is not None and node.sees(session.player, entry[0].audience):
         turn = entry[1]
         turn.shown = frame.shown if turn.shown is None else max(turn.shown, frame.shown)
-    _ack(session, frame)
+    _ack(node, session, frame)
 
 
 def typing(node: Node, session: Session, frame: Typing) -> None:
+    if frame.npc is not None:
+        _npc(node, frame.npc)
     if frame.room is not None:
         _member(node, frame.room, session.player)
         notice = TypingNotice(session.player, frame.on, frame.room, frame.npc)
         node.hub.send_to_room(frame.room, notice, exclude=session.player)
-    _ack(session, frame)
+    _ack(node, session, frame)
 
 
 def context(node: Node, session: Session, frame: Context) -> None:
     if len(frame.data) > MAX_CONTEXT_KEYS:
         raise Refused(ErrorCode.TOO_LONG, f"context.data has more than {MAX_CONTEXT_KEYS} keys")
-    scope = "*" if frame.npc is None else _npc(node, frame.npc).id
-    node.contexts.setdefault(session.player, {})[scope] = dict(frame.data)
-    _ack(session, frame)
+    npc = None if frame.npc is None else _npc(node, frame.npc).id
+    size = len(msgpack.packb(frame.data))
+    if not node.contexts.set_nowait(session.player, npc, frame.data, size):
+        budget = node.contexts.max_bytes_per_player
+        raise Refused(
+            ErrorCode.TOO_LONG, f"your contexts would take over {budget} bytes; send less"
+        )
+    _ack(node, session, frame)
 
 
 def act(node: Node, session: Session, frame: Act) -> None:
-    entry = node.actions.get(frame.action)
-    if entry is None or not _may_see(node, session.player, entry[0]):
+    entry = node.turns.action(frame.action)
+    if entry is None or not node.sees(session.player, entry[0].audience):
         raise Refused(ErrorCode.UNKNOWN_ACTION, f"no action {frame.action!r} waits for an answer")
     conversation, turn, action = entry
     if not action.approval:
@@ -151,7 +174,7 @@ def act(node: Node, session: Session, frame: Act) -> None:
     if turn.room is not None and turn.player != session.player:
         raise Refused(ErrorCode.FORBIDDEN, f"only {turn.player} may answer this action")
     conversation.answer(turn, action, frame.accept)
-    _ack(session, frame)
+    _ack(node, session, frame)
 
 
 def join(node: Node, session: Session, frame: Join) -> None:
@@ -162,22 +185,22 @@ def join(node: Node, session: Session, frame: Join) -> None:
             raise Refused(
                 ErrorCode.FORBIDDEN, f"a player may be in at most {limits.rooms_per_player} rooms"
             )
-        if len(node.hub.members(frame.room)) >= limits.room_members:
+        if node.hub.member_count(frame.room) >= limits.room_members:
             raise Refused(
                 ErrorCode.FORBIDDEN, f"room {frame.room!r} is full ({limits.room_members} players)"
             )
         node.hub.join(frame.room, player)
-        _ack(session, frame)
+        _ack(node, session, frame)
         for mine in node.hub.sessions_of(player):  # catch up on turns already under way
             node.snapshot(mine, room=frame.room)
         return
-    _ack(session, frame)
+    _ack(node, session, frame)
 
 
 def leave(node: Node, session: Session, frame: Leave) -> None:
     if not node.hub.leave(frame.room, session.player):
         raise Refused(ErrorCode.NOT_IN_ROOM, f"not in room {frame.room!r}")
-    _ack(session, frame)
+    _ack(node, session, frame)
 
 
 _HANDLERS: dict[type, Callable[[Node, Session, ClientFrame], None]] = {

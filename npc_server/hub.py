@@ -1,17 +1,18 @@
-"""Who is connected and where frames go: sessions, players, rooms.
+"""Who is connected, and the subscriptions that follow: sessions, players, rooms.
 
-Every server frame reaches sockets through one of `send_to_session`,
-`send_to_player`, `send_to_room` or `send_to_audience`; they only enqueue.
+The hub owns the registry of this node's sessions and the room memberships,
+and keeps each session subscribed to its channels in the broker: its own,
+its player's and its player's rooms'. Frames are published through the hub
+(`send_to_*`), which only names the channel; the broker delivers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+from npc_server.brokers import Broker, player_channel, room_channel, session_channel
 from npc_server.protocol.frames import Presence, ServerFrame
 from npc_server.session import Session
-from npc_server.turns import Audience
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +23,12 @@ class HubStatistics:
     memberships: int
 
 
-_NO_SESSIONS: dict[str, Session] = {}
-
-
 class Hub:
-    """The registry of sessions, players and rooms of one server process."""
+    """The registry of sessions, players and rooms of one node."""
 
-    def __init__(self) -> None:
-        self.sessions: dict[str, Session] = {}
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._sessions: dict[str, Session] = {}
         self._by_player: dict[str, dict[str, Session]] = {}
         self._rooms: dict[str, set[str]] = {}
         self._rooms_of: dict[str, set[str]] = {}
@@ -37,20 +36,37 @@ class Hub:
     # --- sessions ---------------------------------------------------------
 
     def add(self, session: Session) -> None:
-        self.sessions[session.id] = session
+        self._sessions[session.id] = session
         self._by_player.setdefault(session.player, {})[session.id] = session
+        for channel in self._channels_of(session):
+            self.broker.subscribe(channel, session)
 
     def remove(self, session: Session) -> bool:
         """Forget a session; True when it was the player's last one."""
-        self.sessions.pop(session.id, None)
-        mine = self._by_player.get(session.player)
-        if mine is None:
+        if self._sessions.pop(session.id, None) is None:
             return False
-        mine.pop(session.id, None)
+        for channel in self._channels_of(session):
+            self.broker.unsubscribe(channel, session)
+        mine = self._by_player[session.player]
+        del mine[session.id]
         if mine:
             return False
         del self._by_player[session.player]
         return True
+
+    def _channels_of(self, session: Session) -> list[str]:
+        rooms = sorted(self._rooms_of.get(session.player, ()))
+        return [
+            session_channel(session.id),
+            player_channel(session.player),
+            *(room_channel(room) for room in rooms),
+        ]
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def all_sessions(self) -> list[Session]:
+        return list(self._sessions.values())
 
     def sessions_of(self, player: str) -> list[Session]:
         return list(self._by_player.get(player, {}).values())
@@ -67,6 +83,9 @@ class Hub:
             return False
         members.add(player)
         self._rooms_of.setdefault(player, set()).add(room)
+        channel = room_channel(room)
+        for session in self.sessions_of(player):
+            self.broker.subscribe(channel, session)
         self.send_to_room(room, Presence(room, player, "joined"), exclude=player)
         return True
 
@@ -82,6 +101,9 @@ class Hub:
         rooms.discard(room)
         if not rooms:
             del self._rooms_of[player]
+        channel = room_channel(room)
+        for session in self.sessions_of(player):
+            self.broker.unsubscribe(channel, session)
         self.send_to_room(room, Presence(room, player, "left"), exclude=player)
         return True
 
@@ -95,6 +117,9 @@ class Hub:
     def members(self, room: str) -> tuple[str, ...]:
         return tuple(sorted(self._rooms.get(room, ())))
 
+    def member_count(self, room: str) -> int:
+        return len(self._rooms.get(room, ()))
+
     def is_member(self, room: str, player: str) -> bool:
         return player in self._rooms.get(room, ())
 
@@ -107,39 +132,17 @@ class Hub:
     # --- delivery ---------------------------------------------------------
 
     def send_to_session(self, session: Session, frame: ServerFrame) -> None:
-        session.push_nowait(frame)
+        self.broker.publish_nowait(session_channel(session.id), frame)
 
     def send_to_player(self, player: str, frame: ServerFrame) -> None:
-        # Hot path (every delta): iterate in place; pushing never changes the registry.
-        for session in self._by_player.get(player, _NO_SESSIONS).values():
-            session.push_nowait(frame)
+        self.broker.publish_nowait(player_channel(player), frame)
 
     def send_to_room(self, room: str, frame: ServerFrame, exclude: str | None = None) -> None:
-        for player in self._rooms.get(room, ()):
-            if player != exclude:
-                self.send_to_player(player, frame)
-
-    def _audience_sessions(self, audience: Audience) -> Iterator[Session]:
-        if audience.room is not None:
-            for player in self._rooms.get(audience.room, ()):
-                yield from self._by_player.get(player, _NO_SESSIONS).values()
-        elif audience.player is not None:
-            yield from self._by_player.get(audience.player, _NO_SESSIONS).values()
-
-    def send_to_audience(self, audience: Audience, frame: ServerFrame) -> None:
-        if audience.room is None and audience.player is not None:
-            self.send_to_player(audience.player, frame)
-            return
-        for session in self._audience_sessions(audience):
-            session.push_nowait(frame)
-
-    def drop_turn(self, audience: Audience, turn: str) -> None:
-        for session in self._audience_sessions(audience):
-            session.drop_turn_nowait(turn)
+        self.broker.publish_nowait(room_channel(room), frame, exclude)
 
     def statistics(self) -> HubStatistics:
         return HubStatistics(
-            sessions=len(self.sessions),
+            sessions=len(self._sessions),
             players=len(self._by_player),
             rooms=len(self._rooms),
             memberships=sum(len(m) for m in self._rooms.values()),

@@ -13,31 +13,21 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from npc_server import __version__
-from npc_server.admission import ConnectLimiter
+from npc_server.admission import ConnectLimiter, TokenBudget
 from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_backend
+from npc_server.brokers import Broker, create_broker
 from npc_server.config import Config
+from npc_server.contexts import ContextStore
 from npc_server.hub import Hub
 from npc_server.npcs import NpcConfig
 from npc_server.protocol.codes import CloseCode
-from npc_server.protocol.frames import (
-    Action,
-    Delta,
-    ServerFrame,
-    TurnStart,
-)
+from npc_server.protocol.frames import Action, Delta, Draining, ServerFrame, TurnStart
+from npc_server.registry import TurnRegistry
 from npc_server.session import Session, SessionState
-from npc_server.turns import (
-    Audience,
-    Conversation,
-    GenerationLimiter,
-    Scheduler,
-    Turn,
-    TurnAction,
-    TurnState,
-)
+from npc_server.turns import Audience, Conversation, GenerationLimiter, Scheduler, Turn
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +61,7 @@ class LoopScheduler:
 
 
 class Node:
-    """The state of one server process and the handlers of client requests."""
+    """The state of one server process: who is connected, conversations, turns."""
 
     def __init__(
         self,
@@ -81,21 +71,27 @@ class Node:
         clock: Callable[[], float] = time.monotonic,
         scheduler: Scheduler | None = None,
         backends: Mapping[str, Backend] | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.config = config
         self.npcs = dict(npcs)
         self.clock = clock
         self.scheduler = scheduler or LoopScheduler()
         self.node_id = secrets.token_hex(3)
-        self.hub = Hub()
-        self.limiter = GenerationLimiter(config.limits.max_generations)
-        self.backends: dict[str, Backend] = dict(backends or {})
-        self.conversations: dict[tuple[str, str], Conversation] = {}
-        self.turns: dict[str, tuple[Conversation, Turn]] = {}
-        self.actions: dict[str, tuple[Conversation, Turn, TurnAction]] = {}
-        self.contexts: dict[str, dict[str, Mapping[str, Any]]] = {}
-        self.draining = False
+        self.broker = broker or create_broker()
+        self.hub = Hub(self.broker)
         limits = config.limits
+        self.limiter = GenerationLimiter(limits.max_generations)
+        self.budget = (
+            TokenBudget(limits.tokens_per_minute_player, clock)
+            if limits.tokens_per_minute_player > 0
+            else None
+        )
+        self.backends: dict[str, Backend] = dict(backends or {})
+        self.turns = TurnRegistry(on_released=self._forget_if_unused)
+        self.contexts = ContextStore(limits.context_bytes_player)
+        self._conversations: dict[tuple[str, str], Conversation] = {}
+        self.draining = False
         self.player_connects = ConnectLimiter(
             limits.connects_per_s_player, limits.connects_burst_player, clock
         )
@@ -115,32 +111,31 @@ class Node:
     def statistics(self) -> NodeStatistics:
         """An immutable snapshot of what this process holds."""
         hub = self.hub.statistics()
+        sessions = self.hub.all_sessions()
         return NodeStatistics(
             sessions=hub.sessions,
-            attached=sum(s.state is SessionState.ATTACHED for s in self.hub.sessions.values()),
+            attached=sum(s.state is SessionState.ATTACHED for s in sessions),
             players=hub.players,
             rooms=hub.rooms,
             memberships=hub.memberships,
-            conversations=len(self.conversations),
-            turns=len(self.turns),
+            conversations=len(self._conversations),
+            turns=self.turns.turn_count,
             generations=self.limiter.active,
-            open_actions=len(self.actions),
+            open_actions=self.turns.action_count,
         )
 
     # --- sessions ---------------------------------------------------------
 
     def open_session(self, player: str) -> Session:
         """A new session for a player (not yet attached to a socket)."""
-        session = Session(
-            self.new_id("s"), player, self.config.limits.session_limits(), self.clock()
-        )
-        session.on_written = self._written
+        limits = self.config.limits.session_limits()
+        session = Session(self.new_id("s"), player, limits, self.clock(), self._written)
         self.hub.add(session)
         return session
 
     def find_resumable(self, player: str, session_id: str) -> Session | None:
         """The session to resume, if it is still held and belongs to `player`."""
-        session = self.hub.sessions.get(session_id)
+        session = self.hub.get(session_id)
         if session is None or session.player != player or session.state is SessionState.EXPIRED:
             return None
         if session.expired_at(self.clock()):
@@ -157,23 +152,23 @@ class Node:
         Each turn as `turn.start` and one `delta` at 0 with its text so far, then
         any action still waiting for the player's approval.
         """
-        for conversation, turn in list(self.turns.values()):
+        send = self.hub.send_to_session
+        for conversation, turn in self.turns.active():
+            audience = conversation.audience
+            if (room is None or audience.room == room) and self.sees(session.player, audience):
+                send(session, TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to))
+                if turn.chars:
+                    send(session, Delta(turn.id, turn.text, 0))
+        for conversation, turn, action in self.turns.open_actions():
             audience = conversation.audience
             if room is not None and audience.room != room:
                 continue
-            if turn.state is TurnState.ACTIVE and self._sees(session.player, audience):
-                start = TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to)
-                session.push_nowait(start)
-                if turn.chars:
-                    session.push_nowait(Delta(turn.id, turn.text, 0))
-        for conversation, turn, action in list(self.actions.values()):
-            if room is not None and conversation.audience.room != room:
-                continue
-            if action.approval and self._sees(session.player, conversation.audience):
+            if action.approval and self.sees(session.player, audience):
                 frame = Action(turn.id, action.id, action.name, action.args, action.at, True)
-                session.push_nowait(frame)
+                send(session, frame)
 
-    def _sees(self, player: str, audience: Audience) -> bool:
+    def sees(self, player: str, audience: Audience) -> bool:
+        """Whether `player` is in a conversation's audience."""
         if audience.room is not None:
             return self.hub.is_member(audience.room, player)
         return audience.player == player
@@ -187,18 +182,25 @@ class Node:
         else:
             self.end_session(session)
 
-    def end_session(self, session: Session) -> None:
-        """Forget a session for good, and the player's rooms with its last one."""
-        session.expire()
+    def end_session(self, session: Session, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Forget a session for good (closing its socket with `code`), and the player's
+        rooms and context with its last one."""
+        session.expire(code)
         if self.hub.remove(session):
             rooms = self.hub.leave_all(session.player)
-            self.contexts.pop(session.player, None)
-            audiences = [f"player:{session.player}", *(f"room:{room}" for room in rooms)]
+            self.contexts.forget(session.player)
+            audiences = [Audience(player=session.player), *(Audience(room=r) for r in rooms)]
             for npc_id in self.npcs:
                 for audience in audiences:
-                    conversation = self.conversations.get((npc_id, audience))
+                    conversation = self._conversations.get((npc_id, audience.key))
                     if conversation is not None:
                         self._forget_if_unused(conversation)
+
+    def announce_drain(self, retry_after: float) -> None:
+        """Tell every attached session to reconnect elsewhere."""
+        for session in self.hub.all_sessions():
+            if session.state is SessionState.ATTACHED:
+                self.hub.send_to_session(session, Draining(retry_after=retry_after))
 
     def watch_interval(self) -> float:
         """How often the watchdog ticks: fine enough for the heartbeat and write timeout."""
@@ -216,7 +218,7 @@ class Node:
         now = self.clock()
         stale = [
             s
-            for s in self.hub.sessions.values()
+            for s in self.hub.all_sessions()
             if s.state is not SessionState.ATTACHED and s.expired_at(now)
         ]
         for session in stale:
@@ -240,32 +242,37 @@ class Node:
         return backend
 
     def conversation(self, npc: NpcConfig, audience: Audience) -> Conversation:
+        """The conversation of `npc` with `audience`, made on first use."""
         key = (npc.id, audience.key)
-        conversation = self.conversations.get(key)
+        conversation = self._conversations.get(key)
         if conversation is None:
             conversation = Conversation(
                 npc,
                 audience,
                 backend=self.backend_for(npc),
-                delivery=self.hub,
+                publisher=self.broker,
                 limiter=self.limiter,
                 scheduler=self.scheduler,
                 make_request=self._request_for(npc),
                 new_id=self.new_id,
-                on_turn_ended=self._turn_ended,
-                on_action=self._action_opened,
-                on_action_resolved=self._action_resolved,
+                index=self.turns,
+                meter=self.budget,
                 turn_timeout=self.config.limits.turn_timeout,
             )
-            self.conversations[key] = conversation
+            self._conversations[key] = conversation
         return conversation
+
+    def find_conversation(self, npc_id: str, audience: Audience) -> Conversation | None:
+        return self._conversations.get((npc_id, audience.key))
+
+    def all_conversations(self) -> list[Conversation]:
+        return list(self._conversations.values())
 
     def _request_for(
         self, npc: NpcConfig
     ) -> Callable[[Turn, tuple[MemoryEntry, ...]], GenerationRequest]:
         def make(turn: Turn, history: tuple[MemoryEntry, ...]) -> GenerationRequest:
-            contexts = self.contexts.get(turn.player, {})
-            context = {**contexts.get("*", {}), **contexts.get(npc.id, {})}
+            context = self.contexts.for_npc(turn.player, npc.id)
             members = self.hub.members(turn.room) if turn.room is not None else ()
             seed = next(self._ids)
             return GenerationRequest(
@@ -273,19 +280,6 @@ class Node:
             )
 
         return make
-
-    def _turn_ended(self, turn: Turn) -> None:
-        entry = self.turns.pop(turn.id, None)
-        if entry is not None:
-            self._forget_if_unused(entry[0])
-
-    def _action_opened(self, conversation: Conversation, turn: Turn, action: TurnAction) -> None:
-        self.actions[action.id] = (conversation, turn, action)
-
-    def _action_resolved(self, action: TurnAction) -> None:
-        entry = self.actions.pop(action.id, None)
-        if entry is not None:
-            self._forget_if_unused(entry[0])
 
     def _forget_if_unused(self, conversation: Conversation) -> None:
         audience = conversation.audience
@@ -296,4 +290,4 @@ class Node:
         )
         if present or not conversation.idle or conversation.open_actions:
             return
-        self.conversations.pop((conversation.npc.id, audience.key), None)
+        self._conversations.pop((conversation.npc.id, audience.key), None)

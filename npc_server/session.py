@@ -85,10 +85,21 @@ def _ignore_close(code: CloseCode) -> None:
     return None
 
 
+def _ignore_frame(frame: ServerFrame) -> None:
+    return None
+
+
 class Session:
     """One client session; frames reach its socket only through here."""
 
-    def __init__(self, session_id: str, player: str, limits: SessionLimits, now: float) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        player: str,
+        limits: SessionLimits,
+        now: float,
+        on_written: Callable[[ServerFrame], None] = _ignore_frame,
+    ) -> None:
         self.id = session_id
         self.player = player
         self.limits = limits
@@ -99,7 +110,7 @@ class Session:
         self.detached_at: float | None = now
         self.on_ready: Callable[[], None] = _noop
         self.on_close: Callable[[CloseCode], None] = _ignore_close
-        self.on_written: Callable[[ServerFrame], None] = lambda frame: None
+        self.on_written = on_written
         self.owner: object | None = None
 
     def attach(
@@ -123,8 +134,14 @@ class Session:
             self.on_ready = _noop
             self.on_close = _ignore_close
 
-    def expire(self) -> None:
-        """The session can no longer be resumed; drop what it holds."""
+    def expire(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """The session can no longer be resumed; drop what it holds.
+
+        A socket still attached is closed with `code`: no socket stays open
+        on a session that has ended.
+        """
+        if self.state is SessionState.ATTACHED:
+            self.on_close(code)
         self.state = SessionState.EXPIRED
         self.owner = None
         self.queue.clear_nowait()

@@ -28,6 +28,7 @@ from npc_server.backends.base import (
     TextPiece,
     UsagePiece,
 )
+from npc_server.brokers.base import player_channel, room_channel
 from npc_server.memory import ConversationMemory
 from npc_server.npcs import BusyPolicy, NpcConfig
 from npc_server.protocol.codes import ErrorCode
@@ -54,17 +55,55 @@ class Audience:
 
     @property
     def key(self) -> str:
-        return f"room:{self.room}" if self.room is not None else f"player:{self.player}"
+        """The audience's channel in the broker."""
+        if self.room is not None:
+            return room_channel(self.room)
+        assert self.player is not None
+        return player_channel(self.player)
 
 
-class Delivery(Protocol):
-    """How frames reach sockets; implemented by the hub."""
+class Publisher(Protocol):
+    """How frames reach sockets: the broker's publishing half."""
 
-    def send_to_audience(self, audience: Audience, frame: ServerFrame) -> None: ...
+    def publish_nowait(
+        self, channel: str, frame: ServerFrame, exclude: str | None = None
+    ) -> None: ...
 
-    def send_to_player(self, player: str, frame: ServerFrame) -> None: ...
+    def drop_turn_nowait(self, channel: str, turn: str) -> None: ...
 
-    def drop_turn(self, audience: Audience, turn: str) -> None: ...
+
+class TurnIndex(Protocol):
+    """Where a conversation reports its turns and actions (the node's registry)."""
+
+    def turn_added(self, conversation: Conversation, turn: Turn) -> None: ...
+
+    def turn_ended(self, turn: Turn) -> None: ...
+
+    def action_opened(self, conversation: Conversation, turn: Turn, action: TurnAction) -> None: ...
+
+    def action_resolved(self, action: TurnAction) -> None: ...
+
+
+class NoIndex:
+    """A `TurnIndex` that keeps nothing (a conversation on its own, in tests)."""
+
+    def turn_added(self, conversation: Conversation, turn: Turn) -> None:
+        return None
+
+    def turn_ended(self, turn: Turn) -> None:
+        return None
+
+    def action_opened(self, conversation: Conversation, turn: Turn, action: TurnAction) -> None:
+        return None
+
+    def action_resolved(self, action: TurnAction) -> None:
+        return None
+
+
+class TokenMeter(Protocol):
+    """Counts generated tokens per player (a budget); see `admission.TokenBudget`."""
+
+    def spend_nowait(self, player: str, tokens: int) -> None: ...
 
 
 class Timer(Protocol):
@@ -175,27 +214,26 @@ class Conversation:
         audience: Audience,
         *,
         backend: Backend,
-        delivery: Delivery,
+        publisher: Publisher,
         limiter: GenerationLimiter,
         scheduler: Scheduler,
         make_request: RequestFactory,
         new_id: Callable[[str], str],
-        on_turn_ended: Callable[[Turn], None] = lambda turn: None,
-        on_action: Callable[[Conversation, Turn, TurnAction], None] = lambda c, t, a: None,
-        on_action_resolved: Callable[[TurnAction], None] = lambda action: None,
+        index: TurnIndex | None = None,
+        meter: TokenMeter | None = None,
         turn_timeout: float = 120.0,
     ) -> None:
         self.npc = npc
         self.audience = audience
+        self.channel = audience.key
         self.backend = backend
-        self.delivery = delivery
+        self.publisher = publisher
         self.limiter = limiter
         self.scheduler = scheduler
         self.make_request = make_request
         self.new_id = new_id
-        self.on_turn_ended = on_turn_ended
-        self.on_action = on_action
-        self.on_action_resolved = on_action_resolved
+        self.index: TurnIndex = index or NoIndex()
+        self.meter = meter
         self.open_actions = 0
         self.turn_timeout = turn_timeout
         self.memory = ConversationMemory(npc.memory_chars)
@@ -221,12 +259,10 @@ class Conversation:
         turn = Turn(self.new_id("t"), self.npc.id, player, text, self.audience.room, reply_to)
         if self.active is None:
             self._acquire_slot()
-            started = Started(turn, None)
-            accepted(started)
+            started = self._accept(Started(turn, None), accepted)
             self._start(turn)
-        elif self.npc.busy is BusyPolicy.INTERRUPT and self.npc.interruptible:
-            started = Started(turn, None)
-            accepted(started)
+        elif self.supersedes:
+            started = self._accept(Started(turn, None), accepted)
             self._end(self.active, EndReason.SUPERSEDED, keep_slot=True)
             self._start(turn)
         elif len(self.waiting) >= self.npc.max_queue:
@@ -235,8 +271,17 @@ class Conversation:
             )
         else:
             self.waiting.append(turn)
-            started = Started(turn, len(self.waiting))
-            accepted(started)
+            started = self._accept(Started(turn, len(self.waiting)), accepted)
+        return started
+
+    @property
+    def supersedes(self) -> bool:
+        """Whether a say now would end the active turn instead of waiting for it."""
+        return self.npc.busy is BusyPolicy.INTERRUPT and self.npc.interruptible
+
+    def _accept(self, started: Started, accepted: Callable[[Started], None]) -> Started:
+        self.index.turn_added(self, started.turn)
+        accepted(started)
         return started
 
     def _acquire_slot(self) -> None:
@@ -252,7 +297,7 @@ class Conversation:
         self.active = turn
         self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
         start = TurnStart(turn.id, self.npc.id, turn.player, turn.room, turn.reply_to)
-        self.delivery.send_to_audience(self.audience, start)
+        self.publisher.publish_nowait(self.channel, start)
         request = self.make_request(turn, self.memory.lines()[:-1])
         turn.task = asyncio.get_running_loop().create_task(
             self._run(turn, request), name=f"turn-{turn.id}"
@@ -286,7 +331,9 @@ class Conversation:
             at = turn.chars
             turn.parts.append(piece.text)
             turn.chars += len(piece.text)
-            self.delivery.send_to_audience(self.audience, Delta(turn.id, piece.text, at))
+            self.publisher.publish_nowait(self.channel, Delta(turn.id, piece.text, at))
+            if self.meter is not None:
+                self.meter.spend_nowait(turn.player, 1)
         elif isinstance(piece, ActionPiece):
             self._act(turn, piece)
         elif isinstance(piece, UsagePiece):
@@ -302,13 +349,13 @@ class Conversation:
         )
         turn.actions.append(action)
         self.open_actions += 1
-        self.on_action(self, turn, action)
+        self.index.action_opened(self, turn, action)
         frame = Action(turn.id, action.id, action.name, action.args, action.at, action.approval)
-        self.delivery.send_to_audience(self.audience, frame)
+        self.publisher.publish_nowait(self.channel, frame)
 
     def _report(self, turn: Turn, message: str) -> None:
         error = Error(code=ErrorCode.BACKEND_ERROR, message=message, id=turn.reply_to)
-        self.delivery.send_to_player(turn.player, error)
+        self.publisher.publish_nowait(player_channel(turn.player), error)
 
     def interrupt(self, turn: Turn, shown: int | None) -> None:
         """Stop a turn now: no delta of it reaches any socket after its `turn.end`."""
@@ -318,8 +365,8 @@ class Conversation:
             turn.state = TurnState.ENDED
             turn.kept = 0
             end = TurnEnd(turn.id, EndReason.INTERRUPTED.value, 0, 0)
-            self.delivery.send_to_audience(self.audience, end)
-            self.on_turn_ended(turn)
+            self.publisher.publish_nowait(self.channel, end)
+            self.index.turn_ended(turn)
             return
         if shown is not None:
             turn.shown = shown
@@ -331,14 +378,14 @@ class Conversation:
         if turn.task is not None and turn.task is not asyncio.current_task():
             turn.task.cancel()
         if cut:
-            self.delivery.drop_turn(self.audience, turn.id)
+            self.publisher.drop_turn_nowait(self.channel, turn.id)
         turn.kept = self._kept(turn, cut)
         self.memory.add(MemoryEntry("npc", self.npc.id, turn.text[: turn.kept]))
         self._settle_actions(turn)
         end = TurnEnd(turn.id, reason.value, turn.chars, turn.kept, turn.usage)
-        self.delivery.send_to_audience(self.audience, end)
+        self.publisher.publish_nowait(self.channel, end)
         self.active = None
-        self.on_turn_ended(turn)
+        self.index.turn_ended(turn)
         if keep_slot:
             return
         if self.waiting:
@@ -383,8 +430,8 @@ class Conversation:
         if action.timer is not None:
             action.timer.cancel()
         self.open_actions -= 1
-        self.delivery.send_to_audience(self.audience, ActionEnd(action.id, status, turn.id))
-        self.on_action_resolved(action)
+        self.publisher.publish_nowait(self.channel, ActionEnd(action.id, status, turn.id))
+        self.index.action_resolved(action)
 
     async def aclose(self) -> None:
         """Cancel everything this conversation runs (server shutdown)."""

@@ -73,22 +73,23 @@ class PuppetBackend:
 
 
 class RecordingDelivery:
-    """Records frames in send order; `drop_turn` removes undelivered deltas like a queue."""
+    """A `Publisher` that records frames in publish order: the audience's, and errors apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
         self.frames: list[ServerFrame] = []
         self.to_player: list[tuple[str, ServerFrame]] = []
         self.changed = asyncio.Event()
 
-    def send_to_audience(self, audience: Audience, frame: ServerFrame) -> None:
-        self.frames.append(frame)
+    def publish_nowait(self, channel: str, frame: ServerFrame, exclude: str | None = None) -> None:
+        if isinstance(frame, Error):
+            self.to_player.append((channel.removeprefix("player:"), frame))
+        else:
+            assert channel == self.channel, f"published on {channel}, not the audience's"
+            self.frames.append(frame)
         self.changed.set()
 
-    def send_to_player(self, player: str, frame: ServerFrame) -> None:
-        self.to_player.append((player, frame))
-        self.changed.set()
-
-    def drop_turn(self, audience: Audience, turn: str) -> None:
+    def drop_turn_nowait(self, channel: str, turn: str) -> None:
         return None
 
     async def wait_for(self, ready: Callable[[], bool]) -> None:
@@ -136,15 +137,16 @@ NPC = NpcConfig(
 class Rig:
     def __init__(self, npc: NpcConfig = NPC, limit: int = 10) -> None:
         self.backend = PuppetBackend()
-        self.delivery = RecordingDelivery()
+        audience = Audience(player="alice")
+        self.delivery = RecordingDelivery(audience.key)
         self.limiter = GenerationLimiter(limit)
         self.scheduler = FakeScheduler()
         ids = itertools.count(1)
         self.conversation = Conversation(
             npc,
-            Audience(player="alice"),
+            audience,
             backend=self.backend,
-            delivery=self.delivery,
+            publisher=self.delivery,
             limiter=self.limiter,
             scheduler=self.scheduler,
             make_request=lambda turn, history: GenerationRequest(
@@ -369,7 +371,7 @@ async def test_generation_cap_refuses_with_busy() -> None:
         NPC,
         Audience(player="bob"),
         backend=rig.backend,
-        delivery=rig.delivery,
+        publisher=RecordingDelivery("player:bob"),
         limiter=rig.limiter,
         scheduler=rig.scheduler,
         make_request=lambda turn, history: GenerationRequest(NPC, turn.player, turn.text_in),

@@ -12,6 +12,7 @@ from enum import IntEnum, StrEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SLOW_CONSUMER = 4000

@@ -28,8 +28,8 @@ from npc_client import (
 
 from npc_server.app import drain
 from npc_server.backends.base import GenerationError, GenerationRequest, Piece, TextPiece
-from npc_server.edge import SocketEdge
 from npc_server.protocol.codes import CloseCode
+from npc_server.transports.websocket import WebSocketEdge
 from npc_server.turns import Turn as ServerTurn
 from tests.support.server import RunningServer, running_server, server_config
 
@@ -43,14 +43,16 @@ SLOW_LONG = {"tokens_per_second": 50, "long_reply_chars": 3000}
 
 def server_turn(server: RunningServer, turn: Turn) -> ServerTurn:
     """The server's own record of a turn (registered before the ack is sent)."""
-    return server.node.turns[turn.id][1]
+    entry = server.node.turns.get(turn.id)
+    assert entry is not None
+    return entry[1]
 
 
-def edge_of(server: RunningServer, npc: NpcClient) -> SocketEdge:
+def edge_of(server: RunningServer, npc: NpcClient) -> WebSocketEdge:
     """The server's socket for this client's session."""
     for edge in server.node.sockets:
-        session = edge.session if isinstance(edge, SocketEdge) else None
-        if isinstance(edge, SocketEdge) and session is not None and session.id == npc.session:
+        session = edge.session if isinstance(edge, WebSocketEdge) else None
+        if isinstance(edge, WebSocketEdge) and session is not None and session.id == npc.session:
             return edge
     raise AssertionError(f"no server socket for session {npc.session}")
 
@@ -292,7 +294,7 @@ async def test_bad_token_is_refused_with_4500() -> None:
             await connect(server.url, "not-a-token")
         assert refused.value.code == 4500
         assert not refused.value.reconnectable
-        assert server.node.hub.sessions == {}
+        assert server.node.hub.all_sessions() == []
 
 
 async def test_expired_token_needs_a_token_provider() -> None:

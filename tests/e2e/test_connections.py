@@ -10,7 +10,7 @@ import websockets
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from tests.support.client import Frame, RawClient, connect
-from tests.support.server import running_server, server_config
+from tests.support.server import conversation_of, running_server, server_config
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -197,7 +197,7 @@ async def test_resume_mid_turn_gets_every_missed_delta_once_in_order() -> None:
             assert welcome["resumed"] is True
             assert welcome["session"] == session_id
             after = await second.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
-            memory = server.node.conversations[("merchant", "player:alice")].memory.lines()
+            memory = conversation_of(server, "merchant", "alice").memory.lines()
         seqs = [f["seq"] for f in before + after if "seq" in f]
         assert seqs == list(range(1, len(seqs) + 1)), "every frame exactly once, in order"
         text = joined_text(before + after, turn)

@@ -12,7 +12,7 @@ from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from tests.support.client import Frame, RawClient, connect
-from tests.support.server import DEMO_NPCS, running_server, server_config
+from tests.support.server import DEMO_NPCS, conversation_of, running_server, server_config
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ async def test_whole_conversation() -> None:
         end = frames[-1]
         text = text_of(frames, turn)
         assert end["reason"] == "done" and end["chars"] == end["kept"] == len(text) > 20
-        memory = server.node.conversations[("merchant", "player:alice")].memory.lines()
+        memory = conversation_of(server, "merchant", "alice").memory.lines()
         assert [m.text for m in memory] == ["What wares do you sell?", text]
         ack2, frames2 = await talk(client, "guard", "Can I pass the gate?", say_id=2)
         assert text_of(frames2, ack2["turn"])
@@ -77,7 +77,7 @@ async def test_interrupt_mid_turn() -> None:
         assert not [f for f in after_end if f["t"] == "delta"]
         received = text_of(frames, ack["turn"])
         assert len(received) >= end["kept"]
-        memory = server.node.conversations[("guard", "player:alice")].memory.lines()
+        memory = conversation_of(server, "guard", "alice").memory.lines()
         assert memory[-1].text == received[: end["kept"]]
         assert server.node.limiter.active == 0
 
@@ -94,7 +94,7 @@ async def test_interrupt_with_shown_cuts_memory() -> None:
         await client.send({"t": "interrupt", "shown": 12})
         end = await client.expect("turn.end")
         assert end["kept"] == 12
-        memory = server.node.conversations[("guard", "player:alice")].memory.lines()
+        memory = conversation_of(server, "guard", "alice").memory.lines()
         assert len(memory[-1].text) == 12
 
 
@@ -151,7 +151,7 @@ async def test_stalled_reader_is_closed_4000_and_others_are_not_slowed() -> None
             await wait_until(
                 lambda: session.state is SessionState.DETACHED, what="slow session closed"
             )
-            bard = server.node.conversations[("bard", "player:slow")]
+            bard = conversation_of(server, "bard", "slow")
             await wait_until(lambda: bard.idle, what="the bard to finish while the player is away")
             reply = bard.memory.lines()[-1].text
             assert len(reply) >= 300_000  # generation never slowed down
@@ -356,5 +356,5 @@ async def test_latest_seen_is_the_cut_when_interrupt_has_no_shown() -> None:
         await client.send({"t": "interrupt"})
         end = await client.recv_until(lambda f: f["t"] == "turn.end")
         assert (end[-1]["reason"], end[-1]["kept"]) == ("interrupted", 9)
-        memory = server.node.conversations[("guard", "player:alice")].memory.lines()
+        memory = conversation_of(server, "guard", "alice").memory.lines()
         assert len(memory[-1].text) == 9

@@ -278,11 +278,11 @@ async def settle_in_process(
     if report.server_sockets:
         report.problems.append("server sockets open: " + ", ".join(report.server_sockets))
 
-    await wait_for(lambda: node.limiter.active == 0 and not node.turns, deadline)
+    await wait_for(lambda: node.limiter.active == 0 and not node.turns.turn_count, deadline)
     await wait_for(
         lambda: all(
             s.state is not SessionState.ATTACHED and s.expired_at(node.clock())
-            for s in node.hub.sessions.values()
+            for s in node.hub.all_sessions()
         ),
         deadline,
     )
@@ -291,8 +291,11 @@ async def settle_in_process(
     report.registry = {name: int(value) for name, value in asdict(stats).items() if value}
     if node.contexts:
         report.registry["contexts"] = len(node.contexts)
-    if node.actions:
-        report.registry["actions"] = len(node.actions)
+    if node.turns.action_count:
+        report.registry["actions"] = node.turns.action_count
+    broker = node.broker.statistics()
+    if broker.subscriptions:
+        report.registry["broker_subscriptions"] = broker.subscriptions
     member_of = sum(len(node.hub.rooms_of(player)) for player in players)
     if member_of:
         report.registry["room_memberships_of_players"] = member_of

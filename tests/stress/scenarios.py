@@ -27,11 +27,11 @@ from typing import Any
 
 import websockets
 
-from npc_server.edge import SocketEdge
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import Session, SessionState
+from npc_server.transports.websocket import WebSocketEdge
 from tests.stress.backends import (
     ChattyBackend,
     CrashingBackend,
@@ -121,10 +121,10 @@ class ScenarioReport:
         return ", ".join(f"{code} x{n}" for code, n in sorted(self.close_codes.items())) or "-"
 
 
-def edge_of(node: Node, session: Session) -> SocketEdge:
+def edge_of(node: Node, session: Session) -> WebSocketEdge:
     """The socket edge serving `session`."""
     for edge in node.sockets:
-        if isinstance(edge, SocketEdge) and edge.session is session:
+        if isinstance(edge, WebSocketEdge) and edge.session is session:
             return edge
     raise AssertionError(f"no socket serves session {session.id}")
 
@@ -221,7 +221,7 @@ class QueueWatch:
             self.popped = stats.popped
             self.last_write = time.monotonic()
 
-    async def until_closed(self, edge: SocketEdge, deadline: float) -> None:
+    async def until_closed(self, edge: WebSocketEdge, deadline: float) -> None:
         """Sample until the socket is asked to close (or the deadline passes)."""
 
         def closed() -> bool:
@@ -391,7 +391,7 @@ async def flood(
     return state.sent
 
 
-async def flood_until_closed(member: Member, edge: SocketEdge, data: bytes) -> Flood:
+async def flood_until_closed(member: Member, edge: WebSocketEdge, data: bytes) -> Flood:
     """Flood as fast as possible until the server closes the socket (its edge finishes).
 
     The flooder's own sends may block for good once the server stops reading, so

@@ -24,6 +24,7 @@ from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.serve import hypercorn_config, make_listener
 from npc_server.tokens import issue_token
+from npc_server.turns import Audience, Conversation
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_NPCS = REPO / "config" / "npcs"
@@ -68,6 +69,13 @@ class RunningServer:
 
     def token(self, player: str, ttl: float = 3600.0) -> str:
         return issue_token(self.secret, player, ttl)
+
+
+def conversation_of(server: RunningServer, npc: str, player: str) -> Conversation:
+    """The private conversation of `npc` with `player` on the server's node."""
+    conversation = server.node.find_conversation(npc, Audience(player=player))
+    assert conversation is not None, f"no conversation of {npc} with {player}"
+    return conversation
 
 
 @asynccontextmanager

@@ -1,0 +1,58 @@
+"""The in-memory broker: one process, publications delivered in place."""
+
+from __future__ import annotations
+
+from npc_server.brokers.base import BrokerStatistics, Subscriber
+from npc_server.protocol.frames import ServerFrame
+
+_NONE: dict[str, Subscriber] = {}
+
+
+class MemoryBroker:
+    """Channels as dicts of subscribers by id; delivery is a loop over one dict."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, Subscriber]] = {}
+        self._published = 0
+
+    def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        self._channels.setdefault(channel, {})[subscriber.id] = subscriber
+
+    def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        subscribers = self._channels.get(channel)
+        if subscribers is None or subscribers.get(subscriber.id) is not subscriber:
+            return
+        del subscribers[subscriber.id]
+        if not subscribers:
+            del self._channels[channel]
+
+    def publish_nowait(self, channel: str, frame: ServerFrame, exclude: str | None = None) -> None:
+        # Hot path (every delta): iterate in place; pushing never subscribes or unsubscribes.
+        self._published += 1
+        if exclude is None:
+            for subscriber in self._channels.get(channel, _NONE).values():
+                subscriber.push_nowait(frame)
+            return
+        for subscriber in self._channels.get(channel, _NONE).values():
+            if subscriber.player != exclude:
+                subscriber.push_nowait(frame)
+
+    def drop_turn_nowait(self, channel: str, turn: str) -> None:
+        for subscriber in self._channels.get(channel, _NONE).values():
+            subscriber.drop_turn_nowait(turn)
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._channels.get(channel, _NONE))
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(
+            channels=len(self._channels),
+            subscriptions=sum(len(s) for s in self._channels.values()),
+            published=self._published,
+        )
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self._channels.clear()

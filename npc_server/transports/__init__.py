@@ -1,0 +1,1 @@
+"""Transports: how clients reach sessions (`base.ClientLink` holds what they share)."""

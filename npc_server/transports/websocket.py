@@ -1,0 +1,241 @@
+"""The WebSocket transport: `/ws` as an ASGI handler, its reader and writer.
+
+Quart copies inbound messages into an unbounded queue and Hypercorn's sends
+block forever on a peer that stopped reading (HYPERCORN-NOTES.md), so `/ws`
+is served by this handler, installed as Quart's websocket class: the reader
+pulls from Hypercorn's bounded queue at its own pace, only the writer awaits
+`send`, and the node's watchdog closes a socket whose write stalls. All that
+is not I/O lives in `ClientLink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from npc_server.handlers import handle_request
+from npc_server.node import Node
+from npc_server.protocol.codec import encode_server_frame
+from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.connection import (
+    CloseConnection,
+    FrameReceived,
+    SendError,
+    ServerConnection,
+)
+from npc_server.protocol.frames import Hello, Ping, Pong, Refresh, ServerPong
+from npc_server.session import Session
+from npc_server.transports.base import ClientLink, Refusal
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 1.0
+FLUSH_BUDGET = 1.0
+# Closes after which frames still queued are written first (errors explain them).
+FLUSH_BEFORE = {CloseCode.PROTOCOL_VIOLATION, CloseCode.TOKEN_EXPIRED, CloseCode.GOING_AWAY}
+
+Receive = Any
+Send = Any
+
+
+class PeerGone(Exception):
+    """The client's side of the connection is closed."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class WebSocketEdge(ClientLink):
+    """Serves one accepted WebSocket until it closes."""
+
+    def __init__(self, node: Node, receive: Receive, send: Send, secret: str) -> None:
+        super().__init__(node, secret)
+        self._receive = receive
+        self._send = send
+        self.conn = ServerConnection(node.config.limits.protocol_limits(), node.clock)
+
+    # --- I/O --------------------------------------------------------------
+
+    async def _send_close(self, code: CloseCode, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._send(
+                    {"type": "websocket.close", "code": int(code), "reason": reason[:120]}
+                )
+
+    async def _recv(self) -> bytes | str:
+        event = await self._receive()
+        kind = event["type"]
+        if kind == "websocket.receive":
+            data = event.get("bytes")
+            return data if data is not None else (event.get("text") or "")
+        if kind == "websocket.disconnect":
+            raise PeerGone(event.get("code"))
+        return b""
+
+    async def _write(self, data: bytes) -> None:
+        async with asyncio.timeout(self.write_timeout):
+            await self._send({"type": "websocket.send", "bytes": data})
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Authenticate, attach a session and serve it until the socket closes."""
+        try:
+            hello = await self._await_hello()
+            if hello is not None:
+                await self._serve(hello)
+        except (PeerGone, TimeoutError):
+            pass  # the peer left, or stopped reading during the handshake
+        finally:
+            self.release()
+
+    async def _await_hello(self) -> Hello | None:
+        try:
+            async with asyncio.timeout(self.node.config.auth.auth_timeout):
+                data = await self._recv()
+        except TimeoutError:
+            await self._send_close(CloseCode.AUTH_FAILED, "no hello in time")
+            return None
+        for event in self.conn.receive(data):
+            if isinstance(event, CloseConnection):
+                await self._send_close(event.code, event.reason)
+                return None
+            if isinstance(event, FrameReceived) and isinstance(event.frame, Hello):
+                return event.frame
+        return None
+
+    async def _serve(self, hello: Hello) -> None:
+        try:
+            claims = self.admit(hello.token)
+        except Refusal as refusal:
+            await self._send_close(refusal.code, refusal.reason)
+            return
+        replay = self.attach(claims, hello.resume)
+        self.conn.accept_hello()
+        session = self.session
+        assert session is not None
+        welcome = self.welcome(self.conn.limits.to_wire(), resumed=replay is not None)
+        await self._write(encode_server_frame(welcome, None))
+        for data in replay or ():
+            await self._write(data)
+        self.catch_up(replay)
+        await self._live(session)
+
+    async def _live(self, session: Session) -> None:
+        tasks = [
+            asyncio.create_task(self._reader(session), name="ws-reader"),
+            asyncio.create_task(self._writer(session), name="ws-writer"),
+        ]
+        try:
+            await self.closing.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.close_code is None:
+            return
+        if self.close_code in FLUSH_BEFORE and session.owner is self:
+            await self._flush(session)
+        await self._send_close(self.close_code, self.close_reason)
+
+    async def _flush(self, session: Session) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(FLUSH_BUDGET):
+                while (data := session.next_write_nowait()) is not None:
+                    await self._send({"type": "websocket.send", "bytes": data})
+
+    # --- tasks ------------------------------------------------------------
+
+    async def _reader(self, session: Session) -> None:
+        try:
+            while True:
+                data = await self._recv()
+                for event in self.conn.receive(data):
+                    self._dispatch(session, event)
+        except PeerGone as exc:
+            self.peer_code = exc.code
+            self.request_close(None)
+        except Exception:
+            # A bug must cost this socket only, never silently stop its reader.
+            log.exception("internal error while handling a frame of %s", session.player)
+            self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _dispatch(
+        self, session: Session, event: FrameReceived | SendError | CloseConnection
+    ) -> None:
+        if isinstance(event, SendError):
+            self.send_nowait(event.frame)
+        elif isinstance(event, CloseConnection):
+            self.request_close(event.code, event.reason)
+        else:
+            self._handle(session, event.frame)
+
+    def _handle(self, session: Session, frame: Any) -> None:
+        if isinstance(frame, Ping):
+            self.send_nowait(ServerPong(ts=frame.ts, id=frame.id))
+        elif isinstance(frame, Pong):
+            self.pong_received()
+        elif isinstance(frame, Refresh):
+            self.refresh(frame)
+        else:
+            handle_request(self.node, session, frame)
+
+    async def _writer(self, session: Session) -> None:
+        # No timer per write (5 us each, a quarter of a frame's cost): `tick`
+        # closes the socket when one write has been pending over write_timeout.
+        send = self._send
+        try:
+            while session.owner is self:
+                data = session.next_write_nowait()
+                if data is None:
+                    self.ready.clear()
+                    await self.ready.wait()
+                    continue
+                self.write_started()
+                await send({"type": "websocket.send", "bytes": data})
+                self.write_finished()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.request_close(None)
+            return
+        # The session was taken over or ended: this socket must not stay open and silent.
+        self.request_close(CloseCode.GOING_AWAY, "the session ended")
+
+
+class NpcWebsocketConnection:
+    """Quart's `asgi_websocket_class`: serves `/ws` with a `WebSocketEdge`."""
+
+    def __init__(self, app: Any, scope: dict[str, Any]) -> None:
+        self.app = app
+        self.scope = scope
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        node: Node = self.app.extensions["npc_server.node"]
+        refused = self._refusal(node)
+        if refused is not None:
+            await send({"type": "websocket.close", "code": int(refused)})
+            return
+        await send({"type": "websocket.accept"})
+        address = (self.scope.get("client") or ("unknown",))[0]
+        if not node.address_connects.allow_nowait(str(address)):
+            code = int(CloseCode.RATE_LIMITED)
+            await send({"type": "websocket.close", "code": code, "reason": "too many connects"})
+            return
+        secret: str = self.app.extensions["npc_server.secret"]
+        await WebSocketEdge(node, receive, send, secret).run()
+
+    def _refusal(self, node: Node) -> CloseCode | None:
+        """Why a handshake is refused before it is accepted, if it is."""
+        if self.scope.get("path") != "/ws":
+            return CloseCode.POLICY_VIOLATION
+        if node.draining:
+            return CloseCode.GOING_AWAY
+        return None

@@ -1,0 +1,76 @@
+"""The node's turn registry and context store: one owner, reached through methods."""
+
+from __future__ import annotations
+
+from npc_server.contexts import ContextStore
+from npc_server.registry import TurnRegistry
+from npc_server.turns import Audience, Conversation, Turn, TurnAction, TurnState
+
+
+def _turn(turn_id: str, player: str, state: TurnState = TurnState.ACTIVE) -> Turn:
+    return Turn(turn_id, "mira", player, "hi", None, 1, state=state)
+
+
+class _Conversation:
+    """Stands in for a Conversation: the registry only hands it back."""
+
+    def __init__(self, player: str) -> None:
+        self.audience = Audience(player=player)
+
+
+def _conv(player: str) -> Conversation:
+    return _Conversation(player)  # type: ignore[return-value]
+
+
+def test_newest_started_by_is_the_players_own_newest_active_turn() -> None:
+    """A bare interrupt's target: the newest active turn the player started, not others'."""
+    registry = TurnRegistry(on_released=lambda c: None)
+    mine_old, mine_new, queued = _turn("t1", "alice"), _turn("t2", "alice"), _turn("t4", "alice")
+    queued.state = TurnState.QUEUED
+    registry.turn_added(_conv("alice"), mine_old)
+    registry.turn_added(_conv("alice"), mine_new)
+    registry.turn_added(_conv("bob"), _turn("t3", "bob"))
+    registry.turn_added(_conv("alice"), queued)
+    found = registry.newest_started_by("alice")
+    assert found is not None and found[1] is mine_new
+    assert registry.newest_started_by("carol") is None
+    assert registry.count_started_by("alice") == 3
+
+
+def test_ending_a_turn_updates_every_index_and_releases_its_conversation() -> None:
+    """turn_ended removes the turn from the id and player indexes and reports the release."""
+    released: list[Conversation] = []
+    registry = TurnRegistry(on_released=released.append)
+    conversation, turn = _conv("alice"), _turn("t1", "alice")
+    registry.turn_added(conversation, turn)
+    registry.turn_ended(turn)
+    registry.turn_ended(turn)  # a second report changes nothing
+    assert registry.get("t1") is None and registry.count_started_by("alice") == 0
+    assert registry.turn_count == 0 and released == [conversation]
+
+
+def test_actions_are_found_by_id_until_resolved() -> None:
+    """An open action is reachable by id; resolving it removes it and releases."""
+    released: list[Conversation] = []
+    registry = TurnRegistry(on_released=released.append)
+    conversation, turn = _conv("alice"), _turn("t1", "alice")
+    action = TurnAction("a1", "open_shop", {}, 0, True, 30.0)
+    registry.action_opened(conversation, turn, action)
+    assert registry.action("a1") == (conversation, turn, action)
+    registry.action_resolved(action)
+    assert registry.action("a1") is None and registry.action_count == 0
+    assert released == [conversation]
+
+
+def test_context_store_merges_scopes_and_bounds_bytes_per_player() -> None:
+    """An NPC sees the all-NPC map under its own; a player's total stays within budget."""
+    store = ContextStore(max_bytes_per_player=100)
+    assert store.set_nowait("alice", None, {"where": "market", "gold": 3}, 40)
+    assert store.set_nowait("alice", "mira", {"gold": 10}, 50)
+    assert store.for_npc("alice", "mira") == {"where": "market", "gold": 10}
+    assert store.for_npc("alice", "guard") == {"where": "market", "gold": 3}
+    assert not store.set_nowait("alice", "guard", {"x": 1}, 11)  # 40 + 50 + 11 > 100
+    assert store.set_nowait("alice", "mira", {"gold": 1}, 60)  # replacing frees its old size
+    assert store.bytes_of("alice") == 100
+    store.forget("alice")
+    assert store.for_npc("alice", "mira") == {} and len(store) == 0
