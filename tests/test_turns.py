@@ -397,6 +397,7 @@ async def test_backend_error_ends_turn_and_keeps_sent_text() -> None:
     assert rig.limiter.active == 0
 
 
+@pytest.mark.server_errors("the backend crashes on purpose; the server logs it")
 async def test_unexpected_backend_crash_is_an_error_turn() -> None:
     """A bug in a backend ends only that turn, with a message that hides internals."""
     rig = Rig()
