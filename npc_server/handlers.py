@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import msgpack
 
+from npc_server.events import Limited
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, RoomInterrupt
 from npc_server.protocol.codes import ErrorCode
@@ -95,6 +96,7 @@ def _fair_share(node: Node, player: str, conversation: Conversation) -> None:
     active = conversation.active
     freed = active is not None and active.player == player and conversation.supersedes
     if node.turns.count_started_by(player) - freed >= limits.turns_per_player:
+        node.events.emit(Limited("turns", player))
         raise Refused(
             ErrorCode.BUSY,
             f"you have {limits.turns_per_player} turns under way already",
@@ -102,6 +104,7 @@ def _fair_share(node: Node, player: str, conversation: Conversation) -> None:
         )
     wait = node.budget.retry_after(player) if node.budget is not None else None
     if wait is not None:
+        node.events.emit(Limited("tokens", player))
         per_minute = limits.tokens_per_minute_player
         raise Refused(ErrorCode.BUSY, f"your budget of {per_minute} tokens a minute is spent", wait)
 

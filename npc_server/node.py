@@ -21,6 +21,7 @@ from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_
 from npc_server.brokers import Broker, create_broker
 from npc_server.config import Config
 from npc_server.contexts import ContextStore
+from npc_server.events import DrainStarted, EventBus
 from npc_server.hub import Hub
 from npc_server.npcs import NpcConfig
 from npc_server.protocol.codes import CloseCode
@@ -79,6 +80,7 @@ class Node:
         self.scheduler = scheduler or LoopScheduler()
         self.node_id = secrets.token_hex(3)
         self.broker = broker or create_broker()
+        self.events = EventBus()
         self.hub = Hub(self.broker)
         limits = config.limits
         self.limiter = GenerationLimiter(limits.max_generations)
@@ -198,9 +200,10 @@ class Node:
 
     def announce_drain(self, retry_after: float) -> None:
         """Tell every attached session to reconnect elsewhere."""
-        for session in self.hub.all_sessions():
-            if session.state is SessionState.ATTACHED:
-                self.hub.send_to_session(session, Draining(retry_after=retry_after))
+        attached = [s for s in self.hub.all_sessions() if s.state is SessionState.ATTACHED]
+        self.events.emit(DrainStarted(len(attached)))
+        for session in attached:
+            self.hub.send_to_session(session, Draining(retry_after=retry_after))
 
     def watch_interval(self) -> float:
         """How often the watchdog ticks: fine enough for the heartbeat and write timeout."""
@@ -257,6 +260,8 @@ class Node:
                 new_id=self.new_id,
                 index=self.turns,
                 meter=self.budget,
+                events=self.events,
+                clock=self.clock,
                 turn_timeout=self.config.limits.turn_timeout,
             )
             self._conversations[key] = conversation

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from npc_server.backends.base import (
     UsagePiece,
 )
 from npc_server.brokers.base import player_channel, room_channel
+from npc_server.events import BackendFailed, EventBus, TurnEnded, TurnStarted
 from npc_server.memory import ConversationMemory
 from npc_server.npcs import BusyPolicy, NpcConfig
 from npc_server.protocol.codes import ErrorCode
@@ -174,6 +176,9 @@ class Turn:
     actions: list[TurnAction] = field(default_factory=list)
     usage: dict[str, int] | None = None
     task: asyncio.Task[None] | None = None
+    started_at: float | None = None
+    first_delta_at: float | None = None
+    interrupted_at: float | None = None
 
     @property
     def text(self) -> str:
@@ -221,6 +226,8 @@ class Conversation:
         new_id: Callable[[str], str],
         index: TurnIndex | None = None,
         meter: TokenMeter | None = None,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.monotonic,
         turn_timeout: float = 120.0,
     ) -> None:
         self.npc = npc
@@ -234,6 +241,8 @@ class Conversation:
         self.new_id = new_id
         self.index: TurnIndex = index or NoIndex()
         self.meter = meter
+        self.events = events or EventBus()
+        self.clock = clock
         self.open_actions = 0
         self.turn_timeout = turn_timeout
         self.memory = ConversationMemory(npc.memory_chars)
@@ -294,7 +303,9 @@ class Conversation:
 
     def _start(self, turn: Turn) -> None:
         turn.state = TurnState.ACTIVE
+        turn.started_at = self.clock()
         self.active = turn
+        self.events.emit(TurnStarted(turn.id, self.npc.id, turn.player, turn.room))
         self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
         start = TurnStart(turn.id, self.npc.id, turn.player, turn.room, turn.reply_to)
         self.publisher.publish_nowait(self.channel, start)
@@ -311,16 +322,16 @@ class Conversation:
                     self._take(turn, piece)
         except GenerationError as exc:
             reason = EndReason(exc.reason)
-            self._report(turn, exc.message)
+            self._report(turn, reason, exc.message)
         except TimeoutError:
             reason = EndReason.TIMEOUT
-            self._report(turn, f"the reply took longer than {self.turn_timeout:g} s")
+            self._report(turn, reason, f"the reply took longer than {self.turn_timeout:g} s")
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("backend %s failed in turn %s", self.npc.backend, turn.id)
             reason = EndReason.ERROR
-            self._report(turn, "the NPC's generator failed")
+            self._report(turn, reason, "the NPC's generator failed")
         if turn.state is TurnState.ACTIVE:
             self._end(turn, reason)
 
@@ -329,6 +340,8 @@ class Conversation:
             return
         if isinstance(piece, TextPiece) and piece.text:
             at = turn.chars
+            if not at:
+                turn.first_delta_at = self.clock()
             turn.parts.append(piece.text)
             turn.chars += len(piece.text)
             self.publisher.publish_nowait(self.channel, Delta(turn.id, piece.text, at))
@@ -353,7 +366,9 @@ class Conversation:
         frame = Action(turn.id, action.id, action.name, action.args, action.at, action.approval)
         self.publisher.publish_nowait(self.channel, frame)
 
-    def _report(self, turn: Turn, message: str) -> None:
+    def _report(self, turn: Turn, reason: EndReason, message: str) -> None:
+        failed = BackendFailed(self.npc.id, self.npc.backend, turn.id, reason.value, message)
+        self.events.emit(failed)
         error = Error(code=ErrorCode.BACKEND_ERROR, message=message, id=turn.reply_to)
         self.publisher.publish_nowait(player_channel(turn.player), error)
 
@@ -368,6 +383,7 @@ class Conversation:
             self.publisher.publish_nowait(self.channel, end)
             self.index.turn_ended(turn)
             return
+        turn.interrupted_at = self.clock()
         if shown is not None:
             turn.shown = shown
         self._end(turn, EndReason.INTERRUPTED)
@@ -386,12 +402,32 @@ class Conversation:
         self.publisher.publish_nowait(self.channel, end)
         self.active = None
         self.index.turn_ended(turn)
+        if self.events.listened:
+            self.events.emit(self._ended(turn, reason))
         if keep_slot:
             return
         if self.waiting:
             self._start(self.waiting.popleft())
         else:
             self.limiter.release()
+
+    def _ended(self, turn: Turn, reason: EndReason) -> TurnEnded:
+        now = self.clock()
+        started = turn.started_at if turn.started_at is not None else now
+        first = turn.first_delta_at
+        interrupted = turn.interrupted_at
+        return TurnEnded(
+            turn.id,
+            self.npc.id,
+            turn.player,
+            turn.room,
+            reason.value,
+            turn.chars,
+            turn.kept or 0,
+            None if first is None else first - started,
+            now - started,
+            None if interrupted is None else now - interrupted,
+        )
 
     @staticmethod
     def _kept(turn: Turn, cut: bool) -> int:

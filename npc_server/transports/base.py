@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
+from npc_server.events import AuthFailed, Closed, Limited, SessionAttached
 from npc_server.node import Node
 from npc_server.protocol.codes import CloseCode, ErrorCode
 from npc_server.protocol.frames import Ack, Error, Refresh, Resume, ServerFrame, ServerPing, Welcome
@@ -47,10 +48,14 @@ class ClientLink:
         node: Node,
         secret: str,
         *,
+        transport: str,
+        address: str,
         heartbeat: bool = True,
         on_ping_sent: Callable[[], None] = _no_ping_hook,
     ) -> None:
         self.node = node
+        self.transport = transport
+        self.address = address
         self._secret = secret
         self._heartbeat = heartbeat
         self._on_ping_sent = on_ping_sent
@@ -87,9 +92,21 @@ class ClientLink:
 
     def release(self) -> None:
         """The transport is done: detach or end the session, forget this client."""
-        if self.session is not None:
-            self.node.detach_session(self.session, self, self.resumable)
+        session = self.session
+        if session is not None:
+            self.node.detach_session(session, self, self.resumable)
         self.node.sockets.discard(self)
+        self.node.events.emit(
+            Closed(
+                self.transport,
+                self.address,
+                None if session is None else session.player,
+                None if session is None else session.id,
+                None if self.close_code is None else int(self.close_code),
+                self.peer_code,
+                self.close_reason,
+            )
+        )
         if self._expiry is not None:
             self._expiry.cancel()
         self.finished.set()
@@ -101,11 +118,19 @@ class ClientLink:
         try:
             claims = verify_token(self._secret, token)
         except TokenError as exc:
-            raise Refusal(close_code_for(exc), exc.message) from None
+            code = close_code_for(exc)
+            self.node.events.emit(AuthFailed(self.transport, self.address, code, exc.message))
+            self.request_close(code, exc.message)
+            raise Refusal(code, exc.message) from None
         if not self.node.player_connects.allow_nowait(claims.player):
-            raise Refusal(CloseCode.RATE_LIMITED, "too many connects for this player")
+            self.node.events.emit(Limited("connects_player", claims.player))
+            self._refuse(CloseCode.RATE_LIMITED, "too many connects for this player")
         self._socket_cap(claims.player)
         return claims
+
+    def _refuse(self, code: CloseCode, reason: str) -> None:
+        self.request_close(code, reason)
+        raise Refusal(code, reason)
 
     def _socket_cap(self, player: str) -> None:
         limits = self.node.config.limits
@@ -113,7 +138,7 @@ class ClientLink:
         if len(attached) < limits.max_sockets_per_player:
             return
         if limits.sockets_policy != "replace":
-            raise Refusal(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this player")
+            self._refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this player")
         attached[0].on_close(CloseCode.REPLACED)
 
     def attach(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
@@ -122,6 +147,9 @@ class ClientLink:
         self.session = session
         session.attach(self, self.ready.set, self.request_close)
         self.schedule_expiry(claims)
+        outcome = "new" if resume is None else "resumed" if replay is not None else "snapshot"
+        attached = SessionAttached(self.transport, session.player, session.id, outcome)
+        self.node.events.emit(attached)
         return replay
 
     def _open_session(

@@ -15,10 +15,11 @@ import contextlib
 import logging
 from typing import Any
 
+from npc_server.events import Connected, Limited
 from npc_server.handlers import handle_request
 from npc_server.node import Node
 from npc_server.protocol.codec import encode_server_frame
-from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.codes import CloseCode, ErrorCode
 from npc_server.protocol.connection import (
     CloseConnection,
     FrameReceived,
@@ -51,8 +52,8 @@ class PeerGone(Exception):
 class WebSocketEdge(ClientLink):
     """Serves one accepted WebSocket until it closes."""
 
-    def __init__(self, node: Node, receive: Receive, send: Send, secret: str) -> None:
-        super().__init__(node, secret)
+    def __init__(self, node: Node, receive: Receive, send: Send, secret: str, address: str) -> None:
+        super().__init__(node, secret, transport="websocket", address=address)
         self._receive = receive
         self._send = send
         self.conn = ServerConnection(node.config.limits.protocol_limits(), node.clock)
@@ -98,10 +99,12 @@ class WebSocketEdge(ClientLink):
             async with asyncio.timeout(self.node.config.auth.auth_timeout):
                 data = await self._recv()
         except TimeoutError:
+            self.request_close(CloseCode.AUTH_FAILED, "no hello in time")
             await self._send_close(CloseCode.AUTH_FAILED, "no hello in time")
             return None
         for event in self.conn.receive(data):
             if isinstance(event, CloseConnection):
+                self.request_close(event.code, event.reason)
                 await self._send_close(event.code, event.reason)
                 return None
             if isinstance(event, FrameReceived) and isinstance(event.frame, Hello):
@@ -168,6 +171,8 @@ class WebSocketEdge(ClientLink):
         self, session: Session, event: FrameReceived | SendError | CloseConnection
     ) -> None:
         if isinstance(event, SendError):
+            if event.frame.code is ErrorCode.RATE_LIMITED:
+                self.node.events.emit(Limited("frames", session.player))
             self.send_nowait(event.frame)
         elif isinstance(event, CloseConnection):
             self.request_close(event.code, event.reason)
@@ -224,13 +229,15 @@ class NpcWebsocketConnection:
             await send({"type": "websocket.close", "code": int(refused)})
             return
         await send({"type": "websocket.accept"})
-        address = (self.scope.get("client") or ("unknown",))[0]
-        if not node.address_connects.allow_nowait(str(address)):
+        address = str((self.scope.get("client") or ("unknown",))[0])
+        node.events.emit(Connected("websocket", address))
+        if not node.address_connects.allow_nowait(address):
+            node.events.emit(Limited("connects_address", None))
             code = int(CloseCode.RATE_LIMITED)
             await send({"type": "websocket.close", "code": code, "reason": "too many connects"})
             return
         secret: str = self.app.extensions["npc_server.secret"]
-        await WebSocketEdge(node, receive, send, secret).run()
+        await WebSocketEdge(node, receive, send, secret, address).run()
 
     def _refusal(self, node: Node) -> CloseCode | None:
         """Why a handshake is refused before it is accepted, if it is."""
