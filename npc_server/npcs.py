@@ -21,6 +21,10 @@ A file looks like::
     [backend]
     kind = "scripted"         # or "openai"
     # ... settings read by that backend
+
+Every key is checked here (unknown ones are refused with the valid ones, as in
+`server.toml`); the backend's own settings are checked when it is built at
+start-up (`npc_server.backends.build_backends`). Errors name the file and key.
 """
 
 from __future__ import annotations
