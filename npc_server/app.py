@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from quart import Quart, Response, jsonify, request, send_from_directory
 
 from npc_server import __version__
+from npc_server.backends import Backend
 from npc_server.config import PACKAGE_ROOT, Config
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
@@ -40,12 +42,17 @@ def resolve_secret(config: Config) -> str:
 
 
 def create_app(
-    config: Config, npcs: dict[str, NpcConfig] | None = None, node: Node | None = None
+    config: Config,
+    npcs: dict[str, NpcConfig] | None = None,
+    node: Node | None = None,
+    backends: Mapping[str, Backend] | None = None,
 ) -> Quart:
-    """Build the app; the node holds all server state."""
+    """Build the app; the node holds all server state (and `backends`, built at start-up)."""
     app = Quart(__name__)
     app.asgi_websocket_class = NpcWebsocketConnection
-    node = node or Node(config, npcs if npcs is not None else load_npcs(config.npcs_path))
+    if node is None:
+        npcs = npcs if npcs is not None else load_npcs(config.npcs_path)
+        node = Node(config, npcs, backends=backends)
     app.extensions["npc_server.node"] = node
     app.extensions["npc_server.secret"] = resolve_secret(config)
     sweeper: list[asyncio.Task[None]] = []

@@ -7,13 +7,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from npc_server import __version__
 from npc_server.app import InsecureSecret, resolve_secret
 from npc_server.config import ConfigError, load_config, with_overrides
-from npc_server.npcs import NpcConfigError
 from npc_server.tokens import issue_token
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -23,12 +31,17 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", choices=["serve"], help="default: serve")
     parser.add_argument("--config", type=Path, help="server TOML (default: config/server.toml)")
     parser.add_argument("--host", help="address to listen on")
-    parser.add_argument("--port", type=int, help="port to listen on (0: any free port)")
+    parser.add_argument("--port", type=_port, help="port to listen on (0: any free port)")
     parser.add_argument("--npcs", type=Path, help="directory of NPC TOML files")
     parser.add_argument(
         "--production", action="store_true", help="refuse to start without NPC_SERVER_SECRET"
     )
-    parser.add_argument("--log-level", default=os.environ.get("NPC_SERVER_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=os.environ.get("NPC_SERVER_LOG_LEVEL", "INFO").upper(),
+    )
     parser.add_argument("--version", action="version", version=f"npc-server {__version__}")
     return parser
 
@@ -45,9 +58,16 @@ def _token_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def existing(path: Path, flag: str, *, directory: bool = False) -> Path:
+    """`path` if it exists (as a directory when `directory`); otherwise a ConfigError."""
+    if not (path.is_dir() if directory else path.is_file()):
+        raise ConfigError(f"{flag} {path}: no such {'directory' if directory else 'file'}")
+    return path
+
+
 def token_main(argv: Sequence[str]) -> int:
     args = _token_parser().parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(existing(args.config, "--config") if args.config else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     print(issue_token(resolve_secret(config), args.player, args.ttl))
     return 0
@@ -55,10 +75,15 @@ def token_main(argv: Sequence[str]) -> int:
 
 def serve_main(argv: Sequence[str]) -> int:
     args = _serve_parser().parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # the default, from NPC_SERVER_LOG_LEVEL
+        raise ConfigError(
+            f"environment variable NPC_SERVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+            f"got {args.log_level!r}"
+        )
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = load_config(args.config)
+    config = load_config(existing(args.config, "--config") if args.config else None)
     server: dict[str, object] = {}
     if args.host:
         server["host"] = args.host
@@ -68,11 +93,12 @@ def serve_main(argv: Sequence[str]) -> int:
         server["production"] = True
     config = with_overrides(config, server=server)
     if args.npcs:
-        config = with_overrides(config, npcs_path=args.npcs)
+        config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
     resolve_secret(config)  # fail early in production without a secret
-    from npc_server.serve import run
+    from npc_server.serve import prepare, run
 
-    run(config)
+    # Every NPC file and backend is checked and built before the server listens.
+    run(config, prepare(config))
     return 0
 
 
@@ -82,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["token"]:
             return token_main(argv[1:])
         return serve_main(argv)
-    except (ConfigError, NpcConfigError, InsecureSecret) as exc:
+    except (ConfigError, InsecureSecret) as exc:
         print(f"npc-server: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

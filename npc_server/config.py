@@ -3,13 +3,18 @@
 Every key of a section can be set from the environment as
 `NPC_SERVER_<SECTION>_<KEY>` (e.g. `NPC_SERVER_LIMITS_HEARTBEAT=5`);
 `NPC_SERVER_HOST` and `NPC_SERVER_PORT` are short for the server section.
+Anything wrong is a `ConfigError` naming the file (or variable), the key and
+what was expected: an unknown key or variable, a value of the wrong type or
+outside its range (`RULES`), a file that does not exist.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,16 @@ DEFAULT_CONFIG = PACKAGE_ROOT.parent / "config" / "server.toml"
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown or has a value of the wrong kind."""
+    """A configuration key is unknown or has a value of the wrong kind or range."""
+
+
+def unknown_key(where: str, key: str, valid: Collection[str]) -> ConfigError:
+    """The error for a key that is not one of `valid`: the close matches, then all of them."""
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return ConfigError(
+        f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(sorted(valid))}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,63 +140,198 @@ class Config:
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
     secret: str | None = None
+    # The file the settings came from (None: defaults only), for error messages.
+    path: Path | None = None
 
 
 _SECTIONS = {"server": ServerSection, "auth": AuthSection, "limits": LimitsSection}
 
 
-def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
-    where = f"[{section}] {key}"
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a setting's value must satisfy, and how to say so."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+POSITIVE = Rule(lambda v: v > 0, "greater than 0")
+NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
+NON_EMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
+ANY = Rule(lambda v: True, "any value")
+PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
+
+
+def one_of(*values: str) -> Rule:
+    return Rule(lambda v: v in values, "one of " + ", ".join(repr(v) for v in values))
+
+
+# The range of every setting, in one place: a new field needs a rule here
+# (tests/test_config.py checks), from the file and the environment alike.
+RULES: Mapping[str, Mapping[str, Rule]] = {
+    "server": {
+        "host": NON_EMPTY,
+        "port": PORT,
+        "name": NON_EMPTY,
+        "npcs_dir": NON_EMPTY,
+        "backlog": POSITIVE,
+        "tcp_user_timeout_ms": NON_NEGATIVE,  # 0: the kernel's default
+        "send_buffer_bytes": NON_NEGATIVE,  # 0: the kernel's default
+        "gc_threshold": NON_NEGATIVE,  # 0: Python's default
+        "use_uvloop": ANY,
+        "websocket_compression": ANY,
+        "production": ANY,
+        "graceful_timeout": NON_NEGATIVE,
+    },
+    "auth": {"auth_timeout": POSITIVE, "expiry_grace": NON_NEGATIVE},
+    "limits": {
+        **{f.name: POSITIVE for f in fields(LimitsSection)},
+        "resume_window": NON_NEGATIVE,  # 0: a dropped socket's session ends at once
+        "sockets_policy": one_of("refuse", "replace"),
+    },
+}
+
+ENV_PREFIX = "NPC_SERVER_"
+# Every variable that is not NPC_SERVER_<SECTION>_<KEY>: a feature that reads
+# one adds it here, so that a misspelt name stays an error.
+OTHER_VARIABLES: Mapping[str, str] = {
+    "NPC_SERVER_CONFIG": "the server TOML file",
+    "NPC_SERVER_NPCS_DIR": "the NPC directory ([server] npcs_dir)",
+    "NPC_SERVER_HOST": "[server] host",
+    "NPC_SERVER_PORT": "[server] port",
+    "NPC_SERVER_SECRET": "the token secret",
+    "NPC_SERVER_LOG_LEVEL": "the log level",
+    "NPC_SERVER_API_KEY": "the API key",
+    "NPC_SERVER_WEBHOOK_SECRET": "the webhook secret",
+}
+# Families of variables whose features check their own names.
+RESERVED_PREFIXES = ("NPC_SERVER_CLUSTER_",)
+_SHORT_NAMES = {("server", "host"): "NPC_SERVER_HOST", ("server", "port"): "NPC_SERVER_PORT"}
+
+
+def env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def environment_names() -> frozenset[str]:
+    """Every NPC_SERVER_* variable the server reads (besides RESERVED_PREFIXES)."""
+    keyed = {env_name(name, f.name) for name, cls in _SECTIONS.items() for f in fields(cls)}
+    return frozenset(keyed | set(OTHER_VARIABLES))
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """Refuse an NPC_SERVER_* variable that nothing reads (a typo would be ignored)."""
+    valid = environment_names()
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in valid or name.startswith(RESERVED_PREFIXES):
+            continue
+        raise ConfigError(f"environment variable {name} is not a setting; {_env_hint(name, valid)}")
+
+
+def _env_hint(name: str, valid: Collection[str]) -> str:
+    # Compared without the shared prefix, which would make every name look close.
+    bare = {v.removeprefix(ENV_PREFIX): v for v in valid}
+    close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=3, cutoff=0.75)
+    if close:
+        return "did you mean " + " or ".join(bare[c] for c in close) + "?"
+    return (
+        "valid names: "
+        + ", ".join(sorted(valid))
+        + ", "
+        + ", ".join(f"{p}*" for p in RESERVED_PREFIXES)
+    )
+
+
+def _coerce(where: str, value: Any, kind: type) -> Any:
     if isinstance(value, str) and kind is not str:
         try:
             if kind is bool:
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError(value)
                 return value.lower() in ("1", "true", "yes")
-            return kind(value)
+            value = kind(value)
         except ValueError:
             raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     return value
 
 
-def _section(name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+def _checked(section: str, key: str, value: Any, where: str) -> Any:
+    """`value` coerced to the field's type and checked against its rule."""
+    kind = type(getattr(_SECTIONS[section](), key))
+    value = _coerce(where, value, kind)
+    rule = RULES[section][key]
+    if not rule.ok(value):
+        raise ConfigError(f"{where} must be {rule.expected}, got {value!r}")
+    return value
+
+
+def _section(name: str, raw: Any, env: Mapping[str, str], source: str) -> Any:
     cls = _SECTIONS[name]
-    kinds = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
-    unknown = set(raw) - set(kinds)
-    if unknown:
-        raise ConfigError(f"[{name}] has unknown keys {sorted(unknown)}; known: {sorted(kinds)}")
-    values = {k: _coerce(name, k, v, kinds[k]) for k, v in raw.items()}
-    for key, kind in kinds.items():
-        env_value = env.get(f"NPC_SERVER_{name.upper()}_{key.upper()}")
-        if name == "server" and key in ("host", "port"):
-            env_value = env.get(f"NPC_SERVER_{key.upper()}", env_value)
-        if env_value is not None:
-            values[key] = _coerce(name, key, env_value, kind)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: [{name}] must be a table, got {raw!r}")
+    keys = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in keys:
+            raise unknown_key(f"{source}: [{name}]", key, keys)
+    values = {k: _checked(name, k, v, f"{source}: [{name}] {k}") for k, v in raw.items()}
+    for key in keys:
+        for variable in (env_name(name, key), _SHORT_NAMES.get((name, key))):
+            if variable is not None and variable in env:
+                where = f"environment variable {variable} ([{name}] {key})"
+                values[key] = _checked(name, key, env[variable], where)
     return cls(**values)
+
+
+def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: `path`, else NPC_SERVER_CONFIG, else the shipped one if present."""
+    if path is None and "NPC_SERVER_CONFIG" in env:
+        path, origin = Path(env["NPC_SERVER_CONFIG"]), "NPC_SERVER_CONFIG"
+    else:
+        origin = "the configuration file"
+    if path is None:
+        return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file ({origin})")
+    return path
+
+
+def _read(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    known = [*_SECTIONS, "backends", "overrides"]
+    for name in doc:
+        if name not in known:
+            raise unknown_key(f"{path}: section", name, known)
+    for name in ("backends", "overrides"):
+        tables = doc.get(name, {})
+        if not isinstance(tables, Mapping) or not all(
+            isinstance(t, Mapping) for t in tables.values()
+        ):
+            raise ConfigError(f"{path}: [{name}] must hold one table per backend kind")
+    return doc
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any), then apply environment overrides."""
     env = os.environ if env is None else env
-    path = path or Path(env.get("NPC_SERVER_CONFIG", DEFAULT_CONFIG))
-    doc: dict[str, Any] = {}
-    if path.exists():
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    known = {*_SECTIONS, "backends", "overrides"}
-    unknown = set(doc) - known
-    if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; known: {sorted(known)}")
-    sections = {name: _section(name, doc.get(name, {}), env) for name in _SECTIONS}
+    check_environment(env)
+    path = _config_path(path, env)
+    doc = _read(path)
+    source = str(path or "defaults")
+    sections = {name: _section(name, doc.get(name, {}), env, source) for name in _SECTIONS}
     npcs_dir = Path(env.get("NPC_SERVER_NPCS_DIR", sections["server"].npcs_dir))
     if not npcs_dir.is_absolute():
-        npcs_dir = path.parent / npcs_dir
+        npcs_dir = (path.parent if path else DEFAULT_CONFIG.parent) / npcs_dir
     return Config(
         server=sections["server"],
         auth=sections["auth"],
@@ -191,17 +340,28 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,
         secret=env.get("NPC_SERVER_SECRET") or None,
+        path=path,
     )
 
 
 def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
-    """A copy of `config` with some section keys replaced (used by tests and CLI flags)."""
+    """A copy of `config` with some section keys replaced (used by tests and CLI flags).
+
+    Section values go through the same rules as the file's.
+    """
     changes: dict[str, Any] = {}
     for name, values in sections.items():
-        if name in ("backend_overrides", "backend_defaults"):
-            changes[name] = values
-        elif name in _SECTIONS:
-            changes[name] = replace(getattr(config, name), **values)
+        if name in _SECTIONS:
+            checked = _checked_overrides(name, values)
+            changes[name] = replace(getattr(config, name), **checked)
         else:
             changes[name] = values
     return replace(config, **changes)
+
+
+def _checked_overrides(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    keys = [f.name for f in fields(_SECTIONS[name])]
+    for key in values:
+        if key not in keys:
+            raise unknown_key(f"override [{name}]", key, keys)
+    return {k: _checked(name, k, v, f"override [{name}] {k}") for k, v in values.items()}

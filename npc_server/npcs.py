@@ -21,10 +21,15 @@ A file looks like::
     [backend]
     kind = "scripted"         # or "openai"
     # ... settings read by that backend
+
+Every key is checked here (unknown ones are refused with the valid ones, as in
+`server.toml`); the backend's own settings are checked when it is built at
+start-up (`npc_server.backends.build_backends`). Errors name the file and key.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,9 +37,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from npc_server.config import ConfigError, unknown_key
 
-class NpcConfigError(ValueError):
-    """An NPC file is missing a key or has a value of the wrong kind."""
+# The generators an NPC may name in `[backend] kind`; npc_server.backends
+# holds how each is built, and checks that it covers exactly these.
+BACKEND_KINDS = ("scripted", "openai")
+
+
+class NpcConfigError(ConfigError):
+    """An NPC file has an unknown or missing key, or a value of the wrong kind or range."""
 
 
 class BusyPolicy(StrEnum):
@@ -72,86 +83,127 @@ class NpcConfig:
     actions: tuple[ActionSpec, ...] = ()
     backend: str = "scripted"
     backend_settings: Mapping[str, Any] = field(default_factory=dict)
+    # The file it came from, for error messages about its backend.
+    source: str = "<npc>"
 
     def action(self, name: str) -> ActionSpec | None:
         """The spec of the named action, or None if this NPC has no such action."""
         return next((a for a in self.actions if a.name == name), None)
 
 
-def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = doc[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-        raise NpcConfigError(f"{where}: {key!r} must be {_kind_name(kind)}, got {value!r}")
-    return value
+Kind = type | tuple[type, ...]
+_NUMBER = (int, float)
+# What each key must hold beyond its type, as (check, expected); absent: any value.
+_RANGES: Mapping[str, tuple[Any, str]] = {
+    "id": (lambda v: bool(v.strip()), "a non-empty string"),
+    "name": (lambda v: bool(v.strip()), "a non-empty string"),
+    "max_queue": (lambda v: v >= 0, "an integer >= 0"),
+    "memory_chars": (lambda v: v >= 0, "an integer >= 0"),
+    "timeout_s": (lambda v: 0 < v < math.inf, "a number of seconds > 0"),
+}
+TOP_KEYS: Mapping[str, Kind] = {
+    "id": str,
+    "name": str,
+    "persona": str,
+    "greeting": str,
+    "busy": str,
+    "interruptible": bool,
+    "room_interrupt": str,
+    "max_queue": int,
+    "memory_chars": int,
+    "actions": list,
+    "backend": dict,
+}
+ACTION_KEYS: Mapping[str, Kind] = {
+    "name": str,
+    "description": str,
+    "approval": bool,
+    "timeout_s": _NUMBER,
+    "parameters": dict,
+}
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
+def _kind_name(kind: Kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
+    names = {"dict": "a table", "list": "an array"}
+    return " or ".join(names.get(k.__name__, k.__name__) for k in kinds)
 
 
-def _optional(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    return _get(doc, key, kind, where) if key in doc else None
+def _check_keys(doc: Mapping[str, Any], schema: Mapping[str, Kind], where: str) -> None:
+    """Refuse unknown keys and values of the wrong type or range."""
+    for key, value in doc.items():
+        if key not in schema:
+            raise NpcConfigError(str(unknown_key(where, key, schema)))
+        kind = schema[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise NpcConfigError(f"{where}: {key!r} must be {_kind_name(kind)}, got {value!r}")
+        check, expected = _RANGES.get(key, (None, ""))
+        if check is not None and not check(value):
+            raise NpcConfigError(f"{where}: {key!r} must be {expected}, got {value!r}")
 
 
 def _enum(doc: Mapping[str, Any], key: str, enum: type[StrEnum], where: str) -> Any:
-    if key not in doc:
-        return None
-    value = _get(doc, key, str, where)
     try:
-        return enum(value)
+        return enum(doc[key])
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum)
-        raise NpcConfigError(f"{where}: {key!r} must be one of {allowed}, got {value!r}") from None
+        raise NpcConfigError(
+            f"{where}: {key!r} must be one of {allowed}, got {doc[key]!r}"
+        ) from None
 
 
-def parse_action(doc: Mapping[str, Any], where: str) -> ActionSpec:
+def parse_action(doc: Any, where: str) -> ActionSpec:
+    """One `[[actions]]` entry, every key checked."""
+    if not isinstance(doc, Mapping):
+        raise NpcConfigError(f"{where}: each [[actions]] entry must be a table, got {doc!r}")
     if "name" not in doc:
         raise NpcConfigError(f"{where}: every [[actions]] entry needs a 'name'")
-    fields: dict[str, Any] = {"name": _get(doc, "name", str, where)}
-    for key, kind in (("description", str), ("approval", bool), ("timeout_s", (int, float))):
-        value = _optional(doc, key, kind, where)
-        if value is not None:
-            fields[key] = value
-    if "parameters" in doc:
-        fields["parameters"] = dict(_get(doc, "parameters", dict, where))
+    _check_keys(doc, ACTION_KEYS, where)
+    fields = dict(doc)
+    if "parameters" in fields:
+        fields["parameters"] = dict(fields["parameters"])
     return ActionSpec(**fields)
 
 
+def _actions(doc: Mapping[str, Any], where: str) -> tuple[ActionSpec, ...]:
+    actions = doc.get("actions", [])
+    specs = tuple(parse_action(a, f"{where} actions[{i}]") for i, a in enumerate(actions))
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        if spec.name in seen:
+            raise NpcConfigError(f"{where} actions[{i}]: action {spec.name!r} is declared twice")
+        seen.add(spec.name)
+    return specs
+
+
+def _backend(doc: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    settings = dict(doc.get("backend", {}))
+    kind = settings.pop("kind", "scripted")
+    if kind not in BACKEND_KINDS:
+        known = ", ".join(repr(k) for k in BACKEND_KINDS)
+        raise NpcConfigError(f"{where}: [backend] 'kind' must be one of {known}, got {kind!r}")
+    return kind, settings
+
+
 def parse_npc(doc: Mapping[str, Any], where: str = "<npc>") -> NpcConfig:
-    """Build an `NpcConfig` from a parsed TOML document, naming bad keys."""
+    """Build an `NpcConfig` from a parsed TOML document, naming bad keys.
+
+    The backend's own settings are checked when it is built
+    (`npc_server.backends.build_backends`), before the server listens.
+    """
     for key in ("id", "name"):
         if key not in doc:
             raise NpcConfigError(f"{where}: missing required key {key!r}")
-    fields: dict[str, Any] = {
-        "id": _get(doc, "id", str, where),
-        "name": _get(doc, "name", str, where),
-    }
-    simple: tuple[tuple[str, type | tuple[type, ...]], ...] = (
-        ("persona", str),
-        ("greeting", str),
-        ("interruptible", bool),
-        ("max_queue", int),
-        ("memory_chars", int),
-    )
-    for key, kind in simple:
-        value = _optional(doc, key, kind, where)
-        if value is not None:
-            fields[key] = value
-    for key, enum in (("busy", BusyPolicy), ("room_interrupt", RoomInterrupt)):
-        value = _enum(doc, key, enum, where)
-        if value is not None:
-            fields[key] = value
-    actions = doc.get("actions", [])
-    if not isinstance(actions, list):
+    if "actions" in doc and not isinstance(doc["actions"], list):
         raise NpcConfigError(f"{where}: 'actions' must be an array of tables ([[actions]])")
-    fields["actions"] = tuple(
-        parse_action(a, f"{where} actions[{i}]") for i, a in enumerate(actions)
-    )
-    backend = dict(doc.get("backend", {}))
-    fields["backend"] = backend.pop("kind", "scripted")
-    fields["backend_settings"] = backend
-    return NpcConfig(**fields)
+    _check_keys(doc, TOP_KEYS, where)
+    fields = {k: v for k, v in doc.items() if k not in ("actions", "backend")}
+    for key, enum in (("busy", BusyPolicy), ("room_interrupt", RoomInterrupt)):
+        if key in doc:
+            fields[key] = _enum(doc, key, enum, where)
+    fields["actions"] = _actions(doc, where)
+    fields["backend"], fields["backend_settings"] = _backend(doc, where)
+    return NpcConfig(**fields, source=where)
 
 
 def load_npc_file(path: Path) -> NpcConfig:
@@ -165,6 +217,8 @@ def load_npc_file(path: Path) -> NpcConfig:
 
 def load_npcs(directory: Path) -> dict[str, NpcConfig]:
     """Load every `*.toml` in a directory, keyed by NPC id (ids must be unique)."""
+    if not directory.is_dir():
+        raise NpcConfigError(f"{directory}: no such NPC directory")
     npcs: dict[str, NpcConfig] = {}
     for path in sorted(directory.glob("*.toml")):
         npc = load_npc_file(path)

@@ -18,10 +18,11 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from npc_server.app import create_app, drain
-from npc_server.config import Config
+from npc_server.backends import Backend, build_backends
+from npc_server.config import Config, ConfigError
 from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
 from npc_server.node import Node
-from npc_server.npcs import load_npcs
+from npc_server.npcs import NpcConfig, load_npcs
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,13 @@ def make_listener(config: Config) -> Listener:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, server.tcp_user_timeout_ms)
     if server.send_buffer_bytes > 0:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.send_buffer_bytes)
-    sock.bind((server.host, server.port))
-    sock.listen(server.backlog)
+    try:
+        sock.bind((server.host, server.port))
+        sock.listen(server.backlog)
+    except OSError as exc:
+        sock.close()
+        where = f"[server] host/port {server.host}:{server.port}"
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
     return Listener(sock.detach(), host, port)
 
@@ -66,10 +72,29 @@ def hypercorn_config(config: Config, listener: Listener) -> HypercornConfig:
     return hc
 
 
-async def serve(config: Config) -> None:
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What start-up checks and builds before the event loop runs."""
+
+    npcs: dict[str, NpcConfig]
+    backends: dict[str, Backend]
+
+
+def prepare(config: Config) -> Prepared:
+    """Load every NPC file and build every backend; a bad one raises, naming file and key.
+
+    Done before the loop starts, so no player's first `say` waits for an import.
+    """
+    npcs = load_npcs(config.npcs_path)
+    if not npcs:
+        log.warning("no NPC files (*.toml) in %s", config.npcs_path)
+    return Prepared(npcs, build_backends(npcs, config))
+
+
+async def serve(config: Config, prepared: Prepared) -> None:
     """Serve until SIGTERM or SIGINT, then drain and exit."""
-    node = Node(config, load_npcs(config.npcs_path))
-    app = create_app(config, node=node)
+    app = create_app(config, prepared.npcs, backends=prepared.backends)
+    node: Node = app.extensions["npc_server.node"]
     listener = make_listener(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,8 +133,9 @@ def tune_gc(threshold: int) -> None:
         gc.set_threshold(threshold, 50, 50)
 
 
-def run(config: Config) -> None:
-    """Run `serve` on uvloop when available and enabled."""
+def run(config: Config, prepared: Prepared | None = None) -> None:
+    """Run `serve` on uvloop when available and enabled (after `prepare`, if not given)."""
+    prepared = prepared or prepare(config)
     tune_gc(config.server.gc_threshold)
     if config.server.use_uvloop:
         try:
@@ -117,6 +143,6 @@ def run(config: Config) -> None:
         except ImportError:
             pass
         else:
-            uvloop.run(serve(config))
+            uvloop.run(serve(config, prepared))
             return
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, prepared))

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from npc_server.config import ConfigError, load_config
+from npc_server.config import (
+    OTHER_VARIABLES,
+    RULES,
+    Config,
+    ConfigError,
+    environment_names,
+    load_config,
+    with_overrides,
+)
 from npc_server.tokens import TokenError, issue_token, verify_token
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -55,3 +64,119 @@ def test_tokens_round_trip_and_expire() -> None:
     with pytest.raises(TokenError) as forged:
         verify_token(SECRET, issue_token(SECRET + "x", "alice", 60))
     assert not forged.value.expired
+
+
+# Mistakes stop the start: each names the file or variable, the key and what was expected.
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("NPC_SERVER_LIMITS_HEARTBEET", "did you mean NPC_SERVER_LIMITS_HEARTBEAT?"),
+        ("NPC_SERVER_SECRT", "did you mean NPC_SERVER_SECRET?"),
+        ("NPC_SERVER_NPC_DIR", "did you mean NPC_SERVER_NPCS_DIR"),
+        ("NPC_SERVER_XYZZY", "valid names: NPC_SERVER_API_KEY, NPC_SERVER_AUTH_AUTH_TIMEOUT"),
+    ],
+)
+def test_misspelt_environment_variables_are_refused(variable: str, suggestion: str) -> None:
+    """An NPC_SERVER_* name nothing reads is an error with the close matches (or all names)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env={variable: "1"})
+    assert str(info.value).startswith(f"environment variable {variable} is not a setting; ")
+    assert suggestion in str(info.value)
+
+
+def test_every_documented_variable_is_accepted() -> None:
+    """The non-section variables, the cluster family and every section key load without error."""
+    env = {name: "x" for name in OTHER_VARIABLES if name not in ("NPC_SERVER_CONFIG",)}
+    env.update(NPC_SERVER_HOST="127.0.0.1", NPC_SERVER_PORT="0", NPC_SERVER_CLUSTER_PEERS="a,b")
+    assert load_config(env=env).secret == "x"
+    assert "NPC_SERVER_LIMITS_SOCKETS_POLICY" in environment_names()
+
+
+def test_every_setting_has_a_range_rule() -> None:
+    """RULES covers every field of every section, so no new setting goes unchecked."""
+    config = Config()
+    for section, rules in RULES.items():
+        names = {f.name for f in fields(getattr(config, section))}
+        assert set(rules) == names, section
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "message"),
+    [
+        ("limits", "heartbeat = -1", r"\[limits\] heartbeat must be greater than 0, got -1.0"),
+        ("limits", "write_timeout = 0", r"\[limits\] write_timeout must be greater than 0"),
+        ("limits", "queue_bytes = 0", r"\[limits\] queue_bytes must be greater than 0"),
+        ("limits", "rate_per_s = -2.5", r"\[limits\] rate_per_s must be greater than 0"),
+        ("limits", "turn_timeout = inf", r"\[limits\] turn_timeout must be a finite number"),
+        ("limits", "resume_window = -1", r"\[limits\] resume_window must be 0 or more"),
+        (
+            "limits",
+            'sockets_policy = "kick"',
+            r"\[limits\] sockets_policy must be one of 'refuse', 'replace'",
+        ),
+        ("server", "port = 70000", r"\[server\] port must be a port from 0 .* to 65535"),
+        ("server", 'host = ""', r"\[server\] host must be a non-empty string"),
+        ("auth", "auth_timeout = 0", r"\[auth\] auth_timeout must be greater than 0"),
+        (
+            "limits",
+            "heartbaet = 5",
+            r"\[limits\]: unknown key 'heartbaet' \(did you mean 'heartbeat'",
+        ),
+    ],
+)
+def test_values_out_of_range_in_the_file_name_file_and_key(
+    tmp_path: Path, section: str, line: str, message: str
+) -> None:
+    """Out-of-range values and misspelt keys in server.toml are refused with the file's name."""
+    path = tmp_path / "server.toml"
+    path.write_text(f"[{section}]\n{line}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: {message}"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("NPC_SERVER_LIMITS_HEARTBEAT", "-1", "must be greater than 0, got -1.0"),
+        ("NPC_SERVER_LIMITS_MAX_GENERATIONS", "0", "must be greater than 0, got 0"),
+        ("NPC_SERVER_LIMITS_SOCKETS_POLICY", "kick", "must be one of 'refuse', 'replace'"),
+        ("NPC_SERVER_PORT", "65536", "must be a port from 0"),
+        ("NPC_SERVER_LIMITS_HEARTBEAT", "nan", "must be a finite number"),
+    ],
+)
+def test_values_out_of_range_in_the_environment_name_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    """The environment goes through the same rules as the file."""
+    with pytest.raises(
+        ConfigError, match=rf"^environment variable {variable} \(\[\w+\] \w+\) {message}"
+    ):
+        load_config(env={variable: value})
+
+
+def test_overrides_go_through_the_same_rules() -> None:
+    """with_overrides (tests, CLI flags) refuses what the file would."""
+    config = load_config(env={})
+    with pytest.raises(ConfigError, match=r"override \[limits\] heartbeat must be greater than 0"):
+        with_overrides(config, limits={"heartbeat": 0})
+    with pytest.raises(ConfigError, match=r"unknown key 'hartbeat'"):
+        with_overrides(config, limits={"hartbeat": 1})
+
+
+def test_missing_config_files_are_refused(tmp_path: Path) -> None:
+    """A config path or NPC_SERVER_CONFIG naming no file is an error, not silent defaults."""
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=rf"^{missing}: no such file"):
+        load_config(missing, env={})
+    with pytest.raises(ConfigError, match=rf"^{missing}: no such file \(NPC_SERVER_CONFIG\)"):
+        load_config(env={"NPC_SERVER_CONFIG": str(missing)})
+
+
+def test_backend_tables_must_be_tables(tmp_path: Path) -> None:
+    """[backends] and [overrides] hold one table per backend kind."""
+    path = tmp_path / "server.toml"
+    path.write_text("[overrides]\nscripted = 1\n")
+    with pytest.raises(ConfigError, match=r"\[overrides\] must hold one table per backend kind"):
+        load_config(path, env={})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -189,3 +190,75 @@ def test_demo_scripts_are_valid() -> None:
     for npc in load_npcs(DEMO_DIR).values():
         ScriptedBackend(npc, npc.backend_settings)
         assert all(len(t["replies"]) >= 2 for t in npc.backend_settings["topics"]), npc.id
+
+
+# Strict keys and ranges: a mistake stops the start, naming the file and the key.
+
+
+@pytest.mark.parametrize(
+    ("doc", "where", "key", "suggestion"),
+    [
+        ({"bussy": "queue"}, r"mira\.toml", "bussy", "busy"),
+        ({"greting": "Hi"}, r"mira\.toml", "greting", "greeting"),
+        (
+            {"actions": [{"name": "a", "aproval": True}]},
+            r"mira\.toml actions\[0\]",
+            "aproval",
+            "approval",
+        ),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_valid_ones(
+    doc: dict[str, object], where: str, key: str, suggestion: str
+) -> None:
+    """A misspelt key names the file, the key, the close match and every valid key."""
+    with pytest.raises(NpcConfigError) as info:
+        parse_npc({"id": "mira", "name": "Mira", **doc}, "mira.toml")
+    message = str(info.value)
+    assert re.match(rf"{where}: unknown key '{key}' \(did you mean '{suggestion}'\?\)", message)
+    assert "valid keys: " in message and f"{suggestion}," in message
+
+
+def test_unknown_backend_kind_lists_the_known_kinds() -> None:
+    """`[backend] kind` must be a known backend; the message lists them."""
+    with pytest.raises(
+        NpcConfigError,
+        match=r"mira\.toml: \[backend\] 'kind' must be one of 'scripted', 'openai', got 'openia'",
+    ):
+        parse_npc({"id": "mira", "name": "Mira", "backend": {"kind": "openia"}}, "mira.toml")
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"id": " "}, r"'id' must be a non-empty string"),
+        ({"max_queue": -1}, r"'max_queue' must be an integer >= 0, got -1"),
+        ({"memory_chars": -5}, r"'memory_chars' must be an integer >= 0"),
+        (
+            {"actions": [{"name": "a", "timeout_s": 0}]},
+            r"actions\[0\]: 'timeout_s' must be a number of seconds > 0",
+        ),
+        (
+            {"actions": [{"name": "a"}, {"name": "a"}]},
+            r"actions\[1\]: action 'a' is declared twice",
+        ),
+        ({"actions": ["a"]}, r"actions\[0\]: each \[\[actions\]\] entry must be a table"),
+        ({"backend": "scripted"}, r"'backend' must be a table"),
+    ],
+)
+def test_values_out_of_range_are_refused(doc: dict[str, object], message: str) -> None:
+    """Empty ids, negative sizes, zero timeouts and duplicate actions name the key and the rule."""
+    with pytest.raises(NpcConfigError, match=rf"mira\.toml.*{message}"):
+        parse_npc({"id": "mira", "name": "Mira", **doc}, "mira.toml")
+
+
+def test_missing_directory_is_refused(tmp_path: Path) -> None:
+    """An NPC directory that does not exist is an error, not a server without NPCs."""
+    with pytest.raises(NpcConfigError, match=r"nowhere: no such NPC directory"):
+        load_npcs(tmp_path / "nowhere")
+
+
+def test_npc_remembers_its_file(tmp_path: Path) -> None:
+    """Each NpcConfig carries its file, so backend errors can name it."""
+    path = write(tmp_path, "mira.toml", GOOD)
+    assert load_npcs(tmp_path)["mira"].source == str(path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from npc_server.backends.base import ActionPiece, GenerationRequest, Piece, TextPiece
+from npc_server.config import unknown_key
 from npc_server.npcs import NpcConfig
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -108,12 +109,9 @@ class ScriptedBackend:
     ) -> None:
         self._npc = npc
         self._sleep = sleep
-        unknown = sorted(set(settings) - SETTING_KEYS)
-        if unknown:
-            raise ValueError(
-                f"NPC {npc.id!r}: unknown backend setting(s) {unknown}; "
-                f"expected some of {sorted(SETTING_KEYS)}"
-            )
+        for key in settings:
+            if key not in SETTING_KEYS:
+                raise unknown_key(f"NPC {npc.id!r}: [backend]", key, SETTING_KEYS)
         self._pacing = Pacing.from_settings(npc, settings)
         self._long_reply_chars = _long_reply_chars(npc, settings)
         self._defaults = _defaults(npc, settings)
@@ -328,11 +326,9 @@ def _topic(npc: NpcConfig, raw: Any, index: int, actions: frozenset[str]) -> Top
     where = f"NPC {npc.id!r}, topics[{index}]"
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where}: each topic must be a table, got {raw!r}")
-    unknown = sorted(set(raw) - TOPIC_KEYS)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {unknown}; expected some of {sorted(TOPIC_KEYS)}"
-        )
+    for key in raw:
+        if key not in TOPIC_KEYS:
+            raise unknown_key(f"{where} ([[backend.topics]])", key, TOPIC_KEYS)
     name = raw.get("name", f"topics[{index}]")
     if not isinstance(name, str):
         raise ValueError(f"{where}: 'name' must be a string, got {name!r}")

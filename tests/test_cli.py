@@ -1,0 +1,190 @@
+"""The real `npc-server` command refuses a bad configuration: one line naming file and key, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.backends.openai_stub import OpenAIStub, reply
+from tests.support.client import connect
+from tests.support.server import DEMO_NPCS, REPO, SECRET, start_server_process
+
+GOOD_NPC = """\
+id = "mira"
+name = "Mira"
+
+[[actions]]
+name = "open_shop"
+
+[backend]
+"""
+SCRIPTED = 'kind = "scripted"\nfallback = ["Eh?"]\n'
+START_TIMEOUT = 60
+
+
+def run_command(
+    args: list[str], env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m npc_server` with only our NPC_SERVER_* variables; returns once it exits."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NPC_SERVER_")}
+    full_env = {**clean, "NPC_SERVER_SECRET": SECRET, "NPC_SERVER_PORT": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "npc_server", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *parts: str) -> None:
+    """Exit 2, one `npc-server:` line on stderr containing every part, no traceback, no listen."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("npc-server:")]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert "listening on" not in result.stdout
+
+
+def npc_dir(tmp_path: Path, backend: str, top: str = "") -> Path:
+    directory = tmp_path / "npcs"
+    directory.mkdir()
+    (directory / "mira.toml").write_text(top + GOOD_NPC + backend, encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("top", "backend", "key"),
+    [
+        ('bussy = "queue"\n', SCRIPTED, "'bussy' (did you mean 'busy'?)"),
+        ("", 'kind = "openia"\n', "'kind' must be one of 'scripted', 'openai', got 'openia'"),
+        (
+            "",
+            SCRIPTED + "tokens_per_sec = 5\n",
+            "'tokens_per_sec' (did you mean 'tokens_per_second'?)",
+        ),
+        (
+            "",
+            SCRIPTED + '[[backend.topics]]\nkeywrods = ["x"]\nreplies = ["r"]\n',
+            "'keywrods' (did you mean 'keywords'?)",
+        ),
+        (
+            "",
+            SCRIPTED + '[[backend.topics]]\nkeywords = ["x"]\nreplies = ["[[fly]]"]\n',
+            "action 'fly' is not one of the NPC's [[actions]]",
+        ),
+    ],
+)
+def test_bad_npc_file_stops_the_start(tmp_path: Path, top: str, backend: str, key: str) -> None:
+    """Unknown keys, kinds, backend settings, topic keys and undeclared actions stop the start."""
+    directory = npc_dir(tmp_path, backend, top)
+    result = run_command(["--npcs", str(directory)])
+    assert_refused(result, str(directory / "mira.toml"), key)
+
+
+def test_openai_without_the_llm_extra_stops_the_start(tmp_path: Path) -> None:
+    """kind = "openai" where the openai package cannot be imported names the pip command."""
+    shadow = tmp_path / "shadow" / "openai"
+    shadow.mkdir(parents=True)
+    # Stands in for an environment without the package: importing it fails as a missing one does.
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'openai'\", name='openai')\n"
+    )
+    directory = npc_dir(
+        tmp_path, 'kind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+    )
+    result = run_command(["--npcs", str(directory)], {"PYTHONPATH": str(shadow.parent)})
+    assert_refused(
+        result,
+        str(directory / "mira.toml"),
+        "needs the 'openai' package",
+        "pip install 'npc-server[llm]'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "parts"),
+    [
+        (
+            {"NPC_SERVER_LIMITS_HEARTBEET": "5"},
+            ("NPC_SERVER_LIMITS_HEARTBEET", "NPC_SERVER_LIMITS_HEARTBEAT"),
+        ),
+        ({"NPC_SERVER_LIMITS_HEARTBEAT": "-1"}, ("NPC_SERVER_LIMITS_HEARTBEAT", "greater than 0")),
+        ({"NPC_SERVER_LIMITS_SOCKETS_POLICY": "kick"}, ("sockets_policy", "'refuse', 'replace'")),
+        (
+            {"NPC_SERVER_CONFIG": "/nonexistent/server.toml"},
+            ("/nonexistent/server.toml", "no such file"),
+        ),
+        (
+            {"NPC_SERVER_NPCS_DIR": "/nonexistent/npcs"},
+            ("/nonexistent/npcs", "no such NPC directory"),
+        ),
+        ({"NPC_SERVER_LOG_LEVEL": "loud"}, ("NPC_SERVER_LOG_LEVEL", "'LOUD'")),
+    ],
+)
+def test_bad_environment_stops_the_start(env: dict[str, str], parts: tuple[str, ...]) -> None:
+    """Misspelt variables, out-of-range values and missing paths from the environment stop it."""
+    assert_refused(run_command([], env), *parts)
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (
+            ["--config", "/nonexistent/server.toml"],
+            ("--config /nonexistent/server.toml", "no such file"),
+        ),
+        (["--npcs", "/nonexistent/npcs"], ("--npcs /nonexistent/npcs", "no such directory")),
+    ],
+)
+def test_missing_paths_on_the_command_line_stop_the_start(
+    args: list[str], parts: tuple[str, ...]
+) -> None:
+    """--config and --npcs must name an existing file and directory."""
+    assert_refused(run_command(args), *parts)
+
+
+def test_out_of_range_value_in_the_file_stops_the_start(tmp_path: Path) -> None:
+    """A bad value in server.toml names that file, the section and the key."""
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\nnpcs_dir = "{DEMO_NPCS}"\n[limits]\nheartbeat = 0\n')
+    assert_refused(
+        run_command(["--config", str(config)]), f"{config}: [limits] heartbeat", "greater than 0"
+    )
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    """A port that cannot be bound is one line naming [server] host/port, not a traceback."""
+    server = start_server_process()
+    try:
+        result = run_command([], {"NPC_SERVER_PORT": str(server.port)})
+        assert_refused(result, f"cannot listen on [server] host/port 127.0.0.1:{server.port}")
+    finally:
+        server.terminate()
+
+
+async def test_good_config_with_an_openai_npc_starts_and_answers(tmp_path: Path) -> None:
+    """A valid openai NPC passes the start-up checks and its first say streams a reply."""
+    async with OpenAIStub() as stub:
+        stub.script(reply("Fine wares!"))
+        backend = f'kind = "openai"\nbase_url = "{stub.base_url}"\nmodel = "m"\n'
+        server = start_server_process(args=["--npcs", str(npc_dir(tmp_path, backend))])
+        try:
+            async with connect(server.url) as client:
+                await client.hello(server.token("alice"))
+                await client.send({"t": "say", "id": 1, "npc": "mira", "text": "wares?"})
+                frames = await client.recv_until(lambda f: f["t"] == "turn.end")
+            assert "".join(f["text"] for f in frames if f["t"] == "delta") == "Fine wares!"
+            assert frames[-1]["reason"] == "done"
+        finally:
+            assert server.terminate() == 0
+        assert not any("Traceback" in line for line in server.output)
