@@ -37,7 +37,7 @@ NOT_APPLIED: tuple[tuple[str, str], ...] = (
     ("[server] send_buffer_bytes", "needs our own listening socket; the kernel default applies"),
     (
         "[server] graceful_timeout and the drain on SIGTERM",
-        "no `draining` frame, no 1001; use Hypercorn's --graceful-timeout",
+        "no `draining` frame: on SIGTERM sockets close with 1011, not 1001",
     ),
     ("[server] use_uvloop", "use Hypercorn's --worker-class uvloop"),
     (
