@@ -21,6 +21,17 @@ if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" =
     echo "could not install ${need[*]}; the tests that need them will skip with a reason"
 fi
 
+# nginx and haproxy check the proxy recipes in deploy/ (tests/test_deploy.py).
+proxies=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || proxies+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || proxies+=(haproxy)
+if [ ${#proxies[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing ${proxies[*]} from Debian's packages"
+  { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends \
+      "${proxies[@]}" >/dev/null; } || \
+    echo "could not install ${proxies[*]}; the tests that need them will skip with a reason"
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict
