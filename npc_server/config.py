@@ -187,6 +187,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
     "limits": {
         **{f.name: POSITIVE for f in fields(LimitsSection)},
         "resume_window": NON_NEGATIVE,  # 0: a dropped socket's session ends at once
+        "tokens_per_minute_player": NON_NEGATIVE,  # 0: no budget
         "sockets_policy": one_of("refuse", "replace"),
     },
 }

@@ -224,11 +224,17 @@ class NpcWebsocketConnection:
         if event["type"] != "websocket.connect":
             return
         node: Node = self.app.extensions["npc_server.node"]
-        refused = self._refusal(node)
-        if refused is not None:
-            await send({"type": "websocket.close", "code": int(refused)})
+        if self.scope.get("path") != "/ws":
+            # Before accept, Hypercorn answers the handshake with HTTP 403.
+            await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
             return
         await send({"type": "websocket.accept"})
+        if node.draining:  # accepted, so the client sees 1001: go elsewhere and resume
+            reason = "server draining"
+            await send(
+                {"type": "websocket.close", "code": int(CloseCode.GOING_AWAY), "reason": reason}
+            )
+            return
         address = str((self.scope.get("client") or ("unknown",))[0])
         node.events.emit(Connected("websocket", address))
         if not node.address_connects.allow_nowait(address):
@@ -238,11 +244,3 @@ class NpcWebsocketConnection:
             return
         secret: str = self.app.extensions["npc_server.secret"]
         await WebSocketEdge(node, receive, send, secret, address).run()
-
-    def _refusal(self, node: Node) -> CloseCode | None:
-        """Why a handshake is refused before it is accepted, if it is."""
-        if self.scope.get("path") != "/ws":
-            return CloseCode.POLICY_VIOLATION
-        if node.draining:
-            return CloseCode.GOING_AWAY
-        return None

@@ -167,7 +167,7 @@ def test_factory_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     server = start_hypercorn(tmp_path, env, "npc_server.asgi:app")
     try:
         assert not server.port, "hypercorn served with a bad config"
-        assert any("[limits] heartbeat must be float" in line for line in server.output)
+        assert any("[limits] heartbeat) must be float" in line for line in server.output)
     finally:
         stop(server)
 
