@@ -1,7 +1,8 @@
-"""Four adjustments to Hypercorn 0.17-0.18 that the socket edge relies on.
+"""Adjustments to Hypercorn 0.17-0.18 (and the wsproto and h11 under it).
 
-Each answers a trap measured in HYPERCORN-NOTES.md or by our stress tests;
-`install_fixes()` installs 1-3 once per process (`serve.py` does it):
+Each answers a trap measured in HYPERCORN-NOTES.md, by our stress tests or in
+issue 12; `install_fixes()` installs all but 4 once per process (`serve.py`
+does it), after checking the versions and that every patched attribute exists:
 
 1. A client's close code reaches the app. Hypercorn answers the close
    handshake itself and then tells the app `websocket.disconnect` with 1006
@@ -16,34 +17,81 @@ Each answers a trap measured in HYPERCORN-NOTES.md or by our stress tests;
    blocked on that full queue for ever and the socket sat in CLOSE_WAIT.
 4. permessage-deflate can be refused. Hypercorn always accepts it when a
    browser offers it: ~20% of throughput and ~100 KB of zlib state per socket.
+5. A WebSocket protocol violation is answered with a close frame. wsproto
+   reports a bad frame (unmasked, bad opcode or UTF-8, ...) as a close event
+   with 1002 or 1007 but stays OPEN, so Hypercorn dropped TCP without sending
+   it; RFC 6455 7.1.7 says to send that close frame first. (Part of fix 1's
+   event handler, which already sorts the close events.)
+6. A request with both Content-Length and Transfer-Encoding ends its
+   connection after the response (RFC 9112 6.3: a smuggling attempt). h11
+   lets Transfer-Encoding win, as it should, but kept the connection alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from importlib.metadata import version
 from typing import Any
 
+import h11
+import h11._connection
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import Handshake, WSStream
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection
 
 log = logging.getLogger(__name__)
 
+# The versions whose internals these fixes were written against and tested with.
+SUPPORTED = {
+    "hypercorn": ((0, 17), (0, 19)),
+    "wsproto": ((1, 2), (1, 4)),
+    "h11": ((0, 14), (0, 17)),
+}
+
 _installed = False
 
 
+class UnsupportedDependency(RuntimeError):
+    """A patched dependency is outside the tested versions or lacks a patched attribute."""
+
+
+def check_dependencies() -> None:
+    """Refuse to patch versions or internals the fixes were not written for."""
+    for name, (low, below) in SUPPORTED.items():
+        found = tuple(int(part) for part in version(name).split(".")[:2])
+        if not low <= found < below:
+            raise UnsupportedDependency(
+                f"{name} {version(name)} is not supported by npc_server/hypercorn_fixes.py "
+                f"(needs >= {low[0]}.{low[1]}, < {below[0]}.{below[1]})"
+            )
+    needed: list[tuple[object, str]] = [
+        (WSStream, "_handle_events"),
+        (WSStream, "app_send"),
+        (WSStream, "_send_wsproto_event"),
+        (TCPServer, "_close"),
+        (Handshake, "accept"),
+        (Connection(ConnectionType.SERVER), "_events"),
+        (h11._connection, "_keep_alive"),
+    ]
+    for owner, attribute in needed:
+        if not hasattr(owner, attribute):
+            raise UnsupportedDependency(f"{owner!r} has no {attribute!r} to patch")
+
+
 def install_fixes() -> None:
-    """Install fixes 1 and 2; idempotent."""
+    """Install fixes 1-3, 5 and 6; idempotent."""
     global _installed
     if _installed:
         return
+    check_dependencies()
     _installed = True
     _pass_client_close_codes()
     _guard_close_timeouts()
     _release_finished_apps()
+    _close_ambiguous_requests()
 
 
 def _pass_client_close_codes() -> None:
@@ -66,6 +114,9 @@ def _pass_client_close_codes() -> None:
             await self.app_put({"type": "websocket.disconnect", "code": closes[0].code})
         if self.connection.state == ConnectionState.REMOTE_CLOSING:
             await self._send_wsproto_event(closes[0].response())
+        elif self.connection.state == ConnectionState.OPEN:
+            # Fix 5: no close frame came, wsproto failed the connection itself.
+            await self._send_wsproto_event(CloseConnection(code=closes[0].code))
         await self.send(StreamClosed(stream_id=self.stream_id))
 
     WSStream._handle_events = _handle_events  # type: ignore[method-assign]
@@ -102,6 +153,19 @@ def _guard_close_timeouts() -> None:
             log.debug("connection dropped by the kernel while closing")
 
     TCPServer._close = _close  # type: ignore[method-assign]
+
+
+def _close_ambiguous_requests() -> None:
+    original = h11._connection._keep_alive
+
+    def _keep_alive(event: h11.Request | h11.Response) -> bool:
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                return False  # h11 then answers with `Connection: close` and closes
+        return bool(original(event))
+
+    h11._connection._keep_alive = _keep_alive
 
 
 _ORIGINAL_ACCEPT = Handshake.accept

@@ -6,6 +6,7 @@ code of PROTOCOL.md to answer with.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from npc_server.protocol.frames import (
     Interrupt,
     Join,
     Leave,
+    Limits,
     Ping,
     Pong,
     Refresh,
@@ -30,10 +32,22 @@ from npc_server.protocol.frames import (
     ServerFrame,
     Typing,
 )
+from npc_server.protocol.scan import ScanError, scan
 
 MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 128
 MAX_TOKEN_CHARS = 4096
+# Arrays and maps nested in one message (the frame's own map is the first).
+MAX_DEPTH = 16
+# Arrays and maps in one message: one per 16 bytes allowed, so that what decodes
+# costs a few times the message's size (an empty list is 56 bytes, an empty dict 64).
+CONTAINER_BYTES = 16
+# Arrays and maps nested in `context.data` (the data map itself is the first).
+MAX_CONTEXT_DEPTH = 4
+ROOM_CHARS = 64
+ROOM_RULE = f"1-{ROOM_CHARS} characters of A-Z a-z 0-9 - _ . :"
+_ROOM = re.compile(rf"[A-Za-z0-9_.:-]{{1,{ROOM_CHARS}}}")
+DEFAULT_LIMITS = Limits()
 
 
 class FrameError(Exception):
@@ -56,10 +70,34 @@ def encode_server_frame(frame: ServerFrame, seq: int | None) -> bytes:
     return data
 
 
-def decode_map(data: bytes) -> dict[str, Any]:
-    """Unpack one msgpack map with string keys, or raise `FrameError(bad_frame)`."""
+def max_containers(frame_bytes: int) -> int:
+    """The arrays and maps one message of up to `frame_bytes` may hold."""
+    return max(16, frame_bytes // CONTAINER_BYTES)
+
+
+def decode_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Unpack one msgpack map with string keys, or raise `FrameError(bad_frame)`.
+
+    The bytes are scanned first (see `scan`), so a message is refused, or
+    decoded, in time and memory bounded by its size.
+    """
+    size = limits.frame_bytes
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        scan(data, max_depth=MAX_DEPTH, max_containers=max_containers(size))
+    except ScanError as exc:
+        raise FrameError(ErrorCode.BAD_FRAME, f"not a msgpack message: {exc}") from None
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_ext_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+        )
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         raise FrameError(
             ErrorCode.BAD_FRAME, f"not a msgpack message: {type(exc).__name__}"
@@ -91,10 +129,17 @@ def _kind(value: Any) -> str:
 class _Fields:
     """Typed access to a frame's keys; errors name the frame, key and expectation."""
 
-    def __init__(self, doc: Mapping[str, Any], t: str, request_id: RequestId) -> None:
+    def __init__(
+        self,
+        doc: Mapping[str, Any],
+        t: str,
+        request_id: RequestId,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.doc = doc
         self.t = t
         self.id = request_id
+        self.limits = limits
 
     def fail(self, key: str, expected: str) -> FrameError:
         got = _kind(self.doc.get(key))
@@ -112,6 +157,14 @@ class _Fields:
             raise FrameError(
                 ErrorCode.BAD_FRAME, f"{self.t}.{key} is longer than {max_chars}", self.id
             )
+        return value
+
+    def room(self, key: str = "room", *, required: bool = True) -> Any:
+        value = self.doc.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or _ROOM.fullmatch(value) is None:
+            raise self.fail(key, f"a room name ({ROOM_RULE})")
         return value
 
     def integer(self, key: str, *, required: bool = True) -> Any:
@@ -140,7 +193,7 @@ def _hello(f: _Fields) -> Hello:
     if resume is not None:
         if not isinstance(resume, dict):
             raise f.fail("resume", "a map {session, seq}")
-        inner = _Fields(resume, "hello.resume", f.id)
+        inner = _Fields(resume, "hello.resume", f.id, f.limits)
         parsed = Resume(session=inner.string("session"), seq=inner.integer("seq"))
     client = f.doc.get("client")
     return Hello(
@@ -157,7 +210,7 @@ def _say(f: _Fields) -> Say:
         id=f.required_id(),
         npc=f.string("npc"),
         text=f.string("text", max_chars=10**9),
-        room=f.string("room", required=False),
+        room=f.room(required=False),
     )
 
 
@@ -175,7 +228,7 @@ def _typing(f: _Fields) -> Typing:
     return Typing(
         on=f.boolean("on"),
         npc=f.string("npc", required=False),
-        room=f.string("room", required=False),
+        room=f.room(required=False),
         id=f.id,
     )
 
@@ -184,7 +237,49 @@ def _context(f: _Fields) -> Context:
     data = f.doc.get("data")
     if not isinstance(data, dict):
         raise f.fail("data", "a map")
+    _check_context(data, f.limits, f.id)
     return Context(data=data, npc=f.string("npc", required=False), id=f.id)
+
+
+def _check_context(data: dict[str, Any], limits: Limits, request_id: RequestId) -> None:
+    # Stored per player for later prompts: bounded here by what it costs once
+    # decoded (depth and keys), not only by its share of one frame.
+    if len(data) > limits.context_keys:
+        raise FrameError(
+            ErrorCode.TOO_LONG,
+            f"context.data has {len(data)} keys; the limit is {limits.context_keys}",
+            request_id,
+        )
+    if nesting(data) > MAX_CONTEXT_DEPTH:
+        raise FrameError(
+            ErrorCode.BAD_FRAME,
+            f"context.data nests deeper than {MAX_CONTEXT_DEPTH} arrays and maps",
+            request_id,
+        )
+    size = len(msgpack.packb(data, use_bin_type=True))
+    if size > limits.context_bytes:
+        raise FrameError(
+            ErrorCode.TOO_LONG,
+            f"context.data is {size} bytes encoded; the limit is {limits.context_bytes}",
+            request_id,
+        )
+
+
+def nesting(value: Any) -> int:
+    """How many arrays and maps deep `value` nests (0 for a scalar), without recursion."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _act(f: _Fields) -> Act:
@@ -192,11 +287,11 @@ def _act(f: _Fields) -> Act:
 
 
 def _join(f: _Fields) -> Join:
-    return Join(id=f.required_id(), room=f.string("room"))
+    return Join(id=f.required_id(), room=f.room())
 
 
 def _leave(f: _Fields) -> Leave:
-    return Leave(id=f.required_id(), room=f.string("room"))
+    return Leave(id=f.required_id(), room=f.room())
 
 
 def _ping(f: _Fields) -> Ping:
@@ -227,9 +322,9 @@ _PARSERS: dict[str, Callable[[_Fields], ClientFrame]] = {
 }
 
 
-def decode_client_frame(data: bytes) -> ClientFrame:
-    """Decode and validate one client message into a frame dataclass."""
-    doc = decode_map(data)
+def decode_client_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ClientFrame:
+    """Decode and validate one client message (of at most `limits.frame_bytes`)."""
+    doc = decode_map(data, limits)
     t = doc.get("t")
     if not isinstance(t, str):
         raise FrameError(ErrorCode.BAD_FRAME, f"'t' must be a string, got {_kind(t)}")
@@ -238,4 +333,4 @@ def decode_client_frame(data: bytes) -> ClientFrame:
     if parser is None:
         shown = t if len(t) <= 32 else t[:32] + "…"
         raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {shown!r}", request_id)
-    return parser(_Fields(doc, t, request_id))
+    return parser(_Fields(doc, t, request_id, limits))

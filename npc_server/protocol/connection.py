@@ -32,7 +32,10 @@ class InvalidState(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class FrameReceived:
+    """A valid frame to handle; `answers_ping` marks the pong that answers our ping."""
+
     frame: ClientFrame
+    answers_ping: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +89,22 @@ class ServerConnection:
         self._dropped = 0.0
         self._dropped_at = now()
         self._last_limited_error = -1e9
+        self._ping_outstanding = False
 
     def accept_hello(self) -> None:
         """The hello's token was accepted: from now on any frame may come."""
         if self.state is not ConnectionState.AWAITING_HELLO:
             raise InvalidState(f"accept_hello needs state AWAITING_HELLO, not {self.state.name}")
         self.state = ConnectionState.OPEN
+
+    def ping_sent_nowait(self) -> None:
+        """The server sent a heartbeat ping: the next pong answers it, past the rate limit."""
+        self._ping_outstanding = True
+
+    @property
+    def ping_outstanding(self) -> bool:
+        """Whether a ping sent with `ping_sent_nowait` still waits for its pong."""
+        return self._ping_outstanding
 
     def close(self, code: CloseCode, reason: str) -> CloseConnection:
         """Mark the connection closed and return the close to perform."""
@@ -111,26 +124,25 @@ class ServerConnection:
             ]
         if self.state is ConnectionState.AWAITING_HELLO:
             return self._receive_hello(data)
-        if self._is_pong(data):
-            # Pongs answer our heartbeat: never dropped, or a client over its rate
-            # would look dead (4001) instead of flooding (4029).
-            return self._receive_open(data)
-        if not self._limiter.take_nowait():
+        # The pong answering our heartbeat is never dropped, or a client over its
+        # rate would look dead (4001) instead of flooding (4029). Any other pong
+        # is a frame like the rest: a flood of them is closed.
+        answering = self._ping_outstanding and self._is_pong(data)
+        if not answering and not self._limiter.take_nowait():
             return self._rate_limited()
         return self._receive_open(data)
 
-    @staticmethod
-    def _is_pong(data: bytes | str) -> bool:
+    def _is_pong(self, data: bytes | str) -> bool:
         if isinstance(data, str) or len(data) > MAX_PONG_BYTES:
             return False
         try:
-            return isinstance(decode_client_frame(data), Pong)
+            return isinstance(decode_client_frame(data, self.limits), Pong)
         except FrameError:
             return False
 
     def _receive_hello(self, data: bytes | str) -> list[Event]:
         try:
-            frame = None if isinstance(data, str) else decode_client_frame(data)
+            frame = None if isinstance(data, str) else decode_client_frame(data, self.limits)
         except FrameError as exc:
             return [self.close(CloseCode.AUTH_FAILED, f"expected hello: {exc.message}")]
         if not isinstance(frame, Hello):
@@ -144,11 +156,14 @@ class ServerConnection:
                 raise FrameError(
                     ErrorCode.BAD_FRAME, "text messages are not accepted; send binary msgpack"
                 )
-            frame = decode_client_frame(data)
+            frame = decode_client_frame(data, self.limits)
             self._check(frame)
         except FrameError as exc:
             return self._refused(exc)
         self._bad_streak = 0
+        if isinstance(frame, Pong) and self._ping_outstanding:
+            self._ping_outstanding = False
+            return [FrameReceived(frame, answers_ping=True)]
         return [FrameReceived(frame)]
 
     def _check(self, frame: ClientFrame) -> None:

@@ -289,6 +289,9 @@ class Limits:
     rate_per_s: float = 20.0
     rate_burst: int = 40
     flood_close_after: int = 200
+    # `context.data`: keys, and bytes once encoded as msgpack.
+    context_keys: int = 64
+    context_bytes: int = 8 * 1024
 
     def to_wire(self) -> dict[str, int]:
         """The subset of limits a client needs to know."""
@@ -299,4 +302,6 @@ class Limits:
             "queue_bytes": self.queue_bytes,
             "rate_per_s": int(self.rate_per_s),
             "rate_burst": self.rate_burst,
+            "context_keys": self.context_keys,
+            "context_bytes": self.context_bytes,
         }

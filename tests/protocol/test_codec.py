@@ -17,6 +17,7 @@ from npc_server.protocol.frames import (
     Delta,
     Hello,
     Interrupt,
+    Limits,
     Resume,
     Say,
     ServerPing,
@@ -202,3 +203,73 @@ def test_random_maps_never_crash(t: str, keys: dict[str, Any]) -> None:
     except FrameError as exc:
         code = exc.code
         assert code is ErrorCode.BAD_FRAME
+
+
+@pytest.mark.parametrize("room", ["inn", "a", "Guild-Hall_2.east:1", "x" * 64])
+@pytest.mark.parametrize("t", ["join", "leave", "say", "typing"])
+def test_safe_room_names_are_accepted(t: str, room: str) -> None:
+    """Room names of 1-64 letters, digits and - _ . : pass in every frame that names a room."""
+    frame: Any = decode_client_frame(pack({"t": t, "id": 1, "room": room, **_ROOM_BODY[t]}))
+    assert frame.room == room
+
+
+_ROOM_BODY: dict[str, dict[str, Any]] = {
+    "join": {},
+    "leave": {},
+    "say": {"npc": "merchant", "text": "hi"},
+    "typing": {"on": True},
+}
+
+
+@pytest.mark.parametrize("room", ["", "x" * 65, "a b", "inn\n", "inn\x00", "caf\u00e9", "a/b", 7])
+@pytest.mark.parametrize("t", ["join", "leave", "say", "typing"])
+def test_unsafe_room_names_are_bad_frames(t: str, room: Any) -> None:
+    """Control characters, spaces, other symbols, empty or long names: bad_frame naming the rule."""
+    exc = refused(pack({"t": t, "id": 4, "room": room, **_ROOM_BODY[t]}))
+    assert (exc.code, exc.request_id) == (ErrorCode.BAD_FRAME, 4)
+    assert f"{t}.room must be a room name (1-64 characters of A-Z a-z 0-9 - _ . :)" in exc.message
+
+
+def _context(data: Any) -> bytes:
+    return pack({"t": "context", "id": 5, "data": data})
+
+
+def test_context_within_bounds_decodes() -> None:
+    """A context map 4 levels deep, 64 keys and 8 KiB encoded is accepted whole."""
+    data: dict[str, Any] = {f"k{i}": i for i in range(63)}
+    data["deep"] = {"a": {"b": [1, 2]}}
+    frame = decode_client_frame(_context(data))
+    assert isinstance(frame, Context) and frame.data == data
+    fits = {"text": "x" * (8 * 1024 - 16)}
+    assert isinstance(decode_client_frame(_context(fits)), Context)
+
+
+def test_context_deeper_than_four_is_bad_frame() -> None:
+    """context.data nesting a fifth array or map is refused as bad_frame, naming the bound."""
+    exc = refused(_context({"a": {"b": {"c": [[]]}}}))
+    assert (exc.code, exc.request_id) == (ErrorCode.BAD_FRAME, 5)
+    assert "context.data nests deeper than 4" in exc.message
+
+
+def test_context_over_its_bytes_is_too_long() -> None:
+    """context.data over context_bytes once encoded is refused with too_long and the size."""
+    exc = refused(_context({"text": "x" * (8 * 1024)}))
+    assert (exc.code, exc.request_id) == (ErrorCode.TOO_LONG, 5)
+    assert "context.data is 8201 bytes encoded; the limit is 8192" in exc.message
+
+
+def test_context_with_too_many_keys_is_too_long() -> None:
+    """More than context_keys keys is too_long; the limit comes from Limits."""
+    exc = refused(_context({f"k{i}": i for i in range(65)}))
+    assert exc.code is ErrorCode.TOO_LONG and "65 keys; the limit is 64" in exc.message
+    small = Limits(context_keys=2, context_bytes=20)
+    with pytest.raises(FrameError, match="3 keys; the limit is 2"):
+        decode_client_frame(_context({"a": 1, "b": 2, "c": 3}), small)
+    with pytest.raises(FrameError, match="the limit is 20"):
+        decode_client_frame(_context({"a": "x" * 30}), small)
+
+
+def test_context_limits_are_announced() -> None:
+    """welcome.limits tells clients context_keys and context_bytes."""
+    wire = Limits().to_wire()
+    assert (wire["context_keys"], wire["context_bytes"]) == (64, 8 * 1024)

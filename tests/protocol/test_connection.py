@@ -14,7 +14,7 @@ from npc_server.protocol.connection import (
     SendError,
     ServerConnection,
 )
-from npc_server.protocol.frames import Hello, Limits, Say
+from npc_server.protocol.frames import Hello, Limits, Pong, Say
 
 
 class FakeClock:
@@ -163,11 +163,57 @@ def test_slightly_over_the_rate_is_slowed_not_closed() -> None:
     assert conn.state is ConnectionState.OPEN
 
 
-def test_pongs_pass_even_when_over_the_rate() -> None:
-    """A client over its rate still gets its heartbeat answers through."""
-    conn = opened(Limits(rate_per_s=1, rate_burst=1, flood_close_after=10**6))
+def _over_the_rate(conn: ServerConnection) -> None:
     for _ in range(20):
         conn.receive(pack({"t": "ping"}))
+
+
+def test_the_pong_answering_a_ping_passes_over_the_rate() -> None:
+    """A client over its rate still gets the answer to our heartbeat ping through."""
+    conn = opened(Limits(rate_per_s=1, rate_burst=1, flood_close_after=10**6))
+    _over_the_rate(conn)
+    conn.ping_sent_nowait()
+    assert conn.ping_outstanding
     [event] = conn.receive(pack({"t": "pong", "ts": 123}))
-    assert isinstance(event, FrameReceived)
-    assert event.frame.T == "pong"
+    assert event == FrameReceived(Pong(ts=123), answers_ping=True)
+    assert not conn.ping_outstanding
+
+
+def test_an_unsolicited_pong_is_rate_limited() -> None:
+    """With no ping outstanding a pong counts toward the rate like any frame."""
+    conn = opened(Limits(rate_per_s=1, rate_burst=1, flood_close_after=10**6))
+    _over_the_rate(conn)
+    assert conn.receive(pack({"t": "pong", "ts": 1})) == []
+
+
+def test_only_one_pong_answers_each_ping() -> None:
+    """The second pong after one ping is not exempt, and not marked as an answer."""
+    conn = opened(Limits(rate_per_s=1, rate_burst=1, flood_close_after=10**6))
+    conn.ping_sent_nowait()
+    first = conn.receive(pack({"t": "pong"}))
+    second = conn.receive(pack({"t": "pong"}))
+    assert first == [FrameReceived(Pong(), answers_ping=True)]
+    assert second == [FrameReceived(Pong())]
+    [third] = conn.receive(pack({"t": "pong"}))  # the second took the only token
+    assert isinstance(third, SendError) and third.frame.code == ErrorCode.RATE_LIMITED
+
+
+def test_a_pong_flood_is_closed_4029() -> None:
+    """Pongs nobody asked for get rate_limited and then close the socket with 4029."""
+    clock = FakeClock()
+    conn = opened(Limits(rate_per_s=10, rate_burst=5, flood_close_after=50), clock)
+    conn.ping_sent_nowait()
+    events = [e for _ in range(200) for e in conn.receive(pack({"t": "pong", "ts": 7}))]
+    codes = [e.frame.code for e in events if isinstance(e, SendError)]
+    closes = [e.code for e in events if isinstance(e, CloseConnection)]
+    assert codes == [ErrorCode.RATE_LIMITED]
+    assert closes == [CloseCode.RATE_LIMITED]
+    assert sum(1 for e in events if isinstance(e, FrameReceived) and e.answers_ping) == 1
+
+
+def test_a_large_pong_still_answers_the_ping() -> None:
+    """A pong too long for the exemption, taken within the rate, still answers the ping."""
+    conn = opened()
+    conn.ping_sent_nowait()
+    [event] = conn.receive(pack({"t": "pong", "ts": "x" * 100}))
+    assert isinstance(event, FrameReceived) and event.answers_ping

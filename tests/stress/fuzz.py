@@ -11,6 +11,10 @@ the streak reset (a ping answered by pong).
 `run_fuzz` is synchronous (Hypothesis drives it; it uses the blocking
 `websockets` client) and is meant for a worker thread while the server runs
 in the event loop.
+
+The bounds on decoding work (docs/protocol.md, "Limits") are modelled too: a
+message nesting deeper than 16 arrays and maps, or holding more than one per
+16 bytes of `frame_bytes`, is a `bad_frame` before its `id` is read.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 128
 MAX_TOKEN_CHARS = 4096
 MAX_CONTEXT_KEYS = 64
-MSGPACK_MAX_DEPTH = 1024
+MAX_CONTEXT_DEPTH = 4
+MAX_DEPTH = 16
 REPLY_TIMEOUT = 10.0
 
 
@@ -78,6 +83,23 @@ def size_of(data: bytes | str) -> int:
 
 def bad(label: str, data: bytes | str, request_id: Any = None) -> Probe:
     return Probe(label, data, Expect("error", "bad_frame", request_id))
+
+
+def shape(value: Any) -> tuple[int, int]:
+    """(how deep arrays and maps nest, how many there are) in a decoded value."""
+    deepest = count = 0
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            count += 1
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in _children(item))
+    return deepest, count
+
+
+def _children(item: dict[Any, Any] | list[Any]) -> Any:
+    return item.values() if isinstance(item, dict) else item
 
 
 # --- values ---------------------------------------------------------------
@@ -119,6 +141,17 @@ not_strings = st.one_of(
 )
 unknown_types = st.text(min_size=1, max_size=60).filter(lambda t: t not in KNOWN_TYPES)
 names = st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=20)
+room_chars = string.ascii_letters + string.digits + "-_.:"
+unsafe_rooms = st.one_of(
+    st.just(""),
+    st.text(alphabet=room_chars, min_size=65, max_size=100),
+    st.builds(
+        lambda head, bad_char, tail: head + bad_char + tail,
+        st.text(alphabet=room_chars, max_size=10),
+        st.characters(exclude_characters=room_chars),
+        st.text(alphabet=room_chars, max_size=10),
+    ),
+)
 
 
 def long_text(low: int, high: int) -> st.SearchStrategy[str]:
@@ -194,7 +227,7 @@ WRONG: dict[str, tuple[dict[str, Any], dict[str, st.SearchStrategy[Any]]]] = {
         {
             "npc": st.one_of(st.none(), not_strings, st.just(""), long_text(129, 300)),
             "text": st.one_of(st.none(), not_strings, st.just("")),
-            "room": not_strings,
+            "room": st.one_of(not_strings, unsafe_rooms),
         },
     ),
     "interrupt": (
@@ -213,7 +246,13 @@ WRONG: dict[str, tuple[dict[str, Any], dict[str, st.SearchStrategy[Any]]]] = {
             "shown": st.one_of(st.none(), st.integers(max_value=-1), st.booleans()),
         },
     ),
-    "typing": ({"on": True}, {"on": st.one_of(st.none(), st.integers(0, 1), st.text(max_size=3))}),
+    "typing": (
+        {"on": True},
+        {
+            "on": st.one_of(st.none(), st.integers(0, 1), st.text(max_size=3)),
+            "room": st.one_of(not_strings, unsafe_rooms),
+        },
+    ),
     "context": ({"data": {}}, {"data": st.one_of(st.none(), not_strings.filter(_not_dict))}),
     "act": (
         {"action": "a-1", "accept": True},
@@ -222,8 +261,8 @@ WRONG: dict[str, tuple[dict[str, Any], dict[str, st.SearchStrategy[Any]]]] = {
             "accept": st.one_of(st.none(), st.integers(0, 1), st.text(max_size=3)),
         },
     ),
-    "join": ({"room": "hall"}, {"room": st.one_of(st.none(), not_strings, long_text(129, 200))}),
-    "leave": ({"room": "hall"}, {"room": st.one_of(st.none(), not_strings, st.just(""))}),
+    "join": ({"room": "hall"}, {"room": st.one_of(st.none(), not_strings, unsafe_rooms)}),
+    "leave": ({"room": "hall"}, {"room": st.one_of(st.none(), not_strings, unsafe_rooms)}),
     "refresh": (
         {"token": "x"},
         {"token": st.one_of(st.none(), not_strings, long_text(4097, 4200))},
@@ -323,24 +362,58 @@ def _deep_ping() -> st.SearchStrategy[Probe]:
         head = pack({"t": "ping", "id": request_id})
         # Add a third key, "ts", holding `depth` nested one-element arrays around nil.
         data = bytes([head[0] + 1]) + head[1:] + pack("ts") + b"\x91" * depth + b"\xc0"
-        try:
-            doc = unpack(data)
-        except Exception:
-            return bad(f"nesting {depth} deep", data)
-        return Probe(f"nesting {depth} deep", data, Expect("pong", None, request_id, doc["ts"]))
+        label = f"nesting {depth} deep"
+        if 1 + depth > MAX_DEPTH:  # the frame's map is the first level
+            return bad(label, data)
+        return Probe(label, data, Expect("pong", None, request_id, unpack(data)["ts"]))
 
-    edges = st.sampled_from([MSGPACK_MAX_DEPTH - 2, MSGPACK_MAX_DEPTH - 1, MSGPACK_MAX_DEPTH])
-    depths = st.one_of(st.integers(1, 2 * MSGPACK_MAX_DEPTH), edges)
+    edges = st.sampled_from([MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, 1023, 1024, 1025])
+    depths = st.one_of(st.integers(1, 2048), edges)
     return st.builds(build, depths, st.integers(0, 1000))
 
 
-def _valid_context() -> st.SearchStrategy[Probe]:
-    def build(data: dict[str, Any], request_id: Any) -> Probe:
-        doc = {"t": "context", "id": request_id, "data": data}
-        return Probe("context", pack(doc), Expect("ack", None, request_id))
+def _nested_headers(limits: Limits) -> st.SearchStrategy[Probe]:
+    """The issue's attack: headers that each claim many values, nested to fill the frame."""
+    headers = st.sampled_from(
+        [b"\xdc\x3f\xff", b"\xdd\x00\x00\x3f\xff", b"\xde\x1f\xff", b"\xdf\x00\x00\x1f\xff"]
+    )
 
+    def build(header: bytes, fill: float) -> Probe:
+        count = max(1, int(limits.frame_bytes * fill) // len(header))
+        return bad("nested length claims", header * count)
+
+    return st.builds(build, headers, st.floats(0.0, 1.0))
+
+
+def _context_probe(data: dict[str, Any], request_id: Any, limits: Limits) -> Probe:
+    doc = {"t": "context", "id": request_id, "data": data}
+    if shape(data)[0] > MAX_CONTEXT_DEPTH:
+        return bad("context too deep", pack(doc), request_id)
+    if len(pack(data)) > limits.context_bytes:
+        return Probe("context too big", pack(doc), Expect("error", "too_long", request_id))
+    return Probe("context", pack(doc), Expect("ack", None, request_id))
+
+
+def _valid_context() -> st.SearchStrategy[Probe]:
+    """A context within its bounds (with the default limits), or the error that names one."""
     data = st.dictionaries(st.text(max_size=12), values, max_size=MAX_CONTEXT_KEYS)
-    return st.builds(build, data, valid_ids)
+    return st.builds(_context_probe, data, valid_ids, st.just(Limits()))
+
+
+def _heavy_context(limits: Limits) -> st.SearchStrategy[Probe]:
+    """Contexts at their bounds: deep nests of empty arrays, long strings."""
+
+    def deep(depth: int) -> dict[str, Any]:
+        value: Any = []
+        for _ in range(depth - 2):
+            value = [value]
+        return {"k": value}
+
+    big = st.integers(limits.context_bytes - 64, limits.context_bytes + 64).map(
+        lambda n: {"text": "x" * n}
+    )
+    nests = st.integers(2, 40).map(deep)
+    return st.builds(_context_probe, nests | big, valid_ids, st.just(limits))
 
 
 def _truncated() -> st.SearchStrategy[Probe]:
@@ -406,7 +479,9 @@ def probes(limits: Limits) -> st.SearchStrategy[Probe]:
         _valid_ping(),
         _huge_ping(),
         _deep_ping(),
+        _nested_headers(limits),
         _valid_context(),
+        _heavy_context(limits),
         _truncated(),
         _trailing(),
         _garbage(),
@@ -419,7 +494,17 @@ def probes(limits: Limits) -> st.SearchStrategy[Probe]:
 def _size_checked(probe: Probe, limits: Limits) -> Probe:
     if size_of(probe.data) > limits.frame_bytes:
         return Probe(probe.label, probe.data, Expect("close", int(CloseCode.MESSAGE_TOO_BIG)))
+    if isinstance(probe.data, bytes) and _over_the_bounds(probe.data, limits):
+        return bad(probe.label, probe.data)  # refused before its id is read
     return probe
+
+
+def _over_the_bounds(data: bytes, limits: Limits) -> bool:
+    try:
+        depth, containers = shape(unpack(data))
+    except Exception:
+        return False  # not one msgpack value: already a bad_frame
+    return depth > MAX_DEPTH or containers > max(16, limits.frame_bytes // 16)
 
 
 def exact_size_ping(frame_bytes: int) -> bytes:
