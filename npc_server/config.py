@@ -82,6 +82,8 @@ class LimitsSection:
     rate_per_s: float = _PROTOCOL.rate_per_s
     rate_burst: int = _PROTOCOL.rate_burst
     flood_close_after: int = _PROTOCOL.flood_close_after
+    context_keys: int = _PROTOCOL.context_keys
+    context_bytes: int = _PROTOCOL.context_bytes
     write_timeout: float = 10.0
     heartbeat: float = 15.0
     max_generations: int = 512
@@ -118,6 +120,8 @@ class LimitsSection:
             rate_per_s=self.rate_per_s,
             rate_burst=self.rate_burst,
             flood_close_after=self.flood_close_after,
+            context_keys=self.context_keys,
+            context_bytes=self.context_bytes,
         )
 
     def session_limits(self) -> SessionLimits:

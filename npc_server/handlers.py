@@ -33,7 +33,6 @@ from npc_server.protocol.frames import (
 from npc_server.session import Session
 from npc_server.turns import Audience, Conversation, Refused, Started, Turn
 
-MAX_CONTEXT_KEYS = 64
 TURN_RETRY_AFTER = 1.0
 
 
@@ -155,8 +154,6 @@ def typing(node: Node, session: Session, frame: Typing) -> None:
 
 
 def context(node: Node, session: Session, frame: Context) -> None:
-    if len(frame.data) > MAX_CONTEXT_KEYS:
-        raise Refused(ErrorCode.TOO_LONG, f"context.data has more than {MAX_CONTEXT_KEYS} keys")
     npc = None if frame.npc is None else _npc(node, frame.npc).id
     size = len(msgpack.packb(frame.data))
     if not node.contexts.set_nowait(session.player, npc, frame.data, size):

@@ -53,10 +53,13 @@ class WebSocketEdge(ClientLink):
     """Serves one accepted WebSocket until it closes."""
 
     def __init__(self, node: Node, receive: Receive, send: Send, secret: str, address: str) -> None:
-        super().__init__(node, secret, transport="websocket", address=address)
+        conn = ServerConnection(node.config.limits.protocol_limits(), node.clock)
+        super().__init__(
+            node, secret, transport="websocket", address=address, on_ping_sent=conn.ping_sent_nowait
+        )
         self._receive = receive
         self._send = send
-        self.conn = ServerConnection(node.config.limits.protocol_limits(), node.clock)
+        self.conn = conn
 
     # --- I/O --------------------------------------------------------------
 
@@ -177,13 +180,15 @@ class WebSocketEdge(ClientLink):
         elif isinstance(event, CloseConnection):
             self.request_close(event.code, event.reason)
         else:
-            self._handle(session, event.frame)
+            self._handle(session, event)
 
-    def _handle(self, session: Session, frame: Any) -> None:
+    def _handle(self, session: Session, event: FrameReceived) -> None:
+        frame = event.frame
         if isinstance(frame, Ping):
             self.send_nowait(ServerPong(ts=frame.ts, id=frame.id))
         elif isinstance(frame, Pong):
-            self.pong_received()
+            if event.answers_ping:
+                self.pong_received()
         elif isinstance(frame, Refresh):
             self.refresh(frame)
         else:
