@@ -23,11 +23,12 @@ BODY = (
     b": comment\r"
     b'data: {"d": 4}\r\r'
     b"data\n\n"
+    b'data: {"e":\r\ndata: 5}\r\n\r\n'
     b"unknown: field\n"
     b"data: [DONE]\n\n"
     b"data: never ended\n"
 )
-EVENTS = [b'{"a": 1}', b'{"b": 2}', b'{"c":\n 3}', b'{"d": 4}', b"", b"[DONE]"]
+EVENTS = [b'{"a": 1}', b'{"b": 2}', b'{"c":\n 3}', b'{"d": 4}', b"", b'{"e":\n5}', b"[DONE]"]
 
 
 def decode(parts: list[bytes]) -> list[bytes]:
