@@ -44,12 +44,19 @@ class Deadline:
         try:
             return await step
         except asyncio.CancelledError:
-            if self._expired and self._task is not None and self._task.uncancel() == 0:
+            if self._take_back_cancel():
                 raise Expired from None
             raise
         finally:
             self._armed = False
-            self._expired = False
+            self._take_back_cancel()  # in case the step swallowed the cancel
+
+    def _take_back_cancel(self) -> bool:
+        """Undo this deadline's cancel, if it sent one; True when no other cancel is pending."""
+        if not self._expired or self._task is None:
+            return False
+        self._expired = False
+        return self._task.uncancel() == 0
 
     def close(self) -> None:
         """Drop the timer (the stream is done)."""
