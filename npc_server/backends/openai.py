@@ -1,11 +1,13 @@
 """Backend for OpenAI-compatible chat-completion servers (vLLM, llama.cpp, Ollama, ...).
 
 One `AsyncOpenAI` client per backend (one connection pool shared by its
-turns). Each turn is one streamed request; `StreamAssembler` (no I/O) turns
-chunks into pieces, the backend adds timeouts, retries and cleanup:
+turns). The SDK builds and sends each request, authenticates, and maps error
+statuses; the streamed body is read raw (`with_streaming_response`): `SSEDecoder`
+splits the bytes into events, orjson parses each, `StreamAssembler` turns the
+dicts into pieces. No SDK model object is built per chunk. The backend adds:
 
-- first token / idle between chunks / total: asyncio deadlines around each
-  awaited chunk (the generator never yields inside a timeout block);
+- first token / idle between chunks / total: one lazily re-armed `Deadline`
+  timer per turn, armed only while a read is awaited (never across a yield);
 - retries only while opening the stream, so no piece is ever sent twice;
 - cancellation or any failure closes the HTTP response in `finally`, so the
   model server sees the disconnect and stops generating.
@@ -21,39 +23,36 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import httpx2
 import openai
+import orjson
 from openai import AsyncOpenAI, AsyncStream
+from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 from openai.types.chat import (
     ChatCompletionChunk,
     ChatCompletionMessageParam,
     ChatCompletionStreamOptionsParam,
     ChatCompletionToolUnionParam,
 )
-from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
-from npc_server.backends.base import (
-    ActionPiece,
-    GenerationError,
-    GenerationRequest,
-    Piece,
-    TextPiece,
-    UsagePiece,
-)
+from npc_server.backends.base import GenerationError, GenerationRequest, Piece
+from npc_server.backends.chat_chunks import MalformedChunk, StreamAssembler
+from npc_server.backends.deadline import Deadline, Expired
+from npc_server.backends.stream_reader import MALFORMED, EventReader, TurnLimits
 from npc_server.npcs import NpcConfig
 from npc_server.prompt import DEFAULT_MAX_PROMPT_CHARS, build_messages, build_tools
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
 DUMMY_API_KEY = "not-needed"
 UPSTREAM_MESSAGE_CHARS = 200
 BACKOFF_BASE_S = 0.25
 BACKOFF_MAX_S = 4.0
+STREAM_ERROR = "An error occurred during streaming"  # the SDK's words for an error without text
 _NUMBERS = (int, float)
 _TIMEOUTS = ("connect_timeout_s", "first_token_timeout_s", "idle_timeout_s", "total_timeout_s")
 _Rule = tuple[tuple[str, ...], type | tuple[type, ...], Callable[[Any], bool], str]
@@ -131,98 +130,6 @@ def read_api_key(npc_id: str, env_name: str | None) -> str:
     return key
 
 
-@dataclass(slots=True)
-class _PendingCall:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-class StreamAssembler:
-    """Turns chat-completion chunks into pieces; no I/O, fed one chunk at a time.
-
-    Tool-call argument fragments are gathered per `index`; a call is complete
-    when another call or text starts, or when `finish_reason` arrives, and is
-    emitted there, so its offset is the text streamed before it.
-    """
-
-    def __init__(self, npc: NpcConfig) -> None:
-        self._npc = npc
-        self._pending: dict[int, _PendingCall] = {}
-        self.started = False  # a token (text, tool call or reasoning) has arrived
-        self.finished = False  # a finish_reason has arrived
-        self.usage: UsagePiece | None = None
-
-    def feed(self, chunk: ChatCompletionChunk) -> list[Piece]:
-        pieces: list[Piece] = []
-        for choice in chunk.choices[:1]:
-            delta = choice.delta
-            if delta.content:
-                self.started = True
-                pieces += self.flush()
-                pieces.append(TextPiece(delta.content))
-            for call in delta.tool_calls or ():
-                self.started = True
-                pieces += self._add_call_fragment(call)
-            if _has_reasoning(delta.model_extra):
-                self.started = True
-            if choice.finish_reason is not None:
-                self.finished = True
-                pieces += self.flush()
-        if chunk.usage is not None:
-            usage = chunk.usage
-            self.usage = UsagePiece(usage.prompt_tokens or 0, usage.completion_tokens or 0)
-        return pieces
-
-    def flush(self) -> list[Piece]:
-        """Emit every pending tool call, in index order."""
-        pieces = [self._action(call) for _, call in sorted(self._pending.items())]
-        self._pending.clear()
-        return [p for p in pieces if p is not None]
-
-    def _add_call_fragment(self, call: ChoiceDeltaToolCall) -> list[Piece]:
-        index = self._index_of(call)
-        pieces: list[Piece] = []
-        if index not in self._pending:
-            pieces = self.flush()  # a new call starts: the previous one is complete
-            self._pending[index] = _PendingCall(id=call.id or "")
-        pending = self._pending[index]
-        if call.function is not None:
-            pending.name = pending.name or call.function.name or ""
-            pending.arguments.append(call.function.arguments or "")
-        return pieces
-
-    def _index_of(self, call: ChoiceDeltaToolCall) -> int:
-        if isinstance(call.index, int):
-            return call.index
-        # Some servers omit `index`: a new call id then means a new call.
-        last = max(self._pending, default=-1)
-        if last < 0 or (call.id and call.id != self._pending[last].id):
-            return last + 1
-        return last
-
-    def _action(self, call: _PendingCall) -> ActionPiece | None:
-        if self._npc.action(call.name) is None:
-            log.warning("NPC %r: model called unknown action %r; skipped", self._npc.id, call.name)
-            return None
-        text = "".join(call.arguments).strip() or "{}"
-        try:
-            args = json.loads(text)
-        except ValueError:
-            args = None
-        if not isinstance(args, dict):
-            log.warning(
-                "NPC %r: action %r has unparseable arguments; skipped", self._npc.id, call.name
-            )
-            return None
-        return ActionPiece(call.name, args)
-
-
-def _has_reasoning(extra: Mapping[str, Any] | None) -> bool:
-    # vLLM / DeepSeek / Ollama stream a model's thinking here before any content.
-    return bool(extra and (extra.get("reasoning_content") or extra.get("reasoning")))
-
-
 class OpenAIBackend:
     """Streams NPC turns from an OpenAI-compatible `/chat/completions` endpoint."""
 
@@ -246,75 +153,50 @@ class OpenAIBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Stream one turn; raise `GenerationError` on failure, let cancellation through."""
-        deadline = asyncio.get_running_loop().time() + self.settings.total_timeout_s
-        stream, opened_at = await self._open(request, deadline)
-        assembler = StreamAssembler(self.npc)
+        limits = TurnLimits(self.settings)
+        deadline = Deadline()
+        response: httpx2.Response | None = None
         try:
-            while True:
-                phase, limit = self._phase(assembler, opened_at)
-                try:
-                    chunk = await self._within(stream.__anext__(), phase, limit, deadline)
-                except StopAsyncIteration:
-                    break
-                except openai.OpenAIError as exc:
-                    raise self._error(exc, mid_stream=True) from None
-                except ValueError:
-                    raise GenerationError("the model server sent a malformed chunk") from None
-                except GenerationError:
-                    raise
-                except Exception:
-                    log.exception("NPC %r: unexpected failure reading the stream", self.npc.id)
-                    raise GenerationError("the model client failed mid-reply") from None
-                for piece in assembler.feed(chunk):
-                    yield piece
-            if not assembler.finished:
-                raise GenerationError("the model server ended the reply without finishing it")
-            for piece in assembler.flush():
+            response = await self._open(request, limits, deadline)
+            reader = EventReader(response, limits, deadline)
+            assembler = StreamAssembler(self.npc)
+            while (payloads := await reader.next_events(assembler.started)) is not None:
+                for payload in payloads:
+                    for piece in self._feed(assembler, payload):
+                        yield piece
+            for piece in _finish(assembler):
                 yield piece
-            if assembler.usage is not None:
-                yield assembler.usage
         finally:
-            await stream.close()
+            deadline.close()
+            if response is not None:
+                await response.aclose()
 
-    def _phase(self, assembler: StreamAssembler, opened_at: float) -> tuple[str, float]:
-        """What the next chunk is waited for (first token or idle gap) and until when."""
-        s = self.settings
-        if not assembler.started:
-            return self._first_token(opened_at)
-        now = asyncio.get_running_loop().time()
-        return f"the model server stalled for over {s.idle_timeout_s:g} s", now + s.idle_timeout_s
-
-    def _first_token(self, started: float) -> tuple[str, float]:
-        limit = self.settings.first_token_timeout_s
-        return f"the model server sent no reply within {limit:g} s", started + limit
-
-    async def _within(self, step: Awaitable[T], phase: str, limit: float, deadline: float) -> T:
-        """Await `step` until `limit` (or the total deadline); expiry is a timeout error."""
-        total = f"the reply took longer than {self.settings.total_timeout_s:g} s"
-        timeout = asyncio.timeout_at(min(limit, deadline))
+    def _feed(self, assembler: StreamAssembler, payload: bytes) -> list[Piece]:
         try:
-            async with timeout:
-                return await step
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            raise GenerationError(phase if limit < deadline else total, reason="timeout") from None
+            chunk = orjson.loads(payload)
+            if not isinstance(chunk, dict):
+                raise MalformedChunk("a chunk is not an object")
+            if error := chunk.get("error"):
+                detail = self._scrub(_upstream_message(error) or STREAM_ERROR)
+                raise GenerationError(f"the model server reported an error: {detail}")
+            return assembler.feed(chunk)
+        except ValueError:  # not JSON, or not shaped like a chunk
+            raise GenerationError(MALFORMED) from None
 
     async def _open(
-        self, request: GenerationRequest, deadline: float
-    ) -> tuple[AsyncStream[ChatCompletionChunk], float]:
+        self, request: GenerationRequest, limits: TurnLimits, deadline: Deadline
+    ) -> httpx2.Response:
         """Send the request; retry connect errors, 429 and 5xx before any piece exists."""
         loop = asyncio.get_running_loop()
         s = self.settings
         for attempt in range(s.retries + 1):
-            started = loop.time()
-            phase, limit = self._first_token(started)
+            limits.start_attempt()
             try:
-                return await self._within(self._create(request), phase, limit, deadline), started
+                return await self._send(request, limits, deadline)
             except openai.OpenAIError as exc:
                 delay = _retry_delay(exc, attempt)
-                if attempt == s.retries or delay is None or loop.time() + delay >= deadline:
-                    raise self._error(exc, mid_stream=False) from None
+                if attempt == s.retries or delay is None or loop.time() + delay >= limits.total_at:
+                    raise self._error(exc) from None
                 failure = type(exc).__name__
                 log.warning(
                     "NPC %r: %s; retry %d in %.2f s", self.npc.id, failure, attempt + 1, delay
@@ -327,12 +209,28 @@ class OpenAIBackend:
                 raise GenerationError("the model client failed to send the request") from None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _create(self, request: GenerationRequest) -> Awaitable[AsyncStream[ChatCompletionChunk]]:
+    async def _send(
+        self, request: GenerationRequest, limits: TurnLimits, deadline: Deadline
+    ) -> httpx2.Response:
+        """One attempt: the response once its headers are in (error statuses raise)."""
+        when = limits.next_wait(started=False)
+        try:
+            # Entering the manager sends the request; the body is read by EventReader.
+            response = await deadline.wait(self._create(request).__aenter__(), when)
+        except Expired:
+            raise limits.expired(when) from None
+        return response.http_response
+
+    def _create(
+        self, request: GenerationRequest
+    ) -> AsyncResponseContextManager[AsyncAPIResponse[AsyncStream[ChatCompletionChunk]]]:
         s = self.settings
         messages = build_messages(request, s.max_prompt_chars)
         tools = build_tools(self.npc.actions) if s.use_tools else []
         usage: ChatCompletionStreamOptionsParam = {"include_usage": True}
-        return self._client.chat.completions.create(
+        # The raw response: the SDK sends, authenticates and maps error statuses, but
+        # builds no model object per chunk (orjson reads the bytes instead).
+        return self._client.chat.completions.with_streaming_response.create(
             model=s.model,
             # prompt.py builds plain dicts of the documented shapes; the casts name them.
             messages=cast("list[ChatCompletionMessageParam]", messages),
@@ -345,8 +243,8 @@ class OpenAIBackend:
             extra_body=dict(s.extra_body) or None,
         )
 
-    def _error(self, exc: openai.OpenAIError, *, mid_stream: bool) -> GenerationError:
-        """The one place where client exceptions become player-safe errors."""
+    def _error(self, exc: openai.OpenAIError) -> GenerationError:
+        """The one place where client exceptions from sending become player-safe errors."""
         s = self.settings
         if isinstance(exc, openai.APITimeoutError):
             if isinstance(exc.__cause__, httpx2.ConnectTimeout):
@@ -355,8 +253,6 @@ class OpenAIBackend:
                 text = "the model server did not answer in time"
             return GenerationError(text, reason="timeout")
         if isinstance(exc, openai.APIConnectionError):
-            if mid_stream:
-                return GenerationError("the connection to the model server was cut mid-reply")
             return GenerationError("could not reach the model server")
         if isinstance(exc, openai.APIStatusError):
             detail = self._scrub(_upstream_message(exc.body) or exc.response.reason_phrase)
@@ -370,6 +266,16 @@ class OpenAIBackend:
         if self._secret != DUMMY_API_KEY:
             text = text.replace(self._secret, "***")
         return text[:UPSTREAM_MESSAGE_CHARS]
+
+
+def _finish(assembler: StreamAssembler) -> list[Piece]:
+    """The pieces after the last chunk: pending tool calls, then usage."""
+    if not assembler.finished:
+        raise GenerationError("the model server ended the reply without finishing it")
+    pieces = assembler.flush()
+    if assembler.usage is not None:
+        pieces.append(assembler.usage)
+    return pieces
 
 
 def _upstream_message(body: object) -> str:

@@ -52,6 +52,13 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Bytes:
+    """Body bytes sent verbatim (any framing: CRLF, comments, multi-line data ...)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Hang:
     """Send nothing more until the client goes away."""
 
@@ -66,7 +73,7 @@ class Done:
     """`data: [DONE]`; the body ends after it."""
 
 
-Step = Chunk | Raw | Usage | Hang | Reset | Done
+Step = Chunk | Raw | Bytes | Usage | Hang | Reset | Done
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class ToolCall:
 class StreamScenario:
     steps: tuple[Step, ...]
     hang_before_headers: bool = False  # accept the request, never answer it
+    split: int = 0  # >0: send the body in HTTP chunks of this many bytes, each flushed alone
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,7 @@ class OpenAIStub:
         head += "cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         if not await conn.send(head.encode()):
             return False
-        stream = _EventWriter(conn, request.body)
+        stream = _EventWriter(conn, request.body, sc.split if isinstance(sc, StreamScenario) else 0)
         if isinstance(sc, EndlessScenario):
             while await stream.chunk({"content": sc.text}):
                 with contextlib.suppress(TimeoutError):
@@ -327,39 +335,51 @@ class OpenAIStub:
         return await conn.send(head.encode() + b"\r\n" + body)
 
 
-class _EventWriter:
-    """Writes SSE events as HTTP chunks, filling in the fields real servers send."""
+class EventEncoder:
+    """Renders steps as SSE bytes, filling in the fields real servers send."""
 
-    def __init__(self, conn: _Connection, body: Any) -> None:
-        self.conn = conn
-        self.model = body.get("model", "stub") if isinstance(body, dict) else "stub"
+    def __init__(self, model: str = "stub", include_usage: bool = True) -> None:
+        self.model = model
+        self.include_usage = include_usage
+
+    @classmethod
+    def for_request(cls, body: Any) -> EventEncoder:
+        model = body.get("model", "stub") if isinstance(body, dict) else "stub"
         options = body.get("stream_options") if isinstance(body, dict) else None
-        self.include_usage = bool(options and options.get("include_usage"))
+        return cls(model, bool(options and options.get("include_usage")))
 
-    async def step(self, step: Chunk | Raw | Usage | Done) -> bool:
+    def render(self, step: Chunk | Raw | Bytes | Usage | Done) -> bytes:
+        if isinstance(step, Bytes):
+            return step.data
         if isinstance(step, Chunk):
-            return await self.chunk(step.delta, step.finish_reason)
+            return self.chunk(step.delta, step.finish_reason)
         if isinstance(step, Raw):
-            return await self.event(step.data)
+            return self.event(step.data)
         if isinstance(step, Usage):
             if not self.include_usage:
-                return True
+                return b""
             total = step.prompt_tokens + step.completion_tokens
             usage = {
                 "prompt_tokens": step.prompt_tokens,
                 "completion_tokens": step.completion_tokens,
             }
-            return await self.event(json.dumps(self._frame([], {**usage, "total_tokens": total})))
-        return await self.event("[DONE]")
+            return self.event(json.dumps(self._frame([], {**usage, "total_tokens": total})))
+        return self.event("[DONE]")
 
-    async def chunk(self, delta: Mapping[str, Any], finish_reason: str | None = None) -> bool:
+    def body(self, scenario: StreamScenario) -> bytes:
+        """The whole body of a scenario that only sends (no Hang or Reset)."""
+        steps = [s for s in scenario.steps if not isinstance(s, Hang | Reset)]
+        assert len(steps) == len(scenario.steps), "Hang and Reset have no bytes"
+        return b"".join(self.render(s) for s in steps)
+
+    def chunk(self, delta: Mapping[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {
             "index": 0,
             "delta": dict(delta),
             "logprobs": None,
             "finish_reason": finish_reason,
         }
-        return await self.event(json.dumps(self._frame([choice], None)))
+        return self.event(json.dumps(self._frame([choice], None)))
 
     def _frame(self, choices: list[Any], usage: Mapping[str, int] | None) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -372,6 +392,28 @@ class _EventWriter:
             frame["usage"] = usage  # OpenAI sends "usage": null on every other chunk
         return frame
 
-    async def event(self, data: str) -> bool:
-        payload = f"data: {data}\n\n".encode()
-        return await self.conn.send(b"%x\r\n%s\r\n" % (len(payload), payload))
+    def event(self, data: str) -> bytes:
+        return f"data: {data}\n\n".encode()
+
+
+class _EventWriter:
+    """Writes rendered steps as HTTP chunks (of `split` bytes each, if set)."""
+
+    def __init__(self, conn: _Connection, body: Any, split: int = 0) -> None:
+        self.conn = conn
+        self.split = split
+        self.encoder = EventEncoder.for_request(body)
+
+    async def step(self, step: Chunk | Raw | Bytes | Usage | Done) -> bool:
+        return await self.send(self.encoder.render(step))
+
+    async def chunk(self, delta: Mapping[str, Any]) -> bool:
+        return await self.send(self.encoder.chunk(delta))
+
+    async def send(self, payload: bytes) -> bool:
+        size = self.split or len(payload) or 1
+        for start in range(0, len(payload), size):
+            part = payload[start : start + size]
+            if not await self.conn.send(b"%x\r\n%s\r\n" % (len(part), part)):
+                return False
+        return True

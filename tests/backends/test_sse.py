@@ -1,0 +1,86 @@
+"""The SSE decoder: event data out of body bytes, however the bytes are split."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npc_server.backends.sse import EventTooLarge, SSEDecoder
+
+# Every framing feature in one body: BOM, comments, CRLF, lone CR, multi-line
+# data, fields that are ignored, a data line without the space, an empty data
+# field, an event without data, and [DONE].
+BODY = (
+    b'\xef\xbb\xbfdata: {"a": 1}\r\n\r\n'
+    b": keep-alive\r\n"
+    b'data:{"b": 2}\n\n'
+    b"event: message\nid: 7\nretry: 100\n"
+    b'data: {"c":\ndata:  3}\n\n'
+    b"event: ping\n\n"
+    b": comment\r"
+    b'data: {"d": 4}\r\r'
+    b"data\n\n"
+    b'data: {"e":\r\ndata: 5}\r\n\r\n'
+    b"unknown: field\n"
+    b"data: [DONE]\n\n"
+    b"data: never ended\n"
+)
+EVENTS = [b'{"a": 1}', b'{"b": 2}', b'{"c":\n 3}', b'{"d": 4}', b"", b'{"e":\n5}', b"[DONE]"]
+
+
+def decode(parts: list[bytes]) -> list[bytes]:
+    decoder = SSEDecoder()
+    events: list[bytes] = []
+    for part in parts:
+        events += decoder.feed(part)
+    return events
+
+
+def test_whole_body_gives_every_event_in_order() -> None:
+    """All framings decode to the data of each dispatched event; an unfinished event is not."""
+    assert decode([BODY]) == EVENTS
+
+
+@pytest.mark.parametrize("cut", range(len(BODY) + 1))
+def test_a_split_at_any_position_gives_the_same_events(cut: int) -> None:
+    """Two reads split anywhere (inside CRLF, the BOM, a field name) decode alike."""
+    assert decode([BODY[:cut], BODY[cut:]]) == EVENTS
+
+
+def test_one_byte_at_a_time_gives_the_same_events() -> None:
+    """Reads of a single byte each decode alike."""
+    assert decode([BODY[i : i + 1] for i in range(len(BODY))]) == EVENTS
+
+
+@given(st.lists(st.integers(0, len(BODY)), max_size=12))
+def test_any_partition_gives_the_same_events(cuts: list[int]) -> None:
+    """Any number of reads, of any sizes (empty ones too), decode alike."""
+    points = [0, *sorted(cuts), len(BODY)]
+    assert decode([BODY[a:b] for a, b in itertools.pairwise(points)]) == EVENTS
+
+
+def test_events_complete_as_soon_as_their_blank_line_arrives() -> None:
+    """An event is returned by the read that ends it, not held back for the next one."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: x\n") == []
+    assert decoder.feed(b"\n") == [b"x"]
+    assert decoder.feed(b"data: y\r\n\r") == [b"y"]
+    assert decoder.feed(b"\ndata: z\n\n") == [b"z"]  # that LF paired with the CR
+
+
+def test_a_line_over_the_limit_is_refused() -> None:
+    """A line that never ends stops growing the buffer at the limit."""
+    decoder = SSEDecoder(max_event_bytes=64)
+    decoder.feed(b"data: " + b"x" * 50)
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"x" * 50)
+
+
+def test_an_event_over_the_limit_is_refused() -> None:
+    """Many data lines without a blank line are refused once they pass the limit."""
+    decoder = SSEDecoder(max_event_bytes=64)
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"data: 0123456789\n" * 10)
