@@ -11,10 +11,12 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev,bench]' -e clients/python
 
-# System packages the end-to-end tests use: Debian's chromium (browser test).
-# Installed only when missing and possible.
+# System packages the end-to-end tests use: Debian's chromium (browser tests) and
+# redis-server (cluster tests start their own on a free port). Installed only when
+# missing and possible.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "installing ${need[*]} from Debian's packages"
   apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null || \

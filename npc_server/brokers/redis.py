@@ -1,0 +1,286 @@
+"""The Redis broker: publications reach subscribers on every node of a cluster.
+
+Local subscribers get a publication at once, in place, as with the memory
+broker (the fast path: no round trip for sockets on the node that made the
+frame). Every publication is also queued for Redis and written with the
+others queued in the same loop iteration, in one pipeline: never a round trip
+per token. Each node subscribes in Redis to the channels it has subscribers
+for, delivers what other nodes publish to them, and skips its own echo.
+
+When Redis goes away the node keeps serving its own sockets; what it could
+not publish is counted (`lost`), and its reader reconnects with backoff and
+resubscribes every channel at once when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from npc_server.brokers import wire
+from npc_server.brokers.base import BrokerStatistics, Subscriber
+from npc_server.brokers.memory import MemoryBroker
+from npc_server.protocol.frames import ServerFrame
+
+log = logging.getLogger(__name__)
+
+PREFIX = "npc:"
+MAX_PENDING = 100_000
+CONNECT_TIMEOUT = 5.0
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 5.0
+READ_TIMEOUT = 1.0
+SYNC = "npc-sync:"
+
+
+class BrokerUnavailable(RuntimeError):
+    """Redis cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStatistics:
+    sent: int
+    received: int
+    rejected: int
+    lost: int
+    connected: bool
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisBroker:
+    """A `Broker` whose channels span every node connected to one Redis."""
+
+    def __init__(
+        self, url: str, node_id: str, *, on_state: Callable[[bool], None] | None = None
+    ) -> None:
+        self.url = url
+        self.node_id = node_id
+        self._on_state = on_state or (lambda connected: None)
+        self._local = MemoryBroker()
+        self._pending: list[tuple[str, bytes]] = []
+        self._flushing = False
+        self._remote: set[str] = set()  # channels this node wants from Redis
+        self._changed = asyncio.Event()
+        self._version = 0  # of `_remote`
+        self._synced = -1  # the version Redis has confirmed
+        self._synced_event = asyncio.Event()
+        self._redis: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._sent = self._received = self._rejected = self._lost = 0
+        self.connected = False
+        self._errors: tuple[type[BaseException], ...] = ()
+
+    # --- Broker -------------------------------------------------------------
+
+    def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        self._local.subscribe(channel, subscriber)
+        if channel not in self._remote:
+            self._remote.add(channel)
+            self._want_sync()
+
+    def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        self._local.unsubscribe(channel, subscriber)
+        if channel in self._remote and not self._local.subscriber_count(channel):
+            self._remote.discard(channel)
+            self._want_sync()
+
+    def _want_sync(self) -> None:
+        self._version += 1
+        self._changed.set()
+
+    async def wait_subscribed(self) -> None:
+        """Wait until Redis delivers every channel subscribed so far (tests, joins)."""
+        version = self._version
+        while self._synced < version:
+            self._synced_event.clear()
+            await self._synced_event.wait()
+
+    def publish_nowait(self, channel: str, frame: ServerFrame, exclude: str | None = None) -> None:
+        self._local.publish_nowait(channel, frame, exclude)
+        self._queue(channel, wire.encode_frame(self.node_id, frame, exclude))
+
+    def drop_turn_nowait(self, channel: str, turn: str) -> None:
+        self._local.drop_turn_nowait(channel, turn)
+        self._queue(channel, wire.encode_drop(self.node_id, turn))
+
+    def subscriber_count(self, channel: str) -> int:
+        return self._local.subscriber_count(channel)
+
+    def statistics(self) -> BrokerStatistics:
+        return self._local.statistics()
+
+    def redis_statistics(self) -> RedisStatistics:
+        return RedisStatistics(
+            self._sent, self._received, self._rejected, self._lost, self.connected
+        )
+
+    async def start(self) -> None:
+        """Connect, or raise `BrokerUnavailable` saying why."""
+        import redis.asyncio as aioredis
+
+        self._errors = _redis_errors()
+        self._redis = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=10
+        )
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._redis.ping()
+        except (*self._errors, TimeoutError) as exc:  # type: ignore[misc]
+            await self._redis.aclose()
+            raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        self._set_connected(True)
+        self._reader = asyncio.create_task(self._read(), name="redis-broker-reader")
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._reader, self._flusher) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pending and self.connected:
+            with contextlib.suppress(*self._errors, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._send(self._take_pending())
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._local = MemoryBroker()
+
+    # --- publishing ---------------------------------------------------------
+
+    def _queue(self, channel: str, data: bytes) -> None:
+        # Without Redis, no connect attempt per token: the reader reconnects for everyone.
+        if not self.connected or len(self._pending) >= MAX_PENDING:
+            self._lost += 1
+            return
+        self._pending.append((PREFIX + channel, data))
+        if not self._flushing and self._redis is not None:
+            self._flushing = True
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def _take_pending(self) -> list[tuple[str, bytes]]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    async def _flush(self) -> None:
+        # One pipeline for everything queued meanwhile; the next batch waits for it.
+        try:
+            while self._pending:
+                batch = self._take_pending()
+                try:
+                    await self._send(batch)
+                except self._errors as exc:
+                    self._lost += len(batch)
+                    self._set_connected(False)
+                    log.warning("Redis publish failed (%s); %d publications lost", exc, len(batch))
+        finally:
+            self._flushing = False
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for channel, data in batch:
+            pipe.publish(channel, data)
+        await pipe.execute()
+        self._sent += len(batch)
+
+    # --- receiving ----------------------------------------------------------
+
+    async def _read(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await self._serve(pubsub)
+            except self._errors as exc:
+                self._set_connected(False)
+                log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            # Jittered, growing waits: a cluster that lost Redis does not return in a storm.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(BACKOFF_MAX, backoff * 2)
+            if await self._reachable():
+                backoff = BACKOFF_MIN
+
+    async def _reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._redis.ping()
+        except (*self._errors, TimeoutError):  # type: ignore[misc]
+            return False
+        return True
+
+    async def _serve(self, pubsub: Any) -> None:
+        # A node channel keeps the connection subscribed even with no sessions.
+        await pubsub.subscribe(f"{PREFIX}node:{self.node_id}")
+        self._set_connected(True)
+        self._changed.set()  # (re)subscribe every channel on a new connection
+        syncer = asyncio.create_task(self._keep_synced(pubsub), name="redis-broker-sync")
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=READ_TIMEOUT)
+                if message is None:
+                    pass
+                elif message.get("type") == "message":
+                    self._deliver(message["channel"], message["data"])
+                elif message.get("type") == "pong":
+                    self._confirmed(message.get("data"))
+                if syncer.done():
+                    syncer.result()  # its connection error ends this connection
+        finally:
+            syncer.cancel()
+            await asyncio.gather(syncer, return_exceptions=True)
+
+    async def _keep_synced(self, pubsub: Any) -> None:
+        subscribed: set[str] = set()
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            version, wanted = self._version, set(self._remote)
+            added, removed = wanted - subscribed, subscribed - wanted
+            if added:
+                await pubsub.subscribe(*(PREFIX + c for c in sorted(added)))
+            if removed:
+                await pubsub.unsubscribe(*(PREFIX + c for c in sorted(removed)))
+            # Its PONG, read after the SUBSCRIBE's replies, says Redis has applied it.
+            await pubsub.ping(f"{SYNC}{version}")
+            subscribed = wanted
+
+    def _confirmed(self, data: Any) -> None:
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        if text.startswith(SYNC) and text[len(SYNC) :].isdigit():
+            self._synced = max(self._synced, int(text[len(SYNC) :]))
+            self._synced_event.set()
+
+    def _deliver(self, raw_channel: bytes | str, data: Any) -> None:
+        channel = raw_channel.decode() if isinstance(raw_channel, bytes) else raw_channel
+        try:
+            publication = wire.decode(data)
+        except wire.WireError as exc:
+            self._rejected += 1
+            log.warning("dropped a publication on %s from Redis: %s", channel, exc)
+            return
+        if publication.origin == self.node_id:
+            return  # delivered locally when published
+        self._received += 1
+        local = channel.removeprefix(PREFIX)
+        if publication.frame is not None:
+            self._local.publish_nowait(local, publication.frame, publication.exclude)
+        elif publication.drop_turn is not None:
+            self._local.drop_turn_nowait(local, publication.drop_turn)
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._on_state(connected)

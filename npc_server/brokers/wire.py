@@ -1,0 +1,124 @@
+"""What nodes send each other through a cluster broker, validated as client frames are.
+
+One publication is one msgpack array: `[version, origin, op, exclude, body]`,
+where `op` is `f` (a server frame: `body` is its map with `t`) or `d` (drop a
+turn's queued deltas: `body` is the turn id). Another node's bytes are input
+like a client's: anything that does not fit (another version, a stray value,
+a truncated entry, a frame whose keys or types are wrong) raises `WireError`
+and is dropped by the caller, never delivered and never a crash.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Union
+
+import msgpack
+
+from npc_server.protocol import frames
+from npc_server.protocol.frames import ServerFrame
+
+VERSION = 1
+MAX_BYTES = 1 << 20
+
+
+class WireError(ValueError):
+    """Bytes from another node that are not a publication of this version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    origin: str
+    exclude: str | None
+    frame: ServerFrame | None = None
+    drop_turn: str | None = None
+
+
+def encode_frame(origin: str, frame: ServerFrame, exclude: str | None) -> bytes:
+    body = frame.payload()
+    body["t"] = frame.T
+    data: bytes = msgpack.packb([VERSION, origin, "f", exclude, body], use_bin_type=True)
+    return data
+
+
+def encode_drop(origin: str, turn: str) -> bytes:
+    data: bytes = msgpack.packb([VERSION, origin, "d", None, turn], use_bin_type=True)
+    return data
+
+
+def decode(data: bytes) -> Publication:
+    """A publication from another node; `WireError` if it is not one."""
+    if not isinstance(data, bytes) or len(data) > MAX_BYTES:
+        raise WireError("not a publication: wrong type or too large")
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise WireError(f"not msgpack: {exc}") from None
+    if not isinstance(doc, list) or len(doc) != 5 or doc[0] != VERSION:
+        raise WireError("not a publication of this version")
+    _, origin, op, exclude, body = doc
+    if not isinstance(origin, str) or not (exclude is None or isinstance(exclude, str)):
+        raise WireError("origin and exclude must be strings")
+    if op == "d" and isinstance(body, str):
+        return Publication(origin, exclude, drop_turn=body)
+    if op == "f" and isinstance(body, dict):
+        return Publication(origin, exclude, frame=decode_frame(body))
+    raise WireError(f"unknown operation {op!r}")
+
+
+def decode_frame(body: Mapping[str, Any]) -> ServerFrame:
+    """A server frame from its map; every key must be a field of the right type."""
+    kind = body.get("t")
+    cls = _CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError(f"unknown frame type {kind!r}")
+    hints = _HINTS[cls]
+    values = {k: v for k, v in body.items() if k != "t"}
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise WireError(f"{kind}: unknown keys {sorted(unknown)}")
+    for name, hint in hints.items():
+        if name in values and not _fits(values[name], hint):
+            raise WireError(f"{kind}.{name}: {values[name]!r} is not {hint}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required key is missing
+        raise WireError(f"{kind}: {exc}") from None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is not None and issubclass(origin, Mapping):
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _fits(k, key_hint) and _fits(v, value_hint) for k, v in value.items()
+        )
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _server_frame_classes() -> dict[str, type[ServerFrame]]:
+    found: dict[str, type[ServerFrame]] = {}
+    for value in vars(frames).values():
+        if isinstance(value, type) and issubclass(value, ServerFrame) and value.T:
+            found[value.T] = value
+    return found
+
+
+_CLASSES = _server_frame_classes()
+_HINTS: dict[type[ServerFrame], dict[str, Any]] = {
+    cls: {f.name: typing.get_type_hints(cls, vars(frames))[f.name] for f in fields(cls) if f.init}
+    for cls in _CLASSES.values()
+}

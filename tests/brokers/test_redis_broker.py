@@ -1,0 +1,143 @@
+"""The Redis broker across nodes: one real redis-server, two brokers as two nodes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+import redis.asyncio as aioredis
+
+from npc_server.brokers import room_channel
+from npc_server.brokers.redis import PREFIX, BrokerUnavailable, RedisBroker
+from npc_server.protocol.frames import Delta, Presence, TurnEnd
+from tests.brokers.test_broker import Sink
+from tests.support.redis import RedisServer, free_port, redis_server
+from tests.support.wait import wait_until
+
+ROOM = room_channel("tavern")
+WAIT = 10.0
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@asynccontextmanager
+async def nodes(redis: RedisServer) -> AsyncIterator[tuple[RedisBroker, RedisBroker]]:
+    a, b = RedisBroker(redis.url, "node-a"), RedisBroker(redis.url, "node-b")
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_publication_reaches_other_nodes_once_and_its_own_node_once(
+    redis: RedisServer,
+) -> None:
+    """Subscribers on both nodes get every frame once, in order; the echo is skipped."""
+    async with nodes(redis) as (a, b):
+        here, there = Sink("s1", "alice"), Sink("s2", "bob")
+        a.subscribe(ROOM, here)
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(a.wait_subscribed(), WAIT)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        frames = [Delta("t1", "hel", 0), Delta("t1", "lo", 3), TurnEnd("t1", "done", 5, 5)]
+        for frame in frames:
+            a.publish_nowait(ROOM, frame)
+        await wait_until(lambda: len(there.frames) == 3, what="frames on node b")
+        assert there.frames == frames and here.frames == frames
+        await wait_until(lambda: a.redis_statistics().sent == 3, what="the batch written")
+        assert b.redis_statistics().received == 3 and a.redis_statistics().received == 0
+
+
+async def test_exclude_and_drops_cross_nodes(redis: RedisServer) -> None:
+    """`exclude` holds on the other node, and an interrupt's drop reaches it too."""
+    async with nodes(redis) as (a, b):
+        alice_there, bob_there = Sink("s1", "alice"), Sink("s2", "bob")
+        b.subscribe(ROOM, alice_there)
+        b.subscribe(ROOM, bob_there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.publish_nowait(ROOM, Presence("tavern", "alice", "joined"), exclude="alice")
+        a.drop_turn_nowait(ROOM, "t7")
+        await wait_until(lambda: bob_there.dropped == ["t7"], what="the drop on node b")
+        assert bob_there.frames == [Presence("tavern", "alice", "joined")]
+        assert alice_there.frames == [] and alice_there.dropped == ["t7"]
+
+
+async def test_a_node_that_unsubscribed_gets_nothing_more(redis: RedisServer) -> None:
+    """After its last local subscriber leaves, a node's Redis subscription goes too."""
+    async with nodes(redis) as (a, b):
+        there = Sink("s2", "bob")
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        b.unsubscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        probe = aioredis.Redis.from_url(redis.url)
+        try:
+            counts = await probe.pubsub_numsub(PREFIX + ROOM)
+        finally:
+            await probe.aclose()
+        assert counts == [((PREFIX + ROOM).encode(), 0)]
+        a.publish_nowait(ROOM, Delta("t1", "x", 0))
+        await wait_until(lambda: a.redis_statistics().sent == 1, what="the publish")
+        assert there.frames == [] and b.redis_statistics().received == 0
+
+
+async def test_junk_in_redis_is_dropped_and_later_publications_still_arrive(
+    redis: RedisServer,
+) -> None:
+    """Another version's or a truncated publication never reaches a session or crashes."""
+    async with nodes(redis) as (a, b):
+        there = Sink("s2", "bob")
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        probe = aioredis.Redis.from_url(redis.url)
+        try:
+            for junk in (b"\xc1", b"\x95\x02\xa1a\xa1f\xc0\x80", b"\x93\x01", b"plain text"):
+                await probe.publish(PREFIX + ROOM, junk)
+            wrong_type = (
+                b"\x95\x01\xa1a\xa1f\xc0\x84\xa1t\xa5delta\xa4turn\xa1t\xa4text\x05\xa2at\x00"
+            )
+            await probe.publish(PREFIX + ROOM, wrong_type)
+        finally:
+            await probe.aclose()
+        a.publish_nowait(ROOM, Delta("t1", "ok", 0))
+        await wait_until(lambda: len(there.frames) == 1, what="the good publication")
+        assert there.frames == [Delta("t1", "ok", 0)]
+        assert b.redis_statistics().rejected == 5
+
+
+async def test_redis_going_away_loses_no_local_delivery_and_resubscribes(
+    redis: RedisServer,
+) -> None:
+    """Without Redis a node serves its own subscribers; when Redis is back, nodes resubscribe."""
+    async with nodes(redis) as (a, b):
+        here, there = Sink("s1", "alice"), Sink("s2", "bob")
+        a.subscribe(ROOM, here)
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        redis.stop()
+        await wait_until(lambda: not b.connected, what="node b noticing")
+        a.publish_nowait(ROOM, Delta("t1", "alone", 0))
+        assert here.frames == [Delta("t1", "alone", 0)]
+        await wait_until(lambda: a.redis_statistics().lost >= 1, what="the lost publish")
+        redis.start()
+        await wait_until(lambda: a.connected and b.connected, timeout=20, what="reconnects")
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.publish_nowait(ROOM, Delta("t2", "back", 0))
+        await wait_until(lambda: Delta("t2", "back", 0) in there.frames, what="delivery again")
+
+
+async def test_an_unreachable_redis_refuses_to_start_with_the_url() -> None:
+    """Start-up against a Redis that is not there fails with a message naming it."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    broker = RedisBroker(url, "node-a")
+    with pytest.raises(BrokerUnavailable, match=r"cannot reach Redis at redis://127\.0\.0\.1"):
+        await broker.start()
