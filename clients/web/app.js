@@ -345,8 +345,14 @@ function logFor(npcId) {
 
 /** Keep the newest text in view, unless the reader scrolled up (`force` for their own say). */
 function follow(log, force = false) {
+  // Moved up since we last scrolled: the reader is reading back, even if the
+  // scroll event saying so has not been dispatched yet.
+  const movedUp = log.scrollTop < (log.autoTop ?? 0) - 2;
   if (force) log.dataset.following = "true";
-  if (log.dataset.following === "true") log.scrollTop = log.scrollHeight;
+  else if (movedUp) log.dataset.following = "false";
+  if (log.dataset.following !== "true") return;
+  log.scrollTop = log.scrollHeight;
+  log.autoTop = log.scrollTop;
 }
 
 function appendToLog(npcId, node) {
