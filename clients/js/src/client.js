@@ -9,7 +9,7 @@
 // (new session), and turns and actions missing from a new session's snapshot
 // end (`lost`) and expire.
 
-import { DEFAULT_BACKOFF, RateBudget, backoffDelay } from "./budget.js";
+import { DEFAULT_BACKOFF, RateBudget, SeenReporter, TypingNotices, backoffDelay } from "./pacing.js";
 import { Emitter } from "./emitter.js";
 import {
   CloseCode,
@@ -22,15 +22,12 @@ import {
 import { Router } from "./router.js";
 import { decodeFrame, encodeFrame, isOpen, openSocket } from "./socket.js";
 import { Turn } from "./turn.js";
-import { tokenExpiry } from "./token.js";
+import { TokenKeeper } from "./token.js";
 
 export const VERSION = "0.1.0";
 /** The wire protocol this client speaks: npc-server protocol v1. */
 export const PROTOCOL_VERSION = 1;
 
-const SEEN_INTERVAL_MS = 250;
-const TYPING_IDLE_MS = 3000;
-const TYPING_RESEND_MS = 5000;
 const FENCE_TIMEOUT_MS = 10_000;
 const EVENT_FRAMES = new Set(["said", "typing", "presence", "draining", "notice"]);
 
@@ -52,13 +49,11 @@ export class NpcClient extends Emitter {
     if (typeof this._WebSocket !== "function") {
       throw new TypeError("no WebSocket here: pass WebSocket (e.g. the `ws` package) in the options");
     }
-    this._token = o.token ?? null;
-    this._tokenProvider = o.tokenProvider ?? null;
+    this._tokens = new TokenKeeper(o.token, o.tokenProvider, o.refreshMarginMs ?? 60_000);
     this._reconnect = o.reconnect ?? true;
     this._backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
     this._requestTimeoutMs = o.requestTimeoutMs ?? 10_000;
     this._openTimeoutMs = o.openTimeoutMs ?? 10_000;
-    this._refreshMarginMs = o.refreshMarginMs ?? 60_000;
     this.clientName = o.clientName ?? `npc-client-js/${VERSION}`;
     this.state = "idle";
     this.closeCode = null;
@@ -73,14 +68,15 @@ export class NpcClient extends Emitter {
     this.generation = 0;
     this._ws = null;
     this._closing = false;
-    this._tokenExpired = false;
     this._drainDelayMs = null;
     this._budget = new RateBudget();
     this._waiters = [];
-    this._seenDirty = new Map();
-    this._seenTimer = null;
-    this._typing = null;
-    this._timers = { refresh: null, liveness: null };
+    this._seen = new SeenReporter(
+      (frame) => this._sendOptional(frame),
+      () => (this._counts.seenSent += 1),
+    );
+    this._typing = new TypingNotices((frame, force) => this._sendOptional(frame, force));
+    this._liveness = null;
     this._counts = { connects: 0, resumed: 0, newSessions: 0, reconnectAttempts: 0, frames: 0, pingsAnswered: 0, seenSent: 0, refreshes: 0 };
     this._router = new Router({
       newTurn: (id, mine) => this._newTurn(id, mine),
@@ -165,7 +161,7 @@ export class NpcClient extends Emitter {
   /** Replace the token before it expires; later reconnects use it. */
   async refresh(token) {
     await this._request({ t: "refresh", token });
-    this._token = token;
+    this._tokens.token = token;
     this._counts.refreshes += 1;
     this._scheduleRefresh();
   }
@@ -183,28 +179,13 @@ export class NpcClient extends Emitter {
    * only every few seconds, and "stopped" after a pause. Skipped (false)
    * when it would crowd the server's rate limit.
    */
-  typing({ room, npc } = {}) {
-    const key = `${room ?? ""}\u0000${npc ?? ""}`;
-    if (this._typing && this._typing.key !== key) this.stopTyping();
-    const now = Date.now();
-    let sent = false;
-    if (!this._typing || now - this._typing.sentAt >= TYPING_RESEND_MS) {
-      sent = this._sendOptional({ t: "typing", on: true, room, npc });
-      if (!sent && !this._typing) return false;
-      this._typing = { key, room, npc, sentAt: sent ? now : this._typing?.sentAt ?? 0 };
-    }
-    clearTimeout(this._typing.idle);
-    this._typing.idle = setTimeout(() => this.stopTyping(), TYPING_IDLE_MS);
-    return sent;
+  typing(where = {}) {
+    return this._typing.keystroke(where);
   }
 
   /** Say "stopped typing" now, if "typing" was said. */
   stopTyping() {
-    const typing = this._typing;
-    if (!typing) return;
-    this._typing = null;
-    clearTimeout(typing.idle);
-    this._sendOptional({ t: "typing", on: false, room: typing.room, npc: typing.npc }, true);
+    this._typing.stop();
   }
 
   get turns() {
@@ -214,11 +195,7 @@ export class NpcClient extends Emitter {
   // --- connecting ------------------------------------------------------------
 
   async _hello(resume) {
-    const expiry = tokenExpiry(this._token);
-    const stale = this._tokenExpired || !this._token || (expiry !== null && expiry <= Date.now());
-    if (stale && this._tokenProvider) this._token = await this._tokenProvider();
-    this._tokenExpired = false;
-    const hello = { t: "hello", token: this._token, client: this.clientName };
+    const hello = { t: "hello", token: await this._tokens.forHello(), client: this.clientName };
     if (resume && this.session) hello.resume = { session: this.session, seq: this._router.lastSeq };
     return hello;
   }
@@ -299,12 +276,12 @@ export class NpcClient extends Emitter {
   _onClose(ws, code, reason) {
     if (ws !== this._ws) return;
     this._ws = null;
-    clearTimeout(this._timers.liveness);
+    clearTimeout(this._liveness);
     if (this._closing) return;
     const closed = new ConnectionClosedError(code, reason);
     if (code === CloseCode.TOKEN_EXPIRED) {
-      this._tokenExpired = true;
-      if (!this._tokenProvider) {
+      this._tokens.expired = true;
+      if (!this._tokens.renewable) {
         closed.reconnectable = false;
         closed.message += " (pass tokenProvider to renew the token)";
       }
@@ -332,11 +309,10 @@ export class NpcClient extends Emitter {
         return;
       } catch (err) {
         if (err instanceof ConnectionClosedError) {
-          if (err.code === CloseCode.TOKEN_EXPIRED && this._tokenProvider) this._tokenExpired = true;
+          if (err.code === CloseCode.TOKEN_EXPIRED && this._tokens.renewable) this._tokens.expired = true;
           else if (!err.reconnectable) throw err;
-        } else if (!(err instanceof NpcClientError)) {
-          throw err; // a token provider that failed, or a bug: not worth retrying
         }
+        // Unreachable, no welcome, or a token provider that failed: try again later.
         this.emit("retry", { attempt, error: err });
       }
       if (this._backoff.giveUpAfterMs !== null && Date.now() - started > this._backoff.giveUpAfterMs) {
@@ -351,10 +327,10 @@ export class NpcClient extends Emitter {
     this.closedError = error;
     this.closeCode = error.code;
     this.closeReason = error.reason;
-    for (const timer of Object.values(this._timers)) clearTimeout(timer);
-    clearTimeout(this._seenTimer);
-    clearTimeout(this._typing?.idle);
-    this._typing = null;
+    clearTimeout(this._liveness);
+    this._tokens.stop();
+    this._seen.stop();
+    this._typing.cancel();
     this._router.failAll(error);
     for (const waiter of this._waiters.splice(0)) waiter.reject(error);
     this._setState("closed", error.code, error.reason);
@@ -369,10 +345,10 @@ export class NpcClient extends Emitter {
 
   /** A socket that carried nothing (not even the server's ping) for long is dead: drop it. */
   _touch() {
-    clearTimeout(this._timers.liveness);
+    clearTimeout(this._liveness);
     if (!this.heartbeat) return;
     const ws = this._ws;
-    this._timers.liveness = setTimeout(() => {
+    this._liveness = setTimeout(() => {
       if (ws !== this._ws) return;
       ws.close(4001, "client: nothing heard from the server");
       this._onClose(ws, 1006, "nothing heard from the server");
@@ -381,20 +357,10 @@ export class NpcClient extends Emitter {
 
   // --- tokens --------------------------------------------------------------
 
+  /** Renew the token in place before it expires; a failure is reported (a 4002 renews anyway). */
   _scheduleRefresh() {
-    clearTimeout(this._timers.refresh);
-    const expiry = tokenExpiry(this._token);
-    if (!this._tokenProvider || expiry === null) return;
-    const delay = Math.max(1000, expiry - Date.now() - this._refreshMarginMs);
-    this._timers.refresh = setTimeout(() => this._refreshFromProvider(), delay);
-  }
-
-  async _refreshFromProvider() {
-    try {
-      await this.refresh(await this._tokenProvider());
-    } catch (err) {
-      this._report(err); // on 4002 the client renews the token and resumes anyway
-    }
+    const report = (err) => this._report(err);
+    this._tokens.schedule((token) => this.refresh(token).catch(report), report);
   }
 
   // --- sending ---------------------------------------------------------------
@@ -453,7 +419,7 @@ export class NpcClient extends Emitter {
   _newTurn(id, mine) {
     return new Turn(id, {
       mine,
-      seen: (turn) => this._wantSeen(turn),
+      seen: (turn) => this._seen.want(turn),
       interrupt: (turn, shown) => this._interruptTurn(turn, shown),
     });
   }
@@ -464,28 +430,6 @@ export class NpcClient extends Emitter {
     } catch (err) {
       if (!(err?.code === ErrorCode.UNKNOWN_TURN && turn.ended)) throw err;
     }
-  }
-
-  _wantSeen(turn) {
-    this._seenDirty.set(turn.id, turn);
-    if (this._seenTimer === null) this._seenTimer = setTimeout(() => this._flushSeen(), SEEN_INTERVAL_MS);
-  }
-
-  /** Send `seen` at most every SEEN_INTERVAL_MS per turn, within the rate budget. */
-  _flushSeen() {
-    this._seenTimer = null;
-    for (const turn of [...this._seenDirty.values()]) {
-      const shown = turn.displayed;
-      if (turn.ended || shown <= (turn._reported ?? 0)) {
-        this._seenDirty.delete(turn.id); // after turn.end the server no longer listens
-        continue;
-      }
-      if (!this._sendOptional({ t: "seen", turn: turn.id, shown })) break;
-      this._seenDirty.delete(turn.id);
-      turn._reported = shown;
-      this._counts.seenSent += 1;
-    }
-    if (this._seenDirty.size > 0) this._seenTimer = setTimeout(() => this._flushSeen(), SEEN_INTERVAL_MS);
   }
 
   _event(frame) {

@@ -258,7 +258,8 @@ export interface Resync {
 }
 export interface Retry {
   attempt: number;
-  error: NpcClientError;
+  /** Why the attempt failed: ServerUnreachable, ConnectionClosedError, a token provider's error … */
+  error: Error;
 }
 
 export interface ServerInfo {

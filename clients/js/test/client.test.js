@@ -98,6 +98,18 @@ describe("conversation", () => {
     }
   });
 
+  test("context() sets game state the NPC's next turn uses", async () => {
+    const npc = await client(server, "mona");
+    try {
+      await npc.context({ location: "inn" }, { npc: "merchant" });
+      const turn = await npc.say("merchant", "Heard any gossip?");
+      const text = await within(turn.readAll());
+      assert.match(text, /Edda|Keep your voice down/, "the rumours told at the inn");
+    } finally {
+      npc.close();
+    }
+  });
+
   test("the version names the protocol it speaks", () => {
     assert.equal(PROTOCOL_VERSION, 1);
     assert.match(VERSION, /^\d+\.\d+\.\d+$/);
