@@ -16,7 +16,7 @@ from npc_server.protocol.codes import CloseCode
 from tests.support.server import RunningServer, running_server, server_config
 
 try:
-    from playwright.async_api import Browser, Locator, Page
+    from playwright.async_api import Browser, FloatRect, Locator, Page, ViewportSize
     from playwright.async_api import expect as pw_expect
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
@@ -43,7 +43,7 @@ pytestmark = [
     ),
 ]
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 SLOW_LONG = {"tokens_per_second": 40, "long_reply_chars": 3000}
 
 
@@ -55,10 +55,10 @@ async def open_as_alice(browser: Browser, server: RunningServer, width: int = 12
     return page
 
 
-async def box(locator: Locator) -> dict[str, float]:
+async def box(locator: Locator) -> FloatRect:
     found = await locator.bounding_box()
     assert found is not None, f"{locator} is not displayed"
-    return dict(found)
+    return found
 
 
 async def test_phone_layout_lists_greetings_labels_interrupt_and_fills_the_screen(
