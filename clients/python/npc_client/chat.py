@@ -1,10 +1,15 @@
 """`npc-chat`: talk to NPCs from a terminal.
 
 Type a line and press Enter to say it; the reply streams in as the NPC
-speaks. Ctrl-C during a reply interrupts it; Ctrl-C at the prompt, `/quit` or
-end of input exits. Lines typed while a reply streams wait for it, except
-`/yes` and `/no` typed at a terminal, which answer the NPC's latest action
-at once (piped input is handled strictly in order).
+speaks, wrapped at word boundaries to the terminal (or `$COLUMNS`). The NPC's
+greeting opens the chat; actions show where the NPC takes them, and a
+question (`/yes` or `/no`) under the reply. Notices that arrive while a reply
+streams (room speech, reconnects) wait below it; at the prompt they clear the
+prompt line and draw it again. Ctrl-C during a reply interrupts it; Ctrl-C at
+the prompt, `/quit` or end of input exits (with an action still waiting for
+an answer, the first Ctrl-C asks instead). Lines typed while a reply streams
+wait for it, except `/yes` and `/no` typed at a terminal, which answer the
+NPC's latest action at once (piped input is handled strictly in order).
 
 Exit codes: 0 normal exit; 1 the connection closed for good while chatting;
 2 bad arguments or no token; 3 the server cannot be reached; 4 the server
@@ -54,7 +59,8 @@ commands:
   /context k=v ...     set game state for the NPCs (location=inn time=night ...)
   /yes, /no            answer the NPC's latest action that asks for approval
   /help                this help
-  /quit                exit (also Ctrl-C at the prompt); Ctrl-C during a reply interrupts it"""
+  /quit                exit (also Ctrl-C at the prompt; twice if an action waits for /yes or /no)
+                       Ctrl-C during a reply interrupts it"""
 
 
 class Chat:
@@ -318,6 +324,7 @@ class Chat:
             what = describe_action(waiting[-1])
             self.screen.line(f"[{what} waits for your answer: /yes or /no. Ctrl-C again quits]")
         else:
+            self.screen.prompt = None  # leaving: no prompt to draw again
             self.screen.line("")
             self.lines.put_nowait(None)  # also ends a question such as "talk to [1]:"
             self.quit.set()
