@@ -223,10 +223,19 @@ async def interrupt_then_quit(server: ServerProcess) -> None:
             await proc.wait()
 
 
+# A pause before the first word, then about three seconds of text.
+PAUSED_CONFIG = """\
+[overrides.scripted]
+first_token_ms = 1000
+tokens_per_second = 50
+long_reply_chars = 800
+"""
+
+
 async def test_chat_keeps_a_streaming_reply_whole(tmp_path: Path) -> None:
     """Room notices that come while a reply streams wait below it, not inside it."""
     config = tmp_path / "server.toml"
-    config.write_text(SLOW_CONFIG)
+    config.write_text(PAUSED_CONFIG)
     env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_NPCS_DIR": str(DEMO_NPCS)}
     server = await asyncio.to_thread(start_server_process, env)
     proc = await asyncio.create_subprocess_exec(
@@ -238,16 +247,16 @@ async def test_chat_keeps_a_streaming_reply_whole(tmp_path: Path) -> None:
         assert proc.stdout is not None
         proc.stdin.write(b"/join tavern\nany news?\n")
         await proc.stdin.drain()
-        await read_until(proc.stdout, "Mira the Merchant: ")
+        seen = await read_until(proc.stdout, "[joined tavern")
+        seen += await read_until(proc.stdout, "Mira the Merchant: ")  # her reply has begun
         async with await connect(server.url, server.token("ivan")) as bob:
-            await bob.join("tavern")
+            await bob.join("tavern")  # both land within her first second of silence
             await bob.say("guard", "Evening, all!", room="tavern")
-            await asyncio.sleep(0.3)  # let the notices reach the chat while Mira still speaks
-            proc.send_signal(signal.SIGINT)  # cut her reply short
-            output = await read_until(proc.stdout, "[tavern] ivan to Brann of the Gate Watch")
-        start = output.index("Mira the Merchant: ")
-        reply = output[start : output.index("[interrupted: the NPC remembers ", start)]
+            seen += await read_until(proc.stdout, "[tavern] ivan to Brann of the Gate Watch")
+        reply = seen[seen.rindex("Mira the Merchant: ") :].split("\n", 1)[0]
+        assert len(reply) > 700, "the reply was cut by a notice"
         assert "[tavern]" not in reply and "ivan" not in reply
+        assert seen.index("[tavern] ivan joined") > seen.rindex("Mira the Merchant: ")
     finally:
         if proc.returncode is None:
             proc.kill()

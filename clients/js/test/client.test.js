@@ -46,12 +46,17 @@ async function sayWatched(npc, text = "any news?", options) {
 /** Resolves once the server's turn has ended (polled: the server has no push for it). */
 async function serverTurnDone(turn) {
   while (!(await server.command("text", { turn: turn.id })).done) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
 
 async function serverText(turn) {
   return (await server.command("text", { turn: turn.id })).text;
+}
+
+/** Resolves once `condition()` holds (checked every 20 ms; wrap it in within()). */
+async function until(condition) {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
 function statesOf(npc) {
@@ -141,8 +146,8 @@ describe("interrupt", () => {
       const turn = await sayWatched(npc);
       await within(next(turn, "text", () => turn.received >= 40));
       turn.seen(17);
-      await within(new Promise((resolve) => setTimeout(resolve, 400))); // one seen interval
-      assert.ok(npc.statistics().seenSent >= 1);
+      await within(until(() => npc.statistics().seenSent >= 1), undefined, "a seen report");
+      assert.equal(turn.displayed, 17);
       await npc.interrupt(); // the newest open turn, shown = the last seen
       const end = await within(turn.done);
       assert.equal(end.reason, "interrupted");
