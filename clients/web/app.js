@@ -7,7 +7,14 @@
 // failed resume, token renewal, `seen` pacing, typing debounce. This file is
 // the page: who is about, the chat logs, action cards, the room panel.
 
-import { ConnectionClosedError, NpcClient, NpcError, RequestLost, ServerUnreachable } from "./vendor/npc-client/index.js";
+import {
+  ConnectionClosedError,
+  NpcClient,
+  NpcError,
+  RequestLost,
+  RequestTimeout,
+  ServerUnreachable,
+} from "./vendor/npc-client/index.js";
 
 // --- tunables ------------------------------------------------------------
 
@@ -144,6 +151,7 @@ function describeError(err) {
   }
   if (err instanceof RequestLost) return "Not delivered: the connection dropped and the conversation started over.";
   if (err instanceof ConnectionClosedError) return "Not delivered: the connection is closed.";
+  if (err instanceof RequestTimeout) return "Not delivered: the server did not answer in time.";
   return err?.message ?? String(err);
 }
 
