@@ -34,6 +34,20 @@ if [ ${#proxies[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)
     echo "could not install ${proxies[*]}; the tests that need them will skip with a reason"
 fi
 
+# The JavaScript client (clients/js): Node from Debian's packages when missing,
+# then the locked npm packages. tests/js/test_js_client.py runs `tsc --noEmit`
+# and `node --test` inside pytest, so a failing JS test fails this script.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing nodejs npm from Debian's packages"
+    apt-get update -qq >/dev/null && apt-get install -y -qq nodejs npm >/dev/null || \
+      echo "could not install nodejs npm; the JavaScript client tests will skip with a reason"
+  fi
+fi
+if command -v npm >/dev/null 2>&1; then
+  (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict

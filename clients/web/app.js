@@ -1,29 +1,34 @@
-// Hearthside: the browser play page for npc-server, speaking protocol v1
-// (shared/PROTOCOL.md). Plain ES module, no build step: the only dependency is
-// the vendored @msgpack/msgpack ESM build (see README.md).
+// Hearthside: the browser play page for npc-server, built on the JavaScript
+// client library (clients/js, served here as /play/vendor/npc-client/). Plain
+// ES modules, no build step: index.html maps "@msgpack/msgpack" to the
+// vendored copy with an import map (see README.md).
 //
-// The page keeps one WebSocket. Every server frame after `welcome` carries a
-// `seq`; we remember the last one so a dropped socket can resume the session
-// with nothing lost. NPC replies arrive as `delta`s with a character offset
-// `at`, which makes applying them idempotent (replays and snapshots just
-// rewrite the same span).
+// The library keeps the session: resume after a drop, the snapshot after a
+// failed resume, token renewal, `seen` pacing, typing debounce. This file is
+// the page: who is about, the chat logs, action cards, the room panel.
 
-import { decode, encode } from "./vendor/msgpack/index.mjs";
+import {
+  ConnectionClosedError,
+  NpcClient,
+  NpcError,
+  RequestLost,
+  RequestTimeout,
+  ServerUnreachable,
+} from "./vendor/npc-client/index.js";
 
 // --- tunables ------------------------------------------------------------
 
 const PING_EVERY_MS = 5000; // how often we measure latency
-const SEEN_EVERY_MS = 400; // `seen` throttle: well under the server's rate limit
-const TYPING_IDLE_MS = 3000; // stop "typing" after this long without a keystroke
 const TYPING_STALE_MS = 6000; // hide another player's "typing" if no update comes
-const BACKOFF_MS = [300, 1000, 2000, 4000, 8000]; // reconnect delays, then the last one
-const REFRESH_MARGIN_S = 120; // renew a development token this long before it expires
-const CLIENT_NAME = "hearthside-web/1";
+const RETRY_FIRST_CONNECT_MS = 2000; // the server was not up yet: try again
+const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the newest reply"
+const CLIENT_NAME = "hearthside-web/2";
 
 // Close codes after which reconnecting cannot help (PROTOCOL.md, "Close codes").
 const STOP_MESSAGES = {
   1000: ["Conversation closed", "The server ended the connection. Reload the page to talk again."],
   1009: ["Message too big", "The server refused a message that was too large. Reload the page."],
+  4002: ["Sign-in expired", "Your token has expired. Open the page again with a fresh token."],
   4500: ["Sign-in refused", "The server did not accept your token. Open the page with a fresh one."],
   4501: ["Protocol error", "The page and the server disagreed about the protocol. Reload the page."],
   4503: ["Opened elsewhere", "This conversation was opened in another tab or window."],
@@ -45,6 +50,7 @@ const ACTION_STATUS_TEXT = {
   accepted: "Approved",
   declined: "Declined",
   expired: "Expired",
+  lost: "Expired: the connection was lost before you answered",
   done: "Done",
   retracted: "Retracted: cut off before it happened",
 };
@@ -58,22 +64,12 @@ const state = {
   npcs: new Map(), // id -> {id, name, greeting}
   current: null, // selected NPC id
   logs: new Map(), // NPC id -> its chat log element
-  ws: null,
-  session: null,
-  seq: 0, // last seq processed; sent back in hello.resume
+  client: null,
   stopped: false,
-  attempt: 0, // reconnects since the last welcome, for backoff
-  retryAfterMs: null, // set by `draining`
-  nextId: 1,
-  pending: new Map(), // request id -> what we asked, to route ack/error
-  turns: new Map(), // turn id -> turn record
-  actions: new Map(), // action id -> action record
+  views: new Map(), // turn id -> {turn, node, interrupting}
   room: null,
   others: new Map(), // player -> timer, for "is typing" in the room
-  typingTimer: null,
   pingTimer: null,
-  lastPongAt: 0,
-  refreshTimer: null,
 };
 
 const ui = {};
@@ -110,10 +106,6 @@ function fromTemplate(id) {
 
 // Offsets on the wire count Unicode code points (Python `len`), not the
 // UTF-16 units of a JS string, so cutting must go by code points too.
-function codePoints(text) {
-  return Array.from(text).length;
-}
-
 function cutCodePoints(text, n) {
   return Array.from(text).slice(0, n).join("");
 }
@@ -143,16 +135,24 @@ function npcName(id) {
   return state.npcs.get(id)?.name ?? humanize(id);
 }
 
-function newId() {
-  return state.nextId++;
-}
-
 function storage() {
   try {
     return window.localStorage;
   } catch {
     return null; // storage can be disabled; the page works without it
   }
+}
+
+/** What went wrong with a request, in words for the player. */
+function describeError(err) {
+  if (err instanceof NpcError) {
+    const retry = err.retryAfter ? ` Try again in ${Math.ceil(err.retryAfter)} s.` : "";
+    return `${err.serverMessage || err.code}${retry}`;
+  }
+  if (err instanceof RequestLost) return "Not delivered: the connection dropped and the conversation started over.";
+  if (err instanceof ConnectionClosedError) return "Not delivered: the connection is closed.";
+  if (err instanceof RequestTimeout) return "Not delivered: the server did not answer in time.";
+  return err?.message ?? String(err);
 }
 
 // --- start-up ------------------------------------------------------------
@@ -226,7 +226,6 @@ async function obtainToken(params) {
   state.token = await fetchDevToken(player);
   state.devToken = true;
   state.player = player;
-  scheduleTokenRefresh();
 }
 
 async function fetchDevToken(player) {
@@ -265,38 +264,13 @@ function rememberedName() {
   return name;
 }
 
-function tokenClaims(token) {
+function playerInToken(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    return JSON.parse(atob(part));
+    const sub = JSON.parse(atob(part)).sub;
+    return typeof sub === "string" ? sub : null;
   } catch {
-    return {};
-  }
-}
-
-function playerInToken(token) {
-  const sub = tokenClaims(token).sub;
-  return typeof sub === "string" ? sub : null;
-}
-
-// Development tokens expire after an hour; renew in place with `refresh`
-// so a long session never gets closed with 4002.
-function scheduleTokenRefresh() {
-  clearTimeout(state.refreshTimer);
-  const exp = tokenClaims(state.token).exp;
-  if (!state.devToken || typeof exp !== "number") return;
-  const delay = Math.max(5, exp - REFRESH_MARGIN_S - Date.now() / 1000) * 1000;
-  state.refreshTimer = setTimeout(refreshToken, delay);
-}
-
-async function refreshToken() {
-  try {
-    const token = await fetchDevToken(state.player);
-    const id = newId();
-    state.pending.set(id, { kind: "refresh", token });
-    send({ t: "refresh", id, token });
-  } catch (err) {
-    toast(`Could not renew the sign-in: ${err.message}`);
+    return null;
   }
 }
 
@@ -349,7 +323,7 @@ function selectNpc(id) {
   paintAvatar(ui.stageAvatar, id, npcName(id));
   ui.stageAvatar.classList.add("shown");
   updateControls();
-  scrollToEnd(log, true);
+  follow(log, true);
   ui.input.focus();
 }
 
@@ -358,8 +332,14 @@ function logFor(npcId) {
   let log = state.logs.get(npcId);
   if (log) return log;
   $(".empty-stage", ui.logs)?.remove();
-  log = el("div", { class: "log", dataset: { testid: "chat-log", npc: npcId }, role: "log" });
+  log = el("div", { class: "log", dataset: { testid: "chat-log", npc: npcId, following: "true" }, role: "log" });
   log.hidden = npcId !== state.current;
+  // The log follows the newest reply until the reader scrolls up, and again
+  // once they scroll back down to the bottom.
+  log.addEventListener("scroll", () => {
+    const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight <= FOLLOW_SLACK_PX;
+    log.dataset.following = String(atEnd);
+  });
   const greeting = state.npcs.get(npcId)?.greeting;
   if (greeting) {
     const intro = npcBubble(npcId, "intro");
@@ -371,20 +351,25 @@ function logFor(npcId) {
   return log;
 }
 
-// Follow new text only when the reader is already at the bottom.
-function scrollToEnd(log, force = false) {
-  const nearEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-  if (force || nearEnd) log.scrollTop = log.scrollHeight;
+/** Keep the newest text in view, unless the reader scrolled up (`force` for their own say). */
+function follow(log, force = false) {
+  // Moved up since we last scrolled: the reader is reading back, even if the
+  // scroll event saying so has not been dispatched yet.
+  const movedUp = log.scrollTop < (log.autoTop ?? 0) - 2;
+  if (force) log.dataset.following = "true";
+  else if (movedUp) log.dataset.following = "false";
+  if (log.dataset.following !== "true") return;
+  log.scrollTop = log.scrollHeight;
+  log.autoTop = log.scrollTop;
 }
 
 function appendToLog(npcId, node) {
   const log = logFor(npcId);
-  const follow = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
   log.append(node);
-  if (follow) log.scrollTop = log.scrollHeight;
+  follow(log);
 }
 
-// --- the socket ----------------------------------------------------------
+// --- the connection --------------------------------------------------------
 
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -392,103 +377,85 @@ function wsUrl() {
 }
 
 function connect() {
-  setStatus(state.session ? "reconnecting" : "connecting");
-  const ws = new WebSocket(wsUrl());
-  ws.binaryType = "arraybuffer";
-  state.ws = ws;
-  ws.addEventListener("open", () => sendHello(ws));
-  ws.addEventListener("message", (event) => {
-    if (ws === state.ws) onMessage(event.data);
+  const client = new NpcClient({
+    url: wsUrl(),
+    token: state.token,
+    // Development tokens are renewed in place before they expire, and after a 4002.
+    tokenProvider: state.devToken ? () => fetchDevToken(state.player) : undefined,
+    refreshMarginMs: 120_000,
+    clientName: CLIENT_NAME,
+    backoff: { initialMs: 300, maxMs: 8000, giveUpAfterMs: null },
   });
-  ws.addEventListener("close", (event) => onClose(ws, event));
+  state.client = client;
+  client.on("state", onState);
+  client.on("welcome", onWelcome);
+  client.on("resync", onResync);
+  client.on("closed", onClosed);
+  client.on("turn", (turn) => showTurn(turn));
+  client.on("said", onSaid);
+  client.on("presence", onPresence);
+  client.on("typing", (typing) => showTyping(typing.player, typing.on === true));
+  client.on("draining", () => toast("The server is restarting. You will be reconnected without losing anything."));
+  client.on("notice", (err) => toast(describeError(err)));
+  client.on("error", (err) => console.warn("npc client:", err));
+  setStatus("connecting");
+  client.open().catch(onFirstConnectFailed);
 }
 
-function sendHello(ws) {
-  const hello = { t: "hello", token: state.token, client: CLIENT_NAME };
-  if (state.session) hello.resume = { session: state.session, seq: state.seq };
-  ws.send(encode(hello));
-}
-
-function isOpen() {
-  return state.ws?.readyState === WebSocket.OPEN && ui.conn.dataset.state === "open";
-}
-
-/** Send one frame; undefined keys are left out rather than sent as nil. */
-function send(frame) {
-  if (state.ws?.readyState !== WebSocket.OPEN) return false;
-  state.ws.send(encode(frame, { ignoreUndefined: true }));
-  return true;
-}
-
-function onMessage(data) {
-  if (typeof data === "string") return; // v1 servers send binary only
-  let frame;
-  try {
-    frame = decode(new Uint8Array(data));
-  } catch (err) {
-    console.warn("undecodable frame", err);
+function onFirstConnectFailed(err) {
+  if (err instanceof ServerUnreachable) {
+    setStatus("reconnecting");
+    setTimeout(connect, RETRY_FIRST_CONNECT_MS * (0.8 + Math.random() * 0.4));
     return;
   }
-  if (!frame || typeof frame !== "object" || typeof frame.t !== "string") return;
-  if (!acceptSeq(frame)) return;
-  const handler = HANDLERS[frame.t];
-  if (handler) handler(frame);
+  stopFor(err);
 }
 
-// Frames at or below the remembered seq were already applied (a replay can
-// overlap); a gap should never happen and is only logged.
-function acceptSeq(frame) {
-  if (frame.t === "welcome" || typeof frame.seq !== "number") return true;
-  if (frame.seq <= state.seq) return false;
-  if (frame.seq !== state.seq + 1) console.warn(`seq gap: ${state.seq} then ${frame.seq}`);
-  state.seq = frame.seq;
-  return true;
+function onState({ state: next }) {
+  if (next === "open") setStatus("open");
+  else if (next === "resuming") setStatus("reconnecting");
+  else if (next === "connecting") setStatus("connecting");
+  // "closed" is handled by onClosed, which knows why
 }
 
-function onClose(ws, event) {
-  if (ws !== state.ws) return;
-  state.ws = null;
-  stopPinging();
-  stopTyping(false);
+function onWelcome({ resumed }) {
+  const client = state.client;
+  if (client.player && client.player !== state.player) {
+    state.player = client.player;
+    showPlayer(client.player);
+  }
+  const maxChars = client.limits?.text_chars;
+  if (Number.isInteger(maxChars)) ui.input.maxLength = maxChars;
+  hideBanner();
+  startPinging();
+  // A new session forgot our room: go back in (the first connect has none).
+  if (!resumed && state.room) {
+    const room = state.room;
+    client.join(room).catch((err) => {
+      exitRoom();
+      toast(`Could not rejoin ${room}: ${describeError(err)}`);
+    });
+  }
+}
+
+function onResync({ lostTurns, expiredActions }) {
+  if (lostTurns.length > 0 || expiredActions.length > 0) {
+    toast("The connection was lost for too long: what was in progress has been marked.");
+  }
+}
+
+function onClosed(err) {
   if (state.stopped) return;
-  const code = event.code;
-  const fatal = STOP_MESSAGES[code] ?? (code >= 4500 && code <= 4999 ? genericStop(code) : null);
-  if (fatal) {
-    stop(fatal[0], event.reason ? `${fatal[1]} (${event.reason})` : fatal[1]);
-  } else if (code === 4002) {
-    renewAndReconnect();
+  stopFor(err);
+}
+
+function stopFor(err) {
+  if (err instanceof ConnectionClosedError) {
+    const known = STOP_MESSAGES[err.code];
+    const [title, text] = known ?? ["Disconnected", `The server closed the connection (code ${err.code}). Reload to try again.`];
+    stop(title, err.reason ? `${text} (${err.reason})` : text);
   } else {
-    scheduleReconnect(code === 4029 ? 2000 : 0);
-  }
-}
-
-function genericStop(code) {
-  return ["Disconnected", `The server closed the connection (code ${code}). Reload to try again.`];
-}
-
-/** 4000-4499, 1001, 1006, 1011 …: come back and resume where we were. */
-function scheduleReconnect(minimumMs) {
-  const step = BACKOFF_MS[Math.min(state.attempt, BACKOFF_MS.length - 1)];
-  const base = Math.max(state.retryAfterMs ?? step, minimumMs);
-  // Jitter spreads a crowd of clients reconnecting to a restarted server.
-  const delay = base * (0.8 + Math.random() * 0.4);
-  state.attempt += 1;
-  state.retryAfterMs = null;
-  setStatus("reconnecting");
-  setTimeout(connect, delay);
-}
-
-async function renewAndReconnect() {
-  if (!state.devToken) {
-    stop("Sign-in expired", "Your token has expired. Open the page again with a fresh token.");
-    return;
-  }
-  try {
-    state.token = await fetchDevToken(state.player);
-    scheduleTokenRefresh();
-    scheduleReconnect(0);
-  } catch (err) {
-    stop(err.title ?? "Sign-in expired", err.message);
+    stop("Disconnected", `${describeError(err)} Reload to try again.`);
   }
 }
 
@@ -496,14 +463,14 @@ async function renewAndReconnect() {
 function stop(title, message) {
   state.stopped = true;
   stopPinging();
-  clearTimeout(state.refreshTimer);
   setStatus("closed");
   showBanner(title, message);
-  if (state.ws) {
-    state.ws.close(1000);
-    state.ws = null;
-  }
+  if (state.client && state.client.state !== "closed") state.client.close();
   updateControls();
+}
+
+function isOpen() {
+  return state.client?.state === "open" && !state.stopped;
 }
 
 function setStatus(status) {
@@ -519,13 +486,16 @@ function setStatus(status) {
   updateControls();
 }
 
-// --- heartbeat and latency ----------------------------------------------
-
 function startPinging() {
   stopPinging();
   const ping = () => {
-    send({ t: "ping", id: `p${newId()}`, ts: Date.now() });
-    if (Date.now() - state.lastPongAt > 3 * PING_EVERY_MS) ui.latency.classList.add("stale");
+    state.client
+      ?.ping()
+      .then((ms) => {
+        ui.latency.textContent = `${Math.round(ms)} ms`;
+        ui.latency.classList.remove("stale");
+      })
+      .catch(() => ui.latency.classList.add("stale")); // the connection indicator says why
   };
   ping();
   state.pingTimer = setInterval(ping, PING_EVERY_MS);
@@ -534,110 +504,6 @@ function startPinging() {
 function stopPinging() {
   clearInterval(state.pingTimer);
   state.pingTimer = null;
-}
-
-// --- server frames -------------------------------------------------------
-
-const HANDLERS = {
-  welcome: onWelcome,
-  ack: onAck,
-  error: onError,
-  "turn.start": onTurnStart,
-  delta: onDelta,
-  action: onAction,
-  "action.end": onActionEnd,
-  "turn.end": onTurnEnd,
-  said: onSaid,
-  typing: onTyping,
-  presence: onPresence,
-  draining: onDraining,
-  ping: (frame) => send({ t: "pong", ts: frame.ts }),
-  pong: onPong,
-};
-
-function onWelcome(frame) {
-  const resumed = frame.resumed === true && frame.session === state.session;
-  if (!resumed) {
-    // A new session: the old one's unanswered requests and unfinished turns
-    // are gone. Turns still running come back as a snapshot right after.
-    state.seq = frame.seq ?? 0;
-    abandonSession();
-  }
-  state.session = frame.session;
-  state.attempt = 0;
-  if (frame.player && frame.player !== state.player) {
-    state.player = frame.player;
-    showPlayer(frame.player);
-  }
-  const maxChars = frame.limits?.text_chars;
-  if (Number.isInteger(maxChars)) ui.input.maxLength = maxChars;
-  hideBanner();
-  setStatus("open");
-  startPinging();
-  if (!resumed && state.room) send({ t: "join", id: newId(), room: state.room });
-}
-
-function abandonSession() {
-  for (const [id, request] of state.pending) {
-    if (request.kind === "say") markSayFailed(request, "Not delivered: the connection dropped.");
-    state.pending.delete(id);
-  }
-  for (const turn of state.turns.values()) {
-    if (!turn.ended) endTurn(turn, { reason: "lost" });
-  }
-}
-
-function onAck(frame) {
-  const request = takePending(frame.id);
-  if (!request) return;
-  if (request.kind === "say") {
-    request.bubble.dataset.turn = frame.turn ?? "";
-    if (frame.queued) setNote(request.bubble, `Waiting: ${npcName(request.npc)} is busy (#${frame.queued} in line)`);
-  } else if (request.kind === "join") {
-    enterRoom(request.room);
-  } else if (request.kind === "leave") {
-    exitRoom();
-  } else if (request.kind === "refresh") {
-    state.token = request.token;
-    scheduleTokenRefresh();
-  }
-}
-
-function onError(frame) {
-  const request = takePending(frame.id);
-  const retry = frame.retry_after ? ` Try again in ${Math.ceil(frame.retry_after)} s.` : "";
-  const message = `${frame.message || frame.code}${retry}`;
-  if (request?.kind === "say") {
-    markSayFailed(request, message);
-  } else if (request?.kind === "act") {
-    const action = state.actions.get(request.action);
-    if (action) setActionStatus(action, "waiting");
-    toast(message);
-  } else if (request?.kind === "interrupt" && frame.code === "unknown_turn") {
-    // The turn finished before our interrupt arrived: nothing to report.
-  } else {
-    toast(message);
-  }
-}
-
-function takePending(id) {
-  if (id === undefined || id === null) return null;
-  const request = state.pending.get(id);
-  state.pending.delete(id);
-  return request ?? null;
-}
-
-function onDraining(frame) {
-  state.retryAfterMs = Math.max(0, (frame.retry_after ?? 1) * 1000);
-  toast("The server is restarting. You will be reconnected without losing anything.");
-}
-
-function onPong(frame) {
-  if (typeof frame.ts !== "number") return;
-  const rtt = Math.max(0, Date.now() - frame.ts);
-  state.lastPongAt = Date.now();
-  ui.latency.textContent = `${Math.round(rtt)} ms`;
-  ui.latency.classList.remove("stale");
 }
 
 // --- turns ---------------------------------------------------------------
@@ -671,119 +537,92 @@ function npcBubble(npcId, kind) {
   );
 }
 
-function onTurnStart(frame) {
-  let turn = state.turns.get(frame.turn);
-  if (!turn) {
-    turn = {
-      id: frame.turn,
-      npc: frame.npc,
-      player: frame.player,
-      room: frame.room ?? null,
-      text: "",
-      chars: 0,
-      seenSent: 0,
-      seenTimer: null,
-      ended: false,
-      node: npcBubble(frame.npc, "turn"),
-    };
-    turn.node.dataset.testid = "npc-turn";
-    turn.node.dataset.turn = turn.id;
-    state.turns.set(turn.id, turn);
-    appendToLog(frame.npc, turn.node);
+/** A bubble for a turn, fed by the library's Turn events. */
+function showTurn(turn, npc = turn.npc) {
+  if (state.views.has(turn.id)) return state.views.get(turn.id);
+  const node = npcBubble(npc, "turn");
+  node.dataset.testid = "npc-turn";
+  node.dataset.turn = turn.id;
+  const view = { turn, node, npc, interrupting: false };
+  state.views.set(turn.id, view);
+  appendToLog(npc, node);
+  const started = () => {
+    node.dataset.state = "streaming";
+    if (turn.player && turn.player !== state.player) setNote(node, `to ${turn.player}`);
+    renderTurnText(view);
+    updateControls();
+  };
+  if (turn.started) started();
+  else {
+    node.dataset.state = "queued";
+    node.classList.add("waiting");
+    turn.on("start", started);
   }
-  // A snapshot after a fresh session restarts a turn we had marked lost.
-  turn.ended = false;
-  turn.interrupting = false;
-  turn.node.dataset.state = "streaming";
-  turn.node.dataset.reason = "";
-  $(".badge", turn.node).textContent = "";
-  if (turn.player !== state.player) setNote(turn.node, `to ${turn.player}`);
-  clearQueuedNote(frame.reply_to);
-  renderTurnText(turn);
-  updateControls();
+  for (const action of turn.actions) showAction(view, action);
+  turn.on("text", () => {
+    const first = !node.dataset.spoke;
+    node.dataset.spoke = "true";
+    renderTurnText(view);
+    turn.seen(turn.received); // on screen at once; the library paces the reports
+    follow(logFor(npc));
+    if (first) updateControls(); // "is thinking…" becomes "is speaking…"
+  });
+  turn.on("action", (action) => showAction(view, action));
+  turn.done.then((end) => endTurn(view, end), () => endTurn(view, { reason: "lost" }));
+  if (turn.ended) endTurn(view, turn);
+  return view;
 }
 
-function clearQueuedNote(sayId) {
-  if (sayId === undefined || sayId === null) return;
-  const bubble = ui.logs.querySelector(`[data-say-id="${CSS.escape(String(sayId))}"]`);
-  if (bubble) setNote(bubble, "");
+function renderTurnText(view, kept = null) {
+  const { turn, node } = view;
+  const keptText = kept === null || kept >= turn.received ? turn.text : cutCodePoints(turn.text, kept);
+  $(".kept", node).textContent = keptText;
+  $(".forgotten", node).textContent = turn.text.slice(keptText.length);
+  node.classList.toggle("waiting", turn.received === 0 && !turn.ended);
 }
 
-function onDelta(frame) {
-  const turn = state.turns.get(frame.turn);
-  if (!turn || turn.ended) return;
-  const at = Number(frame.at) || 0;
-  // Usually `at` equals what we have and we just append; a smaller `at`
-  // (a snapshot or an overlapping replay) rewrites from that offset.
-  turn.text = at >= turn.chars ? turn.text + frame.text : cutCodePoints(turn.text, at) + frame.text;
-  turn.chars = codePoints(turn.text);
-  renderTurnText(turn);
-  scheduleSeen(turn);
-  const log = logFor(turn.npc);
-  scrollToEnd(log);
-}
-
-function renderTurnText(turn, kept = turn.chars) {
-  const keptText = kept >= turn.chars ? turn.text : cutCodePoints(turn.text, kept);
-  $(".kept", turn.node).textContent = keptText;
-  $(".forgotten", turn.node).textContent = turn.text.slice(keptText.length);
-  turn.node.classList.toggle("waiting", turn.chars === 0 && !turn.ended);
-}
-
-function onTurnEnd(frame) {
-  const turn = state.turns.get(frame.turn);
-  if (turn) endTurn(turn, frame);
-}
-
-function endTurn(turn, { reason, kept, chars }) {
-  turn.ended = true;
-  clearTimeout(turn.seenTimer);
-  turn.node.dataset.state = "ended";
-  turn.node.dataset.reason = reason;
-  if (typeof kept === "number") turn.node.dataset.kept = String(kept);
-  if (typeof chars === "number") turn.node.dataset.chars = String(chars);
-  $(".badge", turn.node).textContent = REASON_BADGES[reason] ?? "";
+function endTurn(view, { reason, kept, chars, error }) {
+  const { node } = view;
+  if (node.dataset.state === "ended") return;
+  node.dataset.state = "ended";
+  node.dataset.reason = reason;
+  if (typeof kept === "number") node.dataset.kept = String(kept);
+  if (typeof chars === "number") node.dataset.chars = String(chars);
+  $(".badge", node).textContent = REASON_BADGES[reason] ?? "";
+  if (error) setNote(node, describeError(error));
   // After a cut, show what the NPC will remember: anything past `kept` is
   // struck through. A turn that ran to its end was seen whole, whatever
   // `kept` says (it can trail by the last throttled `seen`).
   const cut = reason !== "done" && typeof kept === "number";
-  renderTurnText(turn, cut ? kept : turn.chars);
+  renderTurnText(view, cut ? kept : null);
   updateControls();
 }
 
-/** Tell the server how much the player has seen, at most every SEEN_EVERY_MS. */
-function scheduleSeen(turn) {
-  if (turn.seenTimer) return;
-  turn.seenTimer = setTimeout(() => {
-    turn.seenTimer = null;
-    if (turn.ended || turn.chars <= turn.seenSent) return;
-    if (send({ t: "seen", turn: turn.id, shown: turn.chars })) turn.seenSent = turn.chars;
-  }, SEEN_EVERY_MS);
-}
-
-function activeTurn(npcId) {
+function activeView(npcId) {
   let found = null;
-  for (const turn of state.turns.values()) {
-    if (turn.npc === npcId && !turn.ended) found = turn; // newest wins
+  for (const view of state.views.values()) {
+    if (view.npc === npcId && view.turn.started && !view.turn.ended) found = view; // newest wins
   }
   return found;
 }
 
 function interruptCurrent() {
-  const turn = activeTurn(state.current);
-  if (!turn || turn.interrupting || !isOpen()) return;
-  const id = newId();
-  state.pending.set(id, { kind: "interrupt", turn: turn.id });
-  // `shown` is exactly what is on screen, so the NPC remembers no more than that.
-  send({ t: "interrupt", id, turn: turn.id, shown: turn.chars });
-  turn.interrupting = true;
+  const view = activeView(state.current);
+  if (!view || view.interrupting || !isOpen()) return;
+  view.interrupting = true;
   updateControls();
+  // `shown` is exactly what is on screen, so the NPC remembers no more than that.
+  view.turn.interrupt(view.turn.received).catch((err) => {
+    view.interrupting = false;
+    updateControls();
+    toast(`Could not interrupt: ${describeError(err)}`);
+  });
 }
 
 // --- the player's messages ----------------------------------------------
 
 function playerBubble(name, text, own) {
-  const bubble = el(
+  return el(
     "article",
     { class: `msg msg-player${own ? " own" : ""}`, dataset: { testid: own ? "player-msg" : "other-msg" } },
     el(
@@ -793,68 +632,62 @@ function playerBubble(name, text, own) {
         "header",
         { class: "msg-head" },
         el("span", { class: "msg-name" }, own ? "You" : name),
-        el("span", { class: "msg-note" }),
+        el("span", { class: "msg-note", dataset: { testid: "msg-note" } }),
       ),
       el("p", { class: "msg-text" }, text),
     ),
   );
-  return bubble;
 }
 
 function setNote(bubble, text) {
   $(".msg-note", bubble).textContent = text;
 }
 
-function sayCurrent() {
+async function sayCurrent() {
   const text = ui.input.value.trim();
   if (!text || !state.current || !isOpen()) return;
-  const id = newId();
+  const npc = state.current;
   const bubble = playerBubble(state.player, text, true);
-  bubble.dataset.sayId = String(id);
-  appendToLog(state.current, bubble);
-  scrollToEnd(logFor(state.current), true);
-  state.pending.set(id, { kind: "say", bubble, npc: state.current });
-  send({ t: "say", id, npc: state.current, text, room: state.room ?? undefined });
+  bubble.dataset.state = "sending";
+  appendToLog(npc, bubble);
+  follow(logFor(npc), true);
   ui.input.value = "";
-  stopTyping(true);
-}
-
-function markSayFailed(request, message) {
-  request.bubble.classList.add("failed");
-  setNote(request.bubble, message);
+  state.client.stopTyping();
+  try {
+    const turn = await state.client.say(npc, text, { room: state.room ?? undefined });
+    bubble.dataset.state = "sent";
+    bubble.dataset.turn = turn.id;
+    if (turn.queued) setNote(bubble, `Waiting: ${npcName(npc)} is busy (#${turn.queued} in line)`);
+    turn.on("start", () => setNote(bubble, ""));
+    showTurn(turn, npc);
+  } catch (err) {
+    // Never silent: the player sees that this message did not get through, and why.
+    bubble.dataset.state = "failed";
+    bubble.classList.add("failed");
+    setNote(bubble, describeError(err));
+  }
 }
 
 function onComposerInput() {
   if (!state.room || !isOpen()) return;
-  // Tell the room once when typing starts, and again only when it stops.
-  if (!state.typingTimer) send({ t: "typing", on: true, npc: state.current ?? undefined, room: state.room });
-  clearTimeout(state.typingTimer);
-  state.typingTimer = setTimeout(() => stopTyping(true), TYPING_IDLE_MS);
-}
-
-function stopTyping(notify) {
-  if (!state.typingTimer) return;
-  clearTimeout(state.typingTimer);
-  state.typingTimer = null;
-  if (notify && state.room) send({ t: "typing", on: false, npc: state.current ?? undefined, room: state.room });
+  state.client.typing({ room: state.room, npc: state.current ?? undefined });
 }
 
 // --- actions -------------------------------------------------------------
 
-function onAction(frame) {
-  const turn = state.turns.get(frame.turn);
+function showAction(view, action) {
   const card = fromTemplate("tpl-action-card");
-  const action = { id: frame.action, turn: frame.turn, approval: frame.approval === true, card };
-  card.dataset.action = frame.action;
-  card.dataset.name = frame.name;
-  $(".action-name", card).textContent = humanize(frame.name);
-  $(".action-args", card).replaceChildren(...argChips(frame.args));
-  $('[data-testid="approve-button"]', card).addEventListener("click", () => answer(action, true));
-  $('[data-testid="decline-button"]', card).addEventListener("click", () => answer(action, false));
-  state.actions.set(action.id, action);
-  setActionStatus(action, action.approval ? "waiting" : "pending");
-  if (turn) $(".msg-actions", turn.node).append(card);
-  else appendToLog(state.current ?? frame.npc, card);
+  card.dataset.action = action.id;
+  card.dataset.name = action.name;
+  $(".action-name", card).textContent = humanize(action.name);
+  $(".action-args", card).replaceChildren(...argChips(action.args));
+  $('[data-testid="approve-button"]', card).addEventListener("click", () => answer(action, card, true));
+  $('[data-testid="decline-button"]', card).addEventListener("click", () => answer(action, card, false));
+  $(".msg-actions", view.node).append(card);
+  if (action.status) settleCard(action, card);
+  else setCardStatus(action, card, action.approval ? "waiting" : "pending");
+  action.on("end", () => settleCard(action, card));
+  follow(logFor(view.npc));
 }
 
 function argChips(args) {
@@ -864,22 +697,29 @@ function argChips(args) {
   );
 }
 
-function answer(action, accept) {
-  if (!isOpen()) return;
-  const id = newId();
-  state.pending.set(id, { kind: "act", action: action.id });
-  send({ t: "act", id, action: action.id, accept });
-  setActionStatus(action, "sending");
+async function answer(action, card, accept) {
+  if (!isOpen() || action.status) return;
+  setCardStatus(action, card, "sending");
+  try {
+    await (accept ? action.accept() : action.decline());
+  } catch (err) {
+    if (action.status) return; // settled meanwhile (expired, retracted)
+    if (err instanceof NpcError && err.code === "unknown_action") {
+      // The server no longer knows it (its session was lost): it cannot happen now.
+      setCardStatus(action, card, "expired");
+      return;
+    }
+    setCardStatus(action, card, "waiting");
+    toast(`Could not answer: ${describeError(err)}`);
+  }
 }
 
-function onActionEnd(frame) {
-  const action = state.actions.get(frame.action);
-  if (action) setActionStatus(action, frame.status);
+function settleCard(action, card) {
+  setCardStatus(action, card, action.lost ? "lost" : action.status);
 }
 
-function setActionStatus(action, status) {
-  const card = action.card;
-  card.dataset.status = status;
+function setCardStatus(action, card, status) {
+  card.dataset.status = status === "lost" ? "expired" : status;
   $(".action-status", card).textContent = ACTION_STATUS_TEXT[status] ?? humanize(status);
   const answerable = action.approval && (status === "waiting" || status === "sending");
   $(".action-controls", card).hidden = !answerable;
@@ -890,18 +730,27 @@ function setActionStatus(action, status) {
 
 // --- rooms ---------------------------------------------------------------
 
-function joinRoom(room) {
+async function joinRoom(room) {
   if (!room || !isOpen()) return;
-  const id = newId();
-  state.pending.set(id, { kind: "join", room });
-  send({ t: "join", id, room });
+  try {
+    await state.client.join(room);
+    enterRoom(room);
+  } catch (err) {
+    toast(`Could not join ${room}: ${describeError(err)}`);
+  }
 }
 
-function leaveRoom() {
+async function leaveRoom() {
   if (!state.room || !isOpen()) return;
-  const id = newId();
-  state.pending.set(id, { kind: "leave", room: state.room });
-  send({ t: "leave", id, room: state.room });
+  try {
+    await state.client.leave(state.room);
+  } catch (err) {
+    if (!(err instanceof NpcError && err.code === "not_in_room")) {
+      toast(`Could not leave: ${describeError(err)}`);
+      return;
+    }
+  }
+  exitRoom();
 }
 
 function enterRoom(room) {
@@ -932,20 +781,16 @@ function feed(text, kind = "") {
   ui.roomFeed.scrollTop = ui.roomFeed.scrollHeight;
 }
 
-function onSaid(frame) {
-  feed(`${frame.player} to ${npcName(frame.npc)}: “${frame.text}”`, "said");
-  appendToLog(frame.npc, playerBubble(frame.player, frame.text, false));
-  showTyping(frame.player, false);
+function onSaid(said) {
+  feed(`${said.player} to ${npcName(said.npc)}: “${said.text}”`, "said");
+  appendToLog(said.npc, playerBubble(said.player, said.text, false));
+  showTyping(said.player, false);
 }
 
-function onPresence(frame) {
-  const verb = frame.state === "joined" ? "joined" : "left";
-  feed(`${frame.player} ${verb} ${frame.room}.`, "presence");
-  if (verb === "left") showTyping(frame.player, false);
-}
-
-function onTyping(frame) {
-  showTyping(frame.player, frame.on === true);
+function onPresence(presence) {
+  const verb = presence.state === "joined" ? "joined" : "left";
+  feed(`${presence.player} ${verb} ${presence.room}.`, "presence");
+  if (verb === "left") showTyping(presence.player, false);
 }
 
 function showTyping(player, on) {
@@ -962,26 +807,29 @@ function showTyping(player, on) {
 
 /** Enable exactly what makes sense now: connection, NPC chosen, turn streaming. */
 function updateControls() {
-  const open = isOpen() && !state.stopped;
+  const open = isOpen();
   const chosen = Boolean(state.current);
   ui.input.disabled = !open || !chosen;
   ui.send.disabled = !open || !chosen;
   ui.roomJoin.disabled = !open;
   ui.roomLeave.disabled = !open;
-  const turn = chosen ? activeTurn(state.current) : null;
-  ui.interrupt.disabled = !open || !turn || turn.interrupting === true;
+  const view = chosen ? activeView(state.current) : null;
+  ui.interrupt.disabled = !open || !view || view.interrupting;
   ui.input.placeholder = !chosen
     ? "Choose someone to talk to…"
     : `Say something to ${npcName(state.current)}${state.room ? ` in ${state.room}` : ""}…`;
-  ui.stageStatus.textContent = !chosen
-    ? ""
-    : turn
-      ? `${turn.chars === 0 ? "is thinking" : "is speaking"}${turn.player !== state.player ? ` to ${turn.player}` : ""}…`
-      : "is listening";
-  ui.stageStatus.classList.toggle("live", Boolean(turn));
+  ui.stageStatus.textContent = !chosen ? "" : view ? stageStatus(view) : "is listening";
+  ui.stageStatus.classList.toggle("live", Boolean(view));
   for (const card of ui.npcList.querySelectorAll(".npc-card")) {
-    card.classList.toggle("speaking", Boolean(activeTurn(card.dataset.npc)));
+    card.classList.toggle("speaking", Boolean(activeView(card.dataset.npc)));
   }
+}
+
+/** "is thinking…" until the first text arrives, then "is speaking…". */
+function stageStatus(view) {
+  const verb = view.turn.received === 0 ? "is thinking" : "is speaking";
+  const to = view.turn.player && view.turn.player !== state.player ? ` to ${view.turn.player}` : "";
+  return `${verb}${to}…`;
 }
 
 function showPlayer(name) {

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from npc_client import connect
+from npc_client.terminal import Wrapper
 
 from tests.support.server import DEMO_NPCS, SECRET, ServerProcess, start_server_process
 
@@ -26,6 +28,9 @@ first_token_ms = 0
 tokens_per_second = 50
 long_reply_chars = 3000
 """
+
+
+NO_WRAP = {**os.environ, "COLUMNS": ""}  # a pipe, and no $COLUMNS: replies are not wrapped
 
 
 def stop(process: ServerProcess) -> None:
@@ -53,7 +58,7 @@ def chat(
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "COLUMNS": "", **(env or {})},  # no wrapping unless a test asks
         check=False,
     )
 
@@ -98,8 +103,55 @@ def test_chat_answers_an_action(server: ServerProcess) -> None:
         stdin="what do you sell?\n/yes\n/quit\n",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "[action open_shop {}] approve? /yes or /no" in done.stdout
-    assert "[action open_shop: accepted]" in done.stdout
+    greeting, reply = [line for line in done.stdout.splitlines() if line.startswith("Mira the M")]
+    assert "Welcome, dave!" in greeting
+    assert " [open shop?] " in reply  # where she does it
+    assert "[Mira the Merchant asks: open shop? Answer /yes or /no]\n" in done.stdout
+    assert "[open shop: accepted]\n" in done.stdout
+    assert "{}" not in done.stdout
+
+
+def test_chat_shows_the_greeting_on_connect(server: ServerProcess) -> None:
+    """The NPC's greeting opens the chat before anything is said."""
+    done = chat(
+        "--url", server.url, "--token", server.token("fred"), "--npc", "guard", stdin="/quit\n"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1] == "Brann of the Gate Watch: Halt. State your business at the gate, fred."
+
+
+def test_chat_wraps_replies_at_word_boundaries(server: ServerProcess) -> None:
+    """With 40 columns every line fits, and the reply is spread over several lines."""
+    done = chat(
+        "--url", server.url, "--token", server.token("gwen"), "--npc", "merchant",
+        stdin="how much is a potion?\n/quit\n", env={"COLUMNS": "40"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 40 for line in lines), lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("Mira the Merchant: "))
+    assert "twelve silver" in " ".join(lines[start:]).casefold()
+    assert len(lines) - start >= 4
+
+
+@pytest.mark.parametrize("width", [12, 20, 33])
+def test_wrapper_breaks_only_between_words(width: int) -> None:
+    """Fed in any pieces, the wrapper never splits a word that fits and keeps every word."""
+    text = (
+        'Mira laughs. "You drive a hard bargain, traveller. Fine: ten silver, and take '
+        'this for your trouble," she says, and hands over a loaf.'
+    )
+    whole = Wrapper(width)
+    expected = whole.feed(text) + whole.flush()
+    for size in (1, 3, 7):
+        wrapper = Wrapper(width)
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert "".join(wrapper.feed(p) for p in pieces) + wrapper.flush() == expected
+    lines = expected.split("\n")
+    assert all(len(line) <= width for line in lines)
+    assert expected.split() == text.split()
+    assert all(line == line.strip() for line in lines)
 
 
 def test_chat_reports_a_server_that_is_down() -> None:
@@ -151,7 +203,7 @@ async def test_chat_ctrl_c_interrupts_the_reply_then_exits(tmp_path: Path) -> No
 async def interrupt_then_quit(server: ServerProcess) -> None:
     proc = await asyncio.create_subprocess_exec(
         *CHAT, "--url", server.url, "--token", server.token("erin"), "--npc", "merchant",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=NO_WRAP,
     )  # fmt: skip
     try:
         assert proc.stdin is not None
@@ -163,6 +215,73 @@ async def interrupt_then_quit(server: ServerProcess) -> None:
         proc.send_signal(signal.SIGINT)
         tail = await read_until(proc.stdout, "]\n")
         assert "[interrupted: the NPC remembers " in tail
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# A pause before the first word, then about three seconds of text.
+PAUSED_CONFIG = """\
+[overrides.scripted]
+first_token_ms = 1000
+tokens_per_second = 50
+long_reply_chars = 800
+"""
+
+
+async def test_chat_keeps_a_streaming_reply_whole(tmp_path: Path) -> None:
+    """Room notices that come while a reply streams wait below it, not inside it."""
+    config = tmp_path / "server.toml"
+    config.write_text(PAUSED_CONFIG)
+    env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_NPCS_DIR": str(DEMO_NPCS)}
+    server = await asyncio.to_thread(start_server_process, env)
+    proc = await asyncio.create_subprocess_exec(
+        *CHAT, "--url", server.url, "--token", server.token("hana"), "--npc", "merchant",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=NO_WRAP,
+    )  # fmt: skip
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(b"/join tavern\nany news?\n")
+        await proc.stdin.drain()
+        seen = await read_until(proc.stdout, "[joined tavern")
+        seen += await read_until(proc.stdout, "Mira the Merchant: ")  # her reply has begun
+        async with await connect(server.url, server.token("ivan")) as bob:
+            await bob.join("tavern")  # both land within her first second of silence
+            await bob.say("guard", "Evening, all!", room="tavern")
+            seen += await read_until(proc.stdout, "[tavern] ivan to Brann of the Gate Watch")
+        reply = seen[seen.rindex("Mira the Merchant: ") :].split("\n", 1)[0]
+        assert len(reply) > 700, "the reply was cut by a notice"
+        assert "[tavern]" not in reply and "ivan" not in reply
+        assert seen.index("[tavern] ivan joined") > seen.rindex("Mira the Merchant: ")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stop(server)
+
+
+async def test_chat_ctrl_c_with_an_approval_pending_asks_before_quitting(
+    server: ServerProcess,
+) -> None:
+    """Ctrl-C at the prompt while an action waits for an answer asks; a second one quits."""
+    proc = await asyncio.create_subprocess_exec(
+        *CHAT, "--url", server.url, "--token", server.token("jade"), "--npc", "merchant",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=NO_WRAP,
+    )  # fmt: skip
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(b"what do you sell?\n")
+        await proc.stdin.drain()
+        await read_until(proc.stdout, "Answer /yes or /no]\n")  # printed once her reply ended
+        proc.send_signal(signal.SIGINT)
+        asked = await read_until(proc.stdout, "Ctrl-C again quits]\n")
+        assert "[open shop waits for your answer: /yes or /no. Ctrl-C again quits]" in asked
+        assert proc.returncode is None
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
     finally:

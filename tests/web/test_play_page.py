@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +24,7 @@ from tests.support.client import connect
 from tests.support.server import REPO, RunningServer, running_server, server_config
 
 try:
-    from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_playwright
+    from playwright.async_api import Browser, ConsoleMessage, Locator, Page
     from playwright.async_api import expect as pw_expect
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
@@ -54,16 +54,6 @@ pytestmark = [
         not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
     ),
 ]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 class PageProblems:

@@ -1,10 +1,15 @@
 """`npc-chat`: talk to NPCs from a terminal.
 
 Type a line and press Enter to say it; the reply streams in as the NPC
-speaks. Ctrl-C during a reply interrupts it; Ctrl-C at the prompt, `/quit` or
-end of input exits. Lines typed while a reply streams wait for it, except
-`/yes` and `/no` typed at a terminal, which answer the NPC's latest action
-at once (piped input is handled strictly in order).
+speaks, wrapped at word boundaries to the terminal (or `$COLUMNS`). The NPC's
+greeting opens the chat; actions show where the NPC takes them, and a
+question (`/yes` or `/no`) under the reply. Notices that arrive while a reply
+streams (room speech, reconnects) wait below it; at the prompt they clear the
+prompt line and draw it again. Ctrl-C during a reply interrupts it; Ctrl-C at
+the prompt, `/quit` or end of input exits (with an action still waiting for
+an answer, the first Ctrl-C asks instead). Lines typed while a reply streams
+wait for it, except `/yes` and `/no` typed at a terminal, which answer the
+NPC's latest action at once (piped input is handled strictly in order).
 
 Exit codes: 0 normal exit; 1 the connection closed for good while chatting;
 2 bad arguments or no token; 3 the server cannot be reached; 4 the server
@@ -32,7 +37,14 @@ from npc_client.errors import (
     ServerUnreachable,
 )
 from npc_client.events import Draining, Event, Presence, Said, ServerNotice, Typing
-from npc_client.terminal import Screen, dev_token, fetch_npcs, parse_context, start_stdin_reader
+from npc_client.terminal import (
+    Screen,
+    dev_token,
+    fetch_npcs,
+    parse_context,
+    start_stdin_reader,
+    terminal_width,
+)
 from npc_client.turns import Action, Turn
 
 EXIT_OK, EXIT_CLOSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -47,7 +59,8 @@ commands:
   /context k=v ...     set game state for the NPCs (location=inn time=night ...)
   /yes, /no            answer the NPC's latest action that asks for approval
   /help                this help
-  /quit                exit (also Ctrl-C at the prompt); Ctrl-C during a reply interrupts it"""
+  /quit                exit (also Ctrl-C at the prompt; twice if an action waits for /yes or /no)
+                       Ctrl-C during a reply interrupts it"""
 
 
 class Chat:
@@ -59,8 +72,11 @@ class Chat:
         self.npc = npc
         self.room: str | None = None
         self.interactive = interactive
-        self.screen = Screen(sys.stdout)
+        self.screen = Screen(sys.stdout, terminal_width(sys.stdout))
         self.names: dict[str, str] = {}
+        self.greetings: dict[str, str] = {}
+        self.deferred: list[str] = []  # notices that came while a reply streamed
+        self.confirm_quit = False
         self.client: NpcClient | None = None
         self.streaming: Turn | None = None
         self.interrupted = False
@@ -112,6 +128,7 @@ class Chat:
                 f"connected as {client.player} to {server.name if server else 'server'} "
                 f"— talking to {self.name(self.npc)}. /help for commands."
             )
+            self.show_greeting()
             return await self.until_done(client)
         finally:
             with contextlib.suppress(NotImplementedError):
@@ -136,6 +153,7 @@ class Chat:
         """Set `npc` (asking if need be); an exit code when there is none to talk to."""
         npcs = await asyncio.to_thread(fetch_npcs, self.url)
         self.names = {str(n["id"]): str(n.get("name") or n["id"]) for n in npcs}
+        self.greetings = {str(n["id"]): str(n.get("greeting") or "") for n in npcs}
         if self.npc is not None:
             return None
         if not npcs:
@@ -158,6 +176,20 @@ class Chat:
     def name(self, npc: str | None) -> str:
         return self.names.get(npc or "", npc or "?")
 
+    def show_greeting(self) -> None:
+        """The NPC's greeting (from GET /npcs), as the page shows it, so a chat opens with it."""
+        greeting = self.greetings.get(self.npc or "")
+        if greeting and self.client is not None:
+            text = greeting.replace("{player}", self.client.player or "traveller")
+            self.screen.line(f"{self.name(self.npc)}: {text}")
+
+    def notice(self, text: str) -> None:
+        """A line for the user; held back while a reply streams, so the reply stays whole."""
+        if self.streaming is not None:
+            self.deferred.append(text)
+        else:
+            self.screen.line(text)
+
     # --- input ------------------------------------------------------------
 
     async def dispatch_loop(self) -> None:
@@ -175,11 +207,12 @@ class Chat:
     async def work_loop(self) -> None:
         while True:
             if self.interactive:
-                self.screen.write("> ")
+                self.screen.show_prompt("> ")
             line = await self.work.get()
             if line is None:
                 return
-            self.screen.at_line_start = True  # the user's Enter ended the prompt line
+            self.screen.prompt_answered()  # the user's Enter ended the prompt line
+            self.confirm_quit = False
             line = line.strip()
             if line in ("/quit", "/exit"):
                 return
@@ -199,6 +232,7 @@ class Chat:
             elif command == "/npc" and rest.strip():
                 self.npc = rest.strip()
                 self.screen.line(f"[talking to {self.name(self.npc)}]")
+                self.show_greeting()
             elif command == "/join" and rest.strip():
                 await self.client.join(rest.strip())
                 self.room = rest.strip()
@@ -231,17 +265,19 @@ class Chat:
 
     async def stream(self, turn: Turn) -> None:
         self.streaming, self.interrupted = turn, False
-        self.screen.end_line()
-        self.screen.write(f"{self.name(turn.npc or self.npc)}: ")
+        self.screen.begin_reply(f"{self.name(turn.npc or self.npc)}: ")
         try:
             async for item in turn:
                 if isinstance(item, Action):
                     self.show_action(item)
                 else:
-                    self.screen.write(item)
+                    self.screen.stream(item)
         finally:
             self.streaming = None
-        self.screen.write(self.ending(turn) + "\n")
+            self.screen.end_reply(self.ending(turn))
+            deferred, self.deferred = self.deferred, []
+            for text in deferred:
+                self.screen.line(text)
 
     def ending(self, turn: Turn) -> str:
         if turn.reason == "interrupted" and self.interrupted:
@@ -252,17 +288,19 @@ class Chat:
         return f" [{turn.reason}{detail}]"
 
     def show_action(self, action: Action) -> None:
-        args = json.dumps(action.args, ensure_ascii=False)
+        """Inline where the NPC does it; a question to answer goes under the reply."""
+        what = describe_action(action)
         if not action.approval:
-            self.screen.line(f"[action {action.name} {args}]")
+            self.screen.stream(f" [{what}] ")
             return
         self.approvals.append(action)
-        self.screen.line(f"[action {action.name} {args}] approve? /yes or /no")
+        self.screen.stream(f" [{what}?] ")
+        self.notice(f"[{self.name(self.npc)} asks: {what}? Answer /yes or /no]")
         self.spawn(self.report_status(action))
 
     async def report_status(self, action: Action) -> None:
         status = await action.wait()
-        self.screen.line(f"[action {action.name}: {status}]")
+        self.notice(f"[{describe_action(action)}: {status}]")
 
     async def answer(self, accept: bool) -> None:
         assert self.client is not None
@@ -277,10 +315,16 @@ class Chat:
 
     def on_sigint(self) -> None:
         turn = self.streaming
+        waiting = [a for a in self.approvals if a.status is None]
         if turn is not None and not turn.ended:
             self.interrupted = True
             self.spawn(turn.interrupt())
+        elif waiting and not self.confirm_quit:
+            self.confirm_quit = True  # quitting now would leave the NPC's question unanswered
+            what = describe_action(waiting[-1])
+            self.screen.line(f"[{what} waits for your answer: /yes or /no. Ctrl-C again quits]")
         else:
+            self.screen.prompt = None  # leaving: no prompt to draw again
             self.screen.line("")
             self.lines.put_nowait(None)  # also ends a question such as "talk to [1]:"
             self.quit.set()
@@ -293,32 +337,40 @@ class Chat:
     async def show_other_turn(self, turn: Turn) -> None:
         text = await turn.text()
         where = f"[{turn.room}] " if turn.room else ""
-        self.screen.line(f"{where}{self.name(turn.npc)} (to {turn.player}): {text}")
+        self.notice(f"{where}{self.name(turn.npc)} (to {turn.player}): {text}")
 
     def on_state(self, state: ConnectionState) -> None:
         if state is ConnectionState.RECONNECTING:
-            self.screen.line("[connection lost; reconnecting…]")
+            self.notice("[connection lost; reconnecting…]")
         elif state is ConnectionState.OPEN and self.client is not None:
-            self.screen.line("[reconnected]")
+            self.notice("[reconnected]")
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, Said):
-            self.screen.line(
-                f"[{event.room}] {event.player} to {self.name(event.npc)}: {event.text}"
-            )
+            self.notice(f"[{event.room}] {event.player} to {self.name(event.npc)}: {event.text}")
         elif isinstance(event, Presence):
-            self.screen.line(f"[{event.room}] {event.player} {event.state}")
+            self.notice(f"[{event.room}] {event.player} {event.state}")
         elif isinstance(event, Typing) and event.on:
-            self.screen.line(f"[{event.room or 'dm'}] {event.player} is typing…")
+            self.notice(f"[{event.room or 'dm'}] {event.player} is typing…")
         elif isinstance(event, Draining):
-            self.screen.line("[the server is restarting; reconnecting…]")
+            self.notice("[the server is restarting; reconnecting…]")
         elif isinstance(event, ServerNotice):
-            self.screen.line(f"[error {event.error}]")
+            self.notice(f"[error {event.error}]")
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def describe_action(action: Action) -> str:
+    """An action in words: `give item (item: bread, count: 1)`."""
+    name = action.name.replace("_", " ")
+    args = ", ".join(
+        f"{key.replace('_', ' ')}: {value if isinstance(value, str | int | float) else json.dumps(value)}"
+        for key, value in action.args.items()
+    )
+    return f"{name} ({args})" if args else name
 
 
 def fail(message: str, code: int) -> int:

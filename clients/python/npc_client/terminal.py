@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import urllib.request
 from collections.abc import Sequence
@@ -67,12 +70,84 @@ def parse_context(words: Sequence[str]) -> dict[str, Any]:
     return data
 
 
-class Screen:
-    """Writes to the terminal, keeping notices on lines of their own."""
+def terminal_width(out: TextIO) -> int | None:
+    """Columns to wrap at: the terminal's, else `$COLUMNS`; None (no wrapping) for a pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) >= 20:
+        return int(columns)
+    if out.isatty():
+        return max(20, shutil.get_terminal_size().columns)
+    return None
 
-    def __init__(self, out: TextIO) -> None:
+
+class Wrapper:
+    """Word-wraps streamed text to `width` columns.
+
+    A word is held back until the space after it arrives, so it is never split
+    across lines (a word longer than a line is cut at the width).
+    """
+
+    def __init__(self, width: int | None) -> None:
+        self.width = width
+        self.column = 0
+        self._word = ""
+        self._space = False  # a space is due before the next word on this line
+
+    def feed(self, text: str) -> str:
+        """What to write for `text`, given everything fed so far."""
+        if self.width is None:
+            return text
+        out: list[str] = []
+        for char in text:
+            if char == "\n":
+                out += [self.flush(), "\n"]
+                self.column, self._space = 0, False
+            elif char.isspace():
+                out.append(self.flush())
+                self._space = self.column > 0
+            else:
+                self._word += char
+        return "".join(out)
+
+    def flush(self) -> str:
+        """The held-back word, placed on this line or the next."""
+        word, self._word = self._word, ""
+        if not word or self.width is None:
+            return word
+        gap = 1 if self._space else 0
+        out = ""
+        if self.column > 0 and self.column + gap + len(word) > self.width:
+            out, self.column = "\n", 0
+        elif gap:
+            out, self.column = " ", self.column + 1
+        self._space = False
+        while len(word) > self.width - self.column:
+            cut = self.width - self.column
+            out += word[:cut] + "\n"
+            word, self.column = word[cut:], 0
+        self.column += len(word)
+        return out + word
+
+    def start_line(self, column: int) -> None:
+        """The cursor is at `column` of a fresh line (after a prefix such as a name)."""
+        self._word = ""
+        self._space = False
+        self.column = column
+
+
+class Screen:
+    """Writes to the terminal: notices on lines of their own, replies word-wrapped.
+
+    While the prompt is showing, a notice clears it, prints itself and draws
+    the prompt again, so what the user sees stays readable.
+    """
+
+    def __init__(self, out: TextIO, width: int | None = None) -> None:
         self.out = out
         self.at_line_start = True
+        self.wrapper = Wrapper(width)
+        self.prompt: str | None = None  # the prompt on screen, if any
+        self._tty = out.isatty()
 
     def write(self, text: str) -> None:
         if text:
@@ -80,13 +155,45 @@ class Screen:
             self.out.flush()
             self.at_line_start = text.endswith("\n")
 
+    def show_prompt(self, prompt: str) -> None:
+        self.end_line()
+        self.write(prompt)
+        self.prompt = prompt
+
+    def prompt_answered(self) -> None:
+        """The user pressed Enter: the prompt line is done."""
+        self.prompt = None
+        self.at_line_start = True
+
     def end_line(self) -> None:
         if not self.at_line_start:
             self.write("\n")
 
     def line(self, text: str) -> None:
+        """A notice on a line of its own, wrapped; the prompt is redrawn after it."""
+        prompt = self.prompt
+        if prompt is not None and self._tty:
+            self.write("\r\x1b[K")  # the prompt line, cleared; typed text is in the line buffer
+            self.at_line_start = True
         self.end_line()
-        self.write(text + "\n")
+        width = self.wrapper.width
+        lines = textwrap.wrap(text, width, subsequent_indent="  ") if width and text else [text]
+        self.write("\n".join(lines) + "\n")
+        if prompt is not None:
+            self.write(prompt)
+
+    def begin_reply(self, prefix: str) -> None:
+        """Start a streamed reply on a fresh line after `prefix` (the speaker's name)."""
+        self.end_line()
+        self.prompt = None
+        self.write(prefix)
+        self.wrapper.start_line(len(prefix))
+
+    def stream(self, text: str) -> None:
+        self.write(self.wrapper.feed(text))
+
+    def end_reply(self, ending: str = "") -> None:
+        self.write(self.wrapper.flush() + self.wrapper.feed(ending) + self.wrapper.flush() + "\n")
 
 
 def start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
