@@ -6,11 +6,13 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from npc_server.config import ConfigError, load_config
 from npc_server.events import AuthFailed, Limited, TurnEnded
-from npc_server.logs import EventLog, configure
+from npc_server.logs import LINES, EventLog, configure
 from npc_server.tokens import issue_token
 
 
@@ -114,3 +116,37 @@ def test_hypercorn_running_on_line_is_dropped(stream: io.StringIO) -> None:
     logging.getLogger("hypercorn.error").info("Running on http://127.0.0.1:1 (CTRL + C to quit)")
     logging.getLogger("hypercorn.error").warning("something else")
     assert stream.getvalue().count("\n") == 1 and "something else" in stream.getvalue()
+
+
+def test_every_event_line_is_documented() -> None:
+    """docs/operations.md has a row for each event line, with its logger."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    for line in LINES.values():
+        assert f"| `{line.message}` | {line.logger} |" in doc, line.message
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"NPC_SERVER_LOGGING_FORMAT": "xml"},
+            r"\[logging\] format\) must be one of 'text', 'json'",
+        ),
+        ({"NPC_SERVER_LOGGING_LEVEL": "loud"}, r"\[logging\] level\) must be one of DEBUG"),
+        ({"NPC_SERVER_LOGGING_LEVELS": "npc_server"}, r"must be a table or name=value pairs"),
+        ({"NPC_SERVER_LOGGING_LEVELS": "a=LOUD"}, r"a table of logger names to levels"),
+    ],
+)
+def test_bad_logging_settings_are_refused(env: dict[str, str], message: str) -> None:
+    """[logging] values go through the config rules, naming the variable and key."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=env)
+
+
+def test_logging_levels_come_from_the_file(tmp_path: Path) -> None:
+    """[logging] levels is a TOML table of logger names to levels."""
+    path = tmp_path / "server.toml"
+    path.write_text('[logging]\nformat = "json"\nlevels = { "npc_server.turns" = "debug" }\n')
+    config = load_config(path, env={})
+    assert config.logging.format == "json"
+    assert config.logging.levels == {"npc_server.turns": "debug"}

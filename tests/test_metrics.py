@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from npc_server.config import Config
+from npc_server.config import Config, ConfigError, load_config
 from npc_server.events import Closed, Limited
 from npc_server.metrics import NodeMetrics, close_label
 from npc_server.node import Node
@@ -93,3 +95,22 @@ def test_no_label_holds_a_player_session_or_turn_id() -> None:
     node.open_session("alice")
     labels = {v for _, pairs in scrape(metrics) for _, v in pairs}
     assert not any("alice" in v or v.startswith(("s-", "t-")) for v in labels)
+
+
+def test_every_metric_is_documented() -> None:
+    """docs/operations.md has a table row for each metric the node exports."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    _, metrics = node_and_metrics()
+    names = {m.name for m in metrics.registry.collect() if m.name.startswith("npc_server_")}
+    assert len(names) > 30
+    for name in names:
+        kind = next(m.type for m in metrics.registry.collect() if m.name == name)
+        suffix = "_total" if kind == "counter" else ""
+        assert f"| `{name}{suffix}` |" in doc, name
+
+
+@pytest.mark.parametrize("bind", ["9100", "host:", ":9100", "host:port", "host:70000"])
+def test_a_bad_metrics_bind_is_refused(bind: str) -> None:
+    """[metrics] bind is "" or host:port, else the start stops naming the key."""
+    with pytest.raises(ConfigError, match=r"\[metrics\] bind\) must be"):
+        load_config(env={"NPC_SERVER_METRICS_BIND": bind})
