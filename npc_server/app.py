@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -13,7 +14,9 @@ from quart import Quart, Response, jsonify, request, send_from_directory
 
 from npc_server import __version__
 from npc_server.backends import Backend
-from npc_server.config import PACKAGE_ROOT, Config
+from npc_server.config import PACKAGE_ROOT, Config, ConfigError
+from npc_server.logs import EventLog
+from npc_server.metrics import NodeMetrics
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
@@ -31,14 +34,30 @@ class InsecureSecret(RuntimeError):
     """`--production` was asked for without `NPC_SERVER_SECRET`."""
 
 
-def resolve_secret(config: Config) -> str:
-    """The token secret; the development one only outside production."""
+def resolve_secret(config: Config, *, warn: bool = True) -> str:
+    """The token secret; the development one only outside production (said once, if `warn`)."""
     if config.secret:
         return config.secret
     if config.server.production:
         raise InsecureSecret("production mode needs NPC_SERVER_SECRET to be set")
-    log.warning("DEVELOPMENT MODE: NPC_SERVER_SECRET is not set; tokens use a public dev secret")
+    if warn:
+        log.warning(
+            "DEVELOPMENT MODE: NPC_SERVER_SECRET is not set; tokens use a public dev secret"
+        )
     return DEV_SECRET
+
+
+def check_metrics_guard(config: Config) -> None:
+    """Refuse an open /metrics in production; say so outside it."""
+    metrics = config.metrics
+    if not metrics.enabled or metrics.bind or config.api_key:
+        return
+    if config.server.production:
+        raise ConfigError(
+            "[metrics] enabled on the main port needs NPC_SERVER_API_KEY in production "
+            "(or set [metrics] bind to serve it on its own address)"
+        )
+    log.warning("/metrics is open to anyone: set NPC_SERVER_API_KEY or [metrics] bind")
 
 
 def create_app(
@@ -55,6 +74,8 @@ def create_app(
         node = Node(config, npcs, backends=backends)
     app.extensions["npc_server.node"] = node
     app.extensions["npc_server.secret"] = resolve_secret(config)
+    node.events.subscribe(EventLog())
+    metrics = _wire_metrics(app, config, node)
     sweeper: list[asyncio.Task[None]] = []
 
     @app.before_serving
@@ -62,6 +83,8 @@ def create_app(
         await node.broker.start()
         sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
+        if metrics is not None and metrics.multiprocess:
+            sweeper.append(asyncio.create_task(metrics.sample_forever(), name="metrics-sampler"))
 
     @app.after_serving
     async def shutdown() -> None:
@@ -113,6 +136,38 @@ def create_app(
         return await send_from_directory(WEB_DIR, name)
 
     return app
+
+
+def _wire_metrics(app: Quart, config: Config, node: Node) -> NodeMetrics | None:
+    """Listen for metrics if enabled; `/metrics` on this app unless on its own bind."""
+    check_metrics_guard(config)
+    if not config.metrics.enabled:
+        return None
+    metrics = NodeMetrics(node)
+    node.events.subscribe(metrics)
+    app.extensions["npc_server.metrics"] = metrics
+    if config.metrics.bind:
+        return metrics  # served by serve.py on the admin listener alone
+
+    @app.get("/metrics")
+    async def scrape() -> Response | tuple[str, int, dict[str, str]]:
+        if config.api_key and not bearer_matches(request.headers.get("Authorization"), config):
+            return "a bearer API key is required", 401, {"WWW-Authenticate": "Bearer"}
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
+    return metrics
+
+
+def bearer_matches(header: str | None, config: Config) -> bool:
+    """Whether `Authorization: Bearer <key>` carries NPC_SERVER_API_KEY (in constant time)."""
+    scheme, _, given = (header or "").partition(" ")
+    key = config.api_key or ""
+    return (
+        bool(key)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), key.encode())
+    )
 
 
 async def _watch(node: Node) -> None:

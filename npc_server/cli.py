@@ -10,12 +10,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from npc_server import __version__
+from npc_server import __version__, logs
 from npc_server.app import InsecureSecret, resolve_secret
-from npc_server.config import ConfigError, load_config, with_overrides
+from npc_server.config import LOG_LEVELS, Config, ConfigError, load_config, with_overrides
 from npc_server.tokens import issue_token
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _port(text: str) -> int:
@@ -40,7 +38,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
-        default=os.environ.get("NPC_SERVER_LOG_LEVEL", "INFO").upper(),
+        help="default: NPC_SERVER_LOG_LEVEL, else [logging] level",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text, or one JSON object per line (default: [logging] format)",
     )
     parser.add_argument("--version", action="version", version=f"npc-server {__version__}")
     return parser
@@ -73,17 +76,35 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def serve_main(argv: Sequence[str]) -> int:
-    args = _serve_parser().parse_args(argv)
-    if args.log_level not in LOG_LEVELS:  # the default, from NPC_SERVER_LOG_LEVEL
+def _log_level(args: argparse.Namespace, config: Config) -> str:
+    """--log-level, else NPC_SERVER_LOG_LEVEL, else [logging] level."""
+    if args.log_level:
+        return str(args.log_level)
+    level = os.environ.get("NPC_SERVER_LOG_LEVEL", "").upper()
+    if not level:
+        return config.logging.level
+    if level not in LOG_LEVELS:
         raise ConfigError(
             f"environment variable NPC_SERVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
-            f"got {args.log_level!r}"
+            f"got {level!r}"
         )
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    return level
+
+
+def configure_logging(args: argparse.Namespace, config: Config) -> None:
+    """The log set-up of the command: flags win over the environment and [logging]."""
+    logs.configure(
+        format=args.log_format or config.logging.format,
+        level=_log_level(args, config),
+        levels=config.logging.levels,
+        secrets=[s for s in (config.secret, config.api_key) if s],
     )
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    args = _serve_parser().parse_args(argv)
     config = load_config(existing(args.config, "--config") if args.config else None)
+    configure_logging(args, config)
     server: dict[str, object] = {}
     if args.host:
         server["host"] = args.host
@@ -94,7 +115,7 @@ def serve_main(argv: Sequence[str]) -> int:
     config = with_overrides(config, server=server)
     if args.npcs:
         config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
-    resolve_secret(config)  # fail early in production without a secret
+    resolve_secret(config, warn=False)  # fail early in production; create_app warns once
     from npc_server.serve import prepare, run
 
     # Every NPC file and backend is checked and built before the server listens.

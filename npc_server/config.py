@@ -135,6 +135,28 @@ class LimitsSection:
         )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSection:
+    format: str = "text"
+    level: str = "INFO"
+    # Per logger, e.g. {"npc_server.turns" = "WARNING", "hypercorn" = "ERROR"}.
+    levels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    # Off: /metrics answers 404. On: behind NPC_SERVER_API_KEY on the main port,
+    # or on its own `bind` ("host:port"), which serves only /metrics and /healthz.
+    enabled: bool = False
+    bind: str = ""
+    # With PROMETHEUS_MULTIPROC_DIR (several workers): how often each worker
+    # writes its gauges for the others' scrapes.
+    sample_interval: float = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
@@ -144,11 +166,20 @@ class Config:
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
     secret: str | None = None
+    api_key: str | None = None
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     # The file the settings came from (None: defaults only), for error messages.
     path: Path | None = None
 
 
-_SECTIONS = {"server": ServerSection, "auth": AuthSection, "limits": LimitsSection}
+_SECTIONS: dict[str, type] = {
+    "server": ServerSection,
+    "auth": AuthSection,
+    "limits": LimitsSection,
+    "logging": LoggingSection,
+    "metrics": MetricsSection,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +199,21 @@ PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
 
 def one_of(*values: str) -> Rule:
     return Rule(lambda v: v in values, "one of " + ", ".join(repr(v) for v in values))
+
+
+LEVEL = Rule(lambda v: v.upper() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS))
+LEVELS = Rule(
+    lambda v: all(k and isinstance(x, str) and x.upper() in LOG_LEVELS for k, x in v.items()),
+    "a table of logger names to levels (" + ", ".join(LOG_LEVELS) + ")",
+)
+
+
+def _is_bind(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return value == "" or (bool(host) and port.isdigit() and int(port) <= 65535)
+
+
+BIND = Rule(_is_bind, '"" (none) or "host:port" (port 0: any free port)')
 
 
 # The range of every setting, in one place: a new field needs a rule here
@@ -194,6 +240,8 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "tokens_per_minute_player": NON_NEGATIVE,  # 0: no budget
         "sockets_policy": one_of("refuse", "replace"),
     },
+    "logging": {"format": one_of("text", "json"), "level": LEVEL, "levels": LEVELS},
+    "metrics": {"enabled": ANY, "bind": BIND, "sample_interval": POSITIVE},
 }
 
 ENV_PREFIX = "NPC_SERVER_"
@@ -247,7 +295,21 @@ def _env_hint(name: str, valid: Collection[str]) -> str:
     )
 
 
+def _table(where: str, value: Any) -> dict[str, Any]:
+    """A table from TOML, or from the environment as "name=value,name=value"."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError(f"{where} must be a table or name=value pairs, got {value!r}")
+        return {k.strip(): v.strip() for k, _, v in pairs}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return dict(value)
+
+
 def _coerce(where: str, value: Any, kind: type) -> Any:
+    if kind is dict:
+        return _table(where, value)
     if isinstance(value, str) and kind is not str:
         try:
             if kind is bool:
@@ -345,6 +407,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,
         secret=env.get("NPC_SERVER_SECRET") or None,
+        api_key=env.get("NPC_SERVER_API_KEY") or None,
+        logging=sections["logging"],
+        metrics=sections["metrics"],
         path=path,
     )
 

@@ -84,7 +84,8 @@ class TurnEnded:
     """A turn ended; times in seconds on the node's clock.
 
     `first_delta_s`: from the turn's start to its first text (None if none);
-    `interrupt_s`: from the interrupt request to `turn.end` being published.
+    `interrupt_s`: from the interrupt request to `turn.end` being published;
+    `tokens`: text pieces the backend streamed (one per token for model backends).
     """
 
     KIND: ClassVar[str] = "turn_ended"
@@ -98,6 +99,7 @@ class TurnEnded:
     first_delta_s: float | None
     duration_s: float
     interrupt_s: float | None
+    tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

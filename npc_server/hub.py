@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from npc_server.brokers import Broker, player_channel, room_channel, session_channel
+from npc_server.outbound import QueueTotals
 from npc_server.protocol.frames import Presence, ServerFrame
 from npc_server.session import Session
 
@@ -32,6 +33,8 @@ class Hub:
         self._by_player: dict[str, dict[str, Session]] = {}
         self._rooms: dict[str, set[str]] = {}
         self._rooms_of: dict[str, set[str]] = {}
+        # The queue counters of removed sessions, so that totals never go down (metrics).
+        self.retired_queues = QueueTotals()
 
     # --- sessions ---------------------------------------------------------
 
@@ -45,6 +48,7 @@ class Hub:
         """Forget a session; True when it was the player's last one."""
         if self._sessions.pop(session.id, None) is None:
             return False
+        self.retired_queues.add(session.queue.statistics())
         for channel in self._channels_of(session):
             self.broker.unsubscribe(channel, session)
         mine = self._by_player[session.player]

@@ -195,3 +195,18 @@ class OutboundQueue:
             peak_depth=self._peak_depth,
             peak_bytes=self._peak_bytes,
         )
+
+
+class QueueTotals:
+    """Counters summed over many queues (those of sessions that have ended)."""
+
+    __slots__ = ("dropped", "merged", "pushed", "replaced")
+
+    def __init__(self) -> None:
+        self.pushed = self.merged = self.replaced = self.dropped = 0
+
+    def add(self, stats: QueueStatistics) -> None:
+        self.pushed += stats.pushed
+        self.merged += stats.merged
+        self.replaced += stats.replaced
+        self.dropped += stats.dropped

@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any, cast
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
@@ -21,6 +22,7 @@ from npc_server.app import create_app, drain
 from npc_server.backends import Backend, build_backends
 from npc_server.config import Config, ConfigError
 from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
+from npc_server.metrics import AdminApp
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 
@@ -38,10 +40,16 @@ class Listener:
     port: int
 
 
-def make_listener(config: Config) -> Listener:
-    """A bound, listening TCP socket with the kernel timeouts set."""
+def make_listener(
+    config: Config, host: str | None = None, port: int | None = None, where: str = ""
+) -> Listener:
+    """A bound, listening TCP socket with the kernel timeouts set ([server] host/port
+    unless given; `where` names the setting in errors)."""
     server = config.server
-    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    host = server.host if host is None else host
+    port = server.port if port is None else port
+    where = where or f"[server] host/port {host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if server.tcp_user_timeout_ms > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
@@ -49,14 +57,30 @@ def make_listener(config: Config) -> Listener:
     if server.send_buffer_bytes > 0:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.send_buffer_bytes)
     try:
-        sock.bind((server.host, server.port))
+        sock.bind((host, port))
         sock.listen(server.backlog)
     except OSError as exc:
         sock.close()
-        where = f"[server] host/port {server.host}:{server.port}"
         raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
     return Listener(sock.detach(), host, port)
+
+
+def admin_listener(config: Config) -> Listener | None:
+    """The `[metrics] bind` socket, if metrics are on and have their own address."""
+    bind = config.metrics.bind
+    if not (config.metrics.enabled and bind):
+        return None
+    host, _, port = bind.rpartition(":")
+    return make_listener(config, host.strip("[]"), int(port), f"[metrics] bind {bind}")
+
+
+def admin_hypercorn_config(listener: Listener) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"fd://{listener.fd}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    return hc
 
 
 def hypercorn_config(config: Config, listener: Listener) -> HypercornConfig:
@@ -96,6 +120,7 @@ async def serve(config: Config, prepared: Prepared) -> None:
     app = create_app(config, prepared.npcs, backends=prepared.backends)
     node: Node = app.extensions["npc_server.node"]
     listener = make_listener(config)
+    admin = admin_listener(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []
@@ -110,7 +135,13 @@ async def serve(config: Config, prepared: Prepared) -> None:
     npcs = ", ".join(sorted(node.npcs)) or "none"
     address = f"http://{listener.host}:{listener.port}"
     print(f"npc-server listening on {address} (WebSocket /ws, NPCs: {npcs})", flush=True)
-    await hypercorn_serve(app, hypercorn_config(config, listener), shutdown_trigger=stop.wait)
+    servers = [hypercorn_serve(app, hypercorn_config(config, listener), shutdown_trigger=stop.wait)]
+    if admin is not None:
+        print(f"npc-server metrics on http://{admin.host}:{admin.port}/metrics", flush=True)
+        admin_app = AdminApp(app.extensions["npc_server.metrics"])
+        hc = admin_hypercorn_config(admin)
+        servers.append(hypercorn_serve(cast(Any, admin_app), hc, shutdown_trigger=stop.wait))
+    await asyncio.gather(*servers)
 
 
 async def _drain_then_stop(node: Node, config: Config, stop: asyncio.Event) -> None:

@@ -427,6 +427,7 @@ class Conversation:
             None if first is None else first - started,
             now - started,
             None if interrupted is None else now - interrupted,
+            len(turn.parts),
         )
 
     @staticmethod
