@@ -22,8 +22,8 @@ import json
 import sys
 from typing import Any
 
-from npc_server.edge import SocketEdge
 from npc_server.protocol.codes import CloseCode
+from npc_server.transports.websocket import WebSocketEdge
 from npc_server.turns import Turn
 from tests.support.server import RunningServer, running_server, server_config
 
@@ -57,10 +57,10 @@ class Commands:
 
     def op_text(self, command: dict[str, Any]) -> dict[str, Any]:
         turn = self.watched[str(command["turn"])]
-        return {"text": turn.text, "done": turn.id not in self.server.node.turns}
+        return {"text": turn.text, "done": self.server.node.turns.get(turn.id) is None}
 
-    def _edges(self, player: str | None) -> list[SocketEdge]:
-        edges = [e for e in self.server.node.sockets if isinstance(e, SocketEdge)]
+    def _edges(self, player: str | None) -> list[WebSocketEdge]:
+        edges = [e for e in self.server.node.sockets if isinstance(e, WebSocketEdge)]
         return [e for e in edges if player is None or (e.session and e.session.player == player)]
 
     def op_close(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -71,13 +71,13 @@ class Commands:
 
     def op_end_sessions(self, command: dict[str, Any]) -> dict[str, Any]:
         player = command.get("player")
-        sessions = [s for s in self.server.node.hub.sessions.values() if s.player == player]
+        sessions = [s for s in self.server.node.hub.all_sessions() if s.player == player]
         for session in sessions:
             self.server.node.end_session(session)
         return {"ended": len(sessions)}
 
     def op_stats(self, command: dict[str, Any]) -> dict[str, Any]:
-        return {"sessions": len(self.server.node.hub.sessions), "sockets": len(self._edges(None))}
+        return {"sessions": len(self.server.node.hub.all_sessions()), "sockets": len(self._edges(None))}
 
 
 async def serve(scripted: dict[str, Any]) -> None:

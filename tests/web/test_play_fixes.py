@@ -179,7 +179,7 @@ async def test_cards_of_a_lost_session_show_as_expired(browser: Browser) -> None
         await pw_expect(card).to_have_attribute("data-status", "waiting", timeout=WAIT_MS)
         await pw_expect(turn).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
 
-        session = next(iter(server.node.hub.sessions.values()))
+        session = server.node.hub.all_sessions()[0]
         server.node.end_session(session)  # the resume will fail: a new session
         drop_sockets(server, CloseCode.SLOW_CONSUMER)
         await pw_expect(card).to_have_attribute("data-status", "expired", timeout=WAIT_MS)
@@ -193,7 +193,10 @@ async def test_cards_of_a_lost_session_show_as_expired(browser: Browser) -> None
 
 async def test_a_refused_say_is_shown_on_its_message(browser: Browser) -> None:
     """A say the server refuses (the merchant's line is full) is marked, with the reason."""
-    async with running_server(server_config(scripted=SLOW_LONG)) as server:
+    config = server_config(
+        scripted=SLOW_LONG, limits={"turns_per_player": 8}
+    )  # the line, not the share
+    async with running_server(config) as server:
         page = await open_as_alice(browser, server)
         await record_connection_states(page)
         await by_id(page, "npc-merchant").click()
