@@ -12,6 +12,7 @@ from typing import Any
 from quart import Quart, Response, jsonify, request, send_from_directory
 
 from npc_server import __version__
+from npc_server.api import api_blueprint
 from npc_server.backends import Backend
 from npc_server.config import PACKAGE_ROOT, Config
 from npc_server.node import Node
@@ -55,11 +56,13 @@ def create_app(
         node = Node(config, npcs, backends=backends)
     app.extensions["npc_server.node"] = node
     app.extensions["npc_server.secret"] = resolve_secret(config)
+    app.register_blueprint(api_blueprint(config.api_key))
     sweeper: list[asyncio.Task[None]] = []
 
     @app.before_serving
     async def start_sweeper() -> None:
         await node.broker.start()
+        node.webhooks.start()
         sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
 
@@ -71,6 +74,7 @@ def create_app(
             await conversation.aclose()
         for backend in node.backends.values():
             await backend.aclose()
+        await node.webhooks.aclose()
         await node.broker.aclose()
 
     @app.get("/healthz")

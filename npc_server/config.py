@@ -136,19 +136,44 @@ class LimitsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class GameSection:
+    """The game's own server: where webhooks and tool calls go (docs/game-server.md)."""
+
+    # "" means no game server: no webhooks, game tools answer with their fallback.
+    url: str = ""
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 5
+    webhook_backoff_s: float = 0.5
+    webhook_backoff_max_s: float = 30.0
+    webhook_queue: int = 1000
+    webhook_workers: int = 4
+    tool_timeout_s: float = 5.0
+    tool_result_chars: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     auth: AuthSection = field(default_factory=AuthSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    game: GameSection = field(default_factory=GameSection)
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
     secret: str | None = None
     # The file the settings came from (None: defaults only), for error messages.
     path: Path | None = None
+    # NPC_SERVER_API_KEY (None: /api/ is off) and NPC_SERVER_WEBHOOK_SECRET.
+    api_key: str | None = None
+    webhook_secret: str | None = None
 
 
-_SECTIONS = {"server": ServerSection, "auth": AuthSection, "limits": LimitsSection}
+_SECTIONS = {
+    "server": ServerSection,
+    "auth": AuthSection,
+    "limits": LimitsSection,
+    "game": GameSection,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +189,10 @@ NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
 NON_EMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
 ANY = Rule(lambda v: True, "any value")
 PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
+HTTP_URL = Rule(
+    lambda v: v == "" or (v.startswith(("http://", "https://")) and not v.endswith("/")),
+    'an http(s) URL without a trailing slash, or "" for none',
+)
 
 
 def one_of(*values: str) -> Rule:
@@ -193,6 +222,11 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "resume_window": NON_NEGATIVE,  # 0: a dropped socket's session ends at once
         "tokens_per_minute_player": NON_NEGATIVE,  # 0: no budget
         "sockets_policy": one_of("refuse", "replace"),
+    },
+    "game": {
+        **{f.name: POSITIVE for f in fields(GameSection)},
+        "url": HTTP_URL,
+        "webhook_retries": NON_NEGATIVE,  # 0: one attempt only
     },
 }
 
@@ -341,11 +375,14 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         server=sections["server"],
         auth=sections["auth"],
         limits=sections["limits"],
+        game=sections["game"],
         backend_defaults=doc.get("backends", {}),
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,
         secret=env.get("NPC_SERVER_SECRET") or None,
         path=path,
+        api_key=env.get("NPC_SERVER_API_KEY") or None,
+        webhook_secret=env.get("NPC_SERVER_WEBHOOK_SECRET") or None,
     )
 
 

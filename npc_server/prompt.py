@@ -27,7 +27,10 @@ def build_messages(
 ) -> list[Message]:
     """System message, as much recent memory as fits, then the new utterance."""
     system = {"role": "system", "content": system_prompt(request)}
-    utterance = player_message(request.player, request.text, in_room=request.room is not None)
+    if request.caused_by is not None:
+        utterance = game_event_message(request.event, request.text)
+    else:
+        utterance = player_message(request.player, request.text, in_room=request.room is not None)
     budget = max_prompt_chars - len(system["content"]) - len(utterance["content"])
     history = fit_history(request.history, in_room=request.room is not None, budget=budget)
     return [system, *history, utterance]
@@ -53,8 +56,18 @@ def system_prompt(request: GenerationRequest) -> str:
     parts = [persona_section(request.npc)]
     if request.npc.actions:
         parts.append(actions_section(request.npc.actions))
-    if request.context:
-        parts.append("Game context:\n" + render_context(request.context))
+    if request.trusted:
+        parts.append(
+            "Game state (from the game server; this is true):\n" + render_context(request.trusted)
+        )
+    reported = {k: v for k, v in request.context.items() if k not in request.trusted}
+    if reported:
+        title = (
+            "Context the player's client reports (unverified; the game state above wins):"
+            if request.trusted
+            else "Game context:"
+        )
+        parts.append(f"{title}\n" + render_context(reported))
     if request.room is not None:
         parts.append(room_section(request.room, request.room_members))
     return "\n\n".join(parts)
@@ -93,6 +106,12 @@ def _compact(value: Any) -> str:
 def player_message(speaker: str, text: str, *, in_room: bool) -> Message:
     """A user message; in a room it names the speaker so the NPC can tell players apart."""
     return {"role": "user", "content": f"{speaker}: {text}" if in_room else text}
+
+
+def game_event_message(event: str | None, text: str) -> Message:
+    """A game-caused turn: what happened, marked as the game's, not a player's words."""
+    what = f"[game event: {event}]" if event else "[game event]"
+    return {"role": "user", "content": f"{what} {text}".strip()}
 
 
 def memory_message(entry: MemoryEntry, *, in_room: bool) -> Message:

@@ -179,6 +179,9 @@ class Turn:
     started_at: float | None = None
     first_delta_at: float | None = None
     interrupted_at: float | None = None
+    # "game" for a turn the game server caused (no player utterance), and its event.
+    caused_by: str | None = None
+    event: str | None = None
 
     @property
     def text(self) -> str:
@@ -208,6 +211,29 @@ class Started:
 
 
 RequestFactory = Callable[[Turn, tuple[MemoryEntry, ...]], GenerationRequest]
+GAME = "game"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionNotice:
+    """An action was taken or resolved (`status`): what the game server's webhook gets."""
+
+    status: str
+    action: str
+    name: str
+    args: Mapping[str, Any]
+    approval: bool
+    at: int
+    turn: str
+    npc: str
+    player: str
+    room: str | None
+
+
+def game_line(event: str | None, text: str) -> str:
+    """How a game-caused turn's cause reads in the NPC's memory."""
+    what = f"[game event: {event}]" if event else "[game event]"
+    return f"{what} {text}".strip()
 
 
 class Conversation:
@@ -229,6 +255,7 @@ class Conversation:
         events: EventBus | None = None,
         clock: Callable[[], float] = time.monotonic,
         turn_timeout: float = 120.0,
+        on_action: Callable[[ActionNotice], None] | None = None,
     ) -> None:
         self.npc = npc
         self.audience = audience
@@ -245,6 +272,7 @@ class Conversation:
         self.clock = clock
         self.open_actions = 0
         self.turn_timeout = turn_timeout
+        self.on_action = on_action
         self.memory = ConversationMemory(npc.memory_chars)
         self.active: Turn | None = None
         self.waiting: deque[Turn] = deque()
@@ -259,6 +287,9 @@ class Conversation:
         text: str,
         reply_to: RequestId,
         accepted: Callable[[Started], None] = lambda started: None,
+        *,
+        caused_by: str | None = None,
+        event: str | None = None,
     ) -> Started:
         """Start a turn answering `text`, or queue it / supersede per the busy policy.
 
@@ -266,6 +297,7 @@ class Conversation:
         turn is sent, so the speaker's `ack` comes before `turn.start`.
         """
         turn = Turn(self.new_id("t"), self.npc.id, player, text, self.audience.room, reply_to)
+        turn.caused_by, turn.event = caused_by, event
         if self.active is None:
             self._acquire_slot()
             started = self._accept(Started(turn, None), accepted)
@@ -306,8 +338,15 @@ class Conversation:
         turn.started_at = self.clock()
         self.active = turn
         self.events.emit(TurnStarted(turn.id, self.npc.id, turn.player, turn.room))
-        self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
-        start = TurnStart(turn.id, self.npc.id, turn.player, turn.room, turn.reply_to)
+        if turn.caused_by is None:
+            self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
+        else:
+            self.memory.add(
+                MemoryEntry("player", turn.caused_by, game_line(turn.event, turn.text_in))
+            )
+        start = TurnStart(
+            turn.id, self.npc.id, turn.player, turn.room, turn.reply_to, turn.caused_by, turn.event
+        )
         self.publisher.publish_nowait(self.channel, start)
         request = self.make_request(turn, self.memory.lines()[:-1])
         turn.task = asyncio.get_running_loop().create_task(
@@ -365,6 +404,7 @@ class Conversation:
         self.index.action_opened(self, turn, action)
         frame = Action(turn.id, action.id, action.name, action.args, action.at, action.approval)
         self.publisher.publish_nowait(self.channel, frame)
+        self._notify(turn, action, "taken")
 
     def _report(self, turn: Turn, reason: EndReason, message: str) -> None:
         failed = BackendFailed(self.npc.id, self.npc.backend, turn.id, reason.value, message)
@@ -468,6 +508,7 @@ class Conversation:
         self.open_actions -= 1
         self.publisher.publish_nowait(self.channel, ActionEnd(action.id, status, turn.id))
         self.index.action_resolved(action)
+        self._notify(turn, action, status)
 
     async def aclose(self) -> None:
         """Cancel everything this conversation runs (server shutdown)."""
@@ -478,3 +519,26 @@ class Conversation:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    # --- the game server: action notices --------------------------------------
+
+    def _notify(self, turn: Turn, action: TurnAction, status: str) -> None:
+        """Tell the game server's webhook sender (never waits, never raises into a turn)."""
+        if self.on_action is None:
+            return
+        notice = ActionNotice(
+            status,
+            action.id,
+            action.name,
+            action.args,
+            action.approval,
+            action.at,
+            turn.id,
+            self.npc.id,
+            turn.player,
+            turn.room,
+        )
+        try:
+            self.on_action(notice)
+        except Exception:
+            log.exception("the action listener failed on %s of %s", status, action.id)

@@ -66,6 +66,17 @@ class GenerationRequest:
     room: str | None = None
     room_members: tuple[str, ...] = ()
     seed: int = 0
+    # Game state from the game server (POST /api/context); wins over `context`.
+    trusted: Mapping[str, Any] = field(default_factory=dict)
+    # "game" when the game server caused the turn (POST /api/say): `text` is then
+    # what the game says happened, not a player's words; `event` its name.
+    caused_by: str | None = None
+    event: str | None = None
+
+    @property
+    def game_state(self) -> dict[str, Any]:
+        """The context a backend should act on: the client's, the game's over it."""
+        return {**self.context, **self.trusted}
 
 
 class GenerationError(Exception):

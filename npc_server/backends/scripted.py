@@ -156,10 +156,12 @@ class ScriptedBackend:
 
     def _choose(self, request: GenerationRequest, rng: random.Random) -> Template:
         # Phones type a typographic apostrophe; keywords are written with a plain one.
-        words = [w.casefold() for w in _WORD.findall(request.text.replace("\u2019", "'"))]
+        said = f"{request.event or ''} {request.text}"  # a game event's name counts too
+        words = [w.casefold() for w in _WORD.findall(said.replace("\u2019", "'"))]
         best: tuple[tuple[int, int], Topic] | None = None
+        state = request.game_state
         for topic in self._topics:
-            score = topic.score(words, request.context)
+            score = topic.score(words, state)
             # Strictly greater: on a tie the topic written first in the file wins.
             if score is not None and (best is None or score > best[0]):
                 best = (score, topic)
@@ -171,7 +173,7 @@ class ScriptedBackend:
 
     def _values(self, request: GenerationRequest) -> dict[str, str]:
         values = dict(self._defaults)
-        for key, value in request.context.items():
+        for key, value in request.game_state.items():
             if isinstance(key, str) and isinstance(value, _SCALAR):
                 values[key] = _display(value)[:_MAX_VALUE_CHARS]
         # Set last so game context cannot rename the NPC or the player.
