@@ -85,7 +85,7 @@ class WebhookSender:
         self._wall_clock = wall_clock
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(settings.webhook_queue)
         self._workers: list[asyncio.Task[None]] = []
-        self._delivered = self._retries = 0
+        self._delivered = self._retries = self._seq = 0
         self._dropped = {"full": 0, "failed": 0, "rejected": 0}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,7 +97,8 @@ class WebhookSender:
 
     def notify(self, notice: ActionNotice) -> None:
         """A conversation's `on_action`: queue the event for the game server."""
-        self.send_nowait(action_event(notice, self._wall_clock()))
+        self._seq += 1
+        self.send_nowait({**action_event(notice, self._wall_clock()), "seq": self._seq})
 
     def send_nowait(self, event: Mapping[str, Any]) -> bool:
         """Queue one event; False when there is no game server or the queue is full."""

@@ -137,4 +137,4 @@ async def running_game_server() -> AsyncIterator[GameServer]:
         game.released.set()
         stop.set()
         await asyncio.wait_for(task, 10)
-        sock.close()
+        sock.detach()  # Hypercorn closed the descriptor it was given
