@@ -28,6 +28,7 @@ from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Action, Delta, Draining, ServerFrame, TurnStart
 from npc_server.registry import TurnRegistry
 from npc_server.session import Session, SessionState
+from npc_server.tools import ToolRouter
 from npc_server.turns import Audience, Conversation, GenerationLimiter, Scheduler, Turn
 from npc_server.webhooks import WebhookSender
 
@@ -104,6 +105,7 @@ class Node:
         self.sockets: set[Closable] = set()
         self._ids = itertools.count(1)
         self.webhooks = WebhookSender(config.game, config.webhook_secret)
+        self.tools = ToolRouter(config.game, config.webhook_secret)
 
     def new_id(self, prefix: str) -> str:
         """An id unique across the cluster: the node's random id plus a counter."""
@@ -266,6 +268,7 @@ class Node:
                 clock=self.clock,
                 turn_timeout=self.config.limits.turn_timeout,
                 on_action=self.webhooks.notify if self.webhooks.enabled else None,
+                tools=self.tools,
             )
             self._conversations[key] = conversation
         return conversation

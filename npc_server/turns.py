@@ -27,6 +27,7 @@ from npc_server.backends.base import (
     GenerationRequest,
     MemoryEntry,
     TextPiece,
+    ToolCallPiece,
     UsagePiece,
 )
 from npc_server.brokers.base import player_channel, room_channel
@@ -41,6 +42,7 @@ from npc_server.protocol.frames import (
     Error,
     RequestId,
     ServerFrame,
+    ToolEnd,
     TurnEnd,
     TurnStart,
 )
@@ -182,6 +184,8 @@ class Turn:
     # "game" for a turn the game server caused (no player utterance), and its event.
     caused_by: str | None = None
     event: str | None = None
+    # The tool call the reply waits for (npc_server.tools), if any.
+    pending_call: str | None = None
 
     @property
     def text(self) -> str:
@@ -230,6 +234,14 @@ class ActionNotice:
     room: str | None
 
 
+class ToolAsker(Protocol):
+    """Runs one tool call of a turn: frames to the audience, the question, the answer."""
+
+    async def run_call(self, conversation: Conversation, turn: Turn, piece: ToolCallPiece) -> None:
+        """Fill in `piece.answer`; cancelled with the turn."""
+        ...
+
+
 def game_line(event: str | None, text: str) -> str:
     """How a game-caused turn's cause reads in the NPC's memory."""
     what = f"[game event: {event}]" if event else "[game event]"
@@ -256,6 +268,7 @@ class Conversation:
         clock: Callable[[], float] = time.monotonic,
         turn_timeout: float = 120.0,
         on_action: Callable[[ActionNotice], None] | None = None,
+        tools: ToolAsker | None = None,
     ) -> None:
         self.npc = npc
         self.audience = audience
@@ -273,6 +286,7 @@ class Conversation:
         self.open_actions = 0
         self.turn_timeout = turn_timeout
         self.on_action = on_action
+        self.tools = tools
         self.memory = ConversationMemory(npc.memory_chars)
         self.active: Turn | None = None
         self.waiting: deque[Turn] = deque()
@@ -358,7 +372,10 @@ class Conversation:
         try:
             async with asyncio.timeout(self.turn_timeout):
                 async for piece in self.backend.generate(request):
-                    self._take(turn, piece)
+                    if isinstance(piece, ToolCallPiece):
+                        await self._ask_tool(turn, piece)
+                    else:
+                        self._take(turn, piece)
         except GenerationError as exc:
             reason = EndReason(exc.reason)
             self._report(turn, reason, exc.message)
@@ -435,6 +452,11 @@ class Conversation:
             turn.task.cancel()
         if cut:
             self.publisher.drop_turn_nowait(self.channel, turn.id)
+        if turn.pending_call is not None:  # its task is cancelled above: the call with it
+            self.publisher.publish_nowait(
+                self.channel, ToolEnd(turn.pending_call, "cancelled", turn.id)
+            )
+            turn.pending_call = None
         turn.kept = self._kept(turn, cut)
         self.memory.add(MemoryEntry("npc", self.npc.id, turn.text[: turn.kept]))
         self._settle_actions(turn)
@@ -542,3 +564,10 @@ class Conversation:
             self.on_action(notice)
         except Exception:
             log.exception("the action listener failed on %s of %s", status, action.id)
+
+    # --- tools: the reply waits for an answer -----------------------------------
+
+    async def _ask_tool(self, turn: Turn, piece: ToolCallPiece) -> None:
+        """Pause the reply for one tool call; without a tool runner it answers `error`."""
+        if turn.state is TurnState.ACTIVE and self.tools is not None:
+            await self.tools.run_call(self, turn, piece)
