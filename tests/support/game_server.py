@@ -116,25 +116,40 @@ async def _received() -> Received:
     return Received(request.path, headers, body)
 
 
-@asynccontextmanager
-async def running_game_server() -> AsyncIterator[GameServer]:
-    """The game server on a free loopback port, in this event loop."""
-    game = GameServer()
-    # Hypercorn is handed a socket already listening, so the port is known at once.
+def listening_socket() -> socket.socket:
+    """A socket listening on a free loopback port (its port is known before serving)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    game.port = sock.getsockname()[1]
+    return sock
+
+
+@asynccontextmanager
+async def serving(app: Quart, sock: socket.socket | None = None) -> AsyncIterator[int]:
+    """Hypercorn serving `app` on `sock` (or a free loopback port) in this loop; yields the port."""
+    sock = sock or listening_socket()
     config = HypercornConfig()
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.graceful_timeout = 0.5
     stop = asyncio.Event()
-    task = asyncio.create_task(hypercorn_serve(game.app(), config, shutdown_trigger=stop.wait))
+    task = asyncio.create_task(hypercorn_serve(app, config, shutdown_trigger=stop.wait))
     try:
-        yield game
+        yield sock.getsockname()[1]
     finally:
-        game.released.set()
         stop.set()
         await asyncio.wait_for(task, 10)
         sock.detach()  # Hypercorn closed the descriptor it was given
+
+
+@asynccontextmanager
+async def running_game_server() -> AsyncIterator[GameServer]:
+    """The test game server on a free loopback port, in this event loop."""
+    game = GameServer()
+    try:
+        async with serving(game.app()) as port:
+            game.port = port
+            yield game
+            game.released.set()  # let held requests end before the server stops
+    finally:
+        game.released.set()
