@@ -44,7 +44,9 @@ class ContextStore:
         return sum(n for _, n in self._data.get(player, {}).values())
 
     def forget(self, player: str) -> None:
+        """The player's last session ended: its contexts go, the game's trusted one too."""
         self._data.pop(player, None)
+        self.trusted.forget(f"player:{player}")
 
     def __len__(self) -> int:
         return len(self._data)

@@ -83,7 +83,8 @@ class WebhookSender:
         self._post = post
         self._sleep = sleep
         self._wall_clock = wall_clock
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(settings.webhook_queue)
+        # (idempotency key, body): the body is encoded once, for every attempt.
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.webhook_queue)
         self._workers: list[asyncio.Task[None]] = []
         self._delivered = self._retries = self._seq = 0
         self._dropped = {"full": 0, "failed": 0, "rejected": 0}
@@ -105,7 +106,7 @@ class WebhookSender:
         if self.url is None:
             return False
         try:
-            self._queue.put_nowait(orjson.dumps(event))
+            self._queue.put_nowait((str(event.get("id", "")), orjson.dumps(event)))
         except asyncio.QueueFull:
             self._dropped["full"] += 1
             log.warning(
@@ -151,16 +152,16 @@ class WebhookSender:
 
     async def _work(self) -> None:
         while True:
-            body = await self._queue.get()
+            key, body = await self._queue.get()
             self._busy += 1
             try:
-                await self._deliver(body)
+                await self._deliver(key, body)
             finally:
                 self._busy -= 1
                 if not self._busy and self._queue.empty():
                     self._idle.set()
 
-    async def _deliver(self, body: bytes) -> None:
+    async def _deliver(self, key: str, body: bytes) -> None:
         """Every attempt at one event: success, a final answer, or retries run out."""
         s = self.settings
         for attempt in range(s.webhook_retries + 1):
@@ -169,19 +170,19 @@ class WebhookSender:
                 await self._sleep(
                     min(s.webhook_backoff_s * 2 ** (attempt - 1), s.webhook_backoff_max_s)
                 )
-            problem = await self._attempt(body)
+            problem = await self._attempt(key, body)
             if problem is None:
                 self._delivered += 1
                 return
             if problem.startswith("rejected"):
-                self._drop("rejected", body, problem)
+                self._drop("rejected", key, problem)
                 return
-        self._drop("failed", body, f"{problem}, after {s.webhook_retries + 1} attempts")
+        self._drop("failed", key, f"{problem}, after {s.webhook_retries + 1} attempts")
 
-    async def _attempt(self, body: bytes) -> str | None:
+    async def _attempt(self, key: str, body: bytes) -> str | None:
         """One POST; None when delivered, else what went wrong."""
         assert self.url is not None
-        headers = {"Idempotency-Key": orjson.loads(body)["id"]}
+        headers = {"Idempotency-Key": key}
         if self._secret:
             headers[SIGNATURE_HEADER] = signature(self._secret, body, int(self._wall_clock()))
         try:
@@ -194,12 +195,11 @@ class WebhookSender:
             return f"HTTP {answer.status}"
         return f"rejected with HTTP {answer.status}"
 
-    def _drop(self, why: str, body: bytes, problem: str) -> None:
+    def _drop(self, why: str, key: str, problem: str) -> None:
         self._dropped[why] += 1
-        event_id = orjson.loads(body)["id"]
         log.warning(
             "webhook %s to %s dropped: %s (%d dropped so far)",
-            event_id,
+            key,
             self.url,
             problem,
             self._dropped["failed"] + self._dropped["rejected"],

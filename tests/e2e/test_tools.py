@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from npc_server.backends.base import GenerationRequest, MemoryEntry
 from npc_server.backends.scripted import ScriptedBackend
 from npc_server.config import Config, with_overrides
 from npc_server.npcs import NpcConfig, NpcConfigError, load_npcs, parse_npc
+from npc_server.prompt import build_messages
 from tests.backends.openai_stub import OpenAIStub, ToolCall, reply
 from tests.support.client import Frame, RawClient, connect
 from tests.support.game_server import WEBHOOK_SECRET, Answer, running_game_server
@@ -53,10 +55,10 @@ def game_config(url: str = "", **game: Any) -> Config:
 
 @asynccontextmanager
 async def scout_server(
-    url: str = "", npcs: dict[str, NpcConfig] | None = None
+    url: str = "", npcs: dict[str, NpcConfig] | None = None, **game: Any
 ) -> AsyncIterator[tuple[RunningServer, RawClient]]:
     async with (
-        running_server(game_config(url), npcs=npcs or {"scout": SCOUT}) as server,
+        running_server(game_config(url, **game), npcs=npcs or {"scout": SCOUT}) as server,
         connect(server.url) as client,
     ):
         await client.hello(server.token("alice"))
@@ -107,7 +109,7 @@ async def test_merchant_asks_the_game_for_the_purse() -> None:
             "args": {},
         }
         text = text_of(frames)
-        assert "42 gold?" in text and frames[-1]["reason"] == "done"
+        assert "42 gold" in text and frames[-1]["reason"] == "done"
         assert frames.index(end) < max(i for i, f in enumerate(frames) if f["t"] == "delta")
 
 
@@ -116,7 +118,7 @@ async def test_without_a_game_server_the_merchant_falls_back() -> None:
     async with scout_server(npcs=load_npcs(DEMO_NPCS)) as (server, client):
         frames = await say(client, "merchant", "can I afford that?")
         assert [f["status"] for f in tool_frames(frames) if f["t"] == "tool.end"] == ["error"]
-        assert "Some gold?" in text_of(frames)
+        assert "Some gold" in text_of(frames)
         memory = server.node.all_conversations()[0].memory.lines()
         assert [m.role for m in memory] == ["player", "tool", "npc"]
         assert "error" in memory[1].text
@@ -271,3 +273,39 @@ def test_a_reply_marker_must_name_an_action_or_a_tool() -> None:
     }
     with pytest.raises(ValueError, match=r"'poke' is not one of .* or \[\[tools\]\] \['peek'\]"):
         ScriptedBackend(parse_npc(doc, "n.toml"), doc["backend"])  # type: ignore[arg-type]
+
+
+async def test_tool_results_are_bounded_where_they_are_kept() -> None:
+    """A big answer is cut to tool_result_chars in the NPC's memory (what a model would see)."""
+    async with scout_server(tool_result_chars=40) as (server, client):
+        await client.send({"t": "say", "id": 1, "npc": "scout", "text": "what do I carry"})
+        ask = await client.expect("tool")
+        result = {"item": "a sack of " + "very " * 500 + "heavy stones"}
+        await client.send({"t": "tool.result", "call": ask["call"], "result": result})
+        frames = await client.recv_until(lambda f: f["t"] == "turn.end")
+        assert "You carry a sack of very very" in text_of(frames)
+        line = server.node.all_conversations()[0].memory.lines()[1]
+        assert line.role == "tool" and len(line.text) == 40 and line.text.endswith("…")
+
+
+def test_remembered_tool_calls_go_back_to_the_model_as_tool_messages() -> None:
+    """A tool line of memory becomes an assistant tool call and its tool answer in the prompt."""
+    history = (
+        MemoryEntry("player", "alice", "can I afford that?"),
+        MemoryEntry("tool", "check_purse", '{"gold":7}', "c-1", "{}"),
+        MemoryEntry("npc", "merchant", "Seven gold: yes."),
+    )
+    npc = load_npcs(DEMO_NPCS)["merchant"]
+    messages = build_messages(GenerationRequest(npc, "alice", "and now?", history))
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+    call = messages[2]["tool_calls"][0]
+    assert (call["id"], call["function"]["name"]) == ("c-1", "check_purse")
+    assert messages[3] == {"role": "tool", "tool_call_id": "c-1", "content": '{"gold":7}'}
+    assert "check_purse" in messages[0]["content"]  # listed among the NPC's tools

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from npc_server.config import Config, with_overrides
+from npc_server.game_http import GameHttpError, HttpAnswer
 from npc_server.npcs import NpcConfig, parse_npc
 from npc_server.webhooks import WebhookSender
 from tests.support.client import Frame, RawClient, connect
@@ -229,3 +230,31 @@ async def test_game_server_records_requests() -> None:
         second = await http.post(f"{server.url}/events", content=b"{}")
         assert (first.status_code, second.status_code) == (503, 200)
         assert [e.body for e in server.events] == [b"{}", b"{}"]
+
+
+async def test_backoff_doubles_up_to_its_cap() -> None:
+    """Retries wait webhook_backoff_s, doubling each time, never over webhook_backoff_max_s."""
+    game = {"url": "http://game.invalid", "webhook_retries": 5}
+    settings = with_overrides(
+        server_config(), game={**game, "webhook_backoff_s": 0.5, "webhook_backoff_max_s": 3.0}
+    ).game
+    waits: list[float] = []
+    keys: list[str] = []
+
+    async def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> HttpAnswer:
+        keys.append(headers["Idempotency-Key"])
+        raise GameHttpError("connection refused")
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    webhooks = WebhookSender(settings, WEBHOOK_SECRET, post=post, sleep=sleep)
+    webhooks.start()
+    try:
+        assert webhooks.send_nowait({"id": "a-1:taken", "event": "taken"})
+        await webhooks.idle()
+    finally:
+        await webhooks.aclose()
+    assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert keys == ["a-1:taken"] * 6
+    assert webhooks.statistics().dropped_failed == 1
