@@ -87,6 +87,8 @@ def create_app(
             "npcs": sorted(node.npcs),
             "sockets": len(node.sockets),
             **asdict(stats),
+            "webhooks": asdict(node.webhooks.statistics()),
+            "tools": asdict(node.tools.statistics()),
         }
         return jsonify(body)
 

@@ -162,7 +162,16 @@ class Node:
         for conversation, turn in self.turns.active():
             audience = conversation.audience
             if (room is None or audience.room == room) and self.sees(session.player, audience):
-                send(session, TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to))
+                start = TurnStart(
+                    turn.id,
+                    turn.npc,
+                    turn.player,
+                    turn.room,
+                    turn.reply_to,
+                    turn.caused_by,
+                    turn.event,
+                )
+                send(session, start)
                 if turn.chars:
                     send(session, Delta(turn.id, turn.text, 0))
         for conversation, turn, action in self.turns.open_actions():

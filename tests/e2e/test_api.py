@@ -264,3 +264,20 @@ async def test_rooms_and_players_can_be_read() -> None:
         assert info["online"] and info["rooms"] == ["tavern"]
         assert [s["session"] for s in info["sessions"]] == [alice.session]
         assert info["sessions"][0]["state"] == "attached"
+
+
+async def test_a_snapshot_keeps_the_game_as_the_cause() -> None:
+    """A player joining while a game-caused turn runs gets its turn.start with caused_by."""
+    config = api_config(scripted=LONG)
+    async with (
+        api_server(config) as (server, http),
+        connect(server.url) as alice,
+        connect(server.url) as bob,
+    ):
+        await player(server, alice, "alice", "gate")
+        body = {"npc": "guard", "room": "gate", "event": "alarm", "text": "the gate is open"}
+        turn = (await http.post("/api/say", json=body, headers=AUTH)).json()["turn"]
+        await alice.recv_until(lambda f: f["t"] == "delta" and f["at"] > 20)
+        await player(server, bob, "bob", "gate")
+        start = await bob.expect("turn.start")
+        assert (start["turn"], start["caused_by"], start["event"]) == (turn, "game", "alarm")

@@ -168,6 +168,9 @@ async def test_events_are_dropped_after_the_retries_and_logged(
             await ask(client, "a gift")
             await wait_until(lambda: sender(server).statistics().dropped_failed == 2, what="drops")
         assert len(game.events) == 6
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{server.http_url}/healthz")).json()
+        assert health["webhooks"]["dropped_failed"] == 2 and health["webhooks"]["delivered"] == 0
         drops = [r for r in caplog.records if "dropped" in r.getMessage()]
         assert len(drops) == 2 and all(r.levelno == logging.WARNING for r in drops)
         assert "HTTP 500" in drops[0].getMessage()
