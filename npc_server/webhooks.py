@@ -108,14 +108,8 @@ class WebhookSender:
         try:
             self._queue.put_nowait((str(event.get("id", "")), orjson.dumps(event)))
         except asyncio.QueueFull:
-            self._dropped["full"] += 1
-            log.warning(
-                "webhook queue full (%d events): dropped %s %s (%d dropped so far)",
-                self.settings.webhook_queue,
-                event.get("event"),
-                event.get("id"),
-                self._dropped["full"],
-            )
+            why = f"the queue is full ({self.settings.webhook_queue} events)"
+            self._drop("full", str(event.get("id")), why)
             return False
         self._idle.clear()
         return True
@@ -197,10 +191,14 @@ class WebhookSender:
 
     def _drop(self, why: str, key: str, problem: str) -> None:
         self._dropped[why] += 1
-        log.warning(
-            "webhook %s to %s dropped: %s (%d dropped so far)",
-            key,
-            self.url,
-            problem,
-            self._dropped["failed"] + self._dropped["rejected"],
-        )
+        count = self._dropped[why]
+        # The 1st, 2nd, 4th, 8th ... drop of each kind: a game server that is down
+        # for an hour is in the log, without a line per event.
+        if count & (count - 1) == 0:
+            log.warning(
+                "webhook %s to %s dropped: %s (%d dropped so far for this reason)",
+                key,
+                self.url,
+                problem,
+                count,
+            )
