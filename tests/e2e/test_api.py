@@ -12,6 +12,7 @@ import pytest
 
 from npc_server.backends.base import GenerationRequest
 from npc_server.config import Config, with_overrides
+from npc_server.contexts import TrustedContexts
 from npc_server.npcs import NpcConfig
 from npc_server.prompt import build_messages
 from npc_server.protocol.codes import CloseCode
@@ -127,6 +128,9 @@ async def test_bodies_that_are_not_json_objects_are_400() -> None:
             assert "JSON object" in answer.json()["error"]["message"]
         answer = await http.post("/api/nothing-here", json={}, headers=AUTH)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+        big = {"player": "alice", "data": {"notes": "x" * 70_000}}
+        answer = await http.post("/api/context", json=big, headers=AUTH)
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "too_large"
 
 
 async def test_openapi_describes_every_endpoint() -> None:
@@ -281,3 +285,31 @@ async def test_a_snapshot_keeps_the_game_as_the_cause() -> None:
         await player(server, bob, "bob", "gate")
         start = await bob.expect("turn.start")
         assert (start["turn"], start["caused_by"], start["event"]) == (turn, "game", "alarm")
+
+
+async def test_a_game_say_past_the_generation_cap_is_429() -> None:
+    """At max_generations a game say is refused with 429, retry_after and Retry-After."""
+    config = api_config(scripted=LONG, limits={"max_generations": 1})
+    async with api_server(config) as (server, http), connect(server.url) as alice:
+        await player(server, alice, "alice", None)
+        await alice.send({"t": "say", "id": 2, "npc": "guard", "text": "tell me of the gate"})
+        await alice.expect("delta")
+        body = {"npc": "merchant", "player": "alice", "event": "greet"}
+        answer = await http.post("/api/say", json=body, headers=AUTH)
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+        error = answer.json()["error"]
+        assert error["code"] == "busy" and error["retry_after"] == 1.0
+
+
+def test_trusted_contexts_are_bounded_and_layered() -> None:
+    """Room state under player state, per-NPC over all-NPC; a byte budget; oldest scope goes."""
+    store = TrustedContexts(max_bytes_per_scope=100, max_scopes=2)
+    assert store.set_nowait("room:gate", None, {"time": "night", "alarm": True}, 10)
+    assert store.set_nowait("player:alice", None, {"gold": 3}, 10)
+    assert store.set_nowait("player:alice", "merchant", {"gold": 5}, 10)
+    assert store.for_npc("alice", "gate", "merchant") == {"time": "night", "alarm": True, "gold": 5}
+    assert store.for_npc("alice", None, "guard") == {"gold": 3}
+    assert not store.set_nowait("player:alice", "guard", {"x": 1}, 81)  # 10 + 10 + 81 > 100
+    assert store.set_nowait("player:bob", None, {"gold": 1}, 10)  # a third scope
+    assert store.for_npc("alice", "gate", "guard") == {"gold": 3}  # the room's was oldest
+    assert len(store) == 2
