@@ -13,6 +13,7 @@ from typing import Any
 from quart import Quart, Response, jsonify, request, send_from_directory
 
 from npc_server import __version__
+from npc_server.api import api_blueprint
 from npc_server.backends import Backend
 from npc_server.config import PACKAGE_ROOT, Config, ConfigError
 from npc_server.logs import EventLog
@@ -76,11 +77,13 @@ def create_app(
     app.extensions["npc_server.secret"] = resolve_secret(config)
     node.events.subscribe(EventLog())
     metrics = _wire_metrics(app, config, node)
+    app.register_blueprint(api_blueprint(config.api_key))
     sweeper: list[asyncio.Task[None]] = []
 
     @app.before_serving
     async def start_sweeper() -> None:
         await node.broker.start()
+        node.webhooks.start()
         sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
         if metrics is not None and metrics.multiprocess:
@@ -94,6 +97,7 @@ def create_app(
             await conversation.aclose()
         for backend in node.backends.values():
             await backend.aclose()
+        await node.webhooks.aclose()
         await node.broker.aclose()
 
     @app.get("/healthz")
@@ -106,6 +110,8 @@ def create_app(
             "npcs": sorted(node.npcs),
             "sockets": len(node.sockets),
             **asdict(stats),
+            "webhooks": asdict(node.webhooks.statistics()),
+            "tools": asdict(node.tools.statistics()),
         }
         return jsonify(body)
 

@@ -158,19 +158,38 @@ class MetricsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class GameSection:
+    """The game's own server: where webhooks and tool calls go (docs/game-server.md)."""
+
+    # "" means no game server: no webhooks, game tools answer with their fallback.
+    url: str = ""
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 5
+    webhook_backoff_s: float = 0.5
+    webhook_backoff_max_s: float = 30.0
+    webhook_queue: int = 1000
+    webhook_workers: int = 4
+    tool_timeout_s: float = 5.0
+    tool_result_chars: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     auth: AuthSection = field(default_factory=AuthSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    game: GameSection = field(default_factory=GameSection)
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
     secret: str | None = None
-    api_key: str | None = None
     logging: LoggingSection = field(default_factory=LoggingSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     # The file the settings came from (None: defaults only), for error messages.
     path: Path | None = None
+    # NPC_SERVER_API_KEY (None: /api/ is off) and NPC_SERVER_WEBHOOK_SECRET.
+    api_key: str | None = None
+    webhook_secret: str | None = None
 
 
 _SECTIONS: dict[str, type] = {
@@ -179,6 +198,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsSection,
     "logging": LoggingSection,
     "metrics": MetricsSection,
+    "game": GameSection,
 }
 
 
@@ -195,6 +215,10 @@ NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
 NON_EMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
 ANY = Rule(lambda v: True, "any value")
 PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
+HTTP_URL = Rule(
+    lambda v: v == "" or (v.startswith(("http://", "https://")) and not v.endswith("/")),
+    'an http(s) URL without a trailing slash, or "" for none',
+)
 
 
 def one_of(*values: str) -> Rule:
@@ -242,6 +266,11 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
     },
     "logging": {"format": one_of("text", "json"), "level": LEVEL, "levels": LEVELS},
     "metrics": {"enabled": ANY, "bind": BIND, "sample_interval": POSITIVE},
+    "game": {
+        **{f.name: POSITIVE for f in fields(GameSection)},
+        "url": HTTP_URL,
+        "webhook_retries": NON_NEGATIVE,  # 0: one attempt only
+    },
 }
 
 ENV_PREFIX = "NPC_SERVER_"
@@ -403,14 +432,16 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         server=sections["server"],
         auth=sections["auth"],
         limits=sections["limits"],
+        game=sections["game"],
         backend_defaults=doc.get("backends", {}),
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,
         secret=env.get("NPC_SERVER_SECRET") or None,
-        api_key=env.get("NPC_SERVER_API_KEY") or None,
         logging=sections["logging"],
         metrics=sections["metrics"],
         path=path,
+        api_key=env.get("NPC_SERVER_API_KEY") or None,
+        webhook_secret=env.get("NPC_SERVER_WEBHOOK_SECRET") or None,
     )
 
 

@@ -27,6 +27,7 @@ from npc_server.protocol.frames import (
     Said,
     Say,
     Seen,
+    ToolResult,
     Typing,
     TypingNotice,
 )
@@ -203,6 +204,13 @@ def leave(node: Node, session: Session, frame: Leave) -> None:
     _ack(node, session, frame)
 
 
+def tool_result(node: Node, session: Session, frame: ToolResult) -> None:
+    """The speaker's answer to a `tool` call the NPC asked its client."""
+    if not node.tools.answer_nowait(session.player, frame.call, frame.result):
+        raise Refused(ErrorCode.UNKNOWN_CALL, f"no tool call {frame.call!r} waits for your answer")
+    _ack(node, session, frame)
+
+
 _HANDLERS: dict[type, Callable[[Node, Session, ClientFrame], None]] = {
     Say: say,  # type: ignore[dict-item]
     Interrupt: interrupt,  # type: ignore[dict-item]
@@ -212,4 +220,5 @@ _HANDLERS: dict[type, Callable[[Node, Session, ClientFrame], None]] = {
     Act: act,  # type: ignore[dict-item]
     Join: join,  # type: ignore[dict-item]
     Leave: leave,  # type: ignore[dict-item]
+    ToolResult: tool_result,  # type: ignore[dict-item]
 }

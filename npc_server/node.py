@@ -28,7 +28,9 @@ from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Action, Delta, Draining, ServerFrame, TurnStart
 from npc_server.registry import TurnRegistry
 from npc_server.session import Session, SessionState
+from npc_server.tools import ToolRouter
 from npc_server.turns import Audience, Conversation, GenerationLimiter, Scheduler, Turn
+from npc_server.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ class Node:
         )
         self.sockets: set[Closable] = set()
         self._ids = itertools.count(1)
+        self.webhooks = WebhookSender(config.game, config.webhook_secret)
+        self.tools = ToolRouter(config.game, config.webhook_secret)
 
     def new_id(self, prefix: str) -> str:
         """An id unique across the cluster: the node's random id plus a counter."""
@@ -158,7 +162,16 @@ class Node:
         for conversation, turn in self.turns.active():
             audience = conversation.audience
             if (room is None or audience.room == room) and self.sees(session.player, audience):
-                send(session, TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to))
+                start = TurnStart(
+                    turn.id,
+                    turn.npc,
+                    turn.player,
+                    turn.room,
+                    turn.reply_to,
+                    turn.caused_by,
+                    turn.event,
+                )
+                send(session, start)
                 if turn.chars:
                     send(session, Delta(turn.id, turn.text, 0))
         for conversation, turn, action in self.turns.open_actions():
@@ -263,6 +276,8 @@ class Node:
                 events=self.events,
                 clock=self.clock,
                 turn_timeout=self.config.limits.turn_timeout,
+                on_action=self.webhooks.notify if self.webhooks.enabled else None,
+                tools=self.tools,
             )
             self._conversations[key] = conversation
         return conversation
@@ -280,8 +295,19 @@ class Node:
             context = self.contexts.for_npc(turn.player, npc.id)
             members = self.hub.members(turn.room) if turn.room is not None else ()
             seed = next(self._ids)
+            trusted = self.contexts.trusted.for_npc(turn.player, turn.room, npc.id)
             return GenerationRequest(
-                npc, turn.player, turn.text_in, history, context, turn.room, members, seed
+                npc,
+                turn.player,
+                turn.text_in,
+                history,
+                context,
+                turn.room,
+                members,
+                seed,
+                trusted=trusted,
+                caused_by=turn.caused_by,
+                event=turn.event,
             )
 
         return make

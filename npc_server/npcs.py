@@ -18,6 +18,12 @@ A file looks like::
     approval = true           # waits for the player's `act`
     timeout_s = 30
 
+    [[tools]]
+    name = "check_purse"
+    description = "How much gold the player carries"
+    answered_by = "game"      # or "client": who answers (docs/game-server.md)
+    timeout_s = 3             # default: [game] tool_timeout_s
+
     [backend]
     kind = "scripted"         # or "openai"
     # ... settings read by that backend
@@ -69,6 +75,23 @@ class ActionSpec:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
+class AnsweredBy(StrEnum):
+    GAME = "game"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A question the NPC may ask mid-reply; its answer comes from the game or the client."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    answered_by: AnsweredBy = AnsweredBy.GAME
+    # None: the server's [game] tool_timeout_s.
+    timeout_s: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class NpcConfig:
     id: str
@@ -81,6 +104,7 @@ class NpcConfig:
     max_queue: int = 3
     memory_chars: int = 6000
     actions: tuple[ActionSpec, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
     backend: str = "scripted"
     backend_settings: Mapping[str, Any] = field(default_factory=dict)
     # The file it came from, for error messages about its backend.
@@ -89,6 +113,10 @@ class NpcConfig:
     def action(self, name: str) -> ActionSpec | None:
         """The spec of the named action, or None if this NPC has no such action."""
         return next((a for a in self.actions if a.name == name), None)
+
+    def tool(self, name: str) -> ToolSpec | None:
+        """The spec of the named tool, or None if this NPC has no such tool."""
+        return next((t for t in self.tools if t.name == name), None)
 
 
 Kind = type | tuple[type, ...]
@@ -112,7 +140,15 @@ TOP_KEYS: Mapping[str, Kind] = {
     "max_queue": int,
     "memory_chars": int,
     "actions": list,
+    "tools": list,
     "backend": dict,
+}
+TOOL_KEYS: Mapping[str, Kind] = {
+    "name": str,
+    "description": str,
+    "parameters": dict,
+    "answered_by": str,
+    "timeout_s": _NUMBER,
 }
 ACTION_KEYS: Mapping[str, Kind] = {
     "name": str,
@@ -176,6 +212,39 @@ def _actions(doc: Mapping[str, Any], where: str) -> tuple[ActionSpec, ...]:
     return specs
 
 
+def parse_tool(doc: Any, where: str) -> ToolSpec:
+    """One `[[tools]]` entry, every key checked."""
+    if not isinstance(doc, Mapping):
+        raise NpcConfigError(f"{where}: each [[tools]] entry must be a table, got {doc!r}")
+    if "name" not in doc:
+        raise NpcConfigError(f"{where}: every [[tools]] entry needs a 'name'")
+    _check_keys(doc, TOOL_KEYS, where)
+    fields = dict(doc)
+    if "parameters" in fields:
+        fields["parameters"] = dict(fields["parameters"])
+    if "answered_by" in fields:
+        fields["answered_by"] = _enum(doc, "answered_by", AnsweredBy, where)
+    if "timeout_s" in fields:
+        fields["timeout_s"] = float(fields["timeout_s"])
+    return ToolSpec(**fields)
+
+
+def _tools(
+    doc: Mapping[str, Any], where: str, actions: tuple[ActionSpec, ...]
+) -> tuple[ToolSpec, ...]:
+    tools = doc.get("tools", [])
+    specs = tuple(parse_tool(t, f"{where} tools[{i}]") for i, t in enumerate(tools))
+    # Actions and tools are both functions the model may call: one namespace.
+    seen = {a.name for a in actions}
+    for i, spec in enumerate(specs):
+        if spec.name in seen:
+            raise NpcConfigError(
+                f"{where} tools[{i}]: {spec.name!r} is already an action or a tool of this NPC"
+            )
+        seen.add(spec.name)
+    return specs
+
+
 def _backend(doc: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     settings = dict(doc.get("backend", {}))
     kind = settings.pop("kind", "scripted")
@@ -194,14 +263,16 @@ def parse_npc(doc: Mapping[str, Any], where: str = "<npc>") -> NpcConfig:
     for key in ("id", "name"):
         if key not in doc:
             raise NpcConfigError(f"{where}: missing required key {key!r}")
-    if "actions" in doc and not isinstance(doc["actions"], list):
-        raise NpcConfigError(f"{where}: 'actions' must be an array of tables ([[actions]])")
+    for key in ("actions", "tools"):
+        if key in doc and not isinstance(doc[key], list):
+            raise NpcConfigError(f"{where}: {key!r} must be an array of tables ([[{key}]])")
     _check_keys(doc, TOP_KEYS, where)
-    fields = {k: v for k, v in doc.items() if k not in ("actions", "backend")}
+    fields = {k: v for k, v in doc.items() if k not in ("actions", "tools", "backend")}
     for key, enum in (("busy", BusyPolicy), ("room_interrupt", RoomInterrupt)):
         if key in doc:
             fields[key] = _enum(doc, key, enum, where)
     fields["actions"] = _actions(doc, where)
+    fields["tools"] = _tools(doc, where, fields["actions"])
     fields["backend"], fields["backend_settings"] = _backend(doc, where)
     return NpcConfig(**fields, source=where)
 

@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from npc_server.backends.base import GenerationRequest, MemoryEntry
-from npc_server.npcs import ActionSpec, NpcConfig
+from npc_server.backends.base import GenerationRequest, MemoryEntry, ToolCallPiece
+from npc_server.npcs import ActionSpec, NpcConfig, ToolSpec
 
 DEFAULT_MAX_PROMPT_CHARS = 12_000
 EMPTY_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}}
@@ -27,14 +27,18 @@ def build_messages(
 ) -> list[Message]:
     """System message, as much recent memory as fits, then the new utterance."""
     system = {"role": "system", "content": system_prompt(request)}
-    utterance = player_message(request.player, request.text, in_room=request.room is not None)
+    if request.caused_by is not None:
+        utterance = game_event_message(request.event, request.text)
+    else:
+        utterance = player_message(request.player, request.text, in_room=request.room is not None)
     budget = max_prompt_chars - len(system["content"]) - len(utterance["content"])
     history = fit_history(request.history, in_room=request.room is not None, budget=budget)
     return [system, *history, utterance]
 
 
-def build_tools(actions: Iterable[ActionSpec]) -> list[Message]:
-    """One `function` tool per action; parameters default to an empty object schema."""
+def build_tools(actions: Iterable[ActionSpec], tools: Iterable[ToolSpec] = ()) -> list[Message]:
+    """One `function` tool per action and per tool; parameters default to an empty object."""
+    specs: list[ActionSpec | ToolSpec] = [*actions, *tools]
     return [
         {
             "type": "function",
@@ -44,7 +48,7 @@ def build_tools(actions: Iterable[ActionSpec]) -> list[Message]:
                 "parameters": dict(action.parameters) or dict(EMPTY_PARAMETERS),
             },
         }
-        for action in actions
+        for action in specs
     ]
 
 
@@ -53,8 +57,20 @@ def system_prompt(request: GenerationRequest) -> str:
     parts = [persona_section(request.npc)]
     if request.npc.actions:
         parts.append(actions_section(request.npc.actions))
-    if request.context:
-        parts.append("Game context:\n" + render_context(request.context))
+    if request.npc.tools:
+        parts.append(tools_section(request.npc.tools))
+    if request.trusted:
+        parts.append(
+            "Game state (from the game server; this is true):\n" + render_context(request.trusted)
+        )
+    reported = {k: v for k, v in request.context.items() if k not in request.trusted}
+    if reported:
+        title = (
+            "Context the player's client reports (unverified; the game state above wins):"
+            if request.trusted
+            else "Game context:"
+        )
+        parts.append(f"{title}\n" + render_context(reported))
     if request.room is not None:
         parts.append(room_section(request.room, request.room_members))
     return "\n\n".join(parts)
@@ -69,6 +85,27 @@ def actions_section(actions: Sequence[ActionSpec]) -> str:
     lines = ["You can act by calling these tools while you speak:"]
     lines += [f"- {a.name}: {a.description}" if a.description else f"- {a.name}" for a in actions]
     return "\n".join(lines)
+
+
+def tools_section(tools: Sequence[ToolSpec]) -> str:
+    lines = ["You can look things up with these tools; call one and wait for its answer:"]
+    lines += [f"- {t.name}: {t.description}" if t.description else f"- {t.name}" for t in tools]
+    return "\n".join(lines)
+
+
+def tool_round(text: str, calls: Sequence[ToolCallPiece]) -> list[Message]:
+    """The assistant's tool calls and their answers, for the request that continues the reply."""
+    assistant: Message = {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [_tool_call(c.call, c.name, _compact(dict(c.args))) for c in calls],
+    }
+    answers = [{"role": "tool", "tool_call_id": c.call, "content": c.answer.content} for c in calls]
+    return [assistant, *answers]
+
+
+def _tool_call(call: str, name: str, arguments: str) -> Message:
+    return {"id": call, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def room_section(room: str, members: Sequence[str]) -> str:
@@ -95,20 +132,37 @@ def player_message(speaker: str, text: str, *, in_room: bool) -> Message:
     return {"role": "user", "content": f"{speaker}: {text}" if in_room else text}
 
 
+def game_event_message(event: str | None, text: str) -> Message:
+    """A game-caused turn: what happened, marked as the game's, not a player's words."""
+    what = f"[game event: {event}]" if event else "[game event]"
+    return {"role": "user", "content": f"{what} {text}".strip()}
+
+
 def memory_message(entry: MemoryEntry, *, in_room: bool) -> Message:
     if entry.role == "npc":
         return {"role": "assistant", "content": entry.text}
     return player_message(entry.speaker, entry.text, in_room=in_room)
 
 
+def memory_messages(entry: MemoryEntry, *, in_room: bool) -> list[Message]:
+    """The messages of one memory line: a tool line is the call and its answer."""
+    if entry.role != "tool":
+        return [memory_message(entry, in_room=in_room)]
+    call = _tool_call(entry.call, entry.speaker, entry.args or "{}")
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": entry.call, "content": entry.text},
+    ]
+
+
 def fit_history(history: Sequence[MemoryEntry], *, in_room: bool, budget: int) -> list[Message]:
     """The newest entries whose contents fit in `budget` characters, oldest first."""
     kept: list[Message] = []
     for entry in reversed(history):
-        message = memory_message(entry, in_room=in_room)
-        budget -= len(message["content"])
+        messages = memory_messages(entry, in_room=in_room)
+        budget -= sum(len(m["content"] or "") for m in messages) + len(entry.args)
         if budget < 0:
             break
-        kept.append(message)
+        kept.extend(reversed(messages))
     kept.reverse()
     return kept

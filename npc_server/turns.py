@@ -27,6 +27,7 @@ from npc_server.backends.base import (
     GenerationRequest,
     MemoryEntry,
     TextPiece,
+    ToolCallPiece,
     UsagePiece,
 )
 from npc_server.brokers.base import player_channel, room_channel
@@ -41,6 +42,7 @@ from npc_server.protocol.frames import (
     Error,
     RequestId,
     ServerFrame,
+    ToolEnd,
     TurnEnd,
     TurnStart,
 )
@@ -179,6 +181,11 @@ class Turn:
     started_at: float | None = None
     first_delta_at: float | None = None
     interrupted_at: float | None = None
+    # "game" for a turn the game server caused (no player utterance), and its event.
+    caused_by: str | None = None
+    event: str | None = None
+    # The tool call the reply waits for (npc_server.tools), if any.
+    pending_call: str | None = None
 
     @property
     def text(self) -> str:
@@ -208,6 +215,37 @@ class Started:
 
 
 RequestFactory = Callable[[Turn, tuple[MemoryEntry, ...]], GenerationRequest]
+GAME = "game"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionNotice:
+    """An action was taken or resolved (`status`): what the game server's webhook gets."""
+
+    status: str
+    action: str
+    name: str
+    args: Mapping[str, Any]
+    approval: bool
+    at: int
+    turn: str
+    npc: str
+    player: str
+    room: str | None
+
+
+class ToolAsker(Protocol):
+    """Runs one tool call of a turn: frames to the audience, the question, the answer."""
+
+    async def run_call(self, conversation: Conversation, turn: Turn, piece: ToolCallPiece) -> None:
+        """Fill in `piece.answer`; cancelled with the turn."""
+        ...
+
+
+def game_line(event: str | None, text: str) -> str:
+    """How a game-caused turn's cause reads in the NPC's memory."""
+    what = f"[game event: {event}]" if event else "[game event]"
+    return f"{what} {text}".strip()
 
 
 class Conversation:
@@ -229,6 +267,8 @@ class Conversation:
         events: EventBus | None = None,
         clock: Callable[[], float] = time.monotonic,
         turn_timeout: float = 120.0,
+        on_action: Callable[[ActionNotice], None] | None = None,
+        tools: ToolAsker | None = None,
     ) -> None:
         self.npc = npc
         self.audience = audience
@@ -245,6 +285,8 @@ class Conversation:
         self.clock = clock
         self.open_actions = 0
         self.turn_timeout = turn_timeout
+        self.on_action = on_action
+        self.tools = tools
         self.memory = ConversationMemory(npc.memory_chars)
         self.active: Turn | None = None
         self.waiting: deque[Turn] = deque()
@@ -259,6 +301,9 @@ class Conversation:
         text: str,
         reply_to: RequestId,
         accepted: Callable[[Started], None] = lambda started: None,
+        *,
+        caused_by: str | None = None,
+        event: str | None = None,
     ) -> Started:
         """Start a turn answering `text`, or queue it / supersede per the busy policy.
 
@@ -266,6 +311,7 @@ class Conversation:
         turn is sent, so the speaker's `ack` comes before `turn.start`.
         """
         turn = Turn(self.new_id("t"), self.npc.id, player, text, self.audience.room, reply_to)
+        turn.caused_by, turn.event = caused_by, event
         if self.active is None:
             self._acquire_slot()
             started = self._accept(Started(turn, None), accepted)
@@ -306,8 +352,15 @@ class Conversation:
         turn.started_at = self.clock()
         self.active = turn
         self.events.emit(TurnStarted(turn.id, self.npc.id, turn.player, turn.room))
-        self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
-        start = TurnStart(turn.id, self.npc.id, turn.player, turn.room, turn.reply_to)
+        if turn.caused_by is None:
+            self.memory.add(MemoryEntry("player", turn.player, turn.text_in))
+        else:
+            self.memory.add(
+                MemoryEntry("player", turn.caused_by, game_line(turn.event, turn.text_in))
+            )
+        start = TurnStart(
+            turn.id, self.npc.id, turn.player, turn.room, turn.reply_to, turn.caused_by, turn.event
+        )
         self.publisher.publish_nowait(self.channel, start)
         request = self.make_request(turn, self.memory.lines()[:-1])
         turn.task = asyncio.get_running_loop().create_task(
@@ -319,7 +372,10 @@ class Conversation:
         try:
             async with asyncio.timeout(self.turn_timeout):
                 async for piece in self.backend.generate(request):
-                    self._take(turn, piece)
+                    if isinstance(piece, ToolCallPiece):
+                        await self._ask_tool(turn, piece)
+                    else:
+                        self._take(turn, piece)
         except GenerationError as exc:
             reason = EndReason(exc.reason)
             self._report(turn, reason, exc.message)
@@ -365,6 +421,7 @@ class Conversation:
         self.index.action_opened(self, turn, action)
         frame = Action(turn.id, action.id, action.name, action.args, action.at, action.approval)
         self.publisher.publish_nowait(self.channel, frame)
+        self._notify(turn, action, "taken")
 
     def _report(self, turn: Turn, reason: EndReason, message: str) -> None:
         failed = BackendFailed(self.npc.id, self.npc.backend, turn.id, reason.value, message)
@@ -395,6 +452,11 @@ class Conversation:
             turn.task.cancel()
         if cut:
             self.publisher.drop_turn_nowait(self.channel, turn.id)
+        if turn.pending_call is not None:  # its task is cancelled above: the call with it
+            self.publisher.publish_nowait(
+                self.channel, ToolEnd(turn.pending_call, "cancelled", turn.id)
+            )
+            turn.pending_call = None
         turn.kept = self._kept(turn, cut)
         self.memory.add(MemoryEntry("npc", self.npc.id, turn.text[: turn.kept]))
         self._settle_actions(turn)
@@ -469,6 +531,7 @@ class Conversation:
         self.open_actions -= 1
         self.publisher.publish_nowait(self.channel, ActionEnd(action.id, status, turn.id))
         self.index.action_resolved(action)
+        self._notify(turn, action, status)
 
     async def aclose(self) -> None:
         """Cancel everything this conversation runs (server shutdown)."""
@@ -479,3 +542,33 @@ class Conversation:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    # --- the game server: action notices --------------------------------------
+
+    def _notify(self, turn: Turn, action: TurnAction, status: str) -> None:
+        """Tell the game server's webhook sender (never waits, never raises into a turn)."""
+        if self.on_action is None:
+            return
+        notice = ActionNotice(
+            status,
+            action.id,
+            action.name,
+            action.args,
+            action.approval,
+            action.at,
+            turn.id,
+            self.npc.id,
+            turn.player,
+            turn.room,
+        )
+        try:
+            self.on_action(notice)
+        except Exception:
+            log.exception("the action listener failed on %s of %s", status, action.id)
+
+    # --- tools: the reply waits for an answer -----------------------------------
+
+    async def _ask_tool(self, turn: Turn, piece: ToolCallPiece) -> None:
+        """Pause the reply for one tool call; without a tool runner it answers `error`."""
+        if turn.state is TurnState.ACTIVE and self.tools is not None:
+            await self.tools.run_call(self, turn, piece)

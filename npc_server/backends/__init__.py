@@ -21,6 +21,8 @@ from npc_server.backends.base import (
     MemoryEntry,
     Piece,
     TextPiece,
+    ToolAnswer,
+    ToolCallPiece,
     UsagePiece,
 )
 from npc_server.config import Config, unknown_key
@@ -36,6 +38,8 @@ __all__ = [
     "MemoryEntry",
     "Piece",
     "TextPiece",
+    "ToolAnswer",
+    "ToolCallPiece",
     "UsagePiece",
     "build_backends",
     "create_backend",

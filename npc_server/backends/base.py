@@ -39,7 +39,36 @@ class UsagePiece:
     completion_tokens: int
 
 
-Piece = TextPiece | ActionPiece | UsagePiece
+@dataclass(slots=True)
+class ToolAnswer:
+    """What a tool call came back with; the turn runner fills it in.
+
+    `status` is answered, timeout, cancelled or error; `result` the answer's
+    value (None unless answered); `content` the result as the model sees it
+    (JSON text, cut to `[game] tool_result_chars`).
+    """
+
+    status: str = "error"
+    result: Any = None
+    content: str = '{"error": "no tool runner answered"}'
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPiece:
+    """The NPC asks one of its `[[tools]]`; the reply pauses until the answer.
+
+    The turn runner sets `answer` before it asks the backend for the next
+    piece, so a backend reads `piece.answer` right after its `yield`.
+    `call` is the model's own call id (it comes back in the tool message).
+    """
+
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    call: str = ""
+    answer: ToolAnswer = field(default_factory=ToolAnswer)
+
+
+Piece = TextPiece | ActionPiece | UsagePiece | ToolCallPiece
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +76,15 @@ class MemoryEntry:
     """One line of a conversation as the NPC remembers it.
 
     NPC lines hold only the text the player could have seen (cut to `shown`).
+    A tool line is a call the NPC made: `speaker` the tool, `args` its JSON
+    arguments, `text` the answer as the model saw it, `call` its id.
     """
 
-    role: Literal["player", "npc"]
+    role: Literal["player", "npc", "tool"]
     speaker: str
     text: str
+    call: str = ""
+    args: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +99,17 @@ class GenerationRequest:
     room: str | None = None
     room_members: tuple[str, ...] = ()
     seed: int = 0
+    # Game state from the game server (POST /api/context); wins over `context`.
+    trusted: Mapping[str, Any] = field(default_factory=dict)
+    # "game" when the game server caused the turn (POST /api/say): `text` is then
+    # what the game says happened, not a player's words; `event` its name.
+    caused_by: str | None = None
+    event: str | None = None
+
+    @property
+    def game_state(self) -> dict[str, Any]:
+        """The context a backend should act on: the client's, the game's over it."""
+        return {**self.context, **self.trusted}
 
 
 class GenerationError(Exception):

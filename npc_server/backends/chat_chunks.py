@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from npc_server.backends.base import ActionPiece, Piece, TextPiece, UsagePiece
+from npc_server.backends.base import ActionPiece, Piece, TextPiece, ToolCallPiece, UsagePiece
 from npc_server.npcs import NpcConfig
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,9 @@ class StreamAssembler:
             return last + 1
         return last
 
-    def _action(self, call: _PendingCall) -> ActionPiece | None:
-        if self._npc.action(call.name) is None:
+    def _action(self, call: _PendingCall) -> ActionPiece | ToolCallPiece | None:
+        is_tool = self._npc.tool(call.name) is not None
+        if not is_tool and self._npc.action(call.name) is None:
             log.warning("NPC %r: model called unknown action %r; skipped", self._npc.id, call.name)
             return None
         text = "".join(call.arguments).strip() or "{}"
@@ -134,4 +135,6 @@ class StreamAssembler:
                 "NPC %r: action %r has unparseable arguments; skipped", self._npc.id, call.name
             )
             return None
+        if is_tool:  # a question for the game or the client: the reply waits for it
+            return ToolCallPiece(call.name, args, call.id or f"call_{call.name}")
         return ActionPiece(call.name, args)

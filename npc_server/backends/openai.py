@@ -37,12 +37,25 @@ from openai.types.chat import (
     ChatCompletionToolUnionParam,
 )
 
-from npc_server.backends.base import GenerationError, GenerationRequest, Piece
+from npc_server.backends.base import (
+    GenerationError,
+    GenerationRequest,
+    Piece,
+    TextPiece,
+    ToolCallPiece,
+    UsagePiece,
+)
 from npc_server.backends.chat_chunks import MalformedChunk, StreamAssembler
 from npc_server.backends.deadline import Deadline, Expired
 from npc_server.backends.stream_reader import MALFORMED, EventReader, TurnLimits
 from npc_server.npcs import NpcConfig
-from npc_server.prompt import DEFAULT_MAX_PROMPT_CHARS, build_messages, build_tools
+from npc_server.prompt import (
+    DEFAULT_MAX_PROMPT_CHARS,
+    Message,
+    build_messages,
+    build_tools,
+    tool_round,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,8 @@ UPSTREAM_MESSAGE_CHARS = 200
 BACKOFF_BASE_S = 0.25
 BACKOFF_MAX_S = 4.0
 STREAM_ERROR = "An error occurred during streaming"  # the SDK's words for an error without text
+# Completion requests one turn may make: the first, and one after each round of tool calls.
+MAX_TOOL_ROUNDS = 3
 _NUMBERS = (int, float)
 _TIMEOUTS = ("connect_timeout_s", "first_token_timeout_s", "idle_timeout_s", "total_timeout_s")
 _Rule = tuple[tuple[str, ...], type | tuple[type, ...], Callable[[Any], bool], str]
@@ -152,12 +167,51 @@ class OpenAIBackend:
         await self._client.close()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
-        """Stream one turn; raise `GenerationError` on failure, let cancellation through."""
+        """Stream one turn; raise `GenerationError` on failure, let cancellation through.
+
+        A tool call is yielded as soon as it is complete; the turn runner fills in
+        its answer before asking for the next piece. Once the stream ends, the
+        calls and their answers go back to the model (an assistant message with
+        `tool_calls`, one `tool` message each) in a new request, whose stream
+        continues the reply, as OpenAI function calling does.
+        """
+        messages = build_messages(request, self.settings.max_prompt_chars)
+        prompt = completion = 0
+        usage = False
+        for round_ in range(MAX_TOOL_ROUNDS + 1):
+            calls: list[ToolCallPiece] = []
+            said: list[str] = []
+            async for piece in self._round(messages):
+                if isinstance(piece, UsagePiece):
+                    usage = True
+                    prompt, completion = (
+                        prompt + piece.prompt_tokens,
+                        completion + piece.completion_tokens,
+                    )
+                    continue
+                if isinstance(piece, ToolCallPiece):
+                    if round_ == MAX_TOOL_ROUNDS:
+                        log.warning(
+                            "NPC %r: tool call past %d rounds; skipped", self.npc.id, round_
+                        )
+                        continue
+                    calls.append(piece)
+                elif isinstance(piece, TextPiece):
+                    said.append(piece.text)
+                yield piece
+            if not calls:
+                break
+            messages = [*messages, *tool_round("".join(said), calls)]
+        if usage:
+            yield UsagePiece(prompt, completion)
+
+    async def _round(self, messages: list[Message]) -> AsyncIterator[Piece]:
+        """One completion request and its stream."""
         limits = TurnLimits(self.settings)
         deadline = Deadline()
         response: httpx2.Response | None = None
         try:
-            response = await self._open(request, limits, deadline)
+            response = await self._open(messages, limits, deadline)
             reader = EventReader(response, limits, deadline)
             assembler = StreamAssembler(self.npc)
             while (payloads := await reader.next_events(assembler.started)) is not None:
@@ -184,7 +238,7 @@ class OpenAIBackend:
             raise GenerationError(MALFORMED) from None
 
     async def _open(
-        self, request: GenerationRequest, limits: TurnLimits, deadline: Deadline
+        self, messages: list[Message], limits: TurnLimits, deadline: Deadline
     ) -> httpx2.Response:
         """Send the request; retry connect errors, 429 and 5xx before any piece exists."""
         loop = asyncio.get_running_loop()
@@ -192,7 +246,7 @@ class OpenAIBackend:
         for attempt in range(s.retries + 1):
             limits.start_attempt()
             try:
-                return await self._send(request, limits, deadline)
+                return await self._send(messages, limits, deadline)
             except openai.OpenAIError as exc:
                 delay = _retry_delay(exc, attempt)
                 if attempt == s.retries or delay is None or loop.time() + delay >= limits.total_at:
@@ -210,23 +264,22 @@ class OpenAIBackend:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _send(
-        self, request: GenerationRequest, limits: TurnLimits, deadline: Deadline
+        self, messages: list[Message], limits: TurnLimits, deadline: Deadline
     ) -> httpx2.Response:
         """One attempt: the response once its headers are in (error statuses raise)."""
         when = limits.next_wait(started=False)
         try:
             # Entering the manager sends the request; the body is read by EventReader.
-            response = await deadline.wait(self._create(request).__aenter__(), when)
+            response = await deadline.wait(self._create(messages).__aenter__(), when)
         except Expired:
             raise limits.expired(when) from None
         return response.http_response
 
     def _create(
-        self, request: GenerationRequest
+        self, messages: list[Message]
     ) -> AsyncResponseContextManager[AsyncAPIResponse[AsyncStream[ChatCompletionChunk]]]:
         s = self.settings
-        messages = build_messages(request, s.max_prompt_chars)
-        tools = build_tools(self.npc.actions) if s.use_tools else []
+        tools = build_tools(self.npc.actions, self.npc.tools) if s.use_tools else []
         usage: ChatCompletionStreamOptionsParam = {"include_usage": True}
         # The raw response: the SDK sends, authenticates and maps error statuses, but
         # builds no model object per chunk (orjson reads the bytes instead).

@@ -30,6 +30,7 @@ from npc_server.protocol.frames import (
     Say,
     Seen,
     ServerFrame,
+    ToolResult,
     Typing,
 )
 from npc_server.protocol.scan import ScanError, scan
@@ -306,6 +307,18 @@ def _refresh(f: _Fields) -> Refresh:
     return Refresh(id=f.required_id(), token=f.string("token", max_chars=MAX_TOKEN_CHARS))
 
 
+def _tool_result(f: _Fields) -> ToolResult:
+    result = f.doc.get("result")
+    # Kept for the model's next request and the NPC's memory: bounded like context.
+    if nesting(result) > MAX_CONTEXT_DEPTH:
+        raise FrameError(
+            ErrorCode.BAD_FRAME,
+            f"tool.result.result nests deeper than {MAX_CONTEXT_DEPTH} arrays and maps",
+            f.id,
+        )
+    return ToolResult(call=f.string("call"), result=result, id=f.id)
+
+
 _PARSERS: dict[str, Callable[[_Fields], ClientFrame]] = {
     "hello": _hello,
     "say": _say,
@@ -319,6 +332,7 @@ _PARSERS: dict[str, Callable[[_Fields], ClientFrame]] = {
     "ping": _ping,
     "pong": _pong,
     "refresh": _refresh,
+    "tool.result": _tool_result,
 }
 
 

@@ -22,6 +22,7 @@ class CloseCode(IntEnum):
     AUTH_FAILED = 4500
     PROTOCOL_VIOLATION = 4501
     REPLACED = 4503
+    KICKED = 4508
     TOO_MANY_CONNECTIONS = 4513
 
     @property
@@ -52,3 +53,4 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "backend_error"
     FORBIDDEN = "forbidden"
     BAD_TOKEN = "bad_token"
+    UNKNOWN_CALL = "unknown_call"

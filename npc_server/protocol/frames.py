@@ -117,8 +117,30 @@ class Refresh:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The speaker's client answers a `tool` call the NPC asked it."""
+
+    T: ClassVar[str] = "tool.result"
+    call: str
+    result: Any
+    id: RequestId = None
+
+
 ClientFrame = (
-    Hello | Say | Interrupt | Seen | Typing | Context | Act | Join | Leave | Ping | Pong | Refresh
+    Hello
+    | Say
+    | Interrupt
+    | Seen
+    | Typing
+    | Context
+    | Act
+    | Join
+    | Leave
+    | Ping
+    | Pong
+    | Refresh
+    | ToolResult
 )
 
 
@@ -192,6 +214,9 @@ class TurnStart(ServerFrame):
     player: str
     room: str | None = None
     reply_to: RequestId = None
+    # "game" for a turn the game server started (POST /api/say); its `event`, if named.
+    caused_by: str | None = None
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +254,29 @@ class TurnEnd(ServerFrame):
     chars: int
     kept: int
     usage: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tool(ServerFrame):
+    """The NPC asks a tool (the game server or the speaker's client); its reply waits."""
+
+    T: ClassVar[str] = "tool"
+    turn: str
+    call: str
+    name: str
+    args: Mapping[str, Any]
+    # Who answers: "game" or "client" (then the turn's speaker sends `tool.result`).
+    answered_by: str = "game"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEnd(ServerFrame):
+    """A tool call is over: answered, timeout, cancelled or error."""
+
+    T: ClassVar[str] = "tool.end"
+    call: str
+    status: str
+    turn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

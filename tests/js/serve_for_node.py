@@ -77,7 +77,10 @@ class Commands:
         return {"ended": len(sessions)}
 
     def op_stats(self, command: dict[str, Any]) -> dict[str, Any]:
-        return {"sessions": len(self.server.node.hub.all_sessions()), "sockets": len(self._edges(None))}
+        return {
+            "sessions": len(self.server.node.hub.all_sessions()),
+            "sockets": len(self._edges(None)),
+        }
 
 
 async def serve(scripted: dict[str, Any]) -> None:

@@ -1,0 +1,206 @@
+"""The server API under `/api/`: what the game's own backend may do (docs/game-server.md).
+
+JSON in and out, `Authorization: Bearer <NPC_SERVER_API_KEY>` compared in
+constant time. Without a key configured every `/api/` path is 404; a missing
+or wrong key is 401. Errors are `{"error": {"code", "message"}}`, and a bad
+body names the field. The description is at `/api/openapi.json` (public
+once the API is on: it holds no secrets).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import orjson
+from quart import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from npc_server.api_schema import MAX_BODY_BYTES, ApiError, Body, openapi, problem
+from npc_server.node import Node
+from npc_server.protocol.codes import CloseCode
+from npc_server.session import SessionState
+from npc_server.tokens import issue_token
+from npc_server.turns import GAME, Audience, Refused
+
+DEFAULT_TTL_S = 3600.0
+
+
+def api_blueprint(api_key: str | None) -> Blueprint:
+    """The `/api/` routes; all 404 when `api_key` is None."""
+    api = Blueprint("npc_api", __name__, url_prefix="/api")
+
+    @api.before_request
+    async def authorize() -> Response | None:
+        if api_key is None:
+            return problem(404, "not_found", "the API is off (set NPC_SERVER_API_KEY)")
+        if request.path == "/api/openapi.json":
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), api_key.encode()
+        ):
+            return problem(401, "unauthorized", "send Authorization: Bearer <NPC_SERVER_API_KEY>")
+        return None
+
+    @api.errorhandler(ApiError)
+    async def refused(exc: ApiError) -> Response:
+        return problem(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @api.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return problem(exc.code or 500, "http_error", exc.description or exc.name)
+
+    api.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
+    api.add_url_rule("/tokens", view_func=_tokens, methods=["POST"])
+    api.add_url_rule("/context", view_func=_context, methods=["POST"])
+    api.add_url_rule("/say", view_func=_say, methods=["POST"])
+    api.add_url_rule("/interrupt", view_func=_interrupt, methods=["POST"])
+    api.add_url_rule("/kick", view_func=_kick, methods=["POST"])
+    api.add_url_rule("/rooms/<room>", view_func=_room, methods=["GET"])
+    api.add_url_rule("/players/<player>", view_func=_player, methods=["GET"])
+    api.add_url_rule("/<path:rest>", view_func=_no_route, methods=["GET", "POST"])
+    return api
+
+
+def _node() -> Node:
+    node: Node = current_app.extensions["npc_server.node"]
+    return node
+
+
+def _json(body: Mapping[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def _body() -> Body:
+    data = await request.get_data(cache=False)
+    if len(data) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid", "the body must be a JSON object") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "invalid", "the body must be a JSON object")
+    return Body(doc)
+
+
+async def _openapi() -> Response:
+    return _json(openapi())
+
+
+async def _no_route(rest: str) -> Response:
+    return problem(404, "not_found", f"no API endpoint /api/{rest}; see /api/openapi.json")
+
+
+async def _tokens() -> Response:
+    """POST /api/tokens {player, ttl?} -> {token, player, expires_in}."""
+    body = await _body()
+    player = body.player("player")
+    ttl = body.number("ttl", low=1, high=7 * 86400, default=DEFAULT_TTL_S)
+    body.done()
+    token = issue_token(current_app.extensions["npc_server.secret"], player, ttl)
+    return _json({"token": token, "player": player, "expires_in": ttl})
+
+
+async def _context() -> Response:
+    """POST /api/context {player | room, npc?, data}: trusted game state."""
+    node = _node()
+    body = await _body()
+    scope = body.audience()
+    npc = body.npc(node, required=False)
+    data = body.context_data(node.config.limits.protocol_limits())
+    body.done()
+    key = f"room:{scope.room}" if scope.room is not None else f"player:{scope.player}"
+    size = len(msgpack.packb(data))
+    if not node.contexts.trusted.set_nowait(key, npc, data, size):
+        budget = node.contexts.trusted.max_bytes_per_scope
+        raise ApiError(
+            413, "too_large", f"'data': the contexts of {key} would be over {budget} bytes"
+        )
+    return _json({"ok": True, "scope": key, "npc": npc})
+
+
+async def _say() -> Response:
+    """POST /api/say {npc, player | room, text?, event?} -> {turn}: a game-caused turn."""
+    node = _node()
+    body = await _body()
+    npc = node.npcs[body.npc(node, required=True) or ""]
+    audience = body.audience()
+    text = body.string("text", required=False, max_chars=node.config.limits.text_chars) or ""
+    event = body.string("event", required=False)
+    body.done()
+    if not text and event is None:
+        raise ApiError(400, "invalid", "give 'text', 'event' or both")
+    _check_present(node, audience)
+    if node.draining:
+        raise ApiError(503, "draining", "the server is draining", 1.0)
+    conversation = node.conversation(npc, audience)
+    try:
+        started = conversation.submit(
+            audience.player or "", text, None, caused_by=GAME, event=event
+        )
+    except Refused as exc:
+        raise ApiError(429, exc.code.value, exc.message, exc.retry_after) from None
+    return _json({"turn": started.turn.id, "queued": started.queued})
+
+
+def _check_present(node: Node, audience: Audience) -> None:
+    if audience.room is not None and not node.hub.room_exists(audience.room):
+        raise ApiError(404, "unknown_room", f"'room': no room {audience.room!r} has members")
+    if audience.player is not None and not node.attached_sessions(audience.player):
+        raise ApiError(409, "not_connected", f"'player': {audience.player!r} is not connected")
+
+
+async def _interrupt() -> Response:
+    """POST /api/interrupt {turn}: stop a turn now (any turn: the game is trusted)."""
+    node = _node()
+    body = await _body()
+    turn_id = body.string("turn", required=True)
+    body.done()
+    entry = node.turns.get(turn_id)
+    if entry is None:
+        raise ApiError(404, "unknown_turn", f"'turn': no active turn {turn_id!r}")
+    conversation, turn = entry
+    conversation.interrupt(turn, None)
+    return _json({"turn": turn.id, "interrupted": True, "kept": turn.kept})
+
+
+async def _kick() -> Response:
+    """POST /api/kick {player}: close every socket of the player with 4508."""
+    node = _node()
+    body = await _body()
+    player = body.player("player")
+    body.done()
+    sessions = node.hub.sessions_of(player)
+    sockets = sum(s.state is SessionState.ATTACHED for s in sessions)
+    for session in sessions:
+        node.end_session(session, CloseCode.KICKED)
+    return _json({"player": player, "sessions": len(sessions), "sockets": sockets})
+
+
+async def _room(room: str) -> Response:
+    """GET /api/rooms/<room> -> {room, members}."""
+    node = _node()
+    if not node.hub.room_exists(room):
+        raise ApiError(404, "unknown_room", f"no room {room!r} has members")
+    return _json({"room": room, "members": list(node.hub.members(room))})
+
+
+async def _player(player: str) -> Response:
+    """GET /api/players/<player> -> {player, online, sessions, rooms}."""
+    node = _node()
+    sessions = [
+        {"session": s.id, "state": s.state.value, "last_seq": s.last_seq}
+        for s in node.hub.sessions_of(player)
+    ]
+    return _json(
+        {
+            "player": player,
+            "online": bool(node.attached_sessions(player)),
+            "sessions": sessions,
+            "rooms": sorted(node.hub.rooms_of(player)),
+        }
+    )

@@ -1,0 +1,131 @@
+"""Requests to the game's own server: signed JSON POSTs over HTTP/1.1.
+
+npc-server needs no HTTP client library for this: h11 (which Hypercorn already
+uses) frames the messages over an asyncio connection, one connection per
+request. Every request is signed like a Stripe webhook, so the game server
+can check it came from npc-server and is fresh:
+
+    X-NPC-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+
+SIGNATURE_HEADER = "X-NPC-Signature"
+MAX_ANSWER_BYTES = 64 * 1024
+USER_AGENT = "npc-server"
+
+
+class GameHttpError(Exception):
+    """The game server could not be reached, or its answer was not HTTP; safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    body: bytes
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The `X-NPC-Signature` value for `body` sent at `timestamp` (unix seconds)."""
+    signed = str(timestamp).encode() + b"." + body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify_signature(
+    secret: str, header: str, body: bytes, now: float, tolerance_s: float = 300.0
+) -> bool:
+    """Whether `header` signs `body` with `secret` within `tolerance_s` of `now`.
+
+    What a game server does with each webhook (examples/game_server does the same).
+    """
+    fields = dict(part.partition("=")[::2] for part in header.split(","))
+    try:
+        timestamp = int(fields.get("t", ""))
+    except ValueError:
+        return False
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = signature(secret, body, timestamp).partition(",v1=")[2]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+async def post_json(
+    url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+) -> HttpAnswer:
+    """POST `body` to `url`; the status and body (at most 64 KiB) within `timeout_s`.
+
+    Raises `GameHttpError` for anything but an HTTP answer; cancelling closes
+    the connection, so the game server sees the request go away.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        async with asyncio.timeout(timeout_s):
+            context = ssl.create_default_context() if secure else None
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            try:
+                return await _exchange(reader, writer, parts.netloc, target, body, headers)
+            finally:
+                writer.close()
+    except TimeoutError:
+        raise GameHttpError(f"no answer within {timeout_s:g} s") from None
+    except (OSError, h11.ProtocolError) as exc:
+        raise GameHttpError(f"{type(exc).__name__}: {exc}") from None
+
+
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    netloc: str,
+    target: str,
+    body: bytes,
+    headers: Mapping[str, str],
+) -> HttpAnswer:
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="POST",
+        target=target,
+        headers=[
+            ("Host", netloc),
+            ("User-Agent", USER_AGENT),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            *headers.items(),
+        ],
+    )
+    writer.write(
+        conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+    )
+    await writer.drain()
+    status = 0
+    received = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            received += event.data
+            if len(received) > MAX_ANSWER_BYTES:
+                raise GameHttpError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            break
+    if not status:
+        raise GameHttpError("the connection closed before an answer")
+    return HttpAnswer(status, bytes(received))

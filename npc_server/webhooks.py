@@ -1,0 +1,204 @@
+"""Action webhooks: every action event POSTed, signed, to the game's `{url}/events`.
+
+Turns hand events over with `send_nowait`, which never waits: the event goes
+into a bounded queue, or is dropped (counted, logged) when the queue is full.
+A few worker tasks deliver them, each with retries and exponential backoff,
+so a slow, failing or absent game server costs queue slots, never turn time.
+Each event carries an idempotency key (`id`, also the `Idempotency-Key`
+header) that stays the same across retries, so the game applies it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from npc_server.config import GameSection
+from npc_server.game_http import SIGNATURE_HEADER, GameHttpError, HttpAnswer, post_json, signature
+from npc_server.turns import ActionNotice
+
+log = logging.getLogger(__name__)
+
+Post = Callable[[str, bytes, Mapping[str, str], float], Awaitable[HttpAnswer]]
+Sleep = Callable[[float], Awaitable[None]]
+# Answers worth another try: the game server may take it later.
+RETRY_STATUSES = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookStatistics:
+    """Counts since start: what is waiting, delivered, retried and dropped (and why)."""
+
+    queued: int
+    delivered: int
+    retries: int
+    dropped_full: int
+    dropped_failed: int
+    dropped_rejected: int
+
+
+def action_event(notice: ActionNotice, now: float) -> dict[str, Any]:
+    """The JSON body of one action event."""
+    return {
+        "id": f"{notice.action}:{notice.status}",
+        "type": "action",
+        "event": notice.status,
+        "ts": int(now),
+        "action": {
+            "id": notice.action,
+            "name": notice.name,
+            "args": dict(notice.args),
+            "approval": notice.approval,
+            "at": notice.at,
+        },
+        "turn": notice.turn,
+        "npc": notice.npc,
+        "player": notice.player,
+        "room": notice.room,
+    }
+
+
+class WebhookSender:
+    """The bounded queue of events for the game server, and the tasks delivering them."""
+
+    def __init__(
+        self,
+        settings: GameSection,
+        secret: str | None,
+        *,
+        post: Post = post_json,
+        sleep: Sleep = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.url = f"{settings.url}/events" if settings.url else None
+        self._secret = secret
+        self._post = post
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        # (idempotency key, body): the body is encoded once, for every attempt.
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.webhook_queue)
+        self._workers: list[asyncio.Task[None]] = []
+        self._delivered = self._retries = self._seq = 0
+        self._dropped = {"full": 0, "failed": 0, "rejected": 0}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._busy = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    def notify(self, notice: ActionNotice) -> None:
+        """A conversation's `on_action`: queue the event for the game server."""
+        self._seq += 1
+        self.send_nowait({**action_event(notice, self._wall_clock()), "seq": self._seq})
+
+    def send_nowait(self, event: Mapping[str, Any]) -> bool:
+        """Queue one event; False when there is no game server or the queue is full."""
+        if self.url is None:
+            return False
+        try:
+            self._queue.put_nowait((str(event.get("id", "")), orjson.dumps(event)))
+        except asyncio.QueueFull:
+            why = f"the queue is full ({self.settings.webhook_queue} events)"
+            self._drop("full", str(event.get("id")), why)
+            return False
+        self._idle.clear()
+        return True
+
+    def start(self) -> None:
+        """Start the delivery tasks (in the running loop); nothing to do without a URL."""
+        if self.url is None or self._workers:
+            return
+        for n in range(self.settings.webhook_workers):
+            self._workers.append(asyncio.create_task(self._work(), name=f"webhook-{n}"))
+
+    async def aclose(self) -> None:
+        """Stop delivering; events still queued are given up (the server is stopping)."""
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+
+    async def idle(self) -> None:
+        """Return once every queued event was delivered or dropped (for tests, drains)."""
+        await self._idle.wait()
+
+    def statistics(self) -> WebhookStatistics:
+        return WebhookStatistics(
+            queued=self._queue.qsize(),
+            delivered=self._delivered,
+            retries=self._retries,
+            dropped_full=self._dropped["full"],
+            dropped_failed=self._dropped["failed"],
+            dropped_rejected=self._dropped["rejected"],
+        )
+
+    async def _work(self) -> None:
+        while True:
+            key, body = await self._queue.get()
+            self._busy += 1
+            try:
+                await self._deliver(key, body)
+            finally:
+                self._busy -= 1
+                if not self._busy and self._queue.empty():
+                    self._idle.set()
+
+    async def _deliver(self, key: str, body: bytes) -> None:
+        """Every attempt at one event: success, a final answer, or retries run out."""
+        s = self.settings
+        for attempt in range(s.webhook_retries + 1):
+            if attempt:
+                self._retries += 1
+                await self._sleep(
+                    min(s.webhook_backoff_s * 2 ** (attempt - 1), s.webhook_backoff_max_s)
+                )
+            problem = await self._attempt(key, body)
+            if problem is None:
+                self._delivered += 1
+                return
+            if problem.startswith("rejected"):
+                self._drop("rejected", key, problem)
+                return
+        self._drop("failed", key, f"{problem}, after {s.webhook_retries + 1} attempts")
+
+    async def _attempt(self, key: str, body: bytes) -> str | None:
+        """One POST; None when delivered, else what went wrong."""
+        assert self.url is not None
+        headers = {"Idempotency-Key": key}
+        if self._secret:
+            headers[SIGNATURE_HEADER] = signature(self._secret, body, int(self._wall_clock()))
+        try:
+            answer = await self._post(self.url, body, headers, self.settings.webhook_timeout_s)
+        except GameHttpError as exc:
+            return str(exc)
+        if 200 <= answer.status < 300:
+            return None
+        if answer.status >= 500 or answer.status in RETRY_STATUSES:
+            return f"HTTP {answer.status}"
+        return f"rejected with HTTP {answer.status}"
+
+    def _drop(self, why: str, key: str, problem: str) -> None:
+        self._dropped[why] += 1
+        count = self._dropped[why]
+        # The 1st, 2nd, 4th, 8th ... drop of each kind: a game server that is down
+        # for an hour is in the log, without a line per event.
+        if count & (count - 1) == 0:
+            log.warning(
+                "webhook %s to %s dropped: %s (%d dropped so far for this reason)",
+                key,
+                self.url,
+                problem,
+                count,
+            )
