@@ -1,4 +1,4 @@
-"""The Quart application: `/ws`, `/healthz` and the `/play` page."""
+"""The Quart application: `/ws`, `/watch`, `/ops/events`, `/healthz` and the `/play` page."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from npc_server.backends import Backend
 from npc_server.config import PACKAGE_ROOT, Config
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
+from npc_server.ops import OpsService, api_key
 from npc_server.protocol.codes import CloseCode
 from npc_server.tokens import DEV_SECRET, issue_token
 from npc_server.transports.websocket import NpcWebsocketConnection
+from npc_server.watch import WatchRequest, WatchService
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,15 @@ def create_app(
         npcs = npcs if npcs is not None else load_npcs(config.npcs_path)
         node = Node(config, npcs, backends=backends)
     app.extensions["npc_server.node"] = node
-    app.extensions["npc_server.secret"] = resolve_secret(config)
+    app.extensions["npc_server.secret"] = secret = resolve_secret(config)
+    watch = app.extensions["npc_server.watch"] = WatchService(node, secret)
+    ops = OpsService(node, api_key())
     sweeper: list[asyncio.Task[None]] = []
 
     @app.before_serving
     async def start_sweeper() -> None:
         await node.broker.start()
-        sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
+        sweeper.append(asyncio.create_task(_sweep(node, watch), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
 
     @app.after_serving
@@ -103,6 +107,21 @@ def create_app(
             return "player must be a name of 1 to 64 characters", 400
         return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
 
+    @app.get("/watch")
+    async def watch_room() -> Response:
+        # The token is in the URL (EventSource sets no headers): never log the query.
+        ask = WatchRequest(
+            room=request.args.get("room"),
+            token=request.args.get("token"),
+            last_event_id=request.headers.get("Last-Event-ID") or request.args.get("last_id"),
+            address=request.remote_addr or "unknown",
+        )
+        return watch.open(ask)
+
+    @app.get("/ops/events")
+    async def ops_events() -> Response:
+        return ops.open(request.headers.get("Authorization"), request.remote_addr or "unknown")
+
     @app.get("/play")
     @app.get("/play/")
     async def play() -> Response:
@@ -123,10 +142,11 @@ async def _watch(node: Node) -> None:
         node.tick_sockets()
 
 
-async def _sweep(node: Node) -> None:
+async def _sweep(node: Node, watch: WatchService) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         node.expire_sessions()
+        watch.sweep_nowait()
 
 
 async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:

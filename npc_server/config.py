@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.frames import Limits
 from npc_server.session import SessionLimits
 
@@ -136,10 +137,27 @@ class LimitsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchSection:
+    """Watching rooms over server-sent events (`GET /watch`)."""
+
+    # Rooms anyone may watch without a token.
+    public_rooms: tuple[str, ...] = ()
+    watchers_per_room: int = 1000
+    watchers_per_address: int = 20
+    # Seconds between keep-alive comments on an idle stream.
+    keepalive: float = 15.0
+    # Events of a room kept for a reconnect with Last-Event-ID.
+    replay_events: int = 1024
+    # Default lifetime of `npc-server token --watch` tokens, in seconds.
+    token_ttl: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     auth: AuthSection = field(default_factory=AuthSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    watch: WatchSection = field(default_factory=WatchSection)
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
@@ -148,7 +166,12 @@ class Config:
     path: Path | None = None
 
 
-_SECTIONS = {"server": ServerSection, "auth": AuthSection, "limits": LimitsSection}
+_SECTIONS = {
+    "server": ServerSection,
+    "auth": AuthSection,
+    "limits": LimitsSection,
+    "watch": WatchSection,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +187,14 @@ NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
 NON_EMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
 ANY = Rule(lambda v: True, "any value")
 PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
+
+
+def _room_names(value: tuple[str, ...]) -> bool:
+    # The protocol's own room rule, so a public room is one a player can join.
+    return all(_ROOM.fullmatch(room) is not None for room in value)
+
+
+ROOM_NAMES = Rule(_room_names, f"a list of room names ({ROOM_RULE})")
 
 
 def one_of(*values: str) -> Rule:
@@ -193,6 +224,14 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "resume_window": NON_NEGATIVE,  # 0: a dropped socket's session ends at once
         "tokens_per_minute_player": NON_NEGATIVE,  # 0: no budget
         "sockets_policy": one_of("refuse", "replace"),
+    },
+    "watch": {
+        "public_rooms": ROOM_NAMES,
+        "watchers_per_room": POSITIVE,
+        "watchers_per_address": POSITIVE,
+        "keepalive": POSITIVE,
+        "replay_events": POSITIVE,
+        "token_ttl": POSITIVE,
     },
 }
 
@@ -247,7 +286,18 @@ def _env_hint(name: str, valid: Collection[str]) -> str:
     )
 
 
+def _strings(where: str, value: Any) -> tuple[str, ...]:
+    # A list in TOML; comma-separated in the environment.
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _coerce(where: str, value: Any, kind: type) -> Any:
+    if kind is tuple:
+        return _strings(where, value)
     if isinstance(value, str) and kind is not str:
         try:
             if kind is bool:
@@ -341,6 +391,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         server=sections["server"],
         auth=sections["auth"],
         limits=sections["limits"],
+        watch=sections["watch"],
         backend_defaults=doc.get("backends", {}),
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,
