@@ -17,8 +17,9 @@ from npc_server.config import PACKAGE_ROOT, Config
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.ops import OpsService, api_key
+from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.codes import CloseCode
-from npc_server.tokens import DEV_SECRET, issue_token
+from npc_server.tokens import DEV_SECRET, issue_token, issue_watch_token
 from npc_server.transports.websocket import NpcWebsocketConnection
 from npc_server.watch import WatchRequest, WatchService
 
@@ -106,6 +107,18 @@ def create_app(
         if not isinstance(player, str) or not 0 < len(player) <= 64:
             return "player must be a name of 1 to 64 characters", 400
         return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
+
+    @app.post("/dev/watch-token")
+    async def dev_watch_token() -> Response | tuple[str, int]:
+        # Only without a configured secret: lets /play's "watch this room" link open at once.
+        if config.secret:
+            return "not found", 404
+        body = await request.get_json(silent=True) or {}
+        room = body.get("room") if isinstance(body, dict) else None
+        if not isinstance(room, str) or _ROOM.fullmatch(room) is None:
+            return f"room must be a room name: {ROOM_RULE}", 400
+        token = issue_watch_token(DEV_SECRET, [room], config.watch.token_ttl)
+        return jsonify({"token": token, "dev": True})
 
     @app.get("/watch")
     async def watch_room() -> Response:
