@@ -19,7 +19,7 @@ snapshot of the room's active turns followed by `live`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from quart import Response
@@ -207,6 +207,3 @@ class WatchService:
     def sweep_nowait(self) -> int:
         """Forget room logs nobody watched within the resume window."""
         return self.logs.sweep_nowait()
-
-    def watchers(self) -> Mapping[str, int]:
-        return dict(self._by_address)
