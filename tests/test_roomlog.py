@@ -99,7 +99,7 @@ def test_public_rooms_are_checked_and_read_from_the_environment() -> None:
     assert config.watch.public_rooms == ("lobby", "arena")
     with pytest.raises(ConfigError, match=r"public_rooms\) must be a list of room names"):
         load_config(env={"NPC_SERVER_WATCH_PUBLIC_ROOMS": "bad room!"})
-    with pytest.raises(ConfigError, match=r"keepalive must be greater than 0"):
+    with pytest.raises(ConfigError, match=r"keepalive\) must be greater than 0"):
         load_config(env={"NPC_SERVER_WATCH_KEEPALIVE": "0"})
 
 
