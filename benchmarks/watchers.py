@@ -4,7 +4,9 @@ For each size N, two fresh servers in the same run, each pinned to core 0
 (the load on core 1): one with N SSE watchers of the room, one with N
 WebSocket members of it. In both, one speaker keeps the room's NPC talking
 (a new `say` as soon as a turn ends), and one more SSE watcher counts the
-events the room publishes. Server CPU (user + system, from /proc) over the
+events the room publishes. The N members are N sockets of one player, so
+that joining costs one `presence` rather than N^2; each socket's session
+gets every room frame, as a member's does. Server CPU (user + system, from /proc) over the
 measured window, divided by what was delivered:
 
 - per delivered event: CPU / (events the room published x N readers);
@@ -96,7 +98,7 @@ async def ws_member(
         try:
             async for data in ws:
                 counter.messages += 1
-                if isinstance(data, bytes) and b"\xa4ping" in data[:12]:
+                if isinstance(data, bytes) and len(data) < 40 and b"\xa4ping" in data:
                     ts = msgpack.unpackb(data).get("ts")
                     await ws.send(msgpack.packb({"t": "pong", "ts": ts}))
         finally:
@@ -152,7 +154,7 @@ async def measure(
         if transport == "sse":
             await sse_reader(host, port, counter, ready, stop)
         else:
-            await ws_member(url, f"m{index}", counter, ready, stop)
+            await ws_member(url, "audience", counter, ready, stop)
 
     try:
         await connect_all(readers, start, tasks)
@@ -194,6 +196,10 @@ def server_env(readers: int) -> dict[str, str]:
         "NPC_SERVER_WATCH_WATCHERS_PER_ROOM": big,
         "NPC_SERVER_WATCH_WATCHERS_PER_ADDRESS": big,
         "NPC_SERVER_LIMITS_ROOM_MEMBERS": big,
+        # The members are one player's sockets: N joins would cost N^2 presence frames.
+        "NPC_SERVER_LIMITS_MAX_SOCKETS_PER_PLAYER": big,
+        "NPC_SERVER_LIMITS_CONNECTS_PER_S_PLAYER": "1000000",
+        "NPC_SERVER_LIMITS_CONNECTS_BURST_PLAYER": "1000000",
     }
 
 
