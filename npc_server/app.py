@@ -1,4 +1,4 @@
-"""The Quart application: `/ws`, `/healthz` and the `/play` page."""
+"""The Quart application: `/ws`, `/watch`, `/ops/events`, `/healthz` and the `/play` page."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ from npc_server.logs import EventLog
 from npc_server.metrics import NodeMetrics
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
+from npc_server.ops import OpsService
+from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.codes import CloseCode
-from npc_server.tokens import DEV_SECRET, issue_token
+from npc_server.tokens import DEV_SECRET, issue_token, issue_watch_token
 from npc_server.transports.websocket import NpcWebsocketConnection
+from npc_server.watch import WatchRequest, WatchService
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +77,19 @@ def create_app(
         npcs = npcs if npcs is not None else load_npcs(config.npcs_path)
         node = Node(config, npcs, backends=backends)
     app.extensions["npc_server.node"] = node
-    app.extensions["npc_server.secret"] = resolve_secret(config)
+    app.extensions["npc_server.secret"] = secret = resolve_secret(config)
     node.events.subscribe(EventLog())
     metrics = _wire_metrics(app, config, node)
     app.register_blueprint(api_blueprint(config.api_key))
+    watch = app.extensions["npc_server.watch"] = WatchService(node, secret)
+    ops = OpsService(node, config.api_key)
     sweeper: list[asyncio.Task[None]] = []
 
     @app.before_serving
     async def start_sweeper() -> None:
         await node.broker.start()
         node.webhooks.start()
-        sweeper.append(asyncio.create_task(_sweep(node), name="session-sweeper"))
+        sweeper.append(asyncio.create_task(_sweep(node, watch), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
         if metrics is not None and metrics.multiprocess:
             sweeper.append(asyncio.create_task(metrics.sample_forever(), name="metrics-sampler"))
@@ -131,6 +136,33 @@ def create_app(
         if not isinstance(player, str) or not 0 < len(player) <= 64:
             return "player must be a name of 1 to 64 characters", 400
         return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
+
+    @app.post("/dev/watch-token")
+    async def dev_watch_token() -> Response | tuple[str, int]:
+        # Only without a configured secret: lets /play's "watch this room" link open at once.
+        if config.secret:
+            return "not found", 404
+        body = await request.get_json(silent=True) or {}
+        room = body.get("room") if isinstance(body, dict) else None
+        if not isinstance(room, str) or _ROOM.fullmatch(room) is None:
+            return f"room must be a room name: {ROOM_RULE}", 400
+        token = issue_watch_token(DEV_SECRET, [room], config.watch.token_ttl)
+        return jsonify({"token": token, "dev": True})
+
+    @app.get("/watch")
+    async def watch_room() -> Response:
+        # The token is in the URL (EventSource sets no headers): never log the query.
+        ask = WatchRequest(
+            room=request.args.get("room"),
+            token=request.args.get("token"),
+            last_event_id=request.headers.get("Last-Event-ID") or request.args.get("last_id"),
+            address=request.remote_addr or "unknown",
+        )
+        return watch.open(ask)
+
+    @app.get("/ops/events")
+    async def ops_events() -> Response:
+        return ops.open(request.headers.get("Authorization"), request.remote_addr or "unknown")
 
     @app.get("/play")
     @app.get("/play/")
@@ -184,10 +216,11 @@ async def _watch(node: Node) -> None:
         node.tick_sockets()
 
 
-async def _sweep(node: Node) -> None:
+async def _sweep(node: Node, watch: WatchService) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         node.expire_sessions()
+        watch.sweep_nowait()
 
 
 async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:

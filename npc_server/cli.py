@@ -13,7 +13,8 @@ from pathlib import Path
 from npc_server import __version__, logs
 from npc_server.app import InsecureSecret, resolve_secret
 from npc_server.config import LOG_LEVELS, Config, ConfigError, load_config, with_overrides
-from npc_server.tokens import issue_token
+from npc_server.protocol.codec import _ROOM, ROOM_RULE
+from npc_server.tokens import issue_token, issue_watch_token
 
 
 def _port(text: str) -> int:
@@ -53,9 +54,17 @@ def _token_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npc-server token", description="Print a signed player token."
     )
-    parser.add_argument("player", help="player id (the token's sub)")
+    parser.add_argument("player", nargs="?", help="player id (the token's sub)")
     parser.add_argument(
-        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
+        "--watch",
+        action="append",
+        metavar="ROOM",
+        help="a watch token for ROOM over SSE instead (repeat for several rooms)",
+    )
+    parser.add_argument(
+        "--ttl",
+        type=float,
+        help="seconds until it expires (default 3600; [watch] token_ttl for --watch)",
     )
     parser.add_argument("--config", type=Path)
     return parser
@@ -72,7 +81,17 @@ def token_main(argv: Sequence[str]) -> int:
     args = _token_parser().parse_args(argv)
     config = load_config(existing(args.config, "--config") if args.config else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    print(issue_token(resolve_secret(config), args.player, args.ttl))
+    if (args.player is None) == (args.watch is None):
+        _token_parser().error("give a player id, or --watch ROOM (not both)")
+    secret = resolve_secret(config)
+    if args.watch is not None:
+        bad = [room for room in args.watch if _ROOM.fullmatch(room) is None]
+        if bad:
+            _token_parser().error(f"--watch {bad[0]!r}: a room name is {ROOM_RULE}")
+        ttl = config.watch.token_ttl if args.ttl is None else args.ttl
+        print(issue_watch_token(secret, args.watch, ttl))
+        return 0
+    print(issue_token(secret, args.player, 3600.0 if args.ttl is None else args.ttl))
     return 0
 
 

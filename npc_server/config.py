@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.frames import Limits
 from npc_server.session import SessionLimits
 
@@ -174,11 +175,28 @@ class GameSection:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchSection:
+    """Watching rooms over server-sent events (`GET /watch`)."""
+
+    # Rooms anyone may watch without a token.
+    public_rooms: tuple[str, ...] = ()
+    watchers_per_room: int = 1000
+    watchers_per_address: int = 20
+    # Seconds between keep-alive comments on an idle stream.
+    keepalive: float = 15.0
+    # Events of a room kept for a reconnect with Last-Event-ID.
+    replay_events: int = 1024
+    # Default lifetime of `npc-server token --watch` tokens, in seconds.
+    token_ttl: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     auth: AuthSection = field(default_factory=AuthSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     game: GameSection = field(default_factory=GameSection)
+    watch: WatchSection = field(default_factory=WatchSection)
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
@@ -199,6 +217,7 @@ _SECTIONS: dict[str, type] = {
     "logging": LoggingSection,
     "metrics": MetricsSection,
     "game": GameSection,
+    "watch": WatchSection,
 }
 
 
@@ -219,6 +238,14 @@ HTTP_URL = Rule(
     lambda v: v == "" or (v.startswith(("http://", "https://")) and not v.endswith("/")),
     'an http(s) URL without a trailing slash, or "" for none',
 )
+
+
+def _room_names(value: tuple[str, ...]) -> bool:
+    # The protocol's own room rule, so a public room is one a player can join.
+    return all(_ROOM.fullmatch(room) is not None for room in value)
+
+
+ROOM_NAMES = Rule(_room_names, f"a list of room names ({ROOM_RULE})")
 
 
 def one_of(*values: str) -> Rule:
@@ -270,6 +297,14 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         **{f.name: POSITIVE for f in fields(GameSection)},
         "url": HTTP_URL,
         "webhook_retries": NON_NEGATIVE,  # 0: one attempt only
+    },
+    "watch": {
+        "public_rooms": ROOM_NAMES,
+        "watchers_per_room": POSITIVE,
+        "watchers_per_address": POSITIVE,
+        "keepalive": POSITIVE,
+        "replay_events": POSITIVE,
+        "token_ttl": POSITIVE,
     },
 }
 
@@ -336,9 +371,20 @@ def _table(where: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _strings(where: str, value: Any) -> tuple[str, ...]:
+    # A list in TOML; comma-separated in the environment.
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _coerce(where: str, value: Any, kind: type) -> Any:
     if kind is dict:
         return _table(where, value)
+    if kind is tuple:
+        return _strings(where, value)
     if isinstance(value, str) and kind is not str:
         try:
             if kind is bool:
@@ -433,6 +479,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         auth=sections["auth"],
         limits=sections["limits"],
         game=sections["game"],
+        watch=sections["watch"],
         backend_defaults=doc.get("backends", {}),
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,

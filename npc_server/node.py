@@ -322,3 +322,24 @@ class Node:
         if present or not conversation.idle or conversation.open_actions:
             return
         self._conversations.pop((conversation.npc.id, audience.key), None)
+
+    # --- watching over SSE ---------------------------------------------------
+
+    def room_active(self, room: str) -> bool:
+        """Whether a turn of `room` is under way on this node."""
+        return any(c.audience.room == room for c, _ in self.turns.active())
+
+    def room_snapshot(self, room: str) -> list[ServerFrame]:
+        """What a watcher of `room` needs to catch up, as `snapshot` sends a member:
+        each active turn as `turn.start` and one `delta` at 0 with its text so far,
+        then the actions still waiting for approval."""
+        frames: list[ServerFrame] = []
+        for conversation, turn in self.turns.active():
+            if conversation.audience.room == room:
+                frames.append(TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to))
+                if turn.chars:
+                    frames.append(Delta(turn.id, turn.text, 0))
+        for conversation, turn, action in self.turns.open_actions():
+            if conversation.audience.room == room and action.approval:
+                frames.append(Action(turn.id, action.id, action.name, action.args, action.at, True))
+        return frames

@@ -1,8 +1,14 @@
-"""Player tokens: HS256 JWTs whose `sub` is the player id and whose `exp` counts."""
+"""Tokens: HS256 JWTs whose `exp` counts.
+
+A player token's `sub` is the player id. A watch token (`issue_watch_token`)
+carries a `watch` claim listing the rooms it may watch over SSE; it is never
+a player token, and a player token is never a watch token.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +18,8 @@ DEV_SECRET = "npc-server-development-secret-do-not-use-in-production"
 MAX_PLAYER_CHARS = 128
 # Claim times after 9999-12-31T23:59:59Z are not times but attacks on float().
 MAX_SECONDS = 253_402_300_799
+WATCH_CLAIM = "watch"
+WATCH_SUBJECT = "watcher"
 
 
 class TokenError(Exception):
@@ -40,6 +48,14 @@ def verify_token(secret: str, token: str, now: float | None = None) -> TokenClai
     """Check signature and claims (`sub`, `exp`, `iat` and `nbf` if present); else `TokenError`."""
     claims = _signed_claims(secret, token)
     player = _player(claims.get("sub"))
+    expires_at = _check_times(claims, now)
+    if WATCH_CLAIM in claims:
+        raise TokenError("invalid token: a watch token cannot open a player session")
+    return TokenClaims(player=player, expires_at=expires_at)
+
+
+def _check_times(claims: dict[str, Any], now: float | None) -> float:
+    """Check `exp`, and `iat` and `nbf` when present; returns `exp`."""
     expires_at = _seconds(claims, "exp")
     times = {name: _seconds(claims, name) for name in ("iat", "nbf") if name in claims}
     at = time.time() if now is None else now
@@ -49,7 +65,33 @@ def verify_token(secret: str, token: str, now: float | None = None) -> TokenClai
         raise TokenError("invalid token: not valid before its 'nbf'")
     if times.get("iat", at) > at:
         raise TokenError("invalid token: 'iat' is in the future")
-    return TokenClaims(player=player, expires_at=expires_at)
+    return expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class WatchClaims:
+    rooms: frozenset[str]
+    expires_at: float
+
+
+def issue_watch_token(
+    secret: str, rooms: Sequence[str], ttl: float = 900.0, now: float | None = None
+) -> str:
+    """Sign a token that may watch `rooms` over SSE for `ttl` seconds."""
+    issued = time.time() if now is None else now
+    claims: dict[str, Any] = {"sub": WATCH_SUBJECT, WATCH_CLAIM: list(rooms)}
+    claims |= {"iat": int(issued), "exp": int(issued + ttl)}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify_watch_token(secret: str, token: str, now: float | None = None) -> WatchClaims:
+    """Check a watch token's signature, times and `watch` list of rooms; else `TokenError`."""
+    claims = _signed_claims(secret, token)
+    rooms = claims.get(WATCH_CLAIM)
+    if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+        raise TokenError("invalid token: not a watch token (no 'watch' list of rooms)")
+    expires_at = _check_times(claims, now)
+    return WatchClaims(rooms=frozenset(rooms), expires_at=expires_at)
 
 
 def _signed_claims(secret: str, token: str) -> dict[str, Any]:

@@ -1,0 +1,209 @@
+"""`GET /watch?room=R&token=T`: a room's frames as server-sent events, for those who only watch.
+
+Who may watch: anyone, for a room listed in `[watch] public_rooms`; otherwise
+the holder of a watch token (`npc-server token --watch R`) naming the room.
+The answers before a stream starts, in the order they are checked:
+
+- 400: no `room`, or not a room name;
+- 401: a token that is bad or expired (or none, for a room that is not public);
+- 403: a valid token that does not name the room;
+- 404: a room this node does not know: not public, no members, no active
+  turn, and no log (nobody watched it within `resume_window`);
+- 503 with `Retry-After`: the node is draining;
+- 429 with `Retry-After`: too many watchers of the room, or from the address.
+
+Then every event of the room's log (`roomlog.py`), after a replay from
+`Last-Event-ID` or, for a new watcher or one the window no longer covers, a
+snapshot of the room's active turns followed by `live`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quart import Response
+
+from npc_server.events import AuthFailed, Connected, Limited
+from npc_server.node import Node
+from npc_server.protocol.codec import _ROOM, ROOM_RULE
+from npc_server.protocol.codes import CloseCode
+from npc_server.roomlog import RoomLog, RoomLogs
+from npc_server.tokens import TokenError, verify_watch_token
+from npc_server.transports.base import close_code_for
+from npc_server.transports.sse import (
+    SseBody,
+    SseStream,
+    frame_event,
+    json_event,
+    refusal,
+    sse_response,
+)
+
+RETRY_AFTER_S = 5
+DRAIN_RETRY_S = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest:
+    """What a watcher asked for: from the query and the `Last-Event-ID` header."""
+
+    room: str | None
+    token: str | None
+    last_event_id: str | None
+    address: str
+
+
+class Watcher(SseStream):
+    """One watcher of one room: reads the room's log from its cursor."""
+
+    def __init__(
+        self,
+        node: Node,
+        logs: RoomLogs,
+        log: RoomLog,
+        address: str,
+        last_event_id: str | None,
+        on_released: Callable[[Watcher], None],
+    ) -> None:
+        super().__init__(
+            node, transport="sse", address=address, keepalive=node.config.watch.keepalive
+        )
+        self.logs = logs
+        self.log = log
+        self.room = log.room
+        self._on_released = on_released
+        self.cursor, self._opening = self._start_at(last_event_id)
+        logs.add_reader(log, self)
+
+    def _start_at(self, last_event_id: str | None) -> tuple[int, bytes]:
+        """Where reading starts, and what comes before: nothing (a replay) or a snapshot."""
+        log = self.log
+        if last_event_id:
+            seq = log.position_of(last_event_id)
+            if seq is not None:
+                return seq, b""
+        parts = []
+        if last_event_id:
+            reason = "the events after Last-Event-ID are no longer kept"
+            parts.append(json_event("reset", {"room": self.room, "reason": reason}))
+        parts.extend(frame_event(frame) for frame in self.node.room_snapshot(self.room))
+        live = {"room": self.room, "members": list(self.node.hub.members(self.room))}
+        parts.append(json_event("live", live, log.event_id()))
+        return log.last_seq, b"".join(parts)
+
+    def take_nowait(self) -> bytes:
+        data = self.log.read_after(self.cursor)
+        if data is None:
+            self.request_close(CloseCode.SLOW_CONSUMER, "fell out of the replay window")
+            return b""
+        self.cursor = self.log.last_seq
+        if self._opening:
+            data, self._opening = self._opening + data, b""
+        return data
+
+    def wake_nowait(self) -> None:
+        self.ready.set()
+
+    def overrun(self) -> None:
+        lag = self.log.max_lag
+        self.request_close(CloseCode.SLOW_CONSUMER, f"over {lag} events behind the room")
+
+    def farewell(self) -> bytes:
+        if self.close_code is CloseCode.GOING_AWAY:
+            return json_event("draining", {"retry_after": DRAIN_RETRY_S})
+        return b""
+
+    def release(self) -> None:
+        self.logs.remove_reader(self.log, self)
+        super().release()
+        self._on_released(self)
+
+
+class WatchService:
+    """Admission to `/watch` and the watchers of this node."""
+
+    def __init__(self, node: Node, secret: str) -> None:
+        self.node = node
+        self._secret = secret
+        watch = node.config.watch
+        self.public = frozenset(watch.public_rooms)
+        self.logs = RoomLogs(
+            node.broker,
+            max_events=watch.replay_events,
+            max_lag=node.config.limits.queue_frames,
+            linger=node.config.limits.resume_window,
+            clock=node.clock,
+        )
+        self._by_address: dict[str, int] = {}
+
+    def open(self, ask: WatchRequest) -> Response:
+        """The stream for a watch request, or the status that refuses it."""
+        self.node.events.emit(Connected("sse", ask.address))
+        room = ask.room
+        if room is None or _ROOM.fullmatch(room) is None:
+            return refusal(400, f"'room' must be a room name: {ROOM_RULE}")
+        refused = self._authorize(room, ask)
+        if refused is not None:
+            return refused
+        refused = self._admit(room, ask.address)
+        if refused is not None:
+            return refused
+        return sse_response(SseBody(lambda: self._start(room, ask)))
+
+    def _authorize(self, room: str, ask: WatchRequest) -> Response | None:
+        if ask.token is None and room in self.public:
+            return None
+        try:
+            claims = verify_watch_token(self._secret, ask.token or "")
+        except TokenError as exc:
+            message = "a watch token is needed for this room" if ask.token is None else exc.message
+            code = close_code_for(exc)
+            self.node.events.emit(AuthFailed("sse", ask.address, code, message))
+            return refusal(401, message, {"WWW-Authenticate": 'Bearer realm="watch"'})
+        if room not in claims.rooms and room not in self.public:
+            return refusal(403, f"the token does not name room {room!r}")
+        if not self.known(room):
+            return refusal(404, f"no room {room!r} on this server")
+        return None
+
+    def known(self, room: str) -> bool:
+        """Whether `room` can be watched: public, or members, turns or a log on this node."""
+        node = self.node
+        return (
+            room in self.public
+            or node.hub.room_exists(room)
+            or node.room_active(room)
+            or self.logs.get(room) is not None
+        )
+
+    def _admit(self, room: str, address: str) -> Response | None:
+        if self.node.draining:
+            return refusal(503, "server draining", {"Retry-After": str(DRAIN_RETRY_S)})
+        limits = self.node.config.watch
+        log = self.logs.get(room)
+        if log is not None and len(log.readers) >= limits.watchers_per_room:
+            return self._limited("watchers_room", f"room {room!r} has too many watchers")
+        if self._by_address.get(address, 0) >= limits.watchers_per_address:
+            return self._limited("watchers_address", "too many watchers from this address")
+        return None
+
+    def _limited(self, what: str, message: str) -> Response:
+        self.node.events.emit(Limited(what, None))
+        return refusal(429, message, {"Retry-After": str(RETRY_AFTER_S)})
+
+    def _start(self, room: str, ask: WatchRequest) -> Watcher:
+        log = self.logs.open(room)
+        self._by_address[ask.address] = self._by_address.get(ask.address, 0) + 1
+        return Watcher(self.node, self.logs, log, ask.address, ask.last_event_id, self._released)
+
+    def _released(self, watcher: Watcher) -> None:
+        left = self._by_address.get(watcher.address, 0) - 1
+        if left > 0:
+            self._by_address[watcher.address] = left
+        else:
+            self._by_address.pop(watcher.address, None)
+
+    def sweep_nowait(self) -> int:
+        """Forget room logs nobody watched within the resume window."""
+        return self.logs.sweep_nowait()
