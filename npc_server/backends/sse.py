@@ -37,6 +37,8 @@ class SSEDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Decode the next bytes of the body; return the data of the events they complete."""
+        if not data:
+            return []  # an empty read must not forget a CR still waiting for its LF
         if not self._started:
             data = self._strip_bom(data)
         if self._cr_pending:

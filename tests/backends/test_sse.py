@@ -84,3 +84,12 @@ def test_an_event_over_the_limit_is_refused() -> None:
     decoder = SSEDecoder(max_event_bytes=64)
     with pytest.raises(EventTooLarge):
         decoder.feed(b"data: 0123456789\n" * 10)
+
+
+def test_an_empty_read_between_cr_and_lf_keeps_them_one_line_end() -> None:
+    """CR, then an empty read, then LF: one line end, not an extra blank line (found by fuzzing)."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"e":\r') == []
+    assert decoder.feed(b"") == []
+    assert decoder.feed(b"\ndata: 5}\r\n") == []
+    assert decoder.feed(b"\r\n") == [b'{"e":\n5}']
