@@ -23,6 +23,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npc-server", description="Serve NPC conversations over WebSocket."
@@ -34,6 +40,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--npcs", type=Path, help="directory of NPC TOML files")
     parser.add_argument(
         "--production", action="store_true", help="refuse to start without NPC_SERVER_SECRET"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        help="server processes on this port (default: [server] workers); "
+        "more than 1 needs [cluster] redis_url",
     )
     parser.add_argument(
         "--log-level",
@@ -131,14 +143,25 @@ def serve_main(argv: Sequence[str]) -> int:
         server["port"] = args.port
     if args.production:
         server["production"] = True
+    if args.workers is not None:
+        server["workers"] = args.workers
     config = with_overrides(config, server=server)
+    if config.server.workers > 1 and not config.cluster.redis_url:
+        raise ConfigError(
+            f"--workers {config.server.workers} needs [cluster] redis_url (or "
+            "NPC_SERVER_CLUSTER_REDIS_URL): workers share players through Redis"
+        )
     if args.npcs:
         config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
     resolve_secret(config, warn=False)  # fail early in production; create_app warns once
     from npc_server.serve import prepare, run
+    from npc_server.workers import WORKER_FD, Supervisor
 
     # Every NPC file and backend is checked and built before the server listens.
-    run(config, prepare(config))
+    prepared = prepare(config)
+    if config.server.workers > 1 and not os.environ.get(WORKER_FD):
+        return Supervisor(config, argv).run()
+    run(config, prepared)
     return 0
 
 

@@ -62,6 +62,14 @@ class ServerSection:
     websocket_compression: bool = False
     production: bool = False
     graceful_timeout: float = 5.0
+    # Server processes on one port (--workers); more than one needs [cluster] redis_url.
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSection:
+    # "" : one process, state in memory. redis://host:port/db : nodes share through Redis.
+    redis_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +205,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     game: GameSection = field(default_factory=GameSection)
     watch: WatchSection = field(default_factory=WatchSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
@@ -218,6 +227,7 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsSection,
     "game": GameSection,
     "watch": WatchSection,
+    "cluster": ClusterSection,
 }
 
 
@@ -234,6 +244,10 @@ NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
 NON_EMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
 ANY = Rule(lambda v: True, "any value")
 PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
+REDIS_URL = Rule(
+    lambda v: v == "" or v.startswith(("redis://", "rediss://", "unix://")),
+    'a redis://, rediss:// or unix:// URL, or "" for one process without Redis',
+)
 HTTP_URL = Rule(
     lambda v: v == "" or (v.startswith(("http://", "https://")) and not v.endswith("/")),
     'an http(s) URL without a trailing slash, or "" for none',
@@ -283,6 +297,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "websocket_compression": ANY,
         "production": ANY,
         "graceful_timeout": NON_NEGATIVE,
+        "workers": POSITIVE,
     },
     "auth": {"auth_timeout": POSITIVE, "expiry_grace": NON_NEGATIVE},
     "limits": {
@@ -306,6 +321,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "replay_events": POSITIVE,
         "token_ttl": POSITIVE,
     },
+    "cluster": {"redis_url": REDIS_URL},
 }
 
 ENV_PREFIX = "NPC_SERVER_"
@@ -313,6 +329,9 @@ ENV_PREFIX = "NPC_SERVER_"
 # one adds it here, so that a misspelt name stays an error.
 OTHER_VARIABLES: Mapping[str, str] = {
     "NPC_SERVER_CONFIG": "the server TOML file",
+    "NPC_SERVER_WORKER_FD": "set by --workers for its workers: the shared listening socket",
+    "NPC_SERVER_WORKER_ADMIN_FD": "set by --workers for its workers: the metrics socket",
+    "NPC_SERVER_WORKER_INDEX": "set by --workers for its workers: which one",
     "NPC_SERVER_NPCS_DIR": "the NPC directory ([server] npcs_dir)",
     "NPC_SERVER_HOST": "[server] host",
     "NPC_SERVER_PORT": "[server] port",
@@ -322,7 +341,7 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "NPC_SERVER_WEBHOOK_SECRET": "the webhook secret",
 }
 # Families of variables whose features check their own names.
-RESERVED_PREFIXES = ("NPC_SERVER_CLUSTER_",)
+RESERVED_PREFIXES: tuple[str, ...] = ()
 _SHORT_NAMES = {("server", "host"): "NPC_SERVER_HOST", ("server", "port"): "NPC_SERVER_PORT"}
 
 
@@ -480,6 +499,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         limits=sections["limits"],
         game=sections["game"],
         watch=sections["watch"],
+        cluster=sections["cluster"],
         backend_defaults=doc.get("backends", {}),
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,

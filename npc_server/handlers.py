@@ -191,9 +191,14 @@ def join(node: Node, session: Session, frame: Join) -> None:
                 ErrorCode.FORBIDDEN, f"room {frame.room!r} is full ({limits.room_members} players)"
             )
         node.hub.join(frame.room, player)
-        _ack(node, session, frame)
-        for mine in node.hub.sessions_of(player):  # catch up on turns already under way
-            node.snapshot(mine, room=frame.room)
+
+        def joined() -> None:
+            # After the ack the player gets every frame of the room, from any node.
+            _ack(node, session, frame)
+            for mine in node.hub.sessions_of(player):  # catch up on turns under way
+                node.snapshot(mine, room=frame.room)
+
+        node.broker.when_subscribed(joined)
         return
     _ack(node, session, frame)
 

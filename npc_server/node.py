@@ -81,7 +81,7 @@ class Node:
         self.clock = clock
         self.scheduler = scheduler or LoopScheduler()
         self.node_id = secrets.token_hex(3)
-        self.broker = broker or create_broker()
+        self.broker = broker or create_broker(config.cluster.redis_url, self.node_id)
         self.events = EventBus()
         self.hub = Hub(self.broker)
         limits = config.limits

@@ -109,18 +109,36 @@ def prepare(config: Config) -> Prepared:
 
     Done before the loop starts, so no player's first `say` waits for an import.
     """
+    if config.cluster.redis_url:
+        _check_redis(config.cluster.redis_url)
     npcs = load_npcs(config.npcs_path)
     if not npcs:
         log.warning("no NPC files (*.toml) in %s", config.npcs_path)
     return Prepared(npcs, build_backends(npcs, config))
 
 
+def _check_redis(url: str) -> None:
+    from npc_server.brokers.redis import BrokerUnavailable, check_reachable
+
+    try:
+        check_reachable(url)
+    except BrokerUnavailable as exc:
+        raise ConfigError(f"[cluster] redis_url: {exc}") from None
+
+
 async def serve(config: Config, prepared: Prepared) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and exit."""
+    """Serve until SIGTERM or SIGINT, then drain and exit.
+
+    A worker of `--workers` serves on the sockets its parent made and passed down.
+    """
+    from npc_server.workers import inherited_listeners
+
     app = create_app(config, prepared.npcs, backends=prepared.backends)
     node: Node = app.extensions["npc_server.node"]
-    listener = make_listener(config)
-    admin = admin_listener(config)
+    listener, admin = inherited_listeners()
+    worker = listener is not None
+    listener = listener or make_listener(config)
+    admin = admin or (None if worker else admin_listener(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []
@@ -134,10 +152,12 @@ async def serve(config: Config, prepared: Prepared) -> None:
         loop.add_signal_handler(sig, on_signal)
     npcs = ", ".join(sorted(node.npcs)) or "none"
     address = f"http://{listener.host}:{listener.port}"
-    print(f"npc-server listening on {address} (WebSocket /ws, NPCs: {npcs})", flush=True)
+    what = f"node {node.node_id}" if worker else "listening"
+    print(f"npc-server {what} on {address} (WebSocket /ws, NPCs: {npcs})", flush=True)
     servers = [hypercorn_serve(app, hypercorn_config(config, listener), shutdown_trigger=stop.wait)]
     if admin is not None:
-        print(f"npc-server metrics on http://{admin.host}:{admin.port}/metrics", flush=True)
+        if not worker:
+            print(f"npc-server metrics on http://{admin.host}:{admin.port}/metrics", flush=True)
         admin_app = AdminApp(app.extensions["npc_server.metrics"])
         hc = admin_hypercorn_config(admin)
         servers.append(hypercorn_serve(cast(Any, admin_app), hc, shutdown_trigger=stop.wait))

@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 
-def create_broker() -> Broker:
-    """The broker for this configuration: in memory, for one process."""
-    return MemoryBroker()
+def create_broker(redis_url: str = "", node_id: str = "") -> Broker:
+    """In memory for one process; with a Redis URL, a node of a cluster."""
+    if not redis_url:
+        return MemoryBroker()
+    from npc_server.brokers.redis import RedisBroker
+
+    return RedisBroker(redis_url, node_id)

@@ -14,6 +14,7 @@ subscribers on other nodes. Publishing never waits: it only enqueues.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +71,10 @@ class Broker(Protocol):
 
     def subscriber_count(self, channel: str) -> int:
         """How many subscribers `channel` has on this node."""
+
+    def when_subscribed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every subscription made so far delivers publications
+        from every node (at once, in memory)."""
 
     def statistics(self) -> BrokerStatistics:
         """An immutable snapshot of this broker's channels."""

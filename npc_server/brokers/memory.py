@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from npc_server.brokers.base import BrokerStatistics, Subscriber
 from npc_server.protocol.frames import ServerFrame
 
@@ -43,6 +45,9 @@ class MemoryBroker:
 
     def subscriber_count(self, channel: str) -> int:
         return len(self._channels.get(channel, _NONE))
+
+    def when_subscribed(self, callback: Callable[[], None]) -> None:
+        callback()
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(

@@ -51,6 +51,23 @@ class RedisStatistics:
     connected: bool
 
 
+def check_reachable(url: str) -> None:
+    """Before the loop starts: Redis answers at `url`, or `BrokerUnavailable` says why."""
+    try:
+        import redis
+    except ImportError:
+        raise BrokerUnavailable(
+            "cluster mode needs the redis client: pip install 'npc-server[redis]'"
+        ) from None
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
+    try:
+        client.ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
+    finally:
+        client.close()
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -75,6 +92,7 @@ class RedisBroker:
         self._version = 0  # of `_remote`
         self._synced = -1  # the version Redis has confirmed
         self._synced_event = asyncio.Event()
+        self._waiting: list[tuple[int, Callable[[], None]]] = []
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -99,6 +117,12 @@ class RedisBroker:
     def _want_sync(self) -> None:
         self._version += 1
         self._changed.set()
+
+    def when_subscribed(self, callback: Callable[[], None]) -> None:
+        if self._synced >= self._version:
+            callback()
+        else:
+            self._waiting.append((self._version, callback))
 
     async def wait_subscribed(self) -> None:
         """Wait until Redis delivers every channel subscribed so far (tests, joins)."""
@@ -262,6 +286,10 @@ class RedisBroker:
         if text.startswith(SYNC) and text[len(SYNC) :].isdigit():
             self._synced = max(self._synced, int(text[len(SYNC) :]))
             self._synced_event.set()
+            ready = [cb for version, cb in self._waiting if version <= self._synced]
+            self._waiting = [(v, cb) for v, cb in self._waiting if v > self._synced]
+            for callback in ready:
+                callback()
 
     def _deliver(self, raw_channel: bytes | str, data: Any) -> None:
         channel = raw_channel.decode() if isinstance(raw_channel, bytes) else raw_channel

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -140,3 +141,18 @@ async def test_publishing_to_an_empty_channel_is_harmless(kind: str, redis: Redi
         broker.publish_nowait(room_channel("nobody"), Delta("t1", "x", 0))
         broker.drop_turn_nowait(room_channel("nobody"), "t1")
         assert broker.statistics().channels == 0
+
+
+async def test_when_subscribed_runs_once_subscriptions_deliver(
+    kind: str, redis: RedisServer
+) -> None:
+    """The callback runs once every subscription so far is live (at once in memory)."""
+    async with started(kind, redis) as broker:
+        sink = Sink("s1", "alice")
+        broker.subscribe(room_channel("tavern"), sink)
+        ready = asyncio.Event()
+        broker.when_subscribed(ready.set)
+        await asyncio.wait_for(ready.wait(), 10)
+        later = asyncio.Event()
+        broker.when_subscribed(later.set)  # nothing new to wait for
+        await asyncio.wait_for(later.wait(), 10)

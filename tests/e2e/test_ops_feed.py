@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 
@@ -19,13 +21,10 @@ def bearer(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def test_the_feed_shows_turns_with_timings_and_closes_with_codes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_feed_shows_turns_with_timings_and_closes_with_codes() -> None:
     """A turn's start and end (reason, timings) and closes with their codes, live."""
-    monkeypatch.setenv("NPC_SERVER_API_KEY", KEY)
     config = server_config(scripted={"tokens_per_second": 40, "long_reply_chars": 2000})
-    async with running_server(config) as server:
+    async with running_server(replace(config, api_key=KEY)) as server:
         async with watch(server.http_url, "/ops/events", headers=bearer()) as feed:
             assert feed.status == 200
             hello = await feed.next()
@@ -50,20 +49,18 @@ async def test_the_feed_shows_turns_with_timings_and_closes_with_codes(
         assert data(got[-1])["code"] == CloseCode.AUTH_FAILED
 
 
-async def test_without_a_key_the_feed_does_not_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_a_key_the_feed_does_not_exist() -> None:
     """No NPC_SERVER_API_KEY: 404, whatever the request carries."""
-    monkeypatch.delenv("NPC_SERVER_API_KEY", raising=False)
-    async with running_server(server_config()) as server:
+    async with running_server(replace(server_config(), api_key=None)) as server:
         async with httpx.AsyncClient(base_url=server.http_url) as http:
             for headers in ({}, bearer(), bearer("x")):
                 response = await http.get("/ops/events", headers=headers)
                 assert response.status_code == 404
 
 
-async def test_a_missing_or_wrong_key_is_401(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_missing_or_wrong_key_is_401() -> None:
     """A wrong key, another scheme or none at all: 401 with a Bearer challenge."""
-    monkeypatch.setenv("NPC_SERVER_API_KEY", KEY)
-    async with running_server(server_config()) as server:
+    async with running_server(replace(server_config(), api_key=KEY)) as server:
         async with httpx.AsyncClient(base_url=server.http_url) as http:
             wrong = [{}, bearer("nope"), bearer(KEY + "x"), {"Authorization": f"Basic {KEY}"}]
             for headers in wrong:

@@ -1,0 +1,142 @@
+"""Cluster mode with real parts: a redis-server and several npc-server processes on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.client import Frame, RawClient, connect
+from tests.support.redis import RedisServer, free_port, redis_server
+from tests.support.server import DEMO_NPCS, REPO, SECRET, ServerProcess, start_server_process
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def cluster_config(tmp_path: Path, redis: RedisServer) -> Path:
+    """A server file for every node: the demo NPCs, fast scripted pacing, one Redis."""
+    path = tmp_path / "server.toml"
+    path.write_text(
+        f'[server]\nnpcs_dir = "{DEMO_NPCS}"\n'
+        "[overrides.scripted]\nfirst_token_ms = 0\ntokens_per_second = 200\n"
+        f'[cluster]\nredis_url = "{redis.url}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@contextmanager
+def nodes(tmp_path: Path, count: int) -> Iterator[list[ServerProcess]]:
+    """`count` npc-server processes on their own ports, sharing one redis-server."""
+    with redis_server() as redis, ExitStack() as stack:
+        config = cluster_config(tmp_path, redis)
+        started = []
+        for _ in range(count):
+            node = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
+            stack.callback(node.kill)
+            started.append(node)
+        yield started
+
+
+async def join(client: RawClient, room: str, req: int = 1) -> None:
+    await client.send({"t": "join", "id": req, "room": room})
+    await client.recv_until(lambda f: f["t"] == "ack" and f.get("id") == req)
+
+
+def turn_text(frames: list[Frame], turn: str) -> str:
+    return "".join(f["text"] for f in frames if f["t"] == "delta" and f["turn"] == turn)
+
+
+async def test_a_room_spans_nodes(tmp_path: Path) -> None:
+    """Members on two nodes see each other's presence, said, typing and the NPC's whole turn."""
+    with nodes(tmp_path, 2) as (a, b):
+        async with connect(a.url) as alice, connect(b.url) as bob:
+            welcome_a = await alice.hello(a.token("alice"))
+            welcome_b = await bob.hello(b.token("bob"))
+            assert welcome_a["server"]["node"] != welcome_b["server"]["node"]
+            await join(alice, "inn")
+            await join(bob, "inn")
+            presence = await alice.expect("presence")
+            assert (presence["player"], presence["state"]) == ("bob", "joined")
+            await bob.send({"t": "typing", "on": True, "room": "inn"})
+            assert (await alice.expect("typing"))["player"] == "bob"
+            await bob.send(
+                {"t": "say", "id": 2, "npc": "questgiver", "text": "any quests?", "room": "inn"}
+            )
+            bob_frames = await bob.recv_until(lambda f: f["t"] == "turn.end")
+            alice_frames = await alice.recv_until(lambda f: f["t"] == "turn.end")
+            said = next(f for f in alice_frames if f["t"] == "said")
+            assert (said["player"], said["text"]) == ("bob", "any quests?")
+            [start] = [f for f in alice_frames if f["t"] == "turn.start"]
+            assert start["player"] == "bob" and start["room"] == "inn"
+            text = turn_text(alice_frames, start["turn"])
+            assert text and text == turn_text(bob_frames, start["turn"])
+            assert alice_frames[-1]["chars"] == len(text) == bob_frames[-1]["chars"]
+
+
+async def test_workers_share_one_port(tmp_path: Path) -> None:
+    """`--workers 2` serves on one port from two nodes, and each talks to players."""
+    with redis_server() as redis:
+        config = cluster_config(tmp_path, redis)
+        server = start_server_process(
+            env={"NPC_SERVER_CONFIG": str(config)}, args=["--workers", "2"]
+        )
+        try:
+            await wait_until(
+                lambda: sum(" node " in line for line in server.output) == 2,
+                timeout=60,
+                what="both workers serving",
+            )
+            seen: set[str] = set()
+            async with httpx.AsyncClient() as http:
+                for _ in range(200):  # the kernel spreads new connections over both
+                    response = await http.get(
+                        f"{server.http_url}/healthz", headers={"Connection": "close"}
+                    )
+                    seen.add(response.json()["node"])
+                    if len(seen) == 2:
+                        break
+            assert len(seen) == 2, f"only {seen} answered"
+            async with connect(server.url) as alice:
+                await alice.hello(server.token("alice"))
+                await alice.send({"t": "say", "id": 1, "npc": "guard", "text": "open the gate"})
+                end = await alice.expect("turn.end")
+                assert end["reason"] == "done" and end["chars"] > 0
+        finally:
+            assert server.terminate() == 0
+
+
+def run_command(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "npc_server", *args],
+        env={**os.environ, "NPC_SERVER_SECRET": SECRET, "NPC_SERVER_PORT": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_several_workers_without_redis_are_refused() -> None:
+    """`--workers 2` with no Redis exits 2 and says what to set."""
+    result = run_command(["--workers", "2"], {})
+    assert result.returncode == 2
+    assert "needs [cluster] redis_url (or NPC_SERVER_CLUSTER_REDIS_URL)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_redis_refuses_to_start() -> None:
+    """A Redis URL nobody answers: one line naming the setting and the URL, exit 2."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_command([], {"NPC_SERVER_CLUSTER_REDIS_URL": url})
+    assert result.returncode == 2
+    assert f"[cluster] redis_url: cannot reach Redis at {url}" in result.stderr
+    assert "Traceback" not in result.stderr
