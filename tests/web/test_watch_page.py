@@ -5,7 +5,6 @@ Needs Debian's `chromium` and `pip install playwright`, as tests/web/test_play_p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +18,12 @@ from tests.support.server import RunningServer, running_server, server_config
 from tests.support.wait import wait_until
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright
+    from playwright.async_api import Browser, Page
     from playwright.async_api import expect as pw_expect
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
 
-from tests.web.test_play_page import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, PageProblems
+from tests.web.test_play_page import CHROMIUM, WAIT_MS, PageProblems
 
 ROOM = "tavern"
 
@@ -35,16 +34,6 @@ pytestmark = [
         not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
     ),
 ]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_watch(browser: Browser, server: RunningServer) -> tuple[Page, PageProblems]:
