@@ -117,6 +117,10 @@ def create_app(
             **asdict(stats),
             "webhooks": asdict(node.webhooks.statistics()),
             "tools": asdict(node.tools.statistics()),
+            "cluster": {
+                "redis": bool(config.cluster.redis_url),
+                "available": node.broker.available,
+            },
         }
         return jsonify(body)
 

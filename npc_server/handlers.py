@@ -182,6 +182,8 @@ def join(node: Node, session: Session, frame: Join) -> None:
     limits = node.config.limits
     player = session.player
     if not node.hub.is_member(frame.room, player):
+        if not node.broker.available:  # the room's other nodes cannot be reached
+            raise Refused(ErrorCode.UNAVAILABLE, "rooms are unavailable; try again", 1.0)
         if len(node.hub.rooms_of(player)) >= limits.rooms_per_player:
             raise Refused(
                 ErrorCode.FORBIDDEN, f"a player may be in at most {limits.rooms_per_player} rooms"

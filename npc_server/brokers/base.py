@@ -72,6 +72,10 @@ class Broker(Protocol):
     def subscriber_count(self, channel: str) -> int:
         """How many subscribers `channel` has on this node."""
 
+    @property
+    def available(self) -> bool:
+        """Whether publications reach other nodes now (always, in memory)."""
+
     def when_subscribed(self, callback: Callable[[], None]) -> None:
         """Call `callback` once every subscription made so far delivers publications
         from every node (at once, in memory)."""

@@ -46,6 +46,10 @@ class MemoryBroker:
     def subscriber_count(self, channel: str) -> int:
         return len(self._channels.get(channel, _NONE))
 
+    @property
+    def available(self) -> bool:
+        return True
+
     def when_subscribed(self, callback: Callable[[], None]) -> None:
         callback()
 

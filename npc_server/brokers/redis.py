@@ -118,6 +118,10 @@ class RedisBroker:
         self._version += 1
         self._changed.set()
 
+    @property
+    def available(self) -> bool:
+        return self.connected
+
     def when_subscribed(self, callback: Callable[[], None]) -> None:
         if self._synced >= self._version:
             callback()

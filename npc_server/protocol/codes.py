@@ -53,4 +53,5 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "backend_error"
     FORBIDDEN = "forbidden"
     BAD_TOKEN = "bad_token"
+    UNAVAILABLE = "unavailable"
     UNKNOWN_CALL = "unknown_call"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,3 +141,45 @@ def test_an_unreachable_redis_refuses_to_start() -> None:
     assert result.returncode == 2
     assert f"[cluster] redis_url: cannot reach Redis at {url}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def cluster_available(node: ServerProcess) -> bool:
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{node.http_url}/healthz")).json()
+    available: bool = health["cluster"]["available"]
+    return available
+
+
+async def wait_for_cluster(node: ServerProcess, available: bool) -> None:
+    """Until the node's /healthz says it can (or cannot) reach Redis."""
+    for _ in range(600):  # 30 s: polling the server's own report, with a deadline
+        if await cluster_available(node) is available:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the node never reported available={available}")
+
+
+async def test_a_join_while_redis_is_away_is_unavailable_and_works_after(tmp_path: Path) -> None:
+    """Without Redis a join gets `unavailable` with retry_after, the socket stays; after, it joins."""
+    with redis_server() as redis:
+        config = cluster_config(tmp_path, redis)
+        node = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
+        try:
+            async with connect(node.url) as alice:
+                await alice.hello(node.token("alice"))
+                assert await cluster_available(node)
+                redis.stop()
+                await wait_for_cluster(node, available=False)
+                await alice.send({"t": "join", "id": 1, "room": "inn"})
+                [*_, refused] = await alice.recv_until(lambda f: f.get("id") == 1)
+                assert refused["t"] == "error" and refused["code"] == "unavailable"
+                assert refused["retry_after"] > 0
+                await alice.send({"t": "say", "id": 2, "npc": "guard", "text": "open the gate"})
+                assert (await alice.expect("turn.end"))["reason"] == "done"
+                redis.start()
+                await wait_for_cluster(node, available=True)
+                await alice.send({"t": "join", "id": 3, "room": "inn"})
+                [*_, joined] = await alice.recv_until(lambda f: f.get("id") == 3)
+                assert joined["t"] == "ack"
+        finally:
+            assert node.terminate() == 0
