@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,9 +162,12 @@ LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 
 
 def start_server_process(
-    env: Mapping[str, str] | None = None, args: list[str] | None = None
+    env: Mapping[str, str] | None = None,
+    args: list[str] | None = None,
+    command: Sequence[str] = (sys.executable, "-m", "npc_server"),
+    cwd: Path = REPO,
 ) -> ServerProcess:
-    """Start the real command on a free port and wait until it listens."""
+    """Start the real command (`command`, run in `cwd`) on a free port and wait until it listens."""
     full_env = {
         **os.environ,
         "NPC_SERVER_SECRET": SECRET,
@@ -174,12 +177,12 @@ def start_server_process(
         **(env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "npc_server", *(args or [])],
+        [*command, *(args or [])],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
     )
     assert proc.stdout is not None
     output: list[str] = []
