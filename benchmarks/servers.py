@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from npc_server.config import DEFAULT_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
-SERVER_TOML = REPO / "config" / "server.toml"
-NPCS_DIR = REPO / "config" / "npcs"
+SERVER_TOML = DEFAULT_CONFIG
+NPCS_DIR = DEFAULT_CONFIG.parent / "npcs"
 LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0

@@ -29,7 +29,7 @@ from npc_server.watch import WatchRequest, WatchService
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = PACKAGE_ROOT.parent / "clients" / "web"
+WEB_DIR = PACKAGE_ROOT / "web"
 SWEEP_INTERVAL = 5.0
 CLOSE_WAIT = 3.0
 

@@ -1,4 +1,4 @@
-"""The `npc-server` command: serve (default) or print a token for local play."""
+"""The `npc-server` command: serve (default), print a token, or write an editable config."""
 
 from __future__ import annotations
 
@@ -16,6 +16,15 @@ from npc_server.config import LOG_LEVELS, Config, ConfigError, load_config, with
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.tokens import issue_token, issue_watch_token
 
+# Every subcommand, as `npc-server --help` lists them.
+COMMANDS = {
+    "serve": "serve NPC conversations over WebSocket (the default)",
+    "token": "print a signed player token: npc-server token PLAYER",
+    "init": "write an editable server.toml and the demo NPC files: npc-server init DIR",
+}
+# HS256 wants a key at least as long as its hash; a shorter secret can be guessed offline.
+MIN_SECRET_BYTES = 32
+
 
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
@@ -31,15 +40,28 @@ def _positive(text: str) -> int:
 
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="npc-server", description="Serve NPC conversations over WebSocket."
+        prog="npc-server",
+        description="Serve NPC conversations over WebSocket.",
+        epilog="commands:\n"
+        + "".join(f"  {name:<8}{what}\n" for name, what in COMMANDS.items())
+        + "`npc-server COMMAND --help` shows the options of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", nargs="?", choices=["serve"], help="default: serve")
-    parser.add_argument("--config", type=Path, help="server TOML (default: config/server.toml)")
+    parser.add_argument(
+        "command", nargs="?", choices=list(COMMANDS), metavar="COMMAND", help="default: serve"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="server TOML (default: NPC_SERVER_CONFIG, else the demo's, npc_server/demo/)",
+    )
     parser.add_argument("--host", help="address to listen on")
     parser.add_argument("--port", type=_port, help="port to listen on (0: any free port)")
     parser.add_argument("--npcs", type=Path, help="directory of NPC TOML files")
     parser.add_argument(
-        "--production", action="store_true", help="refuse to start without NPC_SERVER_SECRET"
+        "--production",
+        action="store_true",
+        help="refuse to start without an NPC_SERVER_SECRET of at least 32 bytes",
     )
     parser.add_argument(
         "--workers",
@@ -80,6 +102,39 @@ def _token_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path)
     return parser
+
+
+def _init_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npc-server init",
+        description="Write an editable server.toml and the demo NPC files (DIR/npcs/) into DIR.",
+    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help="created when missing")
+    parser.add_argument("--force", action="store_true", help="overwrite files that exist")
+    return parser
+
+
+def init_main(argv: Sequence[str]) -> int:
+    args = _init_parser().parse_args(argv)
+    from npc_server.scaffold import write_demo
+
+    written = write_demo(args.directory, force=args.force)
+    config = written[0]
+    print(f"wrote {config} and {len(written) - 1} NPC files in {config.parent / 'npcs'}")
+    print(f"serve them: npc-server --config {config}")
+    return 0
+
+
+def check_secret_length(config: Config) -> None:
+    """Refuse a production secret shorter than MIN_SECRET_BYTES (InsecureSecret)."""
+    if not config.server.production or config.secret is None:
+        return
+    length = len(config.secret.encode())
+    if length < MIN_SECRET_BYTES:
+        raise InsecureSecret(
+            f"NPC_SERVER_SECRET is {length} bytes; production needs at least "
+            f"{MIN_SECRET_BYTES} random bytes (e.g. openssl rand -hex 32)"
+        )
 
 
 def existing(path: Path, flag: str, *, directory: bool = False) -> Path:
@@ -154,6 +209,7 @@ def serve_main(argv: Sequence[str]) -> int:
     if args.npcs:
         config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
     resolve_secret(config, warn=False)  # fail early in production; create_app warns once
+    check_secret_length(config)
     from npc_server.serve import prepare, run
     from npc_server.workers import WORKER_FD, Supervisor
 
@@ -170,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["token"]:
             return token_main(argv[1:])
+        if argv[:1] == ["init"]:
+            return init_main(argv[1:])
         return serve_main(argv)
     except (ConfigError, InsecureSecret) as exc:
         print(f"npc-server: {exc}", file=sys.stderr)

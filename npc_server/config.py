@@ -1,4 +1,4 @@
-"""Server configuration: `config/server.toml`, then `NPC_SERVER_*` variables.
+"""Server configuration: a TOML file (`npc_server/demo/server.toml`), then `NPC_SERVER_*` variables.
 
 Every key of a section can be set from the environment as
 `NPC_SERVER_<SECTION>_<KEY>` (e.g. `NPC_SERVER_LIMITS_HEARTBEAT=5`);
@@ -24,7 +24,8 @@ from npc_server.protocol.frames import Limits
 from npc_server.session import SessionLimits
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-DEFAULT_CONFIG = PACKAGE_ROOT.parent / "config" / "server.toml"
+# The demo travels in the package, so an installed wheel serves it from any directory.
+DEFAULT_CONFIG = PACKAGE_ROOT / "demo" / "server.toml"
 
 
 class ConfigError(ValueError):
@@ -208,7 +209,7 @@ class Config:
     cluster: ClusterSection = field(default_factory=ClusterSection)
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    npcs_path: Path = PACKAGE_ROOT.parent / "config" / "npcs"
+    npcs_path: Path = PACKAGE_ROOT / "demo" / "npcs"
     secret: str | None = None
     logging: LoggingSection = field(default_factory=LoggingSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)

@@ -1,4 +1,4 @@
-"""NPC definitions, one TOML file per NPC in `config/npcs/`.
+"""NPC definitions, one TOML file per NPC in the NPC directory (the demo: `npc_server/demo/npcs/`).
 
 A file looks like::
 

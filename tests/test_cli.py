@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from npc_server.app import InsecureSecret
+from npc_server.cli import COMMANDS, MIN_SECRET_BYTES, check_secret_length
+from npc_server.config import load_config, with_overrides
+from npc_server.npcs import load_npcs
 from tests.backends.openai_stub import OpenAIStub, reply
 from tests.support.client import connect
 from tests.support.server import DEMO_NPCS, REPO, SECRET, start_server_process
@@ -188,3 +197,84 @@ async def test_good_config_with_an_openai_npc_starts_and_answers(tmp_path: Path)
         finally:
             assert server.terminate() == 0
         assert not any("Traceback" in line for line in server.output)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def test_help_lists_every_subcommand() -> None:
+    """`npc-server --help` names each subcommand, and each one's own --help works."""
+    result = run_command(["--help"])
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("commands:", 1)[1]
+    for name in COMMANDS:
+        assert f"\n  {name} " in listed, result.stdout
+        own = run_command([name, "--help"])
+        assert own.returncode == 0 and own.stdout.startswith("usage: npc-server"), own.stderr
+    assert "usage: npc-server init" in run_command(["init", "--help"]).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--production"], {}), ([], {"NPC_SERVER_SERVER_PRODUCTION": "true"})],
+)
+def test_short_production_secret_is_refused(args: list[str], env: dict[str, str]) -> None:
+    """In production a secret under 32 bytes stops the start: exit 2, one line saying why."""
+    result = run_command(args, {"NPC_SERVER_SECRET": "x" * 31, **env})
+    assert_refused(result, "NPC_SERVER_SECRET is 31 bytes", "at least 32")
+    assert "x" * 31 not in result.stderr
+
+
+def test_secret_length_counts_bytes_and_only_in_production() -> None:
+    """32 bytes pass, 31 do not (multi-byte characters count as bytes); development is not checked."""
+    production = with_overrides(load_config(env={}), server={"production": True})
+    check_secret_length(replace(production, secret="k" * MIN_SECRET_BYTES))
+    for short in ("k" * (MIN_SECRET_BYTES - 1), "é" * 15 + "k"):
+        with pytest.raises(InsecureSecret, match=f"is {len(short.encode())} bytes"):
+            check_secret_length(replace(production, secret=short))
+    check_secret_length(replace(load_config(env={}), secret="short"))
+
+
+async def test_init_writes_a_config_that_loads_and_serves(tmp_path: Path) -> None:
+    """`init DIR` writes server.toml and the demo NPCs; they load, and edits to them are served."""
+    target = tmp_path / "game"
+    result = run_command(["init", str(target)])
+    assert result.returncode == 0, result.stderr
+    assert f"--config {target / 'server.toml'}" in result.stdout
+    config = load_config(target / "server.toml", env={})
+    assert config.npcs_path == target / "npcs"
+    assert sorted(load_npcs(config.npcs_path)) == sorted(load_npcs(DEMO_NPCS))
+    merchant = target / "npcs" / "merchant.toml"
+    merchant.write_text(merchant.read_text().replace('name = "', 'name = "Edited ', 1))
+    server = start_server_process(args=["--config", str(target / "server.toml")])
+    try:
+        npcs = await asyncio.to_thread(get_json, f"{server.http_url}/npcs")
+        names = {npc["id"]: npc["name"] for npc in npcs}
+        assert names["merchant"].startswith("Edited ")
+        async with connect(server.url) as client:
+            await client.hello(server.token("alice"))
+            await client.send({"t": "say", "id": 1, "npc": "guard", "text": "hello"})
+            frames = await client.recv_until(lambda f: f["t"] == "turn.end")
+        assert frames[-1]["reason"] == "done"
+    finally:
+        assert server.terminate() == 0
+
+
+def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
+    """A second `init` refuses (exit 2, naming the file) and keeps edits; --force rewrites."""
+    assert run_command(["init", str(tmp_path)]).returncode == 0
+    config = tmp_path / "server.toml"
+    config.write_text("# edited\n")
+    assert_refused(run_command(["init", str(tmp_path)]), f"{config}: already exists", "--force")
+    assert config.read_text() == "# edited\n"
+    assert run_command(["init", "--force", str(tmp_path)]).returncode == 0
+    assert load_config(config, env={}).npcs_path == tmp_path / "npcs"
+
+
+def test_init_into_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    """`init` onto an existing plain file is one line naming it, not a traceback."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    assert_refused(run_command(["init", str(blocker)]), str(blocker), "cannot write")

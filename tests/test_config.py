@@ -22,7 +22,7 @@ SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
 
 def test_shipped_config_loads_with_demo_npcs() -> None:
-    """config/server.toml loads and points at the demo NPC folder."""
+    """The packaged demo config (npc_server/demo/server.toml) loads, pointing at the demo NPCs."""
     config = load_config(env={})
     assert config.server.port == 8700
     assert config.npcs_path.name == "npcs" and (config.npcs_path / "merchant.toml").exists()

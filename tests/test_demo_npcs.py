@@ -1,4 +1,4 @@
-"""What the demo NPCs in config/npcs say: long enough to cut by hand, and sensible."""
+"""What the demo NPCs in npc_server/demo/npcs say: long enough to cut by hand, and sensible."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
 SECTIONS: dict[str, type] = {"server": ServerSection, "auth": AuthSection, "limits": LimitsSection}
 # Flags of other tools the recipes use (docker HEALTHCHECK, useradd, systemctl).
 OTHER_TOOLS_FLAGS = {"--interval", "--timeout", "--start-period", "--retries"}
-OTHER_TOOLS_FLAGS |= {"--create-home", "--uid", "--shell", "--now"}
+OTHER_TOOLS_FLAGS |= {"--create-home", "--uid", "--shell", "--now", "--no-deps"}
 DOCKER_INSTRUCTIONS = {
     "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
     "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",

@@ -18,8 +18,9 @@ from npc_server.npcs import (
     load_npcs,
     parse_npc,
 )
+from tests.support.server import DEMO_NPCS
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "config" / "npcs"
+DEMO_DIR = DEMO_NPCS
 
 GOOD = """\
 id = "mira"

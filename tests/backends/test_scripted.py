@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +14,9 @@ from npc_server.backends import create_backend
 from npc_server.backends.base import ActionPiece, GenerationRequest, Piece, TextPiece
 from npc_server.backends.scripted import ScriptedBackend, _split_words
 from npc_server.npcs import ActionSpec, NpcConfig, load_npcs
+from tests.support.server import DEMO_NPCS
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "config" / "npcs"
+DEMO_DIR = DEMO_NPCS
 NO_PACING = {"first_token_ms": 0, "tokens_per_second": 0}
 
 TOPICS: list[dict[str, Any]] = [

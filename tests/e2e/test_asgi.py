@@ -20,7 +20,7 @@ import websockets
 from npc_server.protocol.codes import CloseCode
 from npc_server.tokens import issue_token
 from tests.support.client import connect
-from tests.support.server import DEMO_NPCS, REPO, SECRET
+from tests.support.server import DEMO_CONFIG, DEMO_NPCS, SECRET
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ class Hypercorn:
 
 def write_config(directory: Path, extra: str = "") -> Path:
     """The shipped config with the demo NPCs, fast scripted replies and `extra` appended."""
-    text = (REPO / "config" / "server.toml").read_text()
+    text = DEMO_CONFIG.read_text()
     text = text.replace('npcs_dir = "npcs"', f'npcs_dir = "{DEMO_NPCS}"')
     text = text.replace(
         "[overrides.scripted]\n",

@@ -14,14 +14,14 @@ import pytest
 from npc_server.protocol.codes import CloseCode
 from npc_server.tokens import DEV_SECRET, verify_token
 from tests.support.client import connect
-from tests.support.server import DEMO_NPCS, REPO, SECRET, start_server_process
+from tests.support.server import DEMO_CONFIG, DEMO_NPCS, REPO, SECRET, start_server_process
 
 pytestmark = pytest.mark.e2e
 
 
 def write_config(tmp_path: Path, overrides: str) -> Path:
     """A copy of the shipped config with the demo NPCs and `[overrides.scripted]` set."""
-    text = (REPO / "config" / "server.toml").read_text()
+    text = DEMO_CONFIG.read_text()
     text = text.replace('npcs_dir = "npcs"', f'npcs_dir = "{DEMO_NPCS}"')
     assert "[overrides.scripted]\n" in text
     path = tmp_path / "server.toml"

@@ -71,8 +71,8 @@ from tests.stress.peers import (
 )
 from tests.support.client import Frame, RawClient
 from tests.support.server import (
+    DEMO_CONFIG,
     DEMO_NPCS,
-    REPO,
     RunningServer,
     ServerProcess,
     running_server,
@@ -997,7 +997,7 @@ CRASH_ENV = {
 
 def write_config(directory: Path, long_reply_chars: int, tokens_per_second: int = 100) -> Path:
     """The shipped config with the demo NPCs and scripted replies paced and padded as given."""
-    text = (REPO / "config" / "server.toml").read_text()
+    text = DEMO_CONFIG.read_text()
     text = text.replace('npcs_dir = "npcs"', f'npcs_dir = "{DEMO_NPCS}"')
     scripted = (
         f"[overrides.scripted]\ntokens_per_second = {tokens_per_second}\nfirst_token_ms = 0\n"

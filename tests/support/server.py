@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 
 from npc_server.app import create_app
 from npc_server.backends import Backend
-from npc_server.config import Config, load_config, with_overrides
+from npc_server.config import DEFAULT_CONFIG, Config, load_config, with_overrides
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.serve import hypercorn_config, make_listener
@@ -27,7 +27,9 @@ from npc_server.tokens import issue_token
 from npc_server.turns import Audience, Conversation
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_NPCS = REPO / "config" / "npcs"
+# The demo travels in the package (npc_server/demo/): what `npc-server` serves by default.
+DEMO_CONFIG = DEFAULT_CONFIG
+DEMO_NPCS = DEFAULT_CONFIG.parent / "npcs"
 SECRET = "test-secret-for-npc-server-tests-only"
 # Fast but still streaming: a long reply takes a while, so tests can cut it.
 FAST_SCRIPTED = {"first_token_ms": 0, "tokens_per_second": 400}
@@ -40,7 +42,7 @@ def server_config(
     scripted: Mapping[str, Any] | None = None,
 ) -> Config:
     """The shipped config on a free loopback port, with test overrides."""
-    config = load_config(REPO / "config" / "server.toml", env={"NPC_SERVER_SECRET": SECRET})
+    config = load_config(DEMO_CONFIG, env={"NPC_SERVER_SECRET": SECRET})
     return with_overrides(
         config,
         server={"host": "127.0.0.1", "port": 0, "use_uvloop": False, **(server or {})},
@@ -160,9 +162,12 @@ LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 
 
 def start_server_process(
-    env: Mapping[str, str] | None = None, args: list[str] | None = None
+    env: Mapping[str, str] | None = None,
+    args: list[str] | None = None,
+    command: Sequence[str] = (sys.executable, "-m", "npc_server"),
+    cwd: Path = REPO,
 ) -> ServerProcess:
-    """Start the real command on a free port and wait until it listens."""
+    """Start the real command (`command`, run in `cwd`) on a free port and wait until it listens."""
     full_env = {
         **os.environ,
         "NPC_SERVER_SECRET": SECRET,
@@ -172,12 +177,12 @@ def start_server_process(
         **(env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "npc_server", *(args or [])],
+        [*command, *(args or [])],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
     )
     assert proc.stdout is not None
     output: list[str] = []
