@@ -759,6 +759,8 @@ function enterRoom(room) {
   ui.roomForm.hidden = true;
   ui.roomCurrent.hidden = false;
   $(".room-name", ui.roomCurrent).textContent = room;
+  // A read-only view over server-sent events, for spectators and second screens.
+  $(".room-watch", ui.roomCurrent).href = `/play/watch.html?room=${encodeURIComponent(room)}`;
   $(".feed-empty", ui.roomFeed)?.remove();
   feed(`You joined ${room}.`, "self");
   updateControls();

@@ -123,3 +123,28 @@ async def test_on_a_development_server_the_view_needs_no_token_in_its_link(
             )
             await page.close()
         assert problems.errors == []
+
+
+async def test_the_play_page_links_a_joined_room_to_its_watch_view(browser: Browser) -> None:
+    """After joining on /play, "watch this room" opens the read-only view of that room."""
+    config = replace(server_config(), secret=None)
+    async with running_server(config) as server:
+        context = await browser.new_context()
+        page = await context.new_page()
+        problems = PageProblems(page)
+        await page.goto(f"{server.http_url}/play?player=alice")
+        await pw_expect(page.locator('[data-testid="conn-status"]')).to_have_attribute(
+            "data-state", "open", timeout=WAIT_MS
+        )
+        await page.locator('[data-testid="room-input"]').fill(ROOM)
+        await page.locator('[data-testid="room-join"]').click()
+        link = page.locator('[data-testid="watch-link"]')
+        await pw_expect(link).to_have_attribute("href", f"/play/watch.html?room={ROOM}")
+        async with context.expect_page() as opened:
+            await link.click()
+        view = await opened.value
+        await pw_expect(view.locator('[data-testid="watch-members"]')).to_have_text(
+            "In the room: alice", timeout=WAIT_MS
+        )
+        await context.close()
+        assert problems.errors == []
