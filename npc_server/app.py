@@ -38,9 +38,23 @@ class InsecureSecret(RuntimeError):
     """`--production` was asked for without `NPC_SERVER_SECRET`."""
 
 
+# HS256 wants a key at least as long as its hash; a shorter secret can be guessed offline.
+MIN_SECRET_BYTES = 32
+
+
 def resolve_secret(config: Config, *, warn: bool = True) -> str:
-    """The token secret; the development one only outside production (said once, if `warn`)."""
+    """The token secret; the development one only outside production (said once, if `warn`).
+
+    Production refuses a missing secret and one shorter than MIN_SECRET_BYTES,
+    whichever entry point starts the server (the command or plain Hypercorn).
+    """
     if config.secret:
+        length = len(config.secret.encode())
+        if config.server.production and length < MIN_SECRET_BYTES:
+            raise InsecureSecret(
+                f"NPC_SERVER_SECRET is {length} bytes; production needs at least "
+                f"{MIN_SECRET_BYTES} random bytes (e.g. openssl rand -hex 32)"
+            )
         return config.secret
     if config.server.production:
         raise InsecureSecret("production mode needs NPC_SERVER_SECRET to be set")

@@ -22,8 +22,6 @@ COMMANDS = {
     "token": "print a signed player token: npc-server token PLAYER",
     "init": "write an editable server.toml and the demo NPC files: npc-server init DIR",
 }
-# HS256 wants a key at least as long as its hash; a shorter secret can be guessed offline.
-MIN_SECRET_BYTES = 32
 
 
 def _port(text: str) -> int:
@@ -125,18 +123,6 @@ def init_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def check_secret_length(config: Config) -> None:
-    """Refuse a production secret shorter than MIN_SECRET_BYTES (InsecureSecret)."""
-    if not config.server.production or config.secret is None:
-        return
-    length = len(config.secret.encode())
-    if length < MIN_SECRET_BYTES:
-        raise InsecureSecret(
-            f"NPC_SERVER_SECRET is {length} bytes; production needs at least "
-            f"{MIN_SECRET_BYTES} random bytes (e.g. openssl rand -hex 32)"
-        )
-
-
 def existing(path: Path, flag: str, *, directory: bool = False) -> Path:
     """`path` if it exists (as a directory when `directory`); otherwise a ConfigError."""
     if not (path.is_dir() if directory else path.is_file()):
@@ -209,7 +195,6 @@ def serve_main(argv: Sequence[str]) -> int:
     if args.npcs:
         config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
     resolve_secret(config, warn=False)  # fail early in production; create_app warns once
-    check_secret_length(config)
     from npc_server.serve import prepare, run
     from npc_server.workers import WORKER_FD, Supervisor
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from npc_server.app import InsecureSecret
-from npc_server.cli import COMMANDS, MIN_SECRET_BYTES, check_secret_length
+from npc_server.app import MIN_SECRET_BYTES, InsecureSecret, resolve_secret
+from npc_server.cli import COMMANDS
 from npc_server.config import load_config, with_overrides
 from npc_server.npcs import load_npcs
 from tests.backends.openai_stub import OpenAIStub, reply
@@ -230,11 +230,11 @@ def test_short_production_secret_is_refused(args: list[str], env: dict[str, str]
 def test_secret_length_counts_bytes_and_only_in_production() -> None:
     """32 bytes pass, 31 do not (multi-byte characters count as bytes); development is not checked."""
     production = with_overrides(load_config(env={}), server={"production": True})
-    check_secret_length(replace(production, secret="k" * MIN_SECRET_BYTES))
+    resolve_secret(replace(production, secret="k" * MIN_SECRET_BYTES))
     for short in ("k" * (MIN_SECRET_BYTES - 1), "é" * 15 + "k"):
         with pytest.raises(InsecureSecret, match=f"is {len(short.encode())} bytes"):
-            check_secret_length(replace(production, secret=short))
-    check_secret_length(replace(load_config(env={}), secret="short"))
+            resolve_secret(replace(production, secret=short))
+    resolve_secret(replace(load_config(env={}), secret="short"))
 
 
 async def test_init_writes_a_config_that_loads_and_serves(tmp_path: Path) -> None:
