@@ -78,11 +78,18 @@ class OutboundQueue:
         self._typing: dict[tuple[str, str | None, str | None], _Entry] = {}
         self._depth = 0
         self._bytes = 0
+        # Frames other than deltas: while one waits, pacing holds nothing back.
+        self._urgent = 0
         self._pushed = self._popped = self._merged = self._replaced = self._dropped = 0
         self._peak_depth = self._peak_bytes = 0
 
     def __len__(self) -> int:
         return self._depth
+
+    @property
+    def urgent(self) -> bool:
+        """Whether a frame other than a delta is queued (pacing must not delay it)."""
+        return self._urgent > 0
 
     @property
     def over_limit(self) -> bool:
@@ -139,6 +146,8 @@ class OutboundQueue:
         self._entries.append(entry)
         self._depth += 1
         self._bytes += entry.size
+        if entry.parts is None:
+            self._urgent += 1
 
     def pop_nowait(self) -> ServerFrame | None:
         """The next frame to write, or None when the queue is empty."""
@@ -155,6 +164,8 @@ class OutboundQueue:
         entry.alive = False
         self._depth -= 1
         self._bytes -= entry.size
+        if entry.parts is None:
+            self._urgent -= 1
         if entry.turn is not None and self._open_delta.get(entry.turn) is entry:
             del self._open_delta[entry.turn]
         if isinstance(entry.frame, TypingNotice):
@@ -179,7 +190,7 @@ class OutboundQueue:
         self._open_delta.clear()
         self._typing.clear()
         self._dropped += count
-        self._depth = self._bytes = 0
+        self._depth = self._bytes = self._urgent = 0
         return count
 
     def statistics(self) -> QueueStatistics:

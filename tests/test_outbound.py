@@ -123,3 +123,18 @@ def test_clear_drops_everything() -> None:
     assert queue.clear_nowait() == 2
     assert queue.pop_nowait() is None
     assert queue.push_nowait(Delta("t", "b", 1)) is PushResult.QUEUED
+
+
+def test_urgent_counts_queued_frames_other_than_deltas() -> None:
+    """urgent is true while a non-delta frame waits, false once only deltas are left."""
+    queue = OutboundQueue(10, 10_000)
+    queue.push_nowait(Delta("t", "a", 0))
+    assert not queue.urgent
+    queue.push_nowait(TurnEnd("t", "done", 1, 1))
+    assert queue.urgent
+    queue.pop_nowait()
+    queue.pop_nowait()
+    assert not queue.urgent
+    queue.push_nowait(Ack(1))
+    queue.clear_nowait()
+    assert not queue.urgent

@@ -202,6 +202,7 @@ def _hello(f: _Fields) -> Hello:
         resume=parsed,
         client=client if isinstance(client, str) else None,
         id=f.id,
+        delta_ms=f.integer("delta_ms", required=False),
     )
 
 
