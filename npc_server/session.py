@@ -57,12 +57,16 @@ class ReplayBuffer:
         self._bytes = 0
 
     def append(self, seq: int, data: bytes) -> None:
-        self._frames.append((seq, data))
+        frames = self._frames
+        frames.append((seq, data))
         self._bytes += len(data)
-        while self._frames and (
-            len(self._frames) > self.max_frames or self._bytes > self.max_bytes
-        ):
-            _, old = self._frames.popleft()
+        if len(frames) > self.max_frames or self._bytes > self.max_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        frames = self._frames
+        while frames and (len(frames) > self.max_frames or self._bytes > self.max_bytes):
+            _, old = frames.popleft()
             self._bytes -= len(old)
 
     def after(self, seq: int, last_seq: int) -> list[bytes] | None:
@@ -200,21 +204,24 @@ class Session:
         With a pacing window, deltas waiting alone are held until
         `held_until`; `hold=False` (the flush before a close) takes everything.
         """
-        out: list[bytes] = []
         queue = self.queue
         window = self.delta_window
-        held = hold and window > 0 and now < self._next_delta_at
+        if hold and window > 0 and now < self._next_delta_at:
+            # Held: only up to the last frame that is not a delta (FIFO keeps the order).
+            frames = []
+            while queue.urgent and (frame := queue.pop_nowait()) is not None:
+                frames.append(frame)
+        else:
+            frames = queue.pop_all_nowait()
+        out = []
         wrote_delta = False
-        while queue and not (held and not queue.urgent):
-            frame = queue.pop_nowait()
-            if frame is None:
-                break
+        for frame in frames:
             wrote_delta = wrote_delta or type(frame) is Delta
             out.append(self._encode(frame))
         if wrote_delta and window:
             # Every delta of this write counts as one: the window starts now.
             self._next_delta_at = now + window
-        self.held_until = self._next_delta_at if queue else None
+        self.held_until = self._next_delta_at if len(queue) else None
         return out
 
     def next_write_nowait(self) -> bytes | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from npc_server.outbound import OutboundQueue, PushResult
+from npc_server.outbound import FRAME_OVERHEAD_BYTES, OutboundQueue, PushResult
 from npc_server.protocol.frames import Ack, Delta, ServerFrame, TurnEnd, TypingNotice
 
 
@@ -138,3 +138,14 @@ def test_urgent_counts_queued_frames_other_than_deltas() -> None:
     queue.push_nowait(Ack(1))
     queue.clear_nowait()
     assert not queue.urgent
+
+
+def test_pop_all_takes_every_frame_in_order_with_merges() -> None:
+    """pop_all_nowait empties the queue in one call, merged deltas joined, order kept."""
+    queue = OutboundQueue(10, 10_000)
+    queue.push_nowait(Delta("t", "é", 0))
+    queue.push_nowait(Delta("t", "a", 1))
+    queue.push_nowait(TurnEnd("t", "done", 2, 2))
+    assert queue.statistics().bytes == FRAME_OVERHEAD_BYTES * 5 + 3  # "é" is 2 bytes
+    assert queue.pop_all_nowait() == [Delta("t", "éa", 0), TurnEnd("t", "done", 2, 2)]
+    assert len(queue) == 0 and queue.statistics().popped == 2
