@@ -25,6 +25,8 @@ from benchmarks.servers import Proc, start_fake_openai, write_relay_npcs
 from benchmarks.stats import ratio
 
 SAY_TEXT = "Tell me a story."
+# As in section 4: a step during which others used more CPU (% of a core) is measured again.
+CONTAMINATED_PCT = 20.0
 # The `openai` SDK keeps at most 100 idle connections per client (one client
 # per NPC): more players per NPC would reconnect to the model server per turn.
 PLAYERS_PER_NPC = 100
@@ -45,9 +47,24 @@ def _cpu_s(pid: int) -> float:
 
 
 def _step(run: Runner, kind: str, rate: float, delta_ms: int, players: int) -> Result:
+    """One step; measured once more if other processes used the CPU meanwhile (as in 4)."""
+    best: Result | None = None
+    for attempt in (1, 2) if run.plan.retry_contaminated else (1,):
+        result = _measure(run, kind, rate, delta_ms, players, attempt)
+        if best is None or result["other_cpu_pct"] < best["other_cpu_pct"]:
+            best = result
+        if best["other_cpu_pct"] <= CONTAMINATED_PCT:
+            break
+    assert best is not None
+    return best
+
+
+def _measure(
+    run: Runner, kind: str, rate: float, delta_ms: int, players: int, attempt: int
+) -> Result:
     """One measurement: `players` stream through `kind` ("npc" or "tutorial")."""
     plan = run.plan
-    label = f"relay-{kind}-{rate:g}-{delta_ms}-{players}"
+    label = f"relay-{kind}-{rate:g}-{delta_ms}-{players}-{attempt}"
     params: Result = {
         "players": players,
         "tokens_per_second": rate,
@@ -67,7 +84,8 @@ def _step(run: Runner, kind: str, rate: float, delta_ms: int, players: int) -> R
             label, server, budget, lambda: run.load("stream", server, params, budget)
         )
         model_cpu = (_cpu_s(model.pid) - cpu0) / max(time.monotonic() - t0, 1e-9)
-    result.update(kind=kind, rate=rate, delta_ms=delta_ms, model_cpu_pct=round(100 * model_cpu, 1))
+    result.update(kind=kind, rate=rate, delta_ms=delta_ms, attempt=attempt)
+    result["model_cpu_pct"] = round(100 * model_cpu, 1)
     return result
 
 

@@ -125,15 +125,20 @@ def relay_targets(results: Result) -> list[Result]:
     out.append(_scripted_knee_ratio(results))
     for rate, delta, need in ((20.0, 0, 1200), (60.0, 50, 1000)):
         series = _series(results, "npc", rate, delta)
+        steps = [] if series is None else series["steps"]
         knee = None if series is None else series["knee"]["max_players_within"]
-        tried = max((s["players"] for s in (series or {}).get("steps", [])), default=0)
-        decided = knee is not None and (knee >= need or tried > knee)
+        tried = max((s["players"] for s in steps), default=0)
+        # Decided once the knee is reached, or once it was passed below the target.
+        decided = (bool(steps) and (knee or 0) >= need) or tried > (knee or 0)
+        measured = (
+            knee if knee is not None or not steps else f"< {min(s['players'] for s in steps)}"
+        )
         out.append(
             _target(
                 f"relay players at {rate:g} tok/s, delta_ms {delta}, p99 lag <= 100 ms",
-                knee,
+                measured,
                 f">= {need}",
-                (knee >= need) if decided and knee is not None else None,
+                (knee or 0) >= need if decided else None,
             )
         )
     return out
