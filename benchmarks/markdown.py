@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.relay_report import relay_markdown
 from benchmarks.report import KIB, LAT, _get, _lat, _row, _table
 
 Result = dict[str, Any]
@@ -233,4 +234,5 @@ SECTIONS = (
     ("lag", _lag),
     ("memory", _memory),
     ("slow", _slow),
+    ("relay", relay_markdown),
 )

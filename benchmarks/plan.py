@@ -48,6 +48,11 @@ class Plan:
     release_players: int = 50
     release_tokens_per_second: float = 1000.0
     release_env: tuple[tuple[str, str], ...] = ()
+    # 8. relay: (tokens/s, delta_ms) of npc-server's series; the tutorial runs at each rate
+    relay_configs: tuple[tuple[float, int], ...] = ((20.0, 0), (20.0, 50), (60.0, 0), (60.0, 50))
+    relay_levels: tuple[int, ...] = (50, 200, 500, 1000, 1500)
+    relay_refine: int = 2
+    relay_duration_s: float = 6.0
 
     @property
     def lag_warmup_s(self) -> float:
@@ -61,6 +66,10 @@ FULL = Plan(name="full")
 
 QUICK = Plan(
     name="quick",
+    relay_configs=((20.0, 0), (60.0, 50)),
+    relay_levels=(50,),
+    relay_refine=0,
+    relay_duration_s=2.5,
     quiet_wait_s=0.0,
     retry_contaminated=False,
     rtt_samples=1000,
@@ -91,6 +100,9 @@ QUICK = Plan(
 TINY = replace(
     QUICK,
     name="tiny",
+    relay_configs=((60.0, 50),),
+    relay_levels=(5,),
+    relay_duration_s=1.0,
     rtt_samples=100,
     rtt_warmup=20,
     push_frames=2000,

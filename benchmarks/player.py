@@ -62,10 +62,11 @@ class Player:
         *,
         rcvbuf: int = 0,
         resume: dict[str, Any] | None = None,
+        hello_extra: Frame | None = None,
     ) -> Frame:
         """Connect, say hello (resuming a session when asked) and return the welcome."""
         self.client = await connect(host, port, "/ws", self._message, rcvbuf=rcvbuf)
-        hello: Frame = {"t": "hello", "token": token, "client": "npc-bench"}
+        hello: Frame = {"t": "hello", "token": token, "client": "npc-bench", **(hello_extra or {})}
         if resume is not None:
             hello["resume"] = resume
         self.send(hello)
@@ -130,6 +131,7 @@ async def open_players(
     concurrency: int = 200,
     rcvbuf: Callable[[int], int] = lambda index: 0,
     timeout: float = 120.0,
+    hello_extra: Frame | None = None,
 ) -> list[Player]:
     """Connect and authenticate `count` players, at most `concurrency` at a time."""
     gate = asyncio.Semaphore(concurrency)
@@ -137,7 +139,8 @@ async def open_players(
 
     async def one(index: int, player: Player) -> None:
         async with gate:
-            await player.open(host, port, token_for(player.name), rcvbuf=rcvbuf(index))
+            token = token_for(player.name)
+            await player.open(host, port, token, rcvbuf=rcvbuf(index), hello_extra=hello_extra)
 
     async with asyncio.timeout(timeout):
         await asyncio.gather(*(one(i, p) for i, p in enumerate(players)))

@@ -19,7 +19,14 @@ from typing import Any
 from benchmarks import profiling
 from benchmarks.plan import Plan
 from benchmarks.probe import other_cpu_pct
-from benchmarks.servers import LOAD_CPU, Proc, spawn, start_baseline, start_npc_server
+from benchmarks.servers import (
+    LOAD_CPU,
+    NPCS_DIR,
+    Proc,
+    spawn,
+    start_baseline,
+    start_npc_server,
+)
 
 Result = dict[str, Any]
 LOAD_SLACK_S = 120.0
@@ -59,9 +66,10 @@ class Runner:
         name: str,
         scripted: dict[str, float | int] | None = None,
         env: dict[str, str] | None = None,
+        npcs_dir: Path = NPCS_DIR,
     ) -> Iterator[Proc]:
         server = start_npc_server(
-            name, self.raw_dir, self.secret, scripted or self.scripted(), env=env
+            name, self.raw_dir, self.secret, scripted or self.scripted(), env=env, npcs_dir=npcs_dir
         )
         try:
             yield server
@@ -69,8 +77,8 @@ class Runner:
             server.stop()
 
     @contextmanager
-    def baseline(self, kind: str, label: str) -> Iterator[Proc]:
-        server = start_baseline(kind, self.raw_dir, f"{label}-{kind}")
+    def baseline(self, kind: str, label: str, env: dict[str, str] | None = None) -> Iterator[Proc]:
+        server = start_baseline(kind, self.raw_dir, f"{label}-{kind}", env)
         try:
             yield server
         finally:

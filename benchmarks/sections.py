@@ -5,8 +5,11 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from benchmarks.relay import relay
 from benchmarks.runner import Result, Runner
 from benchmarks.stats import ratio
+
+__all__ = ["SECTIONS", "interrupt", "lag", "memory", "relay", "rtt", "say", "slow"]
 
 BASELINE_KINDS = ("quart", "websockets")
 # A streaming step during which other processes used more CPU than this (% of
@@ -211,4 +214,4 @@ def _release(run: Runner) -> Result:
     return result
 
 
-SECTIONS = ("rtt", "say", "interrupt", "lag", "memory", "slow")
+SECTIONS = ("rtt", "say", "interrupt", "lag", "memory", "slow", "relay")

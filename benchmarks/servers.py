@@ -192,10 +192,12 @@ def _await_listening(proc: Proc) -> None:
     raise RuntimeError(f"{proc.name} did not start:\n" + "\n".join(proc.output[-30:]))
 
 
-def write_server_toml(path: Path, scripted: Mapping[str, float | int]) -> Path:
+def write_server_toml(
+    path: Path, scripted: Mapping[str, float | int], npcs_dir: Path = NPCS_DIR
+) -> Path:
     """The shipped server.toml with absolute NPC paths and `[overrides.scripted]` set."""
     text = SERVER_TOML.read_text(encoding="utf-8")
-    text = re.sub(r'(?m)^npcs_dir = "[^"]*"', f'npcs_dir = "{NPCS_DIR}"', text)
+    text = re.sub(r'(?m)^npcs_dir = "[^"]*"', f'npcs_dir = "{npcs_dir}"', text)
     lines = "".join(f"{key} = {value}\n" for key, value in scripted.items())
     if "[overrides.scripted]\n" not in text:
         raise RuntimeError(f"{SERVER_TOML} has no [overrides.scripted] table to extend")
@@ -211,9 +213,10 @@ def start_npc_server(
     secret: str,
     scripted: Mapping[str, float | int],
     env: Mapping[str, str] | None = None,
+    npcs_dir: Path = NPCS_DIR,
 ) -> Proc:
     """`python -m npc_server` on a free loopback port, with benchmark limits."""
-    config = write_server_toml(run_dir / f"{name}.toml", scripted)
+    config = write_server_toml(run_dir / f"{name}.toml", scripted, npcs_dir)
     server_env = {
         **BENCH_LIMITS,
         "NPC_SERVER_SECRET": secret,
@@ -237,10 +240,47 @@ def start_npc_server(
 BASELINES = {
     "quart": "benchmarks.baselines.quart_echo",
     "websockets": "benchmarks.baselines.websockets_echo",
+    "fastapi": "benchmarks.baselines.fastapi_tutorial",
 }
 
 
-def start_baseline(kind: str, run_dir: Path, name: str) -> Proc:
-    """One of the bare echo/push servers of `benchmarks/baselines/`."""
+def start_baseline(
+    kind: str, run_dir: Path, name: str, env: Mapping[str, str] | None = None
+) -> Proc:
+    """One of the bare servers of `benchmarks/baselines/`."""
     argv = [sys.executable, "-m", BASELINES[kind], "--host", "127.0.0.1", "--port", "0"]
-    return spawn(name, argv, run_dir)
+    return spawn(name, argv, run_dir, env)
+
+
+# The relay section's NPCs: openai-backed, several, because the `openai` SDK's
+# pool holds at most 1,000 connections per client (one client per NPC).
+RELAY_NPC = """id = "{id}"
+name = "Relay {index}"
+persona = "A benchmark NPC whose replies come from a fake model server."
+busy = "interrupt"
+
+[backend]
+kind = "openai"
+base_url = "{url}/v1"
+model = "bench"
+"""
+
+
+def write_relay_npcs(directory: Path, model_url: str, count: int) -> list[str]:
+    """`count` openai NPCs pointing at `model_url`; their ids."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = [f"relay{i}" for i in range(count)]
+    for index, npc in enumerate(ids):
+        text = RELAY_NPC.format(id=npc, index=index, url=model_url)
+        (directory / f"{npc}.toml").write_text(text, encoding="utf-8")
+    return ids
+
+
+def start_fake_openai(
+    run_dir: Path, name: str, tokens_per_second: float, first_token_ms: float
+) -> Proc:
+    """The paced fake model server, on the load's core (its CPU is reported apart)."""
+    argv = [sys.executable, "-m", "benchmarks.fake_openai", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--tokens-per-second", str(tokens_per_second)]
+    argv += ["--first-token-ms", str(first_token_ms)]
+    return spawn(name, argv, run_dir, cpu=LOAD_CPU)

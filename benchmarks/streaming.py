@@ -61,9 +61,13 @@ class Shared:
 class Stream:
     """One player's stream: says again at each turn.end and records each token's lag."""
 
-    def __init__(self, player: Player, shared: Shared) -> None:
+    def __init__(
+        self, player: Player, shared: Shared, npc: str = NPC, text: str = SAY_TEXT
+    ) -> None:
         self.player = player
         self.shared = shared
+        self.npc = npc
+        self.text = text
         self.anchor = 0.0
         self.index = 0
         self.turn: str | None = None
@@ -74,7 +78,9 @@ class Stream:
         self.index = 0
         self.turn = None
         self.says += 1
-        self.anchor = self.player.send({"t": "say", "id": self.says, "npc": NPC, "text": SAY_TEXT})
+        self.anchor = self.player.send(
+            {"t": "say", "id": self.says, "npc": self.npc, "text": self.text}
+        )
 
     def on_frame(self, frame: dict[str, Any], at: float) -> None:
         kind = frame.get("t")
@@ -118,9 +124,13 @@ async def stream_step(probe: ServerProbe, tokens: Tokens, params: Params) -> Res
         tokens,
         prefix="lag",
         rcvbuf=lambda i: rcvbuf if is_stalled[i] else 0,
+        hello_extra={"delta_ms": params["delta_ms"]} if params.get("delta_ms") else None,
     )
     shared = Shared(params["first_token_ms"] / 1000, 1 / params["tokens_per_second"])
-    streams = [Stream(p, shared) for p in players]
+    # The relay section spreads players over several NPCs (params["npcs"]).
+    npcs = params.get("npcs") or [NPC]
+    text = params.get("say_text", SAY_TEXT)
+    streams = [Stream(p, shared, npcs[i % len(npcs)], text) for i, p in enumerate(players)]
     healthy = [s for s, stall in zip(streams, is_stalled, strict=True) if not stall]
     stalls = [s for s, stall in zip(streams, is_stalled, strict=True) if stall]
     try:

@@ -94,6 +94,7 @@ class LimitsSection:
     flood_close_after: int = _PROTOCOL.flood_close_after
     context_keys: int = _PROTOCOL.context_keys
     context_bytes: int = _PROTOCOL.context_bytes
+    max_delta_ms: int = _PROTOCOL.max_delta_ms
     write_timeout: float = 10.0
     heartbeat: float = 15.0
     max_generations: int = 512
@@ -132,6 +133,7 @@ class LimitsSection:
             flood_close_after=self.flood_close_after,
             context_keys=self.context_keys,
             context_bytes=self.context_bytes,
+            max_delta_ms=self.max_delta_ms,
         )
 
     def session_limits(self) -> SessionLimits:
@@ -305,6 +307,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         **{f.name: POSITIVE for f in fields(LimitsSection)},
         "resume_window": NON_NEGATIVE,  # 0: a dropped socket's session ends at once
         "tokens_per_minute_player": NON_NEGATIVE,  # 0: no budget
+        "max_delta_ms": NON_NEGATIVE,  # 0: clients may not ask for paced deltas
         "sockets_policy": one_of("refuse", "replace"),
     },
     "logging": {"format": one_of("text", "json"), "level": LEVEL, "levels": LEVELS},

@@ -46,8 +46,12 @@ class _Entry:
         self.frame = frame
         self.size = size
         self.alive = True
-        self.turn = frame.turn if isinstance(frame, Delta) else None
-        self.parts: list[str] | None = [frame.text] if isinstance(frame, Delta) else None
+        if type(frame) is Delta:
+            self.turn: str | None = frame.turn
+            self.parts: list[str] | None = [frame.text]
+        else:
+            self.turn = None
+            self.parts = None
 
     def materialize(self) -> ServerFrame:
         if self.parts is None or len(self.parts) == 1:
@@ -56,10 +60,15 @@ class _Entry:
         return Delta(turn=self.frame.turn, text="".join(self.parts), at=self.frame.at)
 
 
+def text_bytes(text: str) -> int:
+    """UTF-8 size of `text`, without encoding it when it is ASCII (O(1) check)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def estimate_size(frame: ServerFrame) -> int:
     """Approximate encoded size; exact for the text, fixed overhead for the rest."""
     if isinstance(frame, Delta):
-        return FRAME_OVERHEAD_BYTES + len(frame.text.encode())
+        return FRAME_OVERHEAD_BYTES + text_bytes(frame.text)
     return 4 * FRAME_OVERHEAD_BYTES
 
 
@@ -78,11 +87,18 @@ class OutboundQueue:
         self._typing: dict[tuple[str, str | None, str | None], _Entry] = {}
         self._depth = 0
         self._bytes = 0
+        # Frames other than deltas: while one waits, pacing holds nothing back.
+        self._urgent = 0
         self._pushed = self._popped = self._merged = self._replaced = self._dropped = 0
         self._peak_depth = self._peak_bytes = 0
 
     def __len__(self) -> int:
         return self._depth
+
+    @property
+    def urgent(self) -> bool:
+        """Whether a frame other than a delta is queued (pacing must not delay it)."""
+        return self._urgent > 0
 
     @property
     def over_limit(self) -> bool:
@@ -91,7 +107,7 @@ class OutboundQueue:
     def push_nowait(self, frame: ServerFrame) -> PushResult:
         """Queue a frame, merging or replacing where the protocol allows."""
         self._pushed += 1
-        if isinstance(frame, Delta):
+        if type(frame) is Delta:
             result = self._push_delta(frame)
         elif isinstance(frame, TypingNotice):
             result = self._push_typing(frame)
@@ -99,20 +115,24 @@ class OutboundQueue:
             self._close_delta_of(frame)
             self._append(_Entry(frame, estimate_size(frame)))
             result = PushResult.QUEUED
-        self._peak_depth = max(self._peak_depth, self._depth)
-        self._peak_bytes = max(self._peak_bytes, self._bytes)
-        return PushResult.OVERFLOW if self.over_limit else result
+        if self._depth > self._peak_depth:
+            self._peak_depth = self._depth
+        if self._bytes > self._peak_bytes:
+            self._peak_bytes = self._bytes
+        if self._depth > self.max_frames or self._bytes > self.max_bytes:
+            return PushResult.OVERFLOW
+        return result
 
     def _push_delta(self, frame: Delta) -> PushResult:
         entry = self._open_delta.get(frame.turn)
         if entry is not None and entry.parts is not None:
-            size = len(frame.text.encode())
+            size = text_bytes(frame.text)
             entry.parts.append(frame.text)
             entry.size += size
             self._bytes += size
             self._merged += 1
             return PushResult.MERGED
-        entry = _Entry(frame, estimate_size(frame))
+        entry = _Entry(frame, FRAME_OVERHEAD_BYTES + text_bytes(frame.text))
         self._append(entry)
         self._open_delta[frame.turn] = entry
         return PushResult.QUEUED
@@ -139,6 +159,8 @@ class OutboundQueue:
         self._entries.append(entry)
         self._depth += 1
         self._bytes += entry.size
+        if entry.parts is None:
+            self._urgent += 1
 
     def pop_nowait(self) -> ServerFrame | None:
         """The next frame to write, or None when the queue is empty."""
@@ -151,12 +173,27 @@ class OutboundQueue:
             return entry.materialize()
         return None
 
+    def pop_all_nowait(self) -> list[ServerFrame]:
+        """Every queued frame, in order (one call per writer wake-up)."""
+        frames: list[ServerFrame] = []
+        entries = self._entries
+        while entries:
+            entry = entries.popleft()
+            if entry.alive:
+                self._forget(entry)
+                frames.append(entry.materialize())
+        self._popped += len(frames)
+        return frames
+
     def _forget(self, entry: _Entry) -> None:
         entry.alive = False
         self._depth -= 1
         self._bytes -= entry.size
-        if entry.turn is not None and self._open_delta.get(entry.turn) is entry:
-            del self._open_delta[entry.turn]
+        if entry.turn is not None:
+            if self._open_delta.get(entry.turn) is entry:
+                del self._open_delta[entry.turn]
+            return
+        self._urgent -= 1
         if isinstance(entry.frame, TypingNotice):
             key = _typing_key(entry.frame)
             if self._typing.get(key) is entry:
@@ -179,7 +216,7 @@ class OutboundQueue:
         self._open_delta.clear()
         self._typing.clear()
         self._dropped += count
-        self._depth = self._bytes = 0
+        self._depth = self._bytes = self._urgent = 0
         return count
 
     def statistics(self) -> QueueStatistics:

@@ -5,7 +5,13 @@ queueing (deltas merge), so turns that generate while the player is away lose
 no text; `hello{resume}` attaches a new socket, which first gets the frames
 after the client's `seq` from the replay window and then the queue.
 Sans I/O: the socket edge is told through the `on_ready` / `on_close`
-callbacks and pulls frames with `next_write_nowait()`.
+callbacks and pulls frames with `take_writes_nowait()`.
+
+Pacing (`hello.delta_ms`, set per socket with `pace()`): deltas go out at
+most once per window. While only deltas wait, they stay queued (merging per
+turn) until the window since the last delta write has passed, and
+`held_until` says when; any other frame flushes what waits before it, in
+order, so `turn.end` and `action` are never delayed.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from enum import Enum
 from npc_server.outbound import OutboundQueue, PushResult
 from npc_server.protocol.codec import encode_server_frame
 from npc_server.protocol.codes import CloseCode
-from npc_server.protocol.frames import ServerFrame
+from npc_server.protocol.frames import Delta, ServerFrame
 
 
 class SessionState(Enum):
@@ -51,12 +57,16 @@ class ReplayBuffer:
         self._bytes = 0
 
     def append(self, seq: int, data: bytes) -> None:
-        self._frames.append((seq, data))
+        frames = self._frames
+        frames.append((seq, data))
         self._bytes += len(data)
-        while self._frames and (
-            len(self._frames) > self.max_frames or self._bytes > self.max_bytes
-        ):
-            _, old = self._frames.popleft()
+        if len(frames) > self.max_frames or self._bytes > self.max_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        frames = self._frames
+        while frames and (len(frames) > self.max_frames or self._bytes > self.max_bytes):
+            _, old = frames.popleft()
             self._bytes -= len(old)
 
     def after(self, seq: int, last_seq: int) -> list[bytes] | None:
@@ -112,6 +122,10 @@ class Session:
         self.on_close: Callable[[CloseCode], None] = _ignore_close
         self.on_written = on_written
         self.owner: object | None = None
+        self.delta_window = 0.0
+        # When held deltas may go (None: nothing is held back).
+        self.held_until: float | None = None
+        self._next_delta_at = 0.0
 
     def attach(
         self, owner: object, on_ready: Callable[[], None], on_close: Callable[[CloseCode], None]
@@ -157,10 +171,12 @@ class Session:
         if self.state is SessionState.EXPIRED:
             return
         result = self.queue.push_nowait(frame)
-        if result is PushResult.OVERFLOW:
-            self._overflowed()
-        else:
+        if result is PushResult.QUEUED:
             self.on_ready()
+        elif result is PushResult.OVERFLOW:
+            self._overflowed()
+        # MERGED / REPLACED: the entry it joined still waits, so the writer is
+        # already awake or holding it on a timer: no wake-up per token.
 
     def _overflowed(self) -> None:
         if self.state is SessionState.ATTACHED:
@@ -176,11 +192,46 @@ class Session:
         """Drop queued deltas of an interrupted turn."""
         return self.queue.drop_turn_nowait(turn)
 
+    def pace(self, delta_ms: int) -> None:
+        """Deltas to the attached socket at most every `delta_ms` (0: as they come)."""
+        self.delta_window = delta_ms / 1000
+        self._next_delta_at = 0.0
+        self.held_until = None
+
+    def take_writes_nowait(self, now: float, *, hold: bool = True) -> list[bytes]:
+        """Every frame that may be written at `now`, encoded, in order.
+
+        With a pacing window, deltas waiting alone are held until
+        `held_until`; `hold=False` (the flush before a close) takes everything.
+        """
+        queue = self.queue
+        window = self.delta_window
+        if hold and window > 0 and now < self._next_delta_at:
+            # Held: only up to the last frame that is not a delta (FIFO keeps the order).
+            frames = []
+            while queue.urgent and (frame := queue.pop_nowait()) is not None:
+                frames.append(frame)
+        else:
+            frames = queue.pop_all_nowait()
+        out = []
+        wrote_delta = False
+        for frame in frames:
+            wrote_delta = wrote_delta or type(frame) is Delta
+            out.append(self._encode(frame))
+        if wrote_delta and window:
+            # Every delta of this write counts as one: the window starts now.
+            self._next_delta_at = now + window
+        self.held_until = self._next_delta_at if len(queue) else None
+        return out
+
     def next_write_nowait(self) -> bytes | None:
-        """The next frame to write, encoded with its seq and kept for replay."""
+        """The next frame to write, encoded with its seq and kept for replay (unpaced)."""
         frame = self.queue.pop_nowait()
         if frame is None:
             return None
+        return self._encode(frame)
+
+    def _encode(self, frame: ServerFrame) -> bytes:
         if not frame.SEQ:
             return encode_server_frame(frame, None)
         self.last_seq += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from npc_server.outbound import OutboundQueue, PushResult
+from npc_server.outbound import FRAME_OVERHEAD_BYTES, OutboundQueue, PushResult
 from npc_server.protocol.frames import Ack, Delta, ServerFrame, TurnEnd, TypingNotice
 
 
@@ -123,3 +123,29 @@ def test_clear_drops_everything() -> None:
     assert queue.clear_nowait() == 2
     assert queue.pop_nowait() is None
     assert queue.push_nowait(Delta("t", "b", 1)) is PushResult.QUEUED
+
+
+def test_urgent_counts_queued_frames_other_than_deltas() -> None:
+    """urgent is true while a non-delta frame waits, false once only deltas are left."""
+    queue = OutboundQueue(10, 10_000)
+    queue.push_nowait(Delta("t", "a", 0))
+    assert not queue.urgent
+    queue.push_nowait(TurnEnd("t", "done", 1, 1))
+    assert queue.urgent
+    queue.pop_nowait()
+    queue.pop_nowait()
+    assert not queue.urgent
+    queue.push_nowait(Ack(1))
+    queue.clear_nowait()
+    assert not queue.urgent
+
+
+def test_pop_all_takes_every_frame_in_order_with_merges() -> None:
+    """pop_all_nowait empties the queue in one call, merged deltas joined, order kept."""
+    queue = OutboundQueue(10, 10_000)
+    queue.push_nowait(Delta("t", "é", 0))
+    queue.push_nowait(Delta("t", "a", 1))
+    queue.push_nowait(TurnEnd("t", "done", 2, 2))
+    assert queue.statistics().bytes == FRAME_OVERHEAD_BYTES * 5 + 3  # "é" is 2 bytes
+    assert queue.pop_all_nowait() == [Delta("t", "éa", 0), TurnEnd("t", "done", 2, 2)]
+    assert len(queue) == 0 and queue.statistics().popped == 2

@@ -124,3 +124,70 @@ def test_resume_window_expiry() -> None:
     session.detach(now=100.0)
     assert not session.expired_at(109.0)
     assert session.expired_at(111.0)
+
+
+def paced(delta_ms: int) -> Session:
+    session, _ = attached()
+    session.pace(delta_ms)
+    return session
+
+
+def test_paced_deltas_wait_for_the_window_and_merge() -> None:
+    """With a 50 ms window a lone delta after a delta write is held, then goes merged."""
+    session = paced(50)
+    session.push_nowait(Delta("t", "a", 0))
+    assert [decode(d)["text"] for d in session.take_writes_nowait(1.0)] == ["a"]
+    session.push_nowait(Delta("t", "b", 1))
+    session.push_nowait(Delta("t", "c", 2))
+    assert session.take_writes_nowait(1.02) == []
+    assert session.held_until == 1.05
+    assert [decode(d)["text"] for d in session.take_writes_nowait(1.05)] == ["bc"]
+    assert session.held_until is None
+
+
+def test_other_frames_flush_held_deltas_in_order() -> None:
+    """A frame other than a delta goes at once, with the held delta before it."""
+    session = paced(50)
+    session.push_nowait(Delta("t", "a", 0))
+    session.take_writes_nowait(1.0)
+    session.push_nowait(Delta("t", "b", 1))
+    session.push_nowait(Ack(7))
+    session.push_nowait(Delta("u", "x", 0))
+    batch = [decode(d) for d in session.take_writes_nowait(1.01)]
+    assert [(f["t"], f.get("text")) for f in batch] == [("delta", "b"), ("ack", None)]
+    assert session.held_until == 1.06
+
+
+def test_unpaced_session_takes_everything_queued() -> None:
+    """delta_ms 0: one call takes every queued frame; a flush ignores the window."""
+    session = paced(0)
+    session.push_nowait(Delta("t", "a", 0))
+    session.push_nowait(Ack(1))
+    session.push_nowait(Delta("u", "b", 0))
+    assert len(session.take_writes_nowait(1.0)) == 3
+    held = paced(50)
+    held.push_nowait(Delta("t", "a", 0))
+    held.take_writes_nowait(1.0)
+    held.push_nowait(Delta("t", "b", 1))
+    assert held.take_writes_nowait(1.001) == []
+    assert [decode(d)["text"] for d in held.take_writes_nowait(1.001, hold=False)] == ["b"]
+
+
+def test_interrupt_drops_held_deltas() -> None:
+    """Deltas held in the window are dropped with the turn; nothing is left to write."""
+    session = paced(50)
+    session.push_nowait(Delta("t", "a", 0))
+    session.take_writes_nowait(1.0)
+    session.push_nowait(Delta("t", "b", 1))
+    assert session.drop_turn_nowait("t") == 1
+    assert session.take_writes_nowait(2.0) == [] and session.held_until is None
+
+
+def test_merged_pushes_do_not_wake_the_writer() -> None:
+    """Only a frame queued anew calls on_ready: a merge joins one that already woke it."""
+    session = Session("s1", "alice", SessionLimits(), now=0.0)
+    wakes: list[None] = []
+    session.attach(object(), lambda: wakes.append(None), lambda code: None)
+    for i in range(5):
+        session.push_nowait(Delta("t", "x", i))
+    assert len(wakes) == 1

@@ -17,6 +17,7 @@ from npc_server.protocol.frames import (
     Act,
     ClientFrame,
     Context,
+    Delta,
     Hello,
     Interrupt,
     Join,
@@ -61,13 +62,26 @@ class FrameError(Exception):
         self.request_id = request_id
 
 
+# One packer for every frame (packb builds one per call); encoding never nests.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def encode_server_frame(frame: ServerFrame, seq: int | None) -> bytes:
     """Encode a server frame as one msgpack map, with `seq` when given."""
-    body = frame.payload()
-    body["t"] = frame.T
+    if type(frame) is Delta:
+        # The frame of every token: its map built directly, same keys and order.
+        body: dict[str, Any] = {
+            "turn": frame.turn,
+            "text": frame.text,
+            "at": frame.at,
+            "t": "delta",
+        }
+    else:
+        body = frame.payload()
+        body["t"] = frame.T
     if seq is not None:
         body["seq"] = seq
-    data: bytes = msgpack.packb(body, use_bin_type=True)
+    data: bytes = _PACKER.pack(body)
     return data
 
 
@@ -202,6 +216,7 @@ def _hello(f: _Fields) -> Hello:
         resume=parsed,
         client=client if isinstance(client, str) else None,
         id=f.id,
+        delta_ms=f.integer("delta_ms", required=False),
     )
 
 

@@ -30,6 +30,8 @@ class Hello:
     resume: Resume | None = None
     client: str | None = None
     id: RequestId = None
+    # Extension: deltas at most every this many ms on this socket (see `Limits.grant_delta_ms`).
+    delta_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +342,12 @@ class Limits:
     # `context.data`: keys, and bytes once encoded as msgpack.
     context_keys: int = 64
     context_bytes: int = 8 * 1024
+    # The largest pacing window a client may ask for in `hello.delta_ms`; 0: none.
+    max_delta_ms: int = 1000
+
+    def grant_delta_ms(self, asked: int | None) -> int:
+        """The pacing window granted for `hello.delta_ms` (0 when not asked)."""
+        return min(asked or 0, self.max_delta_ms)
 
     def to_wire(self) -> dict[str, int]:
         """The subset of limits a client needs to know."""

@@ -124,7 +124,10 @@ class WebSocketEdge(ClientLink):
         self.conn.accept_hello()
         session = self.session
         assert session is not None
-        welcome = self.welcome(self.conn.limits.to_wire(), resumed=replay is not None)
+        delta_ms = self.conn.limits.grant_delta_ms(hello.delta_ms)
+        session.pace(delta_ms)
+        limits = {**self.conn.limits.to_wire(), "delta_ms": delta_ms}
+        welcome = self.welcome(limits, resumed=replay is not None)
         await self._write(encode_server_frame(welcome, None))
         for data in replay or ():
             await self._write(data)
@@ -151,7 +154,7 @@ class WebSocketEdge(ClientLink):
     async def _flush(self, session: Session) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(FLUSH_BUDGET):
-                while (data := session.next_write_nowait()) is not None:
+                for data in session.take_writes_nowait(self.node.clock(), hold=False):
                     await self._send({"type": "websocket.send", "bytes": data})
 
     # --- tasks ------------------------------------------------------------
@@ -196,25 +199,67 @@ class WebSocketEdge(ClientLink):
 
     async def _writer(self, session: Session) -> None:
         # No timer per write (5 us each, a quarter of a frame's cost): `tick`
-        # closes the socket when one write has been pending over write_timeout.
-        send = self._send
+        # closes the socket when one batch has been pending over write_timeout.
+        # One wake-up writes everything its socket may get now; a pacing window
+        # adds one timer per socket at most (`_Wake`), never one per frame.
+        wake = _Wake(self.ready)
         try:
-            while session.owner is self:
-                data = session.next_write_nowait()
-                if data is None:
-                    self.ready.clear()
-                    await self.ready.wait()
-                    continue
-                self.write_started()
-                await send({"type": "websocket.send", "bytes": data})
-                self.write_finished()
+            await self._write_loop(session, wake)
         except asyncio.CancelledError:
             raise
         except Exception:
             self.request_close(None)
             return
+        finally:
+            wake.cancel()
         # The session was taken over or ended: this socket must not stay open and silent.
         self.request_close(CloseCode.GOING_AWAY, "the session ended")
+
+    async def _write_loop(self, session: Session, wake: _Wake) -> None:
+        send = self._send
+        clock = self.node.clock
+        ready = self.ready
+        while session.owner is self:
+            batch = session.take_writes_nowait(clock())
+            if batch:
+                self.write_started()
+                for data in batch:
+                    await send({"type": "websocket.send", "bytes": data})
+                self.write_finished()
+                continue
+            ready.clear()
+            if session.held_until is not None:
+                wake.at(session.held_until, clock())
+            await ready.wait()
+
+
+class _Wake:
+    """At most one pending timer that sets the writer's `ready` event."""
+
+    __slots__ = ("_at", "_handle", "_ready")
+
+    def __init__(self, ready: asyncio.Event) -> None:
+        self._ready = ready
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    def at(self, when: float, now: float) -> None:
+        """Wake the writer at `when` (on the node's clock), unless already due then."""
+        if self._handle is not None and self._at == when:
+            return
+        self.cancel()
+        self._at = when
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(max(0.0, when - now), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._ready.set()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class NpcWebsocketConnection:

@@ -108,9 +108,9 @@ def test_memory_and_release_figures(run: tuple[dict[str, Any], str, Path]) -> No
 
 
 def test_targets_and_markdown(run: tuple[dict[str, Any], str, Path]) -> None:
-    """Six targets with a status each; the Markdown has every section and the target table."""
+    """Eleven targets with a status each; the Markdown has every section and the target table."""
     doc, markdown, out = run
-    assert len(doc["targets"]) == 6
+    assert len(doc["targets"]) == 11
     assert {t["status"] for t in doc["targets"]} <= {"PASS", "MISS", "N/A"}
     for heading in (
         "## Targets",
@@ -120,6 +120,7 @@ def test_targets_and_markdown(run: tuple[dict[str, Any], str, Path]) -> None:
         "## 4. Delivery lag",
         "## 5. Memory",
         "## 6. Slow consumers",
+        "## 8. Relay",
     ):
         assert heading in markdown, heading
     assert "FAILED" not in markdown
@@ -128,3 +129,18 @@ def test_targets_and_markdown(run: tuple[dict[str, Any], str, Path]) -> None:
             assert line.endswith("|"), line
     charts = sorted(p.name for p in out.glob("*.png"))
     assert charts in ([], ["tiny-lag.png", "tiny-memory.png"])
+
+
+def test_relay_streams_through_npc_server_and_the_tutorial(
+    run: tuple[dict[str, Any], str, Path],
+) -> None:
+    """The relay section streamed tokens through openai NPCs and the FastAPI baseline alike."""
+    relay = run[0]["results"]["relay"]
+    kinds = {(s["kind"], s["delta_ms"]) for s in relay["series"]}
+    assert kinds == {("npc", 50), ("tutorial", 0)}
+    for series in relay["series"]:
+        for step in series["steps"]:
+            _latency(step["lag"], f"relay {series['kind']}")
+            assert step["tokens"] > 0 and step["errors"] == 0
+            assert step["cpu_us_per_token"] > 0 and step["model_cpu_pct"] >= 0
+    assert relay["npc_vs_tutorial_cpu_60_50"]["ratio"] > 0

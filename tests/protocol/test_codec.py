@@ -273,3 +273,16 @@ def test_context_limits_are_announced() -> None:
     """welcome.limits tells clients context_keys and context_bytes."""
     wire = Limits().to_wire()
     assert (wire["context_keys"], wire["context_bytes"]) == (64, 8 * 1024)
+
+
+def test_delta_fast_path_encodes_the_same_map_as_any_frame() -> None:
+    """A delta's direct encoding equals the generic payload + t + seq."""
+    frame = Delta(turn="t1", text="héllo", at=3)
+    generic = {**frame.payload(), "t": "delta", "seq": 9}
+    assert msgpack.unpackb(encode_server_frame(frame, 9)) == generic
+    assert msgpack.unpackb(encode_server_frame(frame, None)) == {
+        "turn": "t1",
+        "text": "héllo",
+        "at": 3,
+        "t": "delta",
+    }
