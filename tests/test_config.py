@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from npc_server.config import (
+    _SECTIONS,
+    DEFAULT_CONFIG,
     OTHER_VARIABLES,
     RULES,
     Config,
@@ -181,3 +185,19 @@ def test_backend_tables_must_be_tables(tmp_path: Path) -> None:
     path.write_text("[overrides]\nscripted = 1\n")
     with pytest.raises(ConfigError, match=r"\[overrides\] must hold one table per backend kind"):
         load_config(path, env={})
+
+
+def test_the_shipped_server_toml_lists_every_setting_with_a_comment() -> None:
+    """Every key of every section appears in the shipped server.toml, explained on its line."""
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8")
+    doc = tomllib.loads(text)
+    missing, bare = [], []
+    for section, cls in _SECTIONS.items():
+        for field in fields(cls):
+            if field.name not in doc.get(section, {}):
+                missing.append(f"[{section}] {field.name}")
+                continue
+            line = next(x for x in text.splitlines() if re.match(rf"{field.name}\s*=", x))
+            if "#" not in line:
+                bare.append(f"[{section}] {field.name}")
+    assert missing == [] and bare == [], (missing, bare)
