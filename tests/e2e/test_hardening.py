@@ -6,7 +6,7 @@ import pytest
 
 from npc_server.protocol.codes import CloseCode
 from tests.support.client import Frame, RawClient, connect
-from tests.support.server import running_server, server_config
+from tests.support.server import RunningServer, running_server, server_config
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -94,15 +94,20 @@ async def test_a_session_ended_by_the_server_closes_its_socket() -> None:
         assert await alice.close_code() == CloseCode.GOING_AWAY
 
 
+async def in_the_inn(server: RunningServer, **players: RawClient) -> None:
+    """Each client says hello as its player and joins room `inn`."""
+    for name, client in players.items():
+        await client.hello(server.token(name))
+        await client.send({"t": "join", "id": 1, "room": "inn"})
+        await client.expect("ack")
+
+
 async def test_a_bare_interrupt_targets_the_players_own_newest_turn() -> None:
     """In a room, a bare interrupt cuts the speaker's own turn, never a newer one of another."""
     config = server_config(scripted=LONG)
     async with running_server(config) as server:
         async with connect(server.url) as alice, connect(server.url) as bob:
-            for client, name in ((alice, "alice"), (bob, "bob")):
-                await client.hello(server.token(name))
-                await client.send({"t": "join", "id": 1, "room": "inn"})
-                await client.expect("ack")
+            await in_the_inn(server, alice=alice, bob=bob)
             await alice.send(say("questgiver", 2, room="inn"))
             mine = (await answer(alice, 2))["turn"]
             await bob.send(say("guard", 2, room="inn"))
@@ -122,10 +127,7 @@ async def test_a_bare_interrupt_without_an_own_turn_is_unknown_turn() -> None:
     config = server_config(scripted=LONG)
     async with running_server(config) as server:
         async with connect(server.url) as alice, connect(server.url) as bob:
-            for client, name in ((alice, "alice"), (bob, "bob")):
-                await client.hello(server.token(name))
-                await client.send({"t": "join", "id": 1, "room": "inn"})
-                await client.expect("ack")
+            await in_the_inn(server, alice=alice, bob=bob)
             await bob.send(say("questgiver", 2, room="inn"))
             theirs = (await answer(bob, 2))["turn"]
             await alice.send({"t": "interrupt", "id": 3})
