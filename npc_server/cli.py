@@ -12,8 +12,9 @@ from pathlib import Path
 
 from npc_server import __version__, logs
 from npc_server.app import InsecureSecret, resolve_secret
-from npc_server.config import LOG_LEVELS, Config, ConfigError, load_config, with_overrides
+from npc_server.config import Config, ConfigError, load_config, with_overrides
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
+from npc_server.settings import LOG_LEVELS
 from npc_server.tokens import issue_token, issue_watch_token
 
 # Every subcommand, as `npc-server --help` lists them.

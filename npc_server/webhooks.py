@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from npc_server.config import GameSection
 from npc_server.game_http import SIGNATURE_HEADER, GameHttpError, HttpAnswer, post_json, signature
+from npc_server.settings import GameSection
 from npc_server.turns import ActionNotice
 
 log = logging.getLogger(__name__)

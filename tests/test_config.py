@@ -13,13 +13,13 @@ from npc_server.config import (
     _SECTIONS,
     DEFAULT_CONFIG,
     OTHER_VARIABLES,
-    RULES,
     Config,
     ConfigError,
     environment_names,
     load_config,
     with_overrides,
 )
+from npc_server.settings import RULES
 from npc_server.tokens import TokenError, issue_token, verify_token
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"

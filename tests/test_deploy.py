@@ -15,7 +15,7 @@ import pytest
 from hypercorn.config import Config as HypercornConfig
 
 from npc_server import asgi
-from npc_server.config import AuthSection, LimitsSection, ServerSection
+from npc_server.settings import AuthSection, LimitsSection, ServerSection
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
