@@ -12,7 +12,12 @@ from npc_server.protocol.codes import CloseCode, ErrorCode
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "docs" / "protocol.md"
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [
+    REPO / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    *sorted((REPO / "clients").glob("*/README.md")),
+    REPO / "npc_server" / "web" / "README.md",
+]
 # [text](target) and [text]: target, skipping images' alt text rules (same syntax).
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|^\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
 
@@ -65,7 +70,7 @@ def relative_links(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_resolve_inside_the_repository(doc: Path) -> None:
-    """Every relative link of README.md and docs/*.md names a file of this repository."""
+    """Every relative link of the READMEs and docs/*.md names a file of this repository."""
     for target in relative_links(doc):
         resolved = (doc.parent / target.split("#")[0]).resolve()
         assert resolved.is_relative_to(REPO), f"{doc.name} links outside the repository: {target}"
