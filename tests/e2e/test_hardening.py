@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import websockets
 
 from npc_server.protocol.codes import CloseCode
 from tests.support.client import Frame, RawClient, connect
@@ -159,3 +160,20 @@ async def test_contexts_are_bounded_per_player_in_total() -> None:
             codes.append((await answer(alice, req)).get("code"))
         assert codes == [None, None, "too_long"]
         assert server.node.contexts.bytes_of("alice") < 3000
+
+
+async def test_a_socket_opened_while_draining_is_told_to_go_elsewhere() -> None:
+    """While the server drains, a new socket is accepted and closed at once with 1001."""
+    async with running_server() as server:
+        server.node.draining = True
+        async with connect(server.url) as late:
+            assert await late.close_code() == CloseCode.GOING_AWAY
+
+
+async def test_a_websocket_on_another_path_is_refused_at_the_handshake() -> None:
+    """Only /ws speaks the protocol: another path's handshake gets HTTP 403."""
+    async with running_server() as server:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(f"ws://{server.host}:{server.port}/other"):
+                pass
+        assert refused.value.response.status_code == 403
