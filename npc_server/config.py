@@ -98,8 +98,6 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "NPC_SERVER_API_KEY": "the API key",
     "NPC_SERVER_WEBHOOK_SECRET": "the webhook secret",
 }
-# Families of variables whose features check their own names.
-RESERVED_PREFIXES: tuple[str, ...] = ()
 _SHORT_NAMES = {("server", "host"): "NPC_SERVER_HOST", ("server", "port"): "NPC_SERVER_PORT"}
 
 
@@ -108,7 +106,7 @@ def env_name(section: str, key: str) -> str:
 
 
 def environment_names() -> frozenset[str]:
-    """Every NPC_SERVER_* variable the server reads (besides RESERVED_PREFIXES)."""
+    """Every NPC_SERVER_* variable the server reads."""
     keyed = {env_name(name, f.name) for name, cls in _SECTIONS.items() for f in fields(cls)}
     return frozenset(keyed | set(OTHER_VARIABLES))
 
@@ -117,7 +115,7 @@ def check_environment(env: Mapping[str, str]) -> None:
     """Refuse an NPC_SERVER_* variable that nothing reads (a typo would be ignored)."""
     valid = environment_names()
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in valid or name.startswith(RESERVED_PREFIXES):
+        if not name.startswith(ENV_PREFIX) or name in valid:
             continue
         raise ConfigError(f"environment variable {name} is not a setting; {_env_hint(name, valid)}")
 
@@ -128,12 +126,7 @@ def _env_hint(name: str, valid: Collection[str]) -> str:
     close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=3, cutoff=0.75)
     if close:
         return "did you mean " + " or ".join(bare[c] for c in close) + "?"
-    return (
-        "valid names: "
-        + ", ".join(sorted(valid))
-        + ", "
-        + ", ".join(f"{p}*" for p in RESERVED_PREFIXES)
-    )
+    return "valid names: " + ", ".join(sorted(valid))
 
 
 def _table(where: str, value: Any) -> dict[str, Any]:
