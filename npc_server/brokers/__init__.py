@@ -27,7 +27,7 @@ __all__ = [
 def create_broker(redis_url: str = "", node_id: str = "") -> Broker:
     """In memory for one process; with a Redis URL, a node of a cluster."""
     if not redis_url:
-        return MemoryBroker()
+        return MemoryBroker(node_id)
     from npc_server.brokers.redis import RedisBroker
 
     return RedisBroker(redis_url, node_id)

@@ -14,9 +14,9 @@ subscribers on other nodes. Publishing never waits: it only enqueues.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from npc_server.protocol.frames import ServerFrame
 
@@ -31,6 +31,13 @@ def player_channel(player: str) -> str:
 
 def room_channel(room: str) -> str:
     return f"room:{room}"
+
+
+MessageHandler = Callable[[str, dict[str, Any]], None]
+"""Handles a message from another node: `(origin node id, message map with its kind in "k")`."""
+
+RemoteObserver = Callable[[str, str, ServerFrame], None]
+"""Sees each frame that arrives from another node: `(origin, channel, frame)`."""
 
 
 class Subscriber(Protocol):
@@ -82,6 +89,28 @@ class Broker(Protocol):
 
     def statistics(self) -> BrokerStatistics:
         """An immutable snapshot of this broker's channels."""
+
+    # --- between nodes (no other node exists in memory) ------------------
+
+    def send_nowait(self, node: str, message: Mapping[str, Any]) -> None:
+        """Queue a message for node `node` (its kind in `message["k"]`)."""
+
+    def signal_nowait(self, channel: str, message: Mapping[str, Any]) -> None:
+        """Queue a message for every other node that subscribes `channel`."""
+
+    def on_message(self, kind: str, handler: MessageHandler) -> None:
+        """Call `handler` with each message of `kind` that reaches this node."""
+
+    def observe_remote(self, observer: RemoteObserver) -> None:
+        """Show `observer` each frame from another node before it is delivered."""
+
+    @property
+    def delivering(self) -> tuple[str, int]:
+        """While a frame is delivered: its origin node and that node's number for it."""
+
+    def position(self) -> dict[str, int]:
+        """For each node heard from (and this one): the number of its last publication
+        delivered here. With `delivering`, it lets two nodes agree which frames each got."""
 
     async def start(self) -> None:
         """Connect to whatever carries publications (nothing, in memory)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from npc_server.brokers.base import BrokerStatistics, Subscriber
+from npc_server.brokers.base import BrokerStatistics, MessageHandler, RemoteObserver, Subscriber
 from npc_server.protocol.frames import ServerFrame
 
 _NONE: dict[str, Subscriber] = {}
@@ -13,7 +14,8 @@ _NONE: dict[str, Subscriber] = {}
 class MemoryBroker:
     """Channels as dicts of subscribers by id; delivery is a loop over one dict."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "") -> None:
+        self.node_id = node_id
         self._channels: dict[str, dict[str, Subscriber]] = {}
         self._published = 0
 
@@ -59,6 +61,27 @@ class MemoryBroker:
             subscriptions=sum(len(s) for s in self._channels.values()),
             published=self._published,
         )
+
+    # One process has no other node: messages have nowhere to go.
+
+    def send_nowait(self, node: str, message: Mapping[str, Any]) -> None:
+        return None
+
+    def signal_nowait(self, channel: str, message: Mapping[str, Any]) -> None:
+        return None
+
+    def on_message(self, kind: str, handler: MessageHandler) -> None:
+        return None
+
+    def observe_remote(self, observer: RemoteObserver) -> None:
+        return None
+
+    @property
+    def delivering(self) -> tuple[str, int]:
+        return (self.node_id, self._published)
+
+    def position(self) -> dict[str, int]:
+        return {self.node_id: self._published}
 
     async def start(self) -> None:
         return None

@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from npc_server.brokers import wire
-from npc_server.brokers.base import BrokerStatistics, Subscriber
+from npc_server.brokers.base import BrokerStatistics, MessageHandler, RemoteObserver, Subscriber
 from npc_server.brokers.memory import MemoryBroker
 from npc_server.protocol.frames import ServerFrame
 
@@ -97,6 +97,11 @@ class RedisBroker:
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sent = self._received = self._rejected = self._lost = 0
+        self._number = 0  # of this node's publications
+        self._from: dict[str, int] = {}  # origin -> number of its last publication delivered
+        self._d_origin, self._d_number = node_id, 0
+        self._handlers: dict[str, MessageHandler] = {}
+        self._observer: RemoteObserver | None = None
         self.connected = False
         self._errors: tuple[type[BaseException], ...] = ()
 
@@ -136,12 +141,40 @@ class RedisBroker:
             await self._synced_event.wait()
 
     def publish_nowait(self, channel: str, frame: ServerFrame, exclude: str | None = None) -> None:
+        self._number = number = self._number + 1
+        self._d_origin, self._d_number = self.node_id, number
         self._local.publish_nowait(channel, frame, exclude)
-        self._queue(channel, wire.encode_frame(self.node_id, frame, exclude))
+        self._queue(channel, wire.encode_frame(self.node_id, frame, exclude, number))
 
     def drop_turn_nowait(self, channel: str, turn: str) -> None:
+        self._number += 1
         self._local.drop_turn_nowait(channel, turn)
-        self._queue(channel, wire.encode_drop(self.node_id, turn))
+        self._queue(channel, wire.encode_drop(self.node_id, turn, self._number))
+
+    def send_nowait(self, node: str, message: Mapping[str, Any]) -> None:
+        self.signal_nowait(f"node:{node}", message)
+
+    def signal_nowait(self, channel: str, message: Mapping[str, Any]) -> None:
+        self._number += 1
+        self._queue(channel, wire.encode_message(self.node_id, message, self._number))
+
+    def on_message(self, kind: str, handler: MessageHandler) -> None:
+        self._handlers[kind] = handler
+
+    def observe_remote(self, observer: RemoteObserver) -> None:
+        self._observer = observer
+
+    @property
+    def delivering(self) -> tuple[str, int]:
+        return (self._d_origin, self._d_number)
+
+    def position(self) -> dict[str, int]:
+        return {**self._from, self.node_id: self._number}
+
+    @property
+    def client(self) -> Any:
+        """The redis.asyncio client (after `start`), for keys beside the channels."""
+        return self._redis
 
     def subscriber_count(self, channel: str) -> int:
         return self._local.subscriber_count(channel)
@@ -303,14 +336,34 @@ class RedisBroker:
             self._rejected += 1
             log.warning("dropped a publication on %s from Redis: %s", channel, exc)
             return
-        if publication.origin == self.node_id:
+        origin = publication.origin
+        if origin == self.node_id:
             return  # delivered locally when published
         self._received += 1
+        self._from[origin] = publication.number
         local = channel.removeprefix(PREFIX)
-        if publication.frame is not None:
-            self._local.publish_nowait(local, publication.frame, publication.exclude)
+        frame = publication.frame
+        if frame is not None:
+            self._d_origin, self._d_number = origin, publication.number
+            if self._observer is not None:
+                self._observer(origin, local, frame)
+            self._local.publish_nowait(local, frame, publication.exclude)
         elif publication.drop_turn is not None:
             self._local.drop_turn_nowait(local, publication.drop_turn)
+        elif publication.message is not None:
+            self._dispatch(origin, publication.message)
+
+    def _dispatch(self, origin: str, message: dict[str, Any]) -> None:
+        handler = self._handlers.get(message["k"])
+        if handler is None:
+            self._rejected += 1
+            log.warning("dropped a message of unknown kind %r from node %s", message["k"], origin)
+            return
+        try:
+            handler(origin, message)
+        except Exception:  # another node's message must never end this node's reader
+            self._rejected += 1
+            log.warning("a message %r from node %s failed", message["k"], origin, exc_info=True)
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:

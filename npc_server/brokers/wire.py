@@ -1,8 +1,11 @@
 """What nodes send each other through a cluster broker, validated as client frames are.
 
-One publication is one msgpack array: `[version, origin, op, exclude, body]`,
-where `op` is `f` (a server frame: `body` is its map with `t`) or `d` (drop a
-turn's queued deltas: `body` is the turn id). Another node's bytes are input
+One publication is one msgpack array: `[version, origin, number, op, exclude,
+body]`, where `number` counts the origin's publications (1, 2, ... in the order
+it published them, which Redis keeps for each subscriber) and `op` is `f` (a
+server frame: `body` is its map with `t`), `d` (drop a turn's queued deltas:
+`body` is the turn id) or `m` (a message between nodes: `body` is a map whose
+`k` names its kind; the receiving handler validates the rest). Another node's bytes are input
 like a client's: anything that does not fit (another version, a stray value,
 a truncated entry, a frame whose keys or types are wrong) raises `WireError`
 and is dropped by the caller, never delivered and never a crash.
@@ -21,7 +24,7 @@ import msgpack
 from npc_server.protocol import frames
 from npc_server.protocol.frames import ServerFrame
 
-VERSION = 1
+VERSION = 2
 MAX_BYTES = 1 << 20
 
 
@@ -35,17 +38,26 @@ class Publication:
     exclude: str | None
     frame: ServerFrame | None = None
     drop_turn: str | None = None
+    message: dict[str, Any] | None = None
+    number: int = 0
 
 
-def encode_frame(origin: str, frame: ServerFrame, exclude: str | None) -> bytes:
+def encode_frame(origin: str, frame: ServerFrame, exclude: str | None, number: int = 0) -> bytes:
     body = frame.payload()
     body["t"] = frame.T
-    data: bytes = msgpack.packb([VERSION, origin, "f", exclude, body], use_bin_type=True)
+    data: bytes = msgpack.packb([VERSION, origin, number, "f", exclude, body], use_bin_type=True)
     return data
 
 
-def encode_drop(origin: str, turn: str) -> bytes:
-    data: bytes = msgpack.packb([VERSION, origin, "d", None, turn], use_bin_type=True)
+def encode_drop(origin: str, turn: str, number: int = 0) -> bytes:
+    data: bytes = msgpack.packb([VERSION, origin, number, "d", None, turn], use_bin_type=True)
+    return data
+
+
+def encode_message(origin: str, message: Mapping[str, Any], number: int = 0) -> bytes:
+    data: bytes = msgpack.packb(
+        [VERSION, origin, number, "m", None, dict(message)], use_bin_type=True
+    )
     return data
 
 
@@ -57,15 +69,19 @@ def decode(data: bytes) -> Publication:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:
         raise WireError(f"not msgpack: {exc}") from None
-    if not isinstance(doc, list) or len(doc) != 5 or doc[0] != VERSION:
+    if not isinstance(doc, list) or len(doc) != 6 or doc[0] != VERSION:
         raise WireError("not a publication of this version")
-    _, origin, op, exclude, body = doc
+    _, origin, number, op, exclude, body = doc
     if not isinstance(origin, str) or not (exclude is None or isinstance(exclude, str)):
         raise WireError("origin and exclude must be strings")
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        raise WireError("number must be an integer >= 0")
     if op == "d" and isinstance(body, str):
-        return Publication(origin, exclude, drop_turn=body)
+        return Publication(origin, exclude, drop_turn=body, number=number)
     if op == "f" and isinstance(body, dict):
-        return Publication(origin, exclude, frame=decode_frame(body))
+        return Publication(origin, exclude, frame=decode_frame(body), number=number)
+    if op == "m" and isinstance(body, dict) and isinstance(body.get("k"), str):
+        return Publication(origin, exclude, message=body, number=number)
     raise WireError(f"unknown operation {op!r}")
 
 

@@ -21,7 +21,7 @@ def redis() -> Iterator[RedisServer]:
 
 
 BROKERS: dict[str, Callable[[RedisServer], Broker]] = {
-    "memory": lambda redis: MemoryBroker(),
+    "memory": lambda redis: MemoryBroker("node-a"),
     "redis": lambda redis: RedisBroker(redis.url, "node-a"),
 }
 
@@ -156,3 +156,25 @@ async def test_when_subscribed_runs_once_subscriptions_deliver(
         later = asyncio.Event()
         broker.when_subscribed(later.set)  # nothing new to wait for
         await asyncio.wait_for(later.wait(), 10)
+
+
+async def test_each_delivery_names_its_origin_and_a_growing_number(
+    kind: str, redis: RedisServer
+) -> None:
+    """During a push `delivering` is (this node, n) with n growing per publication, and
+    `position` reports the last n; messages to nodes that do not exist go nowhere."""
+    async with started(kind, redis) as broker:
+        seen: list[tuple[str, int]] = []
+
+        class Recorder(Sink):
+            def push_nowait(self, frame: ServerFrame) -> None:
+                seen.append(broker.delivering)
+
+        broker.subscribe(room_channel("tavern"), Recorder("s1", "alice"))
+        broker.send_nowait("no-such-node", {"k": "hello"})
+        for at in range(3):
+            broker.publish_nowait(room_channel("tavern"), Delta("t1", "x", at))
+        origins = {origin for origin, _ in seen}
+        numbers = [number for _, number in seen]
+        assert len(origins) == 1 and numbers == sorted(set(numbers)) and len(numbers) == 3
+        assert broker.position()[origins.pop()] == numbers[-1]

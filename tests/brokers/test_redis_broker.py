@@ -141,3 +141,90 @@ async def test_an_unreachable_redis_refuses_to_start_with_the_url() -> None:
     broker = RedisBroker(url, "node-a")
     with pytest.raises(BrokerUnavailable, match=r"cannot reach Redis at redis://127\.0\.0\.1"):
         await broker.start()
+
+
+class Inbox:
+    """A message handler that records what reaches it."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict[str, object]]] = []
+
+    def __call__(self, origin: str, message: dict[str, object]) -> None:
+        self.got.append((origin, message))
+
+
+async def test_a_message_reaches_the_node_it_names_and_no_other(redis: RedisServer) -> None:
+    """`send_nowait` delivers to the named node's handler for its kind, with the sender."""
+    async with nodes(redis) as (a, b):
+        to_a, to_b = Inbox(), Inbox()
+        a.on_message("hi", to_a)
+        b.on_message("hi", to_b)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.send_nowait("node-b", {"k": "hi", "n": 1})
+        await wait_until(lambda: bool(to_b.got), what="the message at node b")
+        assert to_b.got == [("node-a", {"k": "hi", "n": 1})] and to_a.got == []
+
+
+async def test_a_signal_reaches_other_nodes_subscribed_to_its_channel(redis: RedisServer) -> None:
+    """`signal_nowait` reaches the handlers of nodes that subscribe the channel, not its
+    subscribers and not the sender."""
+    async with nodes(redis) as (a, b):
+        there, inbox_a, inbox_b = Sink("s2", "bob"), Inbox(), Inbox()
+        a.on_message("who", inbox_a)
+        b.on_message("who", inbox_b)
+        b.subscribe(ROOM, there)
+        a.subscribe(ROOM, Sink("s1", "alice"))
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.signal_nowait(ROOM, {"k": "who"})
+        a.publish_nowait(ROOM, Delta("t1", "x", 0))  # after the signal, in order
+        await wait_until(lambda: bool(there.frames), what="the frame after the signal")
+        assert inbox_b.got == [("node-a", {"k": "who"})] and inbox_a.got == []
+        assert there.frames == [Delta("t1", "x", 0)]
+
+
+async def test_a_failing_or_unknown_message_is_counted_and_the_reader_goes_on(
+    redis: RedisServer,
+) -> None:
+    """A handler that raises and a kind nobody handles are dropped; later frames arrive."""
+
+    def broken(origin: str, message: dict[str, object]) -> None:
+        raise KeyError("what a handler of bad input might raise")
+
+    async with nodes(redis) as (a, b):
+        there = Sink("s2", "bob")
+        b.on_message("broken", broken)
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.send_nowait("node-b", {"k": "broken"})
+        a.send_nowait("node-b", {"k": "nobody-handles-this"})
+        a.publish_nowait(ROOM, Delta("t1", "x", 0))
+        await wait_until(lambda: bool(there.frames), what="the frame after the bad messages")
+        assert b.redis_statistics().rejected == 2
+
+
+async def test_positions_say_which_publications_a_node_has_delivered(redis: RedisServer) -> None:
+    """Each frame carries its origin's number; `position` is the last one delivered per
+    origin, so two nodes can tell which frames both received."""
+    async with nodes(redis) as (a, b):
+        seen: list[tuple[str, int]] = []
+
+        class Recorder(Sink):
+            def push_nowait(self, frame: object) -> None:
+                seen.append(b.delivering)
+
+        b.subscribe(ROOM, Recorder("s2", "bob"))
+        observed: list[tuple[str, str, object]] = []
+        b.observe_remote(lambda origin, channel, frame: observed.append((origin, channel, frame)))
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.publish_nowait(room_channel("elsewhere"), Delta("t0", "not for b", 0))
+        a.publish_nowait(ROOM, Delta("t1", "x", 0))
+        a.publish_nowait(ROOM, Delta("t1", "y", 1))
+        await wait_until(lambda: len(seen) == 2, what="both frames at node b")
+        assert seen == [("node-a", 2), ("node-a", 3)]
+        assert b.position()["node-a"] == 3 and a.position()["node-a"] == 3
+        assert observed == [
+            ("node-a", ROOM, Delta("t1", "x", 0)),
+            ("node-a", ROOM, Delta("t1", "y", 1)),
+        ]
+        b.publish_nowait(ROOM, Delta("t2", "own", 0))
+        assert seen[-1] == ("node-b", 1) and len(observed) == 2  # own frames are not remote
