@@ -36,8 +36,9 @@ def room_channel(room: str) -> str:
 MessageHandler = Callable[[str, dict[str, Any]], None]
 """Handles a message from another node: `(origin node id, message map with its kind in "k")`."""
 
-RemoteObserver = Callable[[str, str, ServerFrame], None]
-"""Sees each frame that arrives from another node: `(origin, channel, frame)`."""
+RemoteObserver = Callable[[str, str, ServerFrame], bool]
+"""Sees each frame that arrives from another node, `(origin, channel, frame)`, and
+says whether to deliver it (False: this node already ended that frame's turn)."""
 
 
 class Subscriber(Protocol):
@@ -102,7 +103,8 @@ class Broker(Protocol):
         """Call `handler` with each message of `kind` that reaches this node."""
 
     def observe_remote(self, observer: RemoteObserver) -> None:
-        """Show `observer` each frame from another node before it is delivered."""
+        """Show `observer` each frame from another node before it is delivered; a frame
+        it answers False for is not delivered."""
 
     @property
     def delivering(self) -> tuple[str, int]:

@@ -345,9 +345,8 @@ class RedisBroker:
         frame = publication.frame
         if frame is not None:
             self._d_origin, self._d_number = origin, publication.number
-            if self._observer is not None:
-                self._observer(origin, local, frame)
-            self._local.publish_nowait(local, frame, publication.exclude)
+            if self._observer is None or self._observer(origin, local, frame):
+                self._local.publish_nowait(local, frame, publication.exclude)
         elif publication.drop_turn is not None:
             self._local.drop_turn_nowait(local, publication.drop_turn)
         elif publication.message is not None:

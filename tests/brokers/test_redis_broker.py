@@ -214,17 +214,25 @@ async def test_positions_say_which_publications_a_node_has_delivered(redis: Redi
 
         b.subscribe(ROOM, Recorder("s2", "bob"))
         observed: list[tuple[str, str, object]] = []
-        b.observe_remote(lambda origin, channel, frame: observed.append((origin, channel, frame)))
+
+        def observe(origin: str, channel: str, frame: object) -> bool:
+            observed.append((origin, channel, frame))
+            return frame != Delta("t1", "dropped", 1)
+
+        b.observe_remote(observe)
         await asyncio.wait_for(b.wait_subscribed(), WAIT)
         a.publish_nowait(room_channel("elsewhere"), Delta("t0", "not for b", 0))
         a.publish_nowait(ROOM, Delta("t1", "x", 0))
+        a.publish_nowait(ROOM, Delta("t1", "dropped", 1))  # the observer refuses this one
         a.publish_nowait(ROOM, Delta("t1", "y", 1))
         await wait_until(lambda: len(seen) == 2, what="both frames at node b")
-        assert seen == [("node-a", 2), ("node-a", 3)]
-        assert b.position()["node-a"] == 3 and a.position()["node-a"] == 3
-        assert observed == [
-            ("node-a", ROOM, Delta("t1", "x", 0)),
-            ("node-a", ROOM, Delta("t1", "y", 1)),
+        assert seen == [("node-a", 2), ("node-a", 4)]
+        assert b.position()["node-a"] == 4 and a.position()["node-a"] == 4
+        assert [frame for _, _, frame in observed] == [
+            Delta("t1", "x", 0),
+            Delta("t1", "dropped", 1),
+            Delta("t1", "y", 1),
         ]
+        assert {(origin, channel) for origin, channel, _ in observed} == {("node-a", ROOM)}
         b.publish_nowait(ROOM, Delta("t2", "own", 0))
-        assert seen[-1] == ("node-b", 1) and len(observed) == 2  # own frames are not remote
+        assert seen[-1] == ("node-b", 1) and len(observed) == 3  # own frames are not remote
