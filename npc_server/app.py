@@ -101,7 +101,7 @@ def create_app(
 
     @app.before_serving
     async def start_sweeper() -> None:
-        await node.broker.start()
+        await node.start()
         node.webhooks.start()
         sweeper.append(asyncio.create_task(_sweep(node, watch), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
@@ -117,7 +117,7 @@ def create_app(
         for backend in node.backends.values():
             await backend.aclose()
         await node.webhooks.aclose()
-        await node.broker.aclose()
+        await node.aclose()
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -8,9 +8,11 @@ through their registries' methods. `Refused` becomes `error{id}`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
+from npc_server.cluster.forward import Caller
 from npc_server.events import Limited
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, RoomInterrupt
@@ -40,13 +42,25 @@ TURN_RETRY_AFTER = 1.0
 def handle_request(node: Node, session: Session, frame: ClientFrame) -> None:
     """Handle one validated client frame for `session`."""
     handler = _HANDLERS.get(type(frame))
-    if handler is None:
-        return
+    if handler is not None:
+        _answering(node, session, lambda: handler(node, session, frame), frame)
+
+
+def handle_forwarded(node: Node, caller: Caller, frame: ClientFrame, hops: int) -> None:
+    """Handle a request another node routed here for a conversation this node runs."""
+    if isinstance(frame, Say):
+        _answering(node, caller, lambda: _forwarded_say(node, caller, frame, hops), frame)
+    elif type(frame) in (Interrupt, Seen, Act):
+        handler = _HANDLERS[type(frame)]
+        _answering(node, caller, lambda: handler(node, caller, frame), frame)  # type: ignore[arg-type]
+
+
+def _answering(node: Node, caller: Any, run: Callable[[], None], frame: ClientFrame) -> None:
     try:
-        handler(node, session, frame)
+        run()
     except Refused as exc:
         error = Error(code=exc.code, message=exc.message, id=frame.id, retry_after=exc.retry_after)
-        node.hub.send_to_session(session, error)
+        node.hub.send_to_session(caller, error)
 
 
 def _npc(node: Node, npc_id: str) -> NpcConfig:
@@ -57,12 +71,12 @@ def _npc(node: Node, npc_id: str) -> NpcConfig:
     return npc
 
 
-def _member(node: Node, room: str, player: str) -> None:
-    if not node.hub.is_member(room, player):
+def _member(node: Node, room: str, caller: Session | Caller) -> None:
+    if not node.in_room(room, caller):
         raise Refused(ErrorCode.NOT_IN_ROOM, f"join room {room!r} first")
 
 
-def _ack(node: Node, session: Session, frame: ClientFrame) -> None:
+def _ack(node: Node, session: Session | Caller, frame: ClientFrame) -> None:
     if frame.id is not None:
         node.hub.send_to_session(session, Ack(frame.id))
 
@@ -71,23 +85,55 @@ def say(node: Node, session: Session, frame: Say) -> None:
     if node.draining:
         raise Refused(ErrorCode.BUSY, "the server is draining; reconnect and resume", 1.0)
     npc = _npc(node, frame.npc)
-    player = session.player
     if frame.room is not None:
-        _member(node, frame.room, player)
+        _member(node, frame.room, session)
         audience = Audience(room=frame.room)
     else:
-        audience = Audience(player=player)
+        audience = Audience(player=session.player)
+    if node.cluster is not None and node.find_conversation(npc.id, audience) is None:
+        node.cluster.route_say(session, frame, npc, audience)  # to whichever node runs it
+        return
+    say_here(node, session, frame, npc, audience)
+
+
+def _forwarded_say(node: Node, caller: Caller, frame: Say, hops: int) -> None:
+    npc = _npc(node, frame.npc)
+    audience = (
+        Audience(room=frame.room) if frame.room is not None else Audience(player=caller.player)
+    )
+    if node.cluster is not None and node.find_conversation(npc.id, audience) is None:
+        node.cluster.route_say(caller, frame, npc, audience, hops)  # it moved: claim again
+        return
+    say_here(node, caller, frame, npc, audience)
+
+
+def say_here(
+    node: Node, session: Session | Caller, frame: Say, npc: NpcConfig, audience: Audience
+) -> None:
+    """Submit a say to the conversation this node runs (making it), answering `session`."""
+    player = session.player
     conversation = node.conversation(npc, audience)
-    _fair_share(node, player, conversation)
+    try:
+        _fair_share(node, player, conversation)
+    except Refused as exc:
+        node.hub.send_to_session(session, Error(exc.code, exc.message, frame.id, exc.retry_after))
+        node.forget_if_unused(conversation)
+        return
 
     def accepted(started: Started) -> None:
+        if isinstance(session, Caller):  # what the prompt needs from the player's node
+            node.remember_caller(started.turn.id, session)
         ack = Ack(frame.id, turn=started.turn.id, queued=started.queued)
         node.hub.send_to_session(session, ack)
         if frame.room is not None:  # others hear the player before the NPC answers
             said = Said(frame.room, player, npc.id, frame.text)
             node.hub.send_to_room(frame.room, said, exclude=player)
 
-    conversation.submit(player, frame.text, frame.id, accepted)
+    try:
+        conversation.submit(player, frame.text, frame.id, accepted)
+    except Refused as exc:
+        node.hub.send_to_session(session, Error(exc.code, exc.message, frame.id, exc.retry_after))
+        node.forget_if_unused(conversation)
 
 
 def _fair_share(node: Node, player: str, conversation: Conversation) -> None:
@@ -109,21 +155,48 @@ def _fair_share(node: Node, player: str, conversation: Conversation) -> None:
         raise Refused(ErrorCode.BUSY, f"your budget of {per_minute} tokens a minute is spent", wait)
 
 
-def _target_turn(node: Node, player: str, turn_id: str | None) -> tuple[Conversation, Turn]:
+def _target_turn(
+    node: Node, caller: Session | Caller, turn_id: str | None
+) -> tuple[Conversation, Turn]:
     if turn_id is None:
         # A bare interrupt means the player's own newest turn, never another's.
-        entry = node.turns.newest_started_by(player)
+        entry = node.turns.newest_started_by(caller.player)
         if entry is None:
             raise Refused(ErrorCode.UNKNOWN_TURN, "you have no active turn to interrupt")
         return entry
     entry = node.turns.get(turn_id)
-    if entry is None or not node.sees(player, entry[0].audience):
+    if entry is None or not node.sees(caller, entry[0].audience):
         raise Refused(ErrorCode.UNKNOWN_TURN, f"no active turn {turn_id!r}")
     return entry
 
 
-def interrupt(node: Node, session: Session, frame: Interrupt) -> None:
-    conversation, turn = _target_turn(node, session.player, frame.turn)
+def _elsewhere(node: Node, session: Session | Caller, frame: ClientFrame, entity: str) -> bool:
+    """Route a request for another node's turn or action there; True if it went."""
+    if node.cluster is None or isinstance(session, Caller):
+        return False
+    owner = node.cluster_owner_of(entity)
+    if owner is None or owner == node.node_id:
+        return False
+    node.cluster.route_turn_request(session, frame, owner)
+    return True
+
+
+def _newest_relayed(node: Node, player: str) -> str | None:
+    """A bare interrupt with no turn of the player's here: their newest on another node."""
+    if node.turns.newest_started_by(player) is not None or node.cluster is None:
+        return None
+    relayed = node.cluster.remote.newest_started_by(player)
+    return relayed.id if relayed is not None else None
+
+
+def interrupt(node: Node, session: Session | Caller, frame: Interrupt) -> None:
+    turn_id = frame.turn
+    if turn_id is None and node.cluster is not None and not isinstance(session, Caller):
+        turn_id = _newest_relayed(node, session.player)
+        frame = Interrupt(frame.id, turn_id, frame.shown)
+    if turn_id is not None and _elsewhere(node, session, frame, turn_id):
+        return
+    conversation, turn = _target_turn(node, session, turn_id)
     npc = conversation.npc
     if not npc.interruptible:
         raise Refused(ErrorCode.FORBIDDEN, f"{npc.id} cannot be interrupted")
@@ -136,9 +209,11 @@ def interrupt(node: Node, session: Session, frame: Interrupt) -> None:
     _ack(node, session, frame)
 
 
-def seen(node: Node, session: Session, frame: Seen) -> None:
+def seen(node: Node, session: Session | Caller, frame: Seen) -> None:
+    if _elsewhere(node, session, frame, frame.turn):
+        return
     entry = node.turns.get(frame.turn)
-    if entry is not None and node.sees(session.player, entry[0].audience):
+    if entry is not None and node.sees(session, entry[0].audience):
         turn = entry[1]
         turn.shown = frame.shown if turn.shown is None else max(turn.shown, frame.shown)
     _ack(node, session, frame)
@@ -148,7 +223,7 @@ def typing(node: Node, session: Session, frame: Typing) -> None:
     if frame.npc is not None:
         _npc(node, frame.npc)
     if frame.room is not None:
-        _member(node, frame.room, session.player)
+        _member(node, frame.room, session)
         notice = TypingNotice(session.player, frame.on, frame.room, frame.npc)
         node.hub.send_to_room(frame.room, notice, exclude=session.player)
     _ack(node, session, frame)
@@ -165,9 +240,11 @@ def context(node: Node, session: Session, frame: Context) -> None:
     _ack(node, session, frame)
 
 
-def act(node: Node, session: Session, frame: Act) -> None:
+def act(node: Node, session: Session | Caller, frame: Act) -> None:
+    if _elsewhere(node, session, frame, frame.action):
+        return
     entry = node.turns.action(frame.action)
-    if entry is None or not node.sees(session.player, entry[0].audience):
+    if entry is None or not node.sees(session, entry[0].audience):
         raise Refused(ErrorCode.UNKNOWN_ACTION, f"no action {frame.action!r} waits for an answer")
     conversation, turn, action = entry
     if not action.approval:

@@ -9,6 +9,7 @@ its player's and its player's rooms'. Frames are published through the hub
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from npc_server.brokers import Broker, player_channel, room_channel, session_channel
 from npc_server.outbound import QueueTotals
@@ -22,6 +23,13 @@ class HubStatistics:
     players: int
     rooms: int
     memberships: int
+
+
+class Addressed(Protocol):
+    """A session here or on another node: frames for it go on its channel."""
+
+    @property
+    def id(self) -> str: ...
 
 
 class Hub:
@@ -135,7 +143,7 @@ class Hub:
 
     # --- delivery ---------------------------------------------------------
 
-    def send_to_session(self, session: Session, frame: ServerFrame) -> None:
+    def send_to_session(self, session: Addressed, frame: ServerFrame) -> None:
         self.broker.publish_nowait(session_channel(session.id), frame)
 
     def send_to_player(self, player: str, frame: ServerFrame) -> None:

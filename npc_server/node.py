@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from npc_server import __version__
 from npc_server.admission import ConnectLimiter, TokenBudget
@@ -31,6 +31,9 @@ from npc_server.session import Session, SessionState
 from npc_server.tools import ToolRouter
 from npc_server.turns import Audience, Conversation, GenerationLimiter, Scheduler, Turn
 from npc_server.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from npc_server.cluster.forward import Caller, Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class Node:
             else None
         )
         self.backends: dict[str, Backend] = dict(backends or {})
-        self.turns = TurnRegistry(on_released=self._forget_if_unused)
+        self.turns = TurnRegistry(on_released=self.forget_if_unused)
         self.contexts = ContextStore(limits.context_bytes_player)
         self._conversations: dict[tuple[str, str], Conversation] = {}
         self.draining = False
@@ -106,6 +109,35 @@ class Node:
         self._ids = itertools.count(1)
         self.webhooks = WebhookSender(config.game, config.webhook_secret)
         self.tools = ToolRouter(config.game, config.webhook_secret)
+        # In cluster mode: routes requests to the nodes that run their conversations.
+        self.cluster: Forwarder | None = None
+        self._callers: dict[str, Caller] = {}  # turn id -> the other node's session it answers
+
+    async def start(self) -> None:
+        """Connect the broker and, in cluster mode, take this node's part in the cluster."""
+        await self.broker.start()
+        from npc_server.brokers.redis import RedisBroker
+
+        if isinstance(self.broker, RedisBroker):
+            from npc_server.cluster.forward import Forwarder
+
+            self.cluster = Forwarder(self, self.broker)
+            await self.cluster.start()
+
+    async def aclose(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        await self.broker.aclose()
+
+    def cluster_owner_of(self, entity_id: str) -> str | None:
+        """The node that made a turn or action id (and runs it)."""
+        from npc_server.cluster.forward import owner_of
+
+        return owner_of(entity_id)
+
+    def remember_caller(self, turn_id: str, caller: Caller) -> None:
+        """A turn answers a session on another node: keep what its prompt needs from there."""
+        self._callers[turn_id] = caller
 
     def new_id(self, prefix: str) -> str:
         """An id unique across the cluster: the node's random id plus a counter."""
@@ -161,7 +193,7 @@ class Node:
         send = self.hub.send_to_session
         for conversation, turn in self.turns.active():
             audience = conversation.audience
-            if (room is None or audience.room == room) and self.sees(session.player, audience):
+            if (room is None or audience.room == room) and self.sees(session, audience):
                 start = TurnStart(
                     turn.id,
                     turn.npc,
@@ -178,15 +210,21 @@ class Node:
             audience = conversation.audience
             if room is not None and audience.room != room:
                 continue
-            if action.approval and self.sees(session.player, audience):
+            if action.approval and self.sees(session, audience):
                 frame = Action(turn.id, action.id, action.name, action.args, action.at, True)
                 send(session, frame)
 
-    def sees(self, player: str, audience: Audience) -> bool:
-        """Whether `player` is in a conversation's audience."""
+    def sees(self, caller: Session | Caller, audience: Audience) -> bool:
+        """Whether a session's player is in a conversation's audience."""
         if audience.room is not None:
-            return self.hub.is_member(audience.room, player)
-        return audience.player == player
+            return self.in_room(audience.room, caller)
+        return audience.player == caller.player
+
+    def in_room(self, room: str, caller: Session | Caller) -> bool:
+        """Whether a session's player is a member of `room` (as its own node knows)."""
+        if isinstance(caller, Session):
+            return self.hub.is_member(room, caller.player)
+        return room in caller.rooms
 
     def detach_session(self, session: Session, owner: object, resumable: bool) -> None:
         """Socket `owner` closed: keep the session for a resume, or end it."""
@@ -209,7 +247,7 @@ class Node:
                 for audience in audiences:
                     conversation = self._conversations.get((npc_id, audience.key))
                     if conversation is not None:
-                        self._forget_if_unused(conversation)
+                        self.forget_if_unused(conversation)
 
     def announce_drain(self, retry_after: float) -> None:
         """Tell every attached session to reconnect elsewhere."""
@@ -292,10 +330,14 @@ class Node:
         self, npc: NpcConfig
     ) -> Callable[[Turn, tuple[MemoryEntry, ...]], GenerationRequest]:
         def make(turn: Turn, history: tuple[MemoryEntry, ...]) -> GenerationRequest:
-            context = self.contexts.for_npc(turn.player, npc.id)
-            members = self.hub.members(turn.room) if turn.room is not None else ()
+            caller = self._callers.pop(turn.id, None)
+            if caller is None:
+                context = self.contexts.for_npc(turn.player, npc.id)
+                members = self.hub.members(turn.room) if turn.room is not None else ()
+                trusted = self.contexts.trusted.for_npc(turn.player, turn.room, npc.id)
+            else:  # the player is on another node, which sent these with the say
+                context, members, trusted = caller.context, caller.members, caller.trusted
             seed = next(self._ids)
-            trusted = self.contexts.trusted.for_npc(turn.player, turn.room, npc.id)
             return GenerationRequest(
                 npc,
                 turn.player,
@@ -312,7 +354,9 @@ class Node:
 
         return make
 
-    def _forget_if_unused(self, conversation: Conversation) -> None:
+    def forget_if_unused(self, conversation: Conversation) -> None:
+        """Drop an idle conversation whose audience has no session here (and, in a
+        cluster, give it up, so the next say may run it on any node)."""
         audience = conversation.audience
         present = (
             self.hub.room_exists(audience.room)
@@ -321,7 +365,14 @@ class Node:
         )
         if present or not conversation.idle or conversation.open_actions:
             return
-        self._conversations.pop((conversation.npc.id, audience.key), None)
+        key = (conversation.npc.id, audience.key)
+        if self._conversations.get(key) is not conversation:
+            return
+        del self._conversations[key]
+        for turn_id in [t for t in self._callers if self.turns.get(t) is None]:
+            del self._callers[turn_id]  # queued turns that ended before they started
+        if self.cluster is not None:
+            self.cluster.leases.release_nowait(conversation.npc.id, audience.key)
 
     # --- watching over SSE ---------------------------------------------------
 

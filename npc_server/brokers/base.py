@@ -36,8 +36,8 @@ def room_channel(room: str) -> str:
 MessageHandler = Callable[[str, dict[str, Any]], None]
 """Handles a message from another node: `(origin node id, message map with its kind in "k")`."""
 
-RemoteObserver = Callable[[str, str, ServerFrame], bool]
-"""Sees each frame that arrives from another node, `(origin, channel, frame)`, and
+RemoteObserver = Callable[[str, int, str, ServerFrame], bool]
+"""Sees each frame that arrives from another node, `(origin, number, channel, frame)`, and
 says whether to deliver it (False: this node already ended that frame's turn)."""
 
 

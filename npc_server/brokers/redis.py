@@ -101,6 +101,9 @@ class RedisBroker:
         self._from: dict[str, int] = {}  # origin -> number of its last publication delivered
         self._d_origin, self._d_number = node_id, 0
         self._handlers: dict[str, MessageHandler] = {}
+        self._listeners: list[Callable[[bool], None]] = []
+        # Channels this node could not publish on -> the number of the last publication lost.
+        self._gaps: dict[str, int] = {}
         self._observer: RemoteObserver | None = None
         self.connected = False
         self._errors: tuple[type[BaseException], ...] = ()
@@ -171,6 +174,14 @@ class RedisBroker:
     def position(self) -> dict[str, int]:
         return {**self._from, self.node_id: self._number}
 
+    def deliver_local_nowait(self, channel: str, frame: ServerFrame) -> None:
+        """Deliver to this node's subscribers only (a frame other nodes make for themselves)."""
+        self._local.publish_nowait(channel, frame)
+
+    def add_state_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(connected)` whenever the link to Redis is lost or back."""
+        self._listeners.append(listener)
+
     @property
     def client(self) -> Any:
         """The redis.asyncio client (after `start`), for keys beside the channels."""
@@ -223,6 +234,7 @@ class RedisBroker:
         # Without Redis, no connect attempt per token: the reader reconnects for everyone.
         if not self.connected or len(self._pending) >= MAX_PENDING:
             self._lost += 1
+            self._gaps[channel] = self._number
             return
         self._pending.append((PREFIX + channel, data))
         if not self._flushing and self._redis is not None:
@@ -237,15 +249,23 @@ class RedisBroker:
         # One pipeline for everything queued meanwhile; the next batch waits for it.
         try:
             while self._pending:
-                batch = self._take_pending()
+                batch, upto = self._take_pending(), self._number
                 try:
-                    await self._send(batch)
+                    await self._send_retrying(batch)
                 except self._errors as exc:
                     self._lost += len(batch)
+                    self._gaps.update((c.removeprefix(PREFIX), upto) for c, _ in batch)
                     self._set_connected(False)
                     log.warning("Redis publish failed (%s); %d publications lost", exc, len(batch))
         finally:
             self._flushing = False
+
+    async def _send_retrying(self, batch: list[tuple[str, bytes]]) -> None:
+        # A pooled connection that Redis closed (a restart) fails once, then reconnects.
+        try:
+            await self._send(batch)
+        except self._errors:
+            await self._send(batch)
 
     async def _send(self, batch: list[tuple[str, bytes]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -273,6 +293,11 @@ class RedisBroker:
             backoff = min(BACKOFF_MAX, backoff * 2)
             if await self._reachable():
                 backoff = BACKOFF_MIN
+                # Idle pooled connections to the Redis that went away fail on first use:
+                # drop them, so the first writes after a restart do not fail (and report
+                # frames as lost that a fresh connection would have carried).
+                with contextlib.suppress(Exception):
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
 
     async def _reachable(self) -> bool:
         try:
@@ -286,6 +311,7 @@ class RedisBroker:
         # A node channel keeps the connection subscribed even with no sessions.
         await pubsub.subscribe(f"{PREFIX}node:{self.node_id}")
         self._set_connected(True)
+        self._report_gaps()
         self._changed.set()  # (re)subscribe every channel on a new connection
         syncer = asyncio.create_task(self._keep_synced(pubsub), name="redis-broker-sync")
         try:
@@ -299,6 +325,9 @@ class RedisBroker:
                     self._confirmed(message.get("data"))
                 if syncer.done():
                     syncer.result()  # its connection error ends this connection
+                if not self.connected and await self._reachable():
+                    self._set_connected(True)  # a publish failed, but Redis answers again
+                    self._report_gaps()
         finally:
             syncer.cancel()
             await asyncio.gather(syncer, return_exceptions=True)
@@ -339,13 +368,15 @@ class RedisBroker:
         origin = publication.origin
         if origin == self.node_id:
             return  # delivered locally when published
+        if publication.number <= self._from.get(origin, 0):
+            return  # a batch written again after a failure: delivered already
         self._received += 1
         self._from[origin] = publication.number
         local = channel.removeprefix(PREFIX)
         frame = publication.frame
         if frame is not None:
             self._d_origin, self._d_number = origin, publication.number
-            if self._observer is None or self._observer(origin, local, frame):
+            if self._observer is None or self._observer(origin, publication.number, local, frame):
                 self._local.publish_nowait(local, frame, publication.exclude)
         elif publication.drop_turn is not None:
             self._local.drop_turn_nowait(local, publication.drop_turn)
@@ -364,7 +395,16 @@ class RedisBroker:
             self._rejected += 1
             log.warning("a message %r from node %s failed", message["k"], origin, exc_info=True)
 
+    def _report_gaps(self) -> None:
+        # Nodes relaying this node's turns on these channels end them: frames were lost.
+        gaps, self._gaps = self._gaps, {}
+        for channel, upto in sorted(gaps.items()):
+            if not channel.startswith("node:"):
+                self.signal_nowait(channel, {"k": "gap", "channel": channel, "upto": upto})
+
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
             self.connected = connected
             self._on_state(connected)
+            for listener in self._listeners:
+                listener(connected)

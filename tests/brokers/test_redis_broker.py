@@ -214,9 +214,11 @@ async def test_positions_say_which_publications_a_node_has_delivered(redis: Redi
 
         b.subscribe(ROOM, Recorder("s2", "bob"))
         observed: list[tuple[str, str, object]] = []
+        numbers: list[int] = []
 
-        def observe(origin: str, channel: str, frame: object) -> bool:
+        def observe(origin: str, number: int, channel: str, frame: object) -> bool:
             observed.append((origin, channel, frame))
+            numbers.append(number)
             return frame != Delta("t1", "dropped", 1)
 
         b.observe_remote(observe)
@@ -234,5 +236,6 @@ async def test_positions_say_which_publications_a_node_has_delivered(redis: Redi
             Delta("t1", "y", 1),
         ]
         assert {(origin, channel) for origin, channel, _ in observed} == {("node-a", ROOM)}
+        assert numbers == [2, 3, 4]
         b.publish_nowait(ROOM, Delta("t2", "own", 0))
         assert seen[-1] == ("node-b", 1) and len(observed) == 3  # own frames are not remote

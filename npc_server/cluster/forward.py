@@ -1,0 +1,305 @@
+"""Requests for a conversation another node runs: routed there, answered here.
+
+A conversation (an NPC with a player, or with a room) runs on one node at a
+time, its owner (`leases`). A `say` for a conversation this node does not hold
+claims it: free, or owned by a dead node, it runs here; otherwise the say goes
+to the owner's node channel. `interrupt`, `seen` and `act` name a turn or an
+action whose id carries the node that made it, and go there. The owner handles
+a forwarded request as its own client's, for a `Caller` that stands for the
+requesting session: its answers (`ack`, `error`) are published on that
+session's channel, which reaches the session wherever it is; the turn's
+frames go on the conversation's player or room channel as always.
+
+What the owner cannot know, the requesting node sends with the request and the
+owner trusts (nodes of one cluster trust each other's checks, not their bytes:
+every message is validated as a client frame is): the player's rooms, the
+contexts for the NPC, the room's members, and how much of each open turn it
+relayed to its sockets (the memory cut of an interrupt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from npc_server.brokers.base import session_channel
+from npc_server.cluster.leases import CHECK_EVERY, Leases
+from npc_server.cluster.remote_turns import RemoteTurns
+from npc_server.protocol.codec import FrameError, decode_client_frame
+from npc_server.protocol.codes import ErrorCode
+from npc_server.protocol.frames import ClientFrame, Error, Say
+from npc_server.turn import Audience
+
+if TYPE_CHECKING:
+    from npc_server.brokers.redis import RedisBroker
+    from npc_server.node import Node
+    from npc_server.npcs import NpcConfig
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 2  # a say re-routed more often than this (owners changing under it) is refused
+RETRY_AFTER = 1.0
+MAX_ROOMS = 256
+MAX_MEMBERS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A session on another node, as the node that runs its conversation sees it."""
+
+    id: str
+    player: str
+    rooms: frozenset[str] = frozenset()
+    context: dict[str, Any] = field(default_factory=dict)
+    trusted: dict[str, Any] = field(default_factory=dict)
+    members: tuple[str, ...] = ()
+
+
+class BadMessage(ValueError):
+    """A message from another node that does not fit its kind."""
+
+
+def owner_of(entity_id: str) -> str | None:
+    """The node in an id made by `Node.new_id` (`<prefix>-<node>-<n>`), if it is one."""
+    parts = entity_id.split("-")
+    return parts[1] if len(parts) == 3 and parts[1] else None
+
+
+class Forwarder:
+    """Routes this node's requests to owners and serves what other nodes route here."""
+
+    def __init__(self, node: Node, broker: RedisBroker) -> None:
+        self.node = node
+        self.broker = broker
+        self.node_id = broker.node_id
+        self.leases = Leases(broker.client, self.node_id)
+        self.remote = RemoteTurns(broker.deliver_local_nowait)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._checker: asyncio.Task[None] | None = None
+        self.rejected = 0
+        broker.observe_remote(self.remote.observe)
+        broker.add_state_listener(self._link_changed)
+        broker.on_message("say", self._on_say)
+        broker.on_message("turn-request", self._on_turn_request)
+        broker.on_message("gap", self._on_gap)
+
+    async def start(self) -> None:
+        await self.leases.start()
+        self._checker = asyncio.create_task(self._check_forever(), name="cluster-check")
+
+    async def aclose(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.leases.aclose()
+
+    # --- this node's requests ---------------------------------------------------
+
+    def route_say(
+        self, caller: Any, frame: Say, npc: NpcConfig, audience: Audience, hops: int = 0
+    ) -> None:
+        """Run `frame` here if this node may own the conversation, else at its owner.
+
+        Without Redis a player's own conversation runs here (it may not be alone on
+        the cluster then, but the player is served); a room's is `unavailable`.
+        """
+        if self.broker.available:
+            self._spawn(self._route_say(caller, frame, npc, audience, hops))
+        elif audience.room is None:
+            from npc_server.handlers import say_here
+
+            say_here(self.node, caller, frame, npc, audience)
+        else:
+            self._refuse(caller, frame, "rooms are unavailable; try again")
+
+    async def _route_say(
+        self, caller: Any, frame: Say, npc: NpcConfig, audience: Audience, hops: int
+    ) -> None:
+        try:
+            owner = await self.leases.claim(npc.id, audience.key)
+        except Exception as exc:
+            log.warning("say for %s not routed: Redis did not answer (%s)", npc.id, exc)
+            self._refuse(caller, frame, "the cluster cannot be reached; try again")
+            return
+        if owner == self.node_id:
+            from npc_server.handlers import say_here
+
+            say_here(self.node, caller, frame, npc, audience)
+        elif hops >= MAX_HOPS:
+            self._refuse(caller, frame, "the NPC is moving between servers; try again")
+        else:
+            self.broker.send_nowait(owner, self._say_message(caller, frame, npc, audience, hops))
+
+    def _say_message(
+        self, caller: Any, frame: Say, npc: NpcConfig, audience: Audience, hops: int
+    ) -> dict[str, Any]:
+        node = self.node
+        player = caller.player
+        if isinstance(caller, Caller):  # passing through: what its own node sent
+            context, trusted, members = caller.context, caller.trusted, list(caller.members)
+        else:
+            context = node.contexts.for_npc(player, npc.id)
+            trusted = node.contexts.trusted.for_npc(player, frame.room, npc.id)
+            members = list(node.hub.members(frame.room)) if frame.room is not None else []
+        return {
+            **self._caller_fields(caller),
+            "k": "say",
+            "hops": hops + 1,
+            "frame": _frame_map(frame),
+            "context": context,
+            "trusted": trusted,
+            "members": members[:MAX_MEMBERS],
+            "written": self.remote.written_on(audience.key),
+        }
+
+    def route_turn_request(self, caller: Any, frame: ClientFrame, node_id: str) -> None:
+        """Send an `interrupt`, `seen` or `act` to the node that runs its turn."""
+        turn = getattr(frame, "turn", None)
+        relayed = self.remote.get(turn) if isinstance(turn, str) else None
+        message = {
+            **self._caller_fields(caller),
+            "k": "turn-request",
+            "frame": _frame_map(frame),
+            "written": relayed.chars if relayed is not None else 0,
+        }
+        self.broker.send_nowait(node_id, message)
+
+    def _caller_fields(self, caller: Any) -> dict[str, Any]:
+        if isinstance(caller, Caller):
+            rooms: list[str] = sorted(caller.rooms)
+        else:
+            rooms = sorted(self.node.hub.rooms_of(caller.player))
+        return {"session": caller.id, "player": caller.player, "rooms": rooms[:MAX_ROOMS]}
+
+    def _refuse(self, caller: Any, frame: ClientFrame, message: str) -> None:
+        error = Error(ErrorCode.UNAVAILABLE, message, frame.id, RETRY_AFTER)
+        self.broker.publish_nowait(session_channel(caller.id), error)
+
+    # --- what other nodes route here ----------------------------------------------
+
+    def _on_say(self, origin: str, message: dict[str, Any]) -> None:
+        try:
+            caller, frame = self._decode(origin, message)
+            hops = _int(message, "hops")
+            written = _map(message, "written")
+        except BadMessage as exc:
+            self._rejected(exc)
+            return
+        for turn_id, chars in written.items():
+            entry = self.node.turns.get(turn_id) if isinstance(chars, int) else None
+            if entry is not None:
+                entry[1].note_written(chars)
+        from npc_server.handlers import handle_forwarded
+
+        handle_forwarded(self.node, caller, frame, hops)
+
+    def _on_turn_request(self, origin: str, message: dict[str, Any]) -> None:
+        try:
+            caller, frame = self._decode(origin, message)
+            written = _int(message, "written")
+        except BadMessage as exc:
+            self._rejected(exc)
+            return
+        turn = getattr(frame, "turn", None)
+        entry = self.node.turns.get(turn) if isinstance(turn, str) else None
+        if entry is not None:
+            entry[1].note_written(written)
+        from npc_server.handlers import handle_forwarded
+
+        handle_forwarded(self.node, caller, frame, MAX_HOPS)
+
+    def _decode(self, origin: str, message: dict[str, Any]) -> tuple[Caller, ClientFrame]:
+        try:
+            session, player = _str(message, "session"), _str(message, "player")
+            rooms = frozenset(_strings(message, "rooms", MAX_ROOMS))
+            members = tuple(_strings(message, "members", MAX_MEMBERS, required=False))
+            caller = Caller(
+                session,
+                player,
+                rooms,
+                _map(message, "context"),
+                _map(message, "trusted"),
+                members,
+            )
+            frame = decode_client_frame(msgpack.packb(_map(message, "frame")))
+        except (BadMessage, FrameError, TypeError, ValueError) as exc:
+            raise BadMessage(f"a {message.get('k')!r} from node {origin}: {exc}") from None
+        return caller, frame
+
+    def _on_gap(self, origin: str, message: dict[str, Any]) -> None:
+        try:
+            channel, upto = _str(message, "channel"), _int(message, "upto")
+        except BadMessage as exc:
+            self._rejected(exc)
+            return
+        self.remote.end_on(origin, channel, upto)
+
+    def _rejected(self, exc: BadMessage) -> None:
+        self.rejected += 1
+        log.warning("dropped %s", exc)
+
+    # --- watching the nodes whose turns this node relays ----------------------------
+
+    def _link_changed(self, connected: bool) -> None:
+        if not connected:  # frames of every remote turn may be lost from now on
+            self.remote.end_all()
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            await self.check_once()
+
+    async def check_once(self) -> None:
+        """End the turns relayed here whose nodes' leases lapsed."""
+        dead = await self.leases.dead(self.remote.origins() - {self.node_id})
+        if dead:
+            ended = self.remote.end_from(dead)
+            log.warning("nodes %s stopped; %d of their turns ended here", sorted(dead), len(ended))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _frame_map(frame: ClientFrame) -> dict[str, Any]:
+    body = asdict(frame)
+    body["t"] = frame.T
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _str(message: Mapping[str, Any], key: str) -> str:
+    value = message.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise BadMessage(f"{key} must be a non-empty string")
+    return value
+
+
+def _int(message: Mapping[str, Any], key: str) -> int:
+    value = message.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadMessage(f"{key} must be an integer >= 0")
+    return value
+
+
+def _map(message: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = message.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise BadMessage(f"{key} must be a map with string keys")
+    return value
+
+
+def _strings(
+    message: Mapping[str, Any], key: str, limit: int, *, required: bool = True
+) -> list[str]:
+    value = message.get(key, None if required else [])
+    if not isinstance(value, list) or len(value) > limit:
+        raise BadMessage(f"{key} must be a list of at most {limit}")
+    if not all(isinstance(v, str) for v in value):
+        raise BadMessage(f"{key} must hold strings")
+    return value

@@ -1,0 +1,98 @@
+"""A node that dies and a Redis that goes away: turns relayed elsewhere never hang.
+
+Real parts: a redis-server and two npc-server processes on loopback. Alice is on
+node B; Carol, on node A, talks to the room's NPC, so the turn runs on A and
+reaches Alice through Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from npc_server.cluster.forward import owner_of
+from npc_server.cluster.leases import CHECK_BOUND
+from tests.cluster.test_cluster import join, wait_for_cluster
+from tests.cluster.test_ownership import say, settle, slow_config
+from tests.support.client import RawClient, connect
+from tests.support.redis import RedisServer, redis_server
+from tests.support.server import ServerProcess, start_server_process
+
+pytestmark = pytest.mark.e2e
+
+
+@asynccontextmanager
+async def a_room_across_two_nodes(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RedisServer, ServerProcess, ServerProcess, RawClient, RawClient]]:
+    """Redis, nodes A and B, Carol on A and Alice on B, both in the inn."""
+    with redis_server() as redis:
+        config = slow_config(tmp_path, redis)
+        a = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
+        b = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
+        try:
+            async with connect(a.url) as carol, connect(b.url) as alice:
+                await carol.hello(a.token("carol"))
+                await alice.hello(b.token("alice"))
+                await join(carol, "inn")
+                await join(alice, "inn")
+                yield redis, a, b, carol, alice
+        finally:
+            a.kill()
+            b.kill()
+
+
+async def test_a_killed_nodes_turn_ends_with_an_error_within_the_bound(tmp_path: Path) -> None:
+    """SIGKILL of the node running a room turn: members on other nodes get
+    turn.end{reason:"error"} within the lease bound, with what reached them as kept;
+    the next say to that NPC runs on a live node."""
+    async with a_room_across_two_nodes(tmp_path) as (_, a, _b, carol, alice):
+        ack = await say(carol, 2, "questgiver", "any quests for me?", room="inn")
+        turn = ack["turn"]
+        await alice.expect("delta")
+        a.kill()
+        killed_at = time.monotonic()
+        got = await alice.recv_until(
+            lambda f: f["t"] == "turn.end" and f["turn"] == turn, timeout=CHECK_BOUND + 5
+        )
+        waited = time.monotonic() - killed_at
+        end = got[-1]
+        text = "".join(f["text"] for f in got if f["t"] == "delta" and f["turn"] == turn)
+        assert end["reason"] == "error" and end["kept"] == end["chars"] >= len(text)
+        assert waited <= CHECK_BOUND + 1.0, f"ended after {waited:.1f} s"
+        retry = await say(alice, 3, "questgiver", "are you still there?", room="inn")
+        assert retry["t"] == "ack" and owner_of(retry["turn"]) != owner_of(turn)
+        done = await alice.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == retry["turn"])
+        assert done[-1]["reason"] == "done"
+
+
+async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path: Path) -> None:
+    """Redis stops mid-turn: Alice (on B) gets turn.end{error} instead of a gap, and none of
+    that turn's frames after it; Carol on A, where the turn runs, gets all of it; nobody's
+    socket closes; once Redis is back, a room say works across the nodes again."""
+    async with a_room_across_two_nodes(tmp_path) as (redis, a, b, carol, alice):
+        ack = await say(carol, 2, "questgiver", "any quests for me?", room="inn")
+        turn = ack["turn"]
+        await alice.expect("delta")
+        redis.stop()
+        got = await alice.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+        assert got[-1]["reason"] == "error"
+        whole = await carol.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+        assert whole[-1]["reason"] == "done"
+        redis.start()
+        await wait_for_cluster(a, available=True)
+        await wait_for_cluster(b, available=True)
+        after = await settle(alice, 9)
+        assert not [f for f in after if f.get("turn") == turn]
+        again = await say(alice, 3, "questgiver", "hello again", room="inn")
+        assert again["t"] == "ack"
+        for client in (alice, carol):
+            frames = await client.recv_until(
+                lambda f: f["t"] == "turn.end" and f["turn"] == again["turn"]
+            )
+            assert frames[-1]["reason"] == "done"
+        assert (await settle(carol, 10))[-1]["t"] == "pong"
