@@ -36,7 +36,7 @@ KEY_PREFIX = "npc:mem:"
 TIMEOUT = 2.0  # per command or pipeline: a load never holds a turn longer
 RETRY_AFTER = 1.0  # after a failure: loads answer None and writes wait this long
 MAX_PENDING = 100_000  # keys waiting to be written; past it the oldest is dropped
-APPEND_ATTEMPTS = 5  # optimistic transactions lost to concurrent writers
+APPEND_ATTEMPTS = 32  # optimistic transactions lost to concurrent writers (one wins each)
 MAX_WARNED = 1024
 
 
@@ -65,6 +65,7 @@ class RedisMemoryStore:
         self._writing: dict[str, Lines] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._down_until = float("-inf")
+        self._healthy = True
         self._warned: set[str] = set()
         self._loads = self._saves = self._written = self._failed = self._rejected = 0
 
@@ -87,6 +88,7 @@ class RedisMemoryStore:
                 return self._reject(key, "a Redis value of another type")
             self._fail("load", exc)
             return None
+        self._answered()
         return () if raw is None else self._decoded(key, raw)
 
     def _decoded(self, key: str, raw: Any) -> Lines:
@@ -128,6 +130,7 @@ class RedisMemoryStore:
             try:
                 await self._write(self._writing)
                 self._written += len(self._writing)
+                self._answered()
             except self._errors as exc:
                 self._fail("save", exc)
                 for key, lines in self._writing.items():
@@ -171,6 +174,7 @@ class RedisMemoryStore:
                     pipe.set(key, codec.encode(lines), px=self._px)
                     await pipe.execute()
                     self._written += 1
+                    self._answered()
                     return True
                 except WatchError:
                     continue  # another writer came between: read again
@@ -219,9 +223,22 @@ class RedisMemoryStore:
 
     def _fail(self, what: str, exc: BaseException) -> None:
         self._failed += 1
-        if not self._down():  # once per outage, not once per turn
-            log.warning("memory %s failed, Redis at %s: %s", what, self.url, exc or type(exc))
+        if self._healthy:  # once per outage, not once per turn
+            self._healthy = False
+            log.warning(
+                "memory %s failed, Redis at %s: %s; conversations starting meanwhile go "
+                "without their memory, saves wait",
+                what,
+                self.url,
+                exc or type(exc).__name__,
+            )
         self._down_until = self._clock() + RETRY_AFTER
+
+    def _answered(self) -> None:
+        self._down_until = float("-inf")
+        if not self._healthy:
+            self._healthy = True
+            log.info("memory: Redis at %s answers again", self.url)
 
     def statistics(self) -> MemoryStatistics:
         pending = len(self._pending) + len(self._writing)
