@@ -395,6 +395,10 @@ class Conversation:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.memories is not None:  # what the cut turns leave is written before the exit
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.memories.flush()
 
     # --- the game server: action notices --------------------------------------
 
