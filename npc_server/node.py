@@ -23,6 +23,7 @@ from npc_server.config import Config
 from npc_server.contexts import ContextStore
 from npc_server.events import DrainStarted, EventBus
 from npc_server.hub import Hub
+from npc_server.memories import MemoryStore, create_memory_store
 from npc_server.npcs import NpcConfig
 from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Action, Delta, Draining, ServerFrame, TurnStart
@@ -78,6 +79,7 @@ class Node:
         scheduler: Scheduler | None = None,
         backends: Mapping[str, Backend] | None = None,
         broker: Broker | None = None,
+        memories: MemoryStore | None = None,
     ) -> None:
         self.config = config
         self.npcs = dict(npcs)
@@ -109,6 +111,8 @@ class Node:
         self._ids = itertools.count(1)
         self.webhooks = WebhookSender(config.game, config.webhook_secret)
         self.tools = ToolRouter(config.game, config.webhook_secret)
+        cluster = config.cluster
+        self.memories = memories or create_memory_store(cluster.redis_url, cluster.memory_ttl)
         # In cluster mode: routes requests to the nodes that run their conversations.
         self.cluster: Forwarder | None = None
         self._callers: dict[str, Caller] = {}  # turn id -> the other node's session it answers
@@ -125,8 +129,10 @@ class Node:
             await self.cluster.start()
 
     async def aclose(self) -> None:
+        """After the conversations closed (their memory saves are written): disconnect."""
         if self.cluster is not None:
             await self.cluster.aclose()
+        await self.memories.aclose()
         await self.broker.aclose()
 
     def cluster_owner_of(self, entity_id: str) -> str | None:
@@ -316,6 +322,7 @@ class Node:
                 turn_timeout=self.config.limits.turn_timeout,
                 on_action=self.webhooks.notify if self.webhooks.enabled else None,
                 tools=self.tools,
+                memories=self.memories,
             )
             self._conversations[key] = conversation
         return conversation

@@ -46,6 +46,9 @@ class ServerSection:
 class ClusterSection:
     # "" : one process, state in memory. redis://host:port/db : nodes share through Redis.
     redis_url: str = ""
+    # Seconds an NPC remembers an audience after the last turn (30 days); the memory
+    # is in Redis with redis_url, in the process without (npc_server/memories/).
+    memory_ttl: float = 2_592_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,5 +270,5 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "replay_events": POSITIVE,
         "token_ttl": POSITIVE,
     },
-    "cluster": {"redis_url": REDIS_URL},
+    "cluster": {"redis_url": REDIS_URL, "memory_ttl": POSITIVE},
 }

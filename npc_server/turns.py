@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from npc_server.backends.base import (
 )
 from npc_server.brokers.base import player_channel
 from npc_server.events import BackendFailed, EventBus, TurnEnded, TurnStarted
+from npc_server.memories import MemoryStore
 from npc_server.memory import ConversationMemory
 from npc_server.npcs import BusyPolicy, NpcConfig
 from npc_server.protocol.codes import ErrorCode
@@ -89,6 +91,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+RECALL_TIMEOUT = 5.0  # a store that does not answer: the turn goes on without memory
+
 
 class Conversation:
     """The turn runner of one NPC with one audience."""
@@ -111,6 +115,7 @@ class Conversation:
         turn_timeout: float = 120.0,
         on_action: Callable[[ActionNotice], None] | None = None,
         tools: ToolAsker | None = None,
+        memories: MemoryStore | None = None,
     ) -> None:
         self.npc = npc
         self.audience = audience
@@ -129,7 +134,12 @@ class Conversation:
         self.turn_timeout = turn_timeout
         self.on_action = on_action
         self.tools = tools
-        self.memory = ConversationMemory(npc.memory_chars)
+        # Without a store, memory lives and dies with the conversation (and no turn waits).
+        self.memories = memories
+        self._recalled = memories is None
+        self._recalling: asyncio.Task[None] | None = None
+        self._greet = self._requested = False
+        self.memory = ConversationMemory(npc.memory_chars, self._memory_changed)
         self.active: Turn | None = None
         self.waiting: deque[Turn] = deque()
 
@@ -204,10 +214,8 @@ class Conversation:
             turn.id, self.npc.id, turn.player, turn.room, turn.reply_to, turn.caused_by, turn.event
         )
         self.publisher.publish_nowait(self.channel, start)
-        request = self.make_request(turn, self.memory.lines()[:-1])
-        turn.task = asyncio.get_running_loop().create_task(
-            self._run(turn, request), name=f"turn-{turn.id}"
-        )
+        run = self._run(turn, self._request(turn)) if self._recalled else self._run_recalled(turn)
+        turn.task = asyncio.get_running_loop().create_task(run, name=f"turn-{turn.id}")
 
     async def _run(self, turn: Turn, request: GenerationRequest) -> None:
         reason = EndReason.DONE
@@ -381,9 +389,16 @@ class Conversation:
         self.waiting.clear()
         if self.active is not None:
             self._end(self.active, EndReason.INTERRUPTED)
+        if self._recalling is not None and not self._recalling.done():
+            self._recalling.cancel()
+            tasks.append(self._recalling)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.memories is not None:  # what the cut turns leave is written before the exit
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.memories.flush()
 
     # --- the game server: action notices --------------------------------------
 
@@ -414,3 +429,53 @@ class Conversation:
         """Pause the reply for one tool call; without a tool runner it answers `error`."""
         if turn.state is TurnState.ACTIVE and self.tools is not None:
             await self.tools.run_call(self, turn, piece)
+
+    # --- memory beyond this conversation: the store -----------------------------
+
+    def _request(self, turn: Turn) -> GenerationRequest:
+        """The turn's request: history without its own line; `returning` on the first."""
+        request = self.make_request(turn, self.memory.lines()[:-1])
+        self._requested = True
+        if self._greet:
+            self._greet = False
+            request = dataclasses.replace(request, returning=True)
+        return request
+
+    async def _run_recalled(self, turn: Turn) -> None:
+        """A turn that came before the memory of earlier conversations: load it first."""
+        await self._recall()
+        if turn.state is TurnState.ACTIVE:
+            await self._run(turn, self._request(turn))
+
+    async def _recall(self) -> None:
+        # One load for the conversation (again only after a failed one); shielded,
+        # so a turn interrupted meanwhile leaves it to the next turn.
+        if self._recalling is None or (self._recalling.done() and not self._recalled):
+            self._recalling = asyncio.get_running_loop().create_task(
+                self._load(), name=f"recall-{self.npc.id}-{self.channel}"
+            )
+        await asyncio.shield(self._recalling)
+
+    async def _load(self) -> None:
+        assert self.memories is not None
+        lines = None
+        try:
+            async with asyncio.timeout(RECALL_TIMEOUT):
+                lines = await self.memories.load(self.npc.id, self.channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning(
+                "%s starts without its memory of %s", self.npc.id, self.channel, exc_info=True
+            )
+        if lines is None:
+            return  # the store said why; nothing is saved over what it could not read
+        self._recalled = True
+        self._greet = bool(lines) and not self._requested
+        self.memory.restore(lines)
+        if len(self.memory):
+            self.memories.save_nowait(self.npc.id, self.channel, self.memory.stored())
+
+    def _memory_changed(self) -> None:
+        if self._recalled and self.memories is not None:
+            self.memories.save_nowait(self.npc.id, self.channel, self.memory.stored())

@@ -105,6 +105,9 @@ class GenerationRequest:
     # what the game says happened, not a player's words; `event` its name.
     caused_by: str | None = None
     event: str | None = None
+    # The first reply of a conversation that began with memory of this audience
+    # from an earlier one (a returning player); the history holds what it was.
+    returning: bool = False
 
     @property
     def game_state(self) -> dict[str, Any]:

@@ -45,9 +45,11 @@ Sleep = Callable[[float], Awaitable[None]]
 
 GREETING_WORDS = frozenset({"hello", "hi", "hey", "greetings", "hail", "howdy"})
 DEFAULT_FALLBACK = ('{npc_name} frowns. "I am not sure what you mean."',)
+# What the first reply to a returning player begins with (GenerationRequest.returning).
+DEFAULT_RETURNING = "Back again, {player}?"
 SETTING_KEYS = frozenset(
     {"first_token_ms", "tokens_per_second", "jitter", "long_reply_chars"}
-    | {"topics", "fallback", "defaults"}
+    | {"topics", "fallback", "defaults", "returning"}
 )
 _MAX_WORD_CHARS = 10  # longer words are split, as a tokenizer would
 _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from flooding a reply
@@ -110,6 +112,7 @@ class ScriptedBackend:
         self._fallback = tuple(
             compile_template(reply, actions, f"{where} 'fallback'") for reply in fallback
         )
+        self._returning = _text_setting(npc, settings, "returning", DEFAULT_RETURNING)
         where = f"NPC {npc.id!r}, greeting"
         self._greeting = compile_template(npc.greeting, actions, where) if npc.greeting else None
         templates = [r for t in self._topics for r in t.replies] + list(self._fallback)
@@ -132,6 +135,8 @@ class ScriptedBackend:
         first = True
         for index, (part, tool) in enumerate(parts):
             segments = _tidy([_fill(s, values) for s in part])
+            if index == 0 and request.returning:
+                segments = self._welcome_back(segments, values)
             if index == len(parts) - 1:
                 segments = self._lengthen(segments, values, choice_rng)
             if not first and segments and isinstance(segments[0], str):
@@ -156,6 +161,13 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         """Nothing to release: the script lives in memory."""
+
+    def _welcome_back(self, segments: list[Segment], values: Mapping[str, str]) -> list[Segment]:
+        """The reply led by the `returning` line: the NPC remembers this player."""
+        line = _SPACE.sub(" ", _fill_text(self._returning, values)).strip()
+        if not line:
+            return segments
+        return [line + " " if segments else line, *segments]
 
     def _choose(self, request: GenerationRequest, rng: random.Random) -> Template:
         # Phones type a typographic apostrophe; keywords are written with a plain one.
@@ -207,6 +219,15 @@ class ScriptedBackend:
             length += len(sentence) + (1 if length else 0)
             index += 1
         return [*segments, separator + " ".join(extra)]
+
+
+def _text_setting(npc: NpcConfig, settings: Mapping[str, Any], key: str, default: str) -> str:
+    value = settings.get(key, default)
+    if not isinstance(value, str) or "[[" in value:
+        raise ValueError(
+            f"NPC {npc.id!r}: backend setting {key!r} must be text (no [[markers]]), got {value!r}"
+        )
+    return value
 
 
 # Matching and rendering.

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from npc_server.backends.base import MemoryEntry
 from npc_server.brokers.base import session_channel
-from npc_server.cluster.leases import CHECK_EVERY, Leases
-from npc_server.cluster.remote_turns import RemoteTurns
+from npc_server.cluster.leases import CHECK_EVERY, TIMEOUT, Leases
+from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import ClientFrame, Error, Say
@@ -78,7 +79,7 @@ class Forwarder:
         self.broker = broker
         self.node_id = broker.node_id
         self.leases = Leases(broker.client, self.node_id)
-        self.remote = RemoteTurns(broker.deliver_local_nowait)
+        self.remote = RemoteTurns(broker.deliver_local_nowait, self._orphaned)
         self._tasks: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
         self.rejected = 0
@@ -260,6 +261,35 @@ class Forwarder:
         if dead:
             ended = self.remote.end_from(dead)
             log.warning("nodes %s stopped; %d of their turns ended here", sorted(dead), len(ended))
+
+    def _orphaned(self, turn: RemoteTurn) -> None:
+        self._spawn(self._remember_cut(turn))
+
+    async def _remember_cut(self, turn: RemoteTurn) -> None:
+        """What reached the players of a dead node's turn stays in the NPC's memory: one
+        node (the first to claim the cut) adds it."""
+        npc = self.node.npcs.get(turn.npc)
+        if npc is None or not turn.chars:
+            return
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                first = await self.broker.client.set(f"npc:cut:{turn.id}", b"1", nx=True, px=60_000)
+        except Exception as exc:
+            log.warning("the cut of %s was not remembered: %s", turn.id, exc)
+            return
+        if not first:
+            return
+        entry = MemoryEntry("npc", npc.id, turn.text)
+        audience = (
+            Audience(room=turn.room) if turn.room is not None else Audience(player=turn.player)
+        )
+        live = self.node.find_conversation(npc.id, audience)
+        if live is not None:  # its next save would replace an append: add it there
+            live.memory.add(entry)
+        elif not await self.node.memories.append(npc.id, audience.key, [entry], npc.memory_chars):
+            log.warning(
+                "the cut of %s was not remembered: the memory store did not answer", turn.id
+            )
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

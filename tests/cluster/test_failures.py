@@ -7,15 +7,20 @@ reaches Alice through Redis.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from npc_server.cluster.forward import owner_of
 from npc_server.cluster.leases import CHECK_BOUND
+from npc_server.memories import codec
+from npc_server.memories.base import Lines
+from npc_server.memories.redis import memory_key
 from tests.cluster.test_cluster import join, wait_for_cluster
 from tests.cluster.test_ownership import say, settle, slow_config
 from tests.support.client import RawClient, connect
@@ -23,6 +28,24 @@ from tests.support.redis import RedisServer, redis_server
 from tests.support.server import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.e2e
+
+
+async def remembered(
+    redis: RedisServer, npc: str, audience: str, done: Callable[[Lines], bool]
+) -> Lines:
+    """The NPC's memory of `audience` in Redis, once `done` holds for it (10 s at most)."""
+    client = aioredis.Redis.from_url(redis.url)
+    lines: Lines = ()
+    try:
+        for _ in range(200):  # polling Redis itself, with a deadline
+            raw = await client.get(memory_key(npc, audience))
+            lines = () if raw is None else codec.decode(raw)
+            if done(lines):
+                return lines
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    raise AssertionError(f"the memory of {npc} for {audience} never got there: {lines}")
 
 
 @asynccontextmanager
@@ -50,20 +73,25 @@ async def test_a_killed_nodes_turn_ends_with_an_error_within_the_bound(tmp_path:
     """SIGKILL of the node running a room turn: members on other nodes get
     turn.end{reason:"error"} within the lease bound, with what reached them as kept;
     the next say to that NPC runs on a live node."""
-    async with a_room_across_two_nodes(tmp_path) as (_, a, _b, carol, alice):
+    async with a_room_across_two_nodes(tmp_path) as (redis, a, _b, carol, alice):
         ack = await say(carol, 2, "questgiver", "any quests for me?", room="inn")
         turn = ack["turn"]
-        await alice.expect("delta")
+        seen = await alice.recv_until(lambda f: f["t"] == "delta")
         a.kill()
         killed_at = time.monotonic()
-        got = await alice.recv_until(
+        got = seen + await alice.recv_until(
             lambda f: f["t"] == "turn.end" and f["turn"] == turn, timeout=CHECK_BOUND + 5
         )
         waited = time.monotonic() - killed_at
         end = got[-1]
         text = "".join(f["text"] for f in got if f["t"] == "delta" and f["turn"] == turn)
-        assert end["reason"] == "error" and end["kept"] == end["chars"] >= len(text)
+        assert end["reason"] == "error" and end["kept"] == end["chars"] == len(text)
         assert waited <= CHECK_BOUND + 1.0, f"ended after {waited:.1f} s"
+        lines = await remembered(redis, "questgiver", "room:inn", lambda lines: len(lines) >= 2)
+        assert [(line.role, line.text) for line in lines[-2:]] == [
+            ("player", "any quests for me?"),
+            ("npc", text),
+        ]
         retry = await say(alice, 3, "questgiver", "are you still there?", room="inn")
         assert retry["t"] == "ack" and owner_of(retry["turn"]) != owner_of(turn)
         done = await alice.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == retry["turn"])
