@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from npc_server.cluster.leases import CHECK_EVERY, TIMEOUT, Leases
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import ErrorCode
-from npc_server.protocol.frames import ClientFrame, Error, Say
+from npc_server.protocol.frames import Ack, ClientFrame, Error, RequestId, Say, ServerFrame
 from npc_server.turn import Audience
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ MAX_HOPS = 2  # a say re-routed more often than this (owners changing under it) 
 RETRY_AFTER = 1.0
 MAX_ROOMS = 256
 MAX_MEMBERS = 10_000
+MAX_WAITING = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,10 @@ class Forwarder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
         self.rejected = 0
-        broker.observe_remote(self.remote.observe)
+        # Requests sent to other nodes and not answered yet: (session, request id) ->
+        # (the node, what to do if that node dies first).
+        self._waiting: dict[tuple[str, RequestId], tuple[str, Callable[[], None]]] = {}
+        broker.observe_remote(self._observe)
         broker.add_state_listener(self._link_changed)
         broker.on_message("say", self._on_say)
         broker.on_message("turn-request", self._on_turn_request)
@@ -135,6 +139,8 @@ class Forwarder:
             self._refuse(caller, frame, "the NPC is moving between servers; try again")
         else:
             self.broker.send_nowait(owner, self._say_message(caller, frame, npc, audience, hops))
+            # Its owner may have died a moment ago: then the say is claimed again.
+            self._wait(owner, caller, frame, lambda: self.route_say(caller, frame, npc, audience))
 
     def _say_message(
         self, caller: Any, frame: Say, npc: NpcConfig, audience: Audience, hops: int
@@ -169,6 +175,26 @@ class Forwarder:
             "written": relayed.chars if relayed is not None else 0,
         }
         self.broker.send_nowait(node_id, message)
+        code = ErrorCode.UNKNOWN_ACTION if hasattr(frame, "action") else ErrorCode.UNKNOWN_TURN
+        self._wait(node_id, caller, frame, lambda: self._answer_gone(caller, frame, code))
+
+    def _wait(
+        self, node_id: str, caller: Any, frame: ClientFrame, if_gone: Callable[[], None]
+    ) -> None:
+        if frame.id is not None and not isinstance(caller, Caller):
+            if len(self._waiting) >= MAX_WAITING:  # answers lost while their node lives
+                del self._waiting[next(iter(self._waiting))]
+            self._waiting[(caller.id, frame.id)] = (node_id, if_gone)
+
+    def _answer_gone(self, caller: Any, frame: ClientFrame, code: ErrorCode) -> None:
+        error = Error(code, "its server stopped", frame.id)
+        self.broker.publish_nowait(session_channel(caller.id), error)
+
+    def _observe(self, origin: str, number: int, channel: str, frame: ServerFrame) -> bool:
+        kind = type(frame)
+        if (kind is Ack or kind is Error) and self._waiting:
+            self._waiting.pop((channel.removeprefix("session:"), frame.id), None)  # type: ignore[attr-defined]
+        return self.remote.observe(origin, number, channel, frame)
 
     def _caller_fields(self, caller: Any) -> dict[str, Any]:
         if isinstance(caller, Caller):
@@ -257,10 +283,16 @@ class Forwarder:
 
     async def check_once(self) -> None:
         """End the turns relayed here whose nodes' leases lapsed."""
-        dead = await self.leases.dead(self.remote.origins() - {self.node_id})
-        if dead:
-            ended = self.remote.end_from(dead)
-            log.warning("nodes %s stopped; %d of their turns ended here", sorted(dead), len(ended))
+        waited_on = {node for node, _ in self._waiting.values()}
+        dead = await self.leases.dead((self.remote.origins() | waited_on) - {self.node_id})
+        if not dead:
+            return
+        ended = self.remote.end_from(dead)
+        log.warning("nodes %s stopped; %d of their turns ended here", sorted(dead), len(ended))
+        gone = [key for key, (node, _) in self._waiting.items() if node in dead]
+        for key in gone:
+            _, if_gone = self._waiting.pop(key)
+            if_gone()
 
     def _orphaned(self, turn: RemoteTurn) -> None:
         self._spawn(self._remember_cut(turn))

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from npc_server.protocol.frames import Delta, ServerFrame, TurnEnd, TurnStart
+from npc_server.protocol.frames import Ack, Delta, ServerFrame, TurnEnd, TurnStart
 
 ENDED_REMEMBERED = 10_000  # turn ids whose late frames are dropped
 
@@ -82,7 +82,7 @@ class RemoteTurns:
             )
             return True
         turn_id = getattr(frame, "turn", None)
-        if not isinstance(turn_id, str):
+        if not isinstance(turn_id, str) or type(frame) is Ack:  # answers always pass
             return True
         if type(frame) is TurnEnd:
             self._open.pop(turn_id, None)
