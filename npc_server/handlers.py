@@ -277,7 +277,13 @@ def join(node: Node, session: Session, frame: Join) -> None:
             for mine in node.hub.sessions_of(player):  # catch up on turns under way
                 node.snapshot(mine, room=frame.room)
 
-        node.broker.when_subscribed(joined)
+        def failed() -> None:
+            # Redis went away before the room's other nodes were heard: not joined.
+            node.hub.leave(frame.room, player)
+            error = Error(ErrorCode.UNAVAILABLE, "rooms are unavailable; try again", frame.id, 1.0)
+            node.hub.send_to_session(session, error)
+
+        node.broker.when_subscribed(joined, failed)
         return
     _ack(node, session, frame)
 

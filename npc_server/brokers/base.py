@@ -84,9 +84,12 @@ class Broker(Protocol):
     def available(self) -> bool:
         """Whether publications reach other nodes now (always, in memory)."""
 
-    def when_subscribed(self, callback: Callable[[], None]) -> None:
+    def when_subscribed(
+        self, callback: Callable[[], None], failed: Callable[[], None] | None = None
+    ) -> None:
         """Call `callback` once every subscription made so far delivers publications
-        from every node (at once, in memory)."""
+        from every node (at once, in memory), or `failed` if the link to the other
+        nodes is lost first."""
 
     def statistics(self) -> BrokerStatistics:
         """An immutable snapshot of this broker's channels."""

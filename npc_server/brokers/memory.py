@@ -52,7 +52,9 @@ class MemoryBroker:
     def available(self) -> bool:
         return True
 
-    def when_subscribed(self, callback: Callable[[], None]) -> None:
+    def when_subscribed(
+        self, callback: Callable[[], None], failed: Callable[[], None] | None = None
+    ) -> None:
         callback()
 
     def statistics(self) -> BrokerStatistics:

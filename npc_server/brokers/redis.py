@@ -92,7 +92,7 @@ class RedisBroker:
         self._version = 0  # of `_remote`
         self._synced = -1  # the version Redis has confirmed
         self._synced_event = asyncio.Event()
-        self._waiting: list[tuple[int, Callable[[], None]]] = []
+        self._waiting: list[tuple[int, Callable[[], None], Callable[[], None] | None]] = []
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -130,11 +130,15 @@ class RedisBroker:
     def available(self) -> bool:
         return self.connected
 
-    def when_subscribed(self, callback: Callable[[], None]) -> None:
+    def when_subscribed(
+        self, callback: Callable[[], None], failed: Callable[[], None] | None = None
+    ) -> None:
         if self._synced >= self._version:
             callback()
+        elif not self.connected and failed is not None:
+            failed()
         else:
-            self._waiting.append((self._version, callback))
+            self._waiting.append((self._version, callback, failed))
 
     async def wait_subscribed(self) -> None:
         """Wait until Redis delivers every channel subscribed so far (tests, joins)."""
@@ -352,8 +356,8 @@ class RedisBroker:
         if text.startswith(SYNC) and text[len(SYNC) :].isdigit():
             self._synced = max(self._synced, int(text[len(SYNC) :]))
             self._synced_event.set()
-            ready = [cb for version, cb in self._waiting if version <= self._synced]
-            self._waiting = [(v, cb) for v, cb in self._waiting if v > self._synced]
+            ready = [cb for version, cb, _ in self._waiting if version <= self._synced]
+            self._waiting = [w for w in self._waiting if w[0] > self._synced]
             for callback in ready:
                 callback()
 
@@ -403,6 +407,11 @@ class RedisBroker:
                 self.signal_nowait(channel, {"k": "gap", "channel": channel, "upto": upto})
 
     def _set_connected(self, connected: bool) -> None:
+        if not connected:  # a subscription that was not confirmed will not be, soon
+            failing = [failed for _, _, failed in self._waiting if failed is not None]
+            self._waiting = [w for w in self._waiting if w[2] is None]
+            for failed in failing:
+                failed()
         if connected != self.connected:
             self.connected = connected
             self._on_state(connected)

@@ -239,3 +239,17 @@ async def test_positions_say_which_publications_a_node_has_delivered(redis: Redi
         assert numbers == [2, 3, 4]
         b.publish_nowait(ROOM, Delta("t2", "own", 0))
         assert seen[-1] == ("node-b", 1) and len(observed) == 3  # own frames are not remote
+
+
+async def test_a_subscription_racing_a_redis_drop_fails_instead_of_waiting(
+    redis: RedisServer,
+) -> None:
+    """`when_subscribed` calls `failed`, not the callback, when Redis goes away before it
+    confirms the subscription (a join then answers `unavailable` instead of hanging)."""
+    async with nodes(redis) as (_, b):
+        outcome: list[str] = []
+        redis.stop()
+        b.subscribe(room_channel("late"), Sink("s9", "bob"))
+        b.when_subscribed(lambda: outcome.append("ok"), lambda: outcome.append("failed"))
+        await wait_until(lambda: bool(outcome), what="an outcome")
+        assert outcome == ["failed"]
