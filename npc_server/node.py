@@ -196,6 +196,8 @@ class Node:
         Each turn as `turn.start` and one `delta` at 0 with its text so far, then
         any action still waiting for the player's approval.
         """
+        if self.cluster is not None:  # and what other nodes run for it
+            self.cluster.catch_up(session, room)
         send = self.hub.send_to_session
         for conversation, turn in self.turns.active():
             audience = conversation.audience
@@ -380,6 +382,30 @@ class Node:
             del self._callers[turn_id]  # queued turns that ended before they started
         if self.cluster is not None:
             self.cluster.leases.release_nowait(conversation.npc.id, audience.key)
+
+    def audience_snapshot(self, audience: Audience) -> list[ServerFrame]:
+        """What a newcomer to `audience` needs of this node's turns for it: each active
+        turn as `turn.start` and one `delta` at 0, then actions waiting for approval."""
+        frames: list[ServerFrame] = []
+        for conversation, turn in self.turns.active():
+            if conversation.audience == audience:
+                frames.append(
+                    TurnStart(
+                        turn.id,
+                        turn.npc,
+                        turn.player,
+                        turn.room,
+                        turn.reply_to,
+                        turn.caused_by,
+                        turn.event,
+                    )
+                )
+                if turn.chars:
+                    frames.append(Delta(turn.id, turn.text, 0))
+        for conversation, turn, action in self.turns.open_actions():
+            if conversation.audience == audience and action.approval:
+                frames.append(Action(turn.id, action.id, action.name, action.args, action.at, True))
+        return frames
 
     # --- watching over SSE ---------------------------------------------------
 

@@ -29,7 +29,7 @@ import msgpack
 
 from npc_server.backends.base import MemoryEntry
 from npc_server.brokers.base import session_channel
-from npc_server.cluster.leases import CHECK_EVERY, TIMEOUT, Leases
+from npc_server.cluster.leases import CHECK_EVERY, TIMEOUT, Leases, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import ErrorCode
@@ -92,6 +92,7 @@ class Forwarder:
         broker.on_message("say", self._on_say)
         broker.on_message("turn-request", self._on_turn_request)
         broker.on_message("gap", self._on_gap)
+        broker.on_message("catch-up", self._on_catch_up)
 
     async def start(self) -> None:
         await self.leases.start()
@@ -207,7 +208,65 @@ class Forwarder:
         error = Error(ErrorCode.UNAVAILABLE, message, frame.id, RETRY_AFTER)
         self.broker.publish_nowait(session_channel(caller.id), error)
 
+    def catch_up(self, session: Any, room: str | None) -> None:
+        """A new session (or a join, `room`): the turns other nodes run for it, from what
+        this node relays already, and from the turns' nodes for the rest."""
+        player = session.player
+        rooms = [room] if room is not None else sorted(self.node.hub.rooms_of(player))
+        audiences = [f"room:{r}" for r in rooms]
+        if room is None:
+            audiences.append(f"player:{player}")
+        frames, known = self.remote.snapshot(set(audiences))
+        for frame in frames:
+            self.node.hub.send_to_session(session, frame)
+        if self.broker.available:
+            self._spawn(self._ask_owners(session.id, player, audiences, known))
+
+    async def _ask_owners(
+        self, session_id: str, player: str, audiences: list[str], known: list[str]
+    ) -> None:
+        pairs = [
+            (audience, owner_key(npc, audience)) for audience in audiences for npc in self.node.npcs
+        ]
+        keys = [key for _, key in pairs]
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                owners = await self.broker.client.mget(keys)
+        except Exception as exc:
+            log.warning("no catch-up from other nodes for %s: %s", session_id, exc)
+            return
+        wanted: dict[str, set[str]] = {}
+        for (audience, _), owner in zip(pairs, owners, strict=True):
+            node = owner.decode() if isinstance(owner, bytes) else None
+            if node is not None and node != self.node_id:
+                wanted.setdefault(node, set()).add(audience)
+        for node, keys_of in wanted.items():
+            message = {
+                "k": "catch-up",
+                "session": session_id,
+                "player": player,
+                "audiences": sorted(keys_of)[:MAX_ROOMS],
+                "known": known[:MAX_ROOMS],
+            }
+            self.broker.send_nowait(node, message)
+
     # --- what other nodes route here ----------------------------------------------
+
+    def _on_catch_up(self, origin: str, message: dict[str, Any]) -> None:
+        try:
+            session, player = _str(message, "session"), _str(message, "player")
+            audiences = [_audience(a) for a in _strings(message, "audiences", MAX_ROOMS)]
+            known = set(_strings(message, "known", MAX_ROOMS, required=False))
+        except BadMessage as exc:
+            self._rejected(exc)
+            return
+        channel = session_channel(session)
+        for audience in audiences:
+            if audience.player is not None and audience.player != player:
+                continue  # a player catches up on their own conversations only
+            for frame in self.node.audience_snapshot(audience):
+                if getattr(frame, "turn", None) not in known:
+                    self.broker.publish_nowait(channel, frame)
 
     def _on_say(self, origin: str, message: dict[str, Any]) -> None:
         try:
@@ -340,6 +399,15 @@ def _str(message: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise BadMessage(f"{key} must be a non-empty string")
     return value
+
+
+def _audience(key: str) -> Audience:
+    kind, _, name = key.partition(":")
+    if kind == "room" and name:
+        return Audience(room=name)
+    if kind == "player" and name:
+        return Audience(player=name)
+    raise BadMessage(f"not an audience: {key!r:.80}")
 
 
 def _int(message: Mapping[str, Any], key: str) -> int:

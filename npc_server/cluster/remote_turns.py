@@ -10,6 +10,11 @@ to arrive whole, this node ends the turn for its own subscribers with
 - this node lost Redis, so frames may have been lost (`end_all`);
 - the turn's node says it could not publish on the turn's channel (`end_on`).
 
+A delta or action of a turn whose start this node never relayed is dropped:
+no session here saw the turn begin (they joined or connected since), and the
+catch-up they asked the turn's node for brings its start and its text so far
+(published after those frames, so nothing is lost or shown twice).
+
 Each node does this for its own sockets, so it needs no Redis.
 """
 
@@ -19,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from npc_server.protocol.frames import Ack, Delta, ServerFrame, TurnEnd, TurnStart
+from npc_server.protocol.frames import Ack, Action, Delta, ServerFrame, TurnEnd, TurnStart
 
 ENDED_REMEMBERED = 10_000  # turn ids whose late frames are dropped
 
@@ -34,12 +39,17 @@ class RemoteTurn:
     room: str | None
     order: int
     number: int  # its origin's number for the turn.start
+    start: TurnStart | None = None
     parts: list[str] = field(default_factory=list)
     chars: int = 0
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+
+def _audience_channel(start: TurnStart) -> str:
+    return f"room:{start.room}" if start.room is not None else f"player:{start.player}"
 
 
 class RemoteTurns:
@@ -56,37 +66,58 @@ class RemoteTurns:
         self._ended: set[str] = set()
         self._ended_order: deque[str] = deque()
         self._order = 0
+        self._duplicate_snapshots: set[str] = set()
 
     def observe(self, origin: str, number: int, channel: str, frame: ServerFrame) -> bool:
         """Follow one frame from another node; False drops it (its turn ended here)."""
         if type(frame) is Delta:  # the hot path: one lookup per relayed token
             turn = self._open.get(frame.turn)
             if turn is not None:
+                if frame.at == 0 and self._duplicate_snapshot(frame.turn, channel):
+                    return False  # the text of a catch-up start dropped below
                 turn.parts.append(frame.text)
                 turn.chars = frame.at + len(frame.text)
                 return True
-            return frame.turn not in self._ended
+            return False
         if type(frame) is TurnStart:
             if frame.turn in self._ended:
                 return False
+            if frame.turn in self._open:
+                # A catch-up's start for a turn this node already relays: its sessions
+                # have it (or got it from this node); drop it and its text at 0.
+                if channel.startswith("session:"):
+                    self._duplicate_snapshots.add(frame.turn)
+                    return False
+                return True
+            # A live start comes on its audience's channel, a catch-up's on a session's.
             self._order += 1
             self._open[frame.turn] = RemoteTurn(
                 frame.turn,
                 origin,
-                channel,
+                _audience_channel(frame),
                 frame.npc,
                 frame.player,
                 frame.room,
                 self._order,
                 number,
+                frame,
             )
             return True
+        if type(frame) is Action and frame.turn not in self._open:
+            return False
         turn_id = getattr(frame, "turn", None)
         if not isinstance(turn_id, str) or type(frame) is Ack:  # answers always pass
             return True
         if type(frame) is TurnEnd:
             self._open.pop(turn_id, None)
+            self._duplicate_snapshots.discard(turn_id)
         return turn_id not in self._ended
+
+    def _duplicate_snapshot(self, turn_id: str, channel: str) -> bool:
+        if turn_id in self._duplicate_snapshots and channel.startswith("session:"):
+            self._duplicate_snapshots.discard(turn_id)
+            return True
+        return False
 
     def get(self, turn_id: str) -> RemoteTurn | None:
         return self._open.get(turn_id)
@@ -97,6 +128,19 @@ class RemoteTurns:
     def newest_started_by(self, player: str) -> RemoteTurn | None:
         mine = [t for t in self._open.values() if t.player == player]
         return max(mine, key=lambda t: t.order, default=None)
+
+    def snapshot(self, channels: set[str]) -> tuple[list[ServerFrame], list[str]]:
+        """For a newcomer here: this node's view of the open turns on `channels` (each
+        start and its text so far) and their ids, which the turns' nodes need not send."""
+        frames: list[ServerFrame] = []
+        ids = []
+        for turn in self._open.values():
+            if turn.channel in channels and turn.start is not None:
+                ids.append(turn.id)
+                frames.append(turn.start)
+                if turn.chars:
+                    frames.append(Delta(turn.id, turn.text, 0))
+        return frames, ids
 
     def written_on(self, channel: str) -> dict[str, int]:
         """What reached this node of each open turn on `channel`, by turn id."""

@@ -245,15 +245,64 @@ async def test_malformed_requests_from_another_node_are_dropped(tmp_path: Path) 
                     {"k": "no-such-kind"},
                 ]
                 for number, message in enumerate(bad, 1):
-                    await client.publish(channel, wire.encode_message("evil", message, number))
-                await client.publish(channel, b"\xc1 not msgpack")
+                    data = wire.encode_message("evil", message, number)
+                    assert await client.publish(channel, data) == 1  # the node got it
+                assert await client.publish(channel, b"\xc1 not msgpack") == 1
                 answer = await say(alice, 1, "guard", "open the gate")
                 assert answer["t"] == "ack"
                 assert (await alice.expect("turn.end"))["reason"] == "done"
             await wait_until(
                 lambda: sum("dropped" in line for line in node.output) >= 5,
-                what="five messages dropped and logged",
+                what=f"five messages dropped and logged: {node.output}",
             )
         finally:
             await client.aclose()
             assert node.terminate() == 0
+
+
+def contiguous_text(frames: list[Frame], turn: str) -> str:
+    """The turn's text from its deltas, asserting each starts where the last ended."""
+    text = ""
+    for frame in frames:
+        if frame["t"] == "delta" and frame["turn"] == turn:
+            assert frame["at"] == len(text), (frame, len(text))
+            text += frame["text"]
+    return text
+
+
+async def test_a_join_catches_up_on_a_turn_running_on_another_node(tmp_path: Path) -> None:
+    """Alice joins on B while the questgiver answers Carol on A: she gets the turn's start,
+    its text so far at 0, then every later delta, each exactly once."""
+    with slow_nodes(tmp_path, 2) as (a, b):
+        async with connect(a.url) as carol, connect(b.url) as alice:
+            await carol.hello(a.token("carol"))
+            await alice.hello(b.token("alice"))
+            await join(carol, "inn")
+            turn = (await say(carol, 2, "questgiver", "any quests for me?", room="inn"))["turn"]
+            for _ in range(3):
+                await carol.expect("delta")
+            await join(alice, "inn")
+            got = await alice.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+            whole = await carol.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+            assert [f["turn"] for f in got if f["t"] == "turn.start"] == [turn]
+            first = next(f for f in got if f["t"] == "delta")
+            assert first["at"] == 0 and len(first["text"]) >= 3
+            assert len(contiguous_text(got, turn)) == got[-1]["chars"] == whole[-1]["chars"]
+
+
+async def test_a_new_socket_catches_up_on_a_private_turn_on_another_node(
+    tmp_path: Path,
+) -> None:
+    """Alice's second socket, new on B, gets the guard's turn for her first socket on A:
+    start, text so far, the rest, once."""
+    with slow_nodes(tmp_path, 2) as (a, b):
+        async with connect(a.url) as here:
+            await here.hello(a.token("alice"))
+            turn = (await say(here, 1, "guard", "open the gate"))["turn"]
+            for _ in range(3):
+                await here.expect("delta")
+            async with connect(b.url) as there:
+                await there.hello(b.token("alice"))
+                got = await there.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+                assert [f["turn"] for f in got if f["t"] == "turn.start"] == [turn]
+                assert len(contiguous_text(got, turn)) == got[-1]["chars"] > 0
