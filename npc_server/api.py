@@ -134,17 +134,91 @@ async def _say() -> Response:
     body.done()
     if not text and event is None:
         raise ApiError(400, "invalid", "give 'text', 'event' or both")
-    _check_present(node, audience)
     if node.draining:
         raise ApiError(503, "draining", "the server is draining", 1.0)
-    conversation = node.conversation(npc, audience)
+    if node.cluster is None:
+        _check_present(node, audience)
+        return _json(_game_say(node, npc.id, audience, text, event))
+    if node.find_conversation(npc.id, audience) is not None:
+        return _json(_game_say(node, npc.id, audience, text, event))
+    # In a cluster the player may be on any node (not checked), and the conversation
+    # may run on another one: the turn goes there.
+    try:
+        owner = await node.cluster.leases.claim(npc.id, audience.key)
+    except Exception:
+        raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
+    if owner == node.node_id:
+        return _json(_game_say(node, npc.id, audience, text, event))
+    message = {"k": "api", "op": "say", "npc": npc.id, "audience": audience.key}
+    return _json(await _at(node, owner, {**message, "text": text, "event": event}))
+
+
+def _game_say(
+    node: Node, npc_id: str, audience: Audience, text: str, event: str | None
+) -> dict[str, Any]:
+    conversation = node.conversation(node.npcs[npc_id], audience)
     try:
         started = conversation.submit(
             audience.player or "", text, None, caused_by=GAME, event=event
         )
     except Refused as exc:
+        node.forget_if_unused(conversation)
         raise ApiError(429, exc.code.value, exc.message, exc.retry_after) from None
-    return _json({"turn": started.turn.id, "queued": started.queued})
+    return {"turn": started.turn.id, "queued": started.queued}
+
+
+def _game_interrupt(node: Node, turn_id: str) -> dict[str, Any]:
+    entry = node.turns.get(turn_id)
+    if entry is None:
+        raise ApiError(404, "unknown_turn", f"'turn': no active turn {turn_id!r}")
+    conversation, turn = entry
+    conversation.interrupt(turn, None)
+    return {"turn": turn.id, "interrupted": True, "kept": turn.kept}
+
+
+async def _at(node: Node, owner: str, message: dict[str, Any]) -> dict[str, Any]:
+    """A game server's request run by the node that runs its conversation."""
+    assert node.cluster is not None
+    try:
+        answer = await node.cluster.ask(owner, message)
+    except TimeoutError:
+        raise ApiError(503, "unavailable", f"node {owner} did not answer", 1.0) from None
+    error = answer.get("error")
+    if isinstance(error, dict):
+        retry = error.get("retry_after")
+        raise ApiError(
+            int(error.get("status", 502)),
+            str(error.get("code", "unavailable")),
+            str(error.get("message", "")),
+            float(retry) if isinstance(retry, int | float) else None,
+        )
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise ApiError(502, "unavailable", f"node {owner} answered something else")
+    return result
+
+
+def answer_forwarded(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    """Run a game server request that another node forwarded (`_at`); its answer."""
+    try:
+        op = message.get("op")
+        if op == "say":
+            npc_id, key = message.get("npc"), message.get("audience")
+            text, event = message.get("text"), message.get("event")
+            if not (isinstance(npc_id, str) and npc_id in node.npcs and isinstance(key, str)):
+                raise ApiError(400, "invalid", "a forwarded say names no NPC or audience")
+            if not isinstance(text, str) or not (event is None or isinstance(event, str)):
+                raise ApiError(400, "invalid", "a forwarded say has no text")
+            kind, _, name = key.partition(":")
+            audience = Audience(room=name) if kind == "room" else Audience(player=name)
+            return {"result": _game_say(node, npc_id, audience, text, event)}
+        turn = message.get("turn")
+        if op == "interrupt" and isinstance(turn, str):
+            return {"result": _game_interrupt(node, turn)}
+        raise ApiError(400, "invalid", f"no forwarded operation {op!r}")
+    except ApiError as exc:
+        error = {"status": exc.status, "code": exc.code, "message": exc.message}
+        return {"error": {**error, "retry_after": exc.retry_after}}
 
 
 def _check_present(node: Node, audience: Audience) -> None:
@@ -160,12 +234,10 @@ async def _interrupt() -> Response:
     body = await _body()
     turn_id = body.string("turn", required=True)
     body.done()
-    entry = node.turns.get(turn_id)
-    if entry is None:
-        raise ApiError(404, "unknown_turn", f"'turn': no active turn {turn_id!r}")
-    conversation, turn = entry
-    conversation.interrupt(turn, None)
-    return _json({"turn": turn.id, "interrupted": True, "kept": turn.kept})
+    owner = node.cluster_owner_of(turn_id) if node.cluster is not None else None
+    if owner is not None and owner != node.node_id:
+        return _json(await _at(node, owner, {"k": "api", "op": "interrupt", "turn": turn_id}))
+    return _json(_game_interrupt(node, turn_id))
 
 
 async def _kick() -> Response:

@@ -93,6 +93,10 @@ class Forwarder:
         broker.on_message("turn-request", self._on_turn_request)
         broker.on_message("gap", self._on_gap)
         broker.on_message("catch-up", self._on_catch_up)
+        broker.on_message("answer", self._on_answer)
+        broker.on_message("api", self._on_api)
+        self._asked = 0
+        self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
 
     async def start(self) -> None:
         await self.leases.start()
@@ -249,6 +253,42 @@ class Forwarder:
                 "known": known[:MAX_ROOMS],
             }
             self.broker.send_nowait(node, message)
+
+    async def ask(self, node_id: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        """Send a request to another node and wait (at most `TIMEOUT`) for its answer;
+        `TimeoutError` if none comes (the node died, or Redis is away)."""
+        self._asked += 1
+        ask = self._asked
+        answer = asyncio.get_running_loop().create_future()
+        self._answers[ask] = answer
+        try:
+            self.broker.send_nowait(node_id, {**message, "ask": ask})
+            async with asyncio.timeout(TIMEOUT):
+                result: dict[str, Any] = await answer
+                return result
+        finally:
+            self._answers.pop(ask, None)
+
+    def _on_answer(self, origin: str, message: dict[str, Any]) -> None:
+        try:
+            waiting = self._answers.get(_int(message, "ask"))
+        except BadMessage as exc:
+            self._rejected(exc)
+            return
+        if waiting is not None and not waiting.done():
+            waiting.set_result(message)
+
+    def _on_api(self, origin: str, message: dict[str, Any]) -> None:
+        """A game server's request that another node received for a turn here."""
+        from npc_server.api import answer_forwarded
+
+        try:
+            ask = _int(message, "ask")
+        except BadMessage as exc:
+            self._rejected(exc)
+            return
+        answer = answer_forwarded(self.node, message)
+        self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
 
     # --- what other nodes route here ----------------------------------------------
 

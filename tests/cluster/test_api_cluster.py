@@ -1,0 +1,65 @@
+"""The game server's API in a cluster: a request to any node reaches the node that runs
+the conversation (real redis-server, two npc-server processes, HTTP on loopback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from npc_server.cluster.forward import owner_of
+from tests.cluster.test_cluster import join
+from tests.cluster.test_ownership import say, slow_config
+from tests.support.client import connect
+from tests.support.redis import redis_server
+from tests.support.server import start_server_process
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "k" * 40
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+async def test_api_say_and_interrupt_reach_the_owner_from_another_node(tmp_path: Path) -> None:
+    """While the questgiver answers Carol on node A, the game asks node B for a turn in the
+    room: it queues behind hers on A (one turn at a time); the game's interrupt, sent to B,
+    stops Carol's turn on A; a game say for a player on A, sent to B, reaches her."""
+    with redis_server() as redis:
+        config = slow_config(tmp_path, redis)
+        env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_API_KEY": API_KEY}
+        a, b = start_server_process(env=env), start_server_process(env=env)
+        try:
+            async with connect(a.url) as carol, httpx.AsyncClient(base_url=b.http_url) as game:
+                await carol.hello(a.token("carol"))
+                await join(carol, "inn")
+                first = await say(carol, 2, "questgiver", "any quests for me?", room="inn")
+                await carol.expect("delta")
+                body = {"npc": "questgiver", "room": "inn", "event": "bell_rings"}
+                answer = await game.post("/api/say", json=body, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                queued = answer.json()
+                assert queued["queued"] == 1 and owner_of(queued["turn"]) == owner_of(first["turn"])
+                cut = await game.post("/api/interrupt", json={"turn": first["turn"]}, headers=AUTH)
+                assert cut.status_code == 200 and cut.json()["interrupted"] is True
+                got = await carol.recv_until(
+                    lambda f: f["t"] == "turn.start" and f["turn"] == queued["turn"]
+                )
+                [end] = [f for f in got if f["t"] == "turn.end" and f["turn"] == first["turn"]]
+                assert end["reason"] == "interrupted" and got[-1]["caused_by"] == "game"
+                private = {"npc": "guard", "player": "carol", "text": "the gate is closing"}
+                answer = await game.post("/api/say", json=private, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                start = await carol.recv_until(
+                    lambda f: f["t"] == "turn.start" and f["turn"] == answer.json()["turn"]
+                )
+                assert start[-1]["caused_by"] == "game" and start[-1]["npc"] == "guard"
+                gone = await game.post(
+                    "/api/interrupt",
+                    json={"turn": f"t-{owner_of(first['turn'])}-99999"},
+                    headers=AUTH,
+                )
+                assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_turn"
+        finally:
+            a.kill()
+            b.kill()
