@@ -383,7 +383,8 @@ class Forwarder:
     async def check_once(self) -> None:
         """End the turns relayed here whose nodes' leases lapsed."""
         waited_on = {node for node, _ in self._waiting.values()}
-        dead = await self.leases.dead((self.remote.origins() | waited_on) - {self.node_id})
+        watched = self.remote.origins() | self.remote.queued_from() | waited_on
+        dead = await self.leases.dead(watched - {self.node_id})
         if not dead:
             return
         ended = self.remote.end_from(dead)

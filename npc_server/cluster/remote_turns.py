@@ -67,6 +67,8 @@ class RemoteTurns:
         self._ended_order: deque[str] = deque()
         self._order = 0
         self._duplicate_snapshots: set[str] = set()
+        # Says queued on another node for a session here: turn id -> (node, session channel).
+        self._queued: dict[str, tuple[str, str]] = {}
 
     def observe(self, origin: str, number: int, channel: str, frame: ServerFrame) -> bool:
         """Follow one frame from another node; False drops it (its turn ended here)."""
@@ -90,6 +92,7 @@ class RemoteTurns:
                     return False
                 return True
             # A live start comes on its audience's channel, a catch-up's on a session's.
+            self._queued.pop(frame.turn, None)
             self._order += 1
             self._open[frame.turn] = RemoteTurn(
                 frame.turn,
@@ -106,10 +109,15 @@ class RemoteTurns:
         if type(frame) is Action and frame.turn not in self._open:
             return False
         turn_id = getattr(frame, "turn", None)
-        if not isinstance(turn_id, str) or type(frame) is Ack:  # answers always pass
+        if not isinstance(turn_id, str):
+            return True
+        if type(frame) is Ack:  # answers always pass; a queued say is followed
+            if frame.queued is not None and len(self._queued) < ENDED_REMEMBERED:
+                self._queued[turn_id] = (origin, channel)
             return True
         if type(frame) is TurnEnd:
             self._open.pop(turn_id, None)
+            self._queued.pop(turn_id, None)
             self._duplicate_snapshots.discard(turn_id)
         return turn_id not in self._ended
 
@@ -156,7 +164,18 @@ class RemoteTurns:
         ended = self._end(lambda t: t.origin in origins)
         for turn in ended:
             self._on_orphaned(turn)
+        # A say queued there will never start: its speaker is told, as for a queued
+        # turn that is interrupted (a turn.end with nothing said).
+        for turn_id, (origin, channel) in list(self._queued.items()):
+            if origin in origins:
+                del self._queued[turn_id]
+                self._remember_ended(turn_id)
+                self._deliver(channel, TurnEnd(turn_id, "error", 0, 0))
         return ended
+
+    def queued_from(self) -> set[str]:
+        """Nodes that hold says queued for sessions here."""
+        return {origin for origin, _ in self._queued.values()}
 
     def end_all(self) -> list[RemoteTurn]:
         """This node lost Redis: every remote turn may have lost frames."""

@@ -108,3 +108,20 @@ async def test_one_owner_per_conversation_until_its_node_dies(redis: RedisServer
     finally:
         await client_a.aclose()
         await client_b.aclose()
+
+
+def test_a_say_queued_on_a_dead_node_ends_for_its_speaker() -> None:
+    """An ack with a queue position from another node is followed: if that node dies
+    before the turn starts, its speaker gets turn.end{error} with nothing said."""
+    from npc_server.protocol.frames import Ack
+
+    local = Local()
+    turns = RemoteTurns(local)
+    assert turns.observe("a", 1, "session:s1", Ack(7, turn="t-a-5", queued=1))
+    assert turns.observe("a", 2, "session:s1", Ack(8, turn="t-a-6", queued=2))
+    started(turns, "t-a-5", number=3)  # the first one started: followed as a turn now
+    assert turns.queued_from() == {"a"}
+    turns.end_from({"a"})
+    assert ("session:s1", TurnEnd("t-a-6", "error", 0, 0)) in local.frames
+    assert ("room:inn", TurnEnd("t-a-5", "error", 0, 0)) in local.frames
+    assert turns.queued_from() == set()
