@@ -241,7 +241,7 @@ class Forwarder:
             return
         wanted: dict[str, set[str]] = {}
         for (audience, _), owner in zip(pairs, owners, strict=True):
-            node = owner.decode() if isinstance(owner, bytes) else None
+            node = owner.decode(errors="replace") if isinstance(owner, bytes) else None
             if node is not None and node != self.node_id:
                 wanted.setdefault(node, set()).add(audience)
         for node, keys_of in wanted.items():

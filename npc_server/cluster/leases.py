@@ -29,8 +29,11 @@ OWNER_TTL = 24 * 3600.0  # a forgotten owner key outlives no conversation by mor
 TIMEOUT = 2.0  # for one claim or release: past it, the caller answers `unavailable`
 
 # KEYS[1] owner key; ARGV[1] this node, ARGV[2] alive-key prefix, ARGV[3] ttl ms.
-# The owner stays if it is alive; otherwise this node takes the key.
+# The owner stays if it is alive; otherwise this node takes the key. A key of another
+# type (not ours) is replaced.
 _CLAIM = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'string' then redis.call('DEL', KEYS[1]) end
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
   return owner
@@ -97,7 +100,7 @@ class Leases:
                 keys=[owner_key(npc, audience)],
                 args=[self.node_id, f"{PREFIX}alive:", int(OWNER_TTL * 1000)],
             )
-        return owner.decode() if isinstance(owner, bytes) else str(owner)
+        return owner.decode(errors="replace") if isinstance(owner, bytes) else str(owner)
 
     def release_nowait(self, npc: str, audience: str) -> None:
         """Give the conversation up (in the background; a lapse is harmless: the key names

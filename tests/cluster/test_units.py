@@ -125,3 +125,19 @@ def test_a_say_queued_on_a_dead_node_ends_for_its_speaker() -> None:
     assert ("session:s1", TurnEnd("t-a-6", "error", 0, 0)) in local.frames
     assert ("room:inn", TurnEnd("t-a-5", "error", 0, 0)) in local.frames
     assert turns.queued_from() == set()
+
+
+async def test_a_stray_owner_key_is_taken_over(redis: RedisServer) -> None:
+    """An owner key that is not ours (another type, or naming no live node) never blocks
+    a claim: the claimer takes it."""
+    client = aioredis.Redis.from_url(redis.url)
+    leases = Leases(client, "aaa")
+    try:
+        await leases.start()
+        await client.rpush(owner_key("guard", "room:inn"), "junk")
+        await client.set(owner_key("guard", "player:bob"), b"\xff\x00 not a node")
+        assert await leases.claim("guard", "room:inn") == "aaa"
+        assert await leases.claim("guard", "player:bob") == "aaa"
+        await leases.aclose()
+    finally:
+        await client.aclose()
