@@ -102,6 +102,9 @@ class RedisBroker:
         self._d_origin, self._d_number = node_id, 0
         self._handlers: dict[str, MessageHandler] = {}
         self._listeners: list[Callable[[bool], None]] = []
+        # Redis sends a node its own publications back: known by their first bytes, they
+        # are skipped before any decoding (about a third of the Redis path's cost).
+        self._own_prefix = wire.origin_prefix(node_id)
         # Channels this node could not publish on -> the number of the last publication lost.
         self._gaps: dict[str, int] = {}
         self._observer: RemoteObserver | None = None
@@ -362,6 +365,8 @@ class RedisBroker:
                 callback()
 
     def _deliver(self, raw_channel: bytes | str, data: Any) -> None:
+        if isinstance(data, bytes) and data.startswith(self._own_prefix):
+            return  # delivered locally when published
         channel = raw_channel.decode() if isinstance(raw_channel, bytes) else raw_channel
         try:
             publication = wire.decode(data)

@@ -61,6 +61,14 @@ def encode_message(origin: str, message: Mapping[str, Any], number: int = 0) -> 
     return data
 
 
+def origin_prefix(origin: str) -> bytes:
+    """The first bytes of every publication of `origin`: its echo is known without
+    decoding it."""
+    whole: bytes = msgpack.packb([VERSION, origin, 0, "d", None, ""], use_bin_type=True)
+    head: bytes = msgpack.packb([VERSION, origin], use_bin_type=True)
+    return whole[:1] + head[1:]
+
+
 def decode(data: bytes) -> Publication:
     """A publication from another node; `WireError` if it is not one."""
     if not isinstance(data, bytes) or len(data) > MAX_BYTES:

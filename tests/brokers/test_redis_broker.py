@@ -253,3 +253,18 @@ async def test_a_subscription_racing_a_redis_drop_fails_instead_of_waiting(
         b.when_subscribed(lambda: outcome.append("ok"), lambda: outcome.append("failed"))
         await wait_until(lambda: bool(outcome), what="an outcome")
         assert outcome == ["failed"]
+
+
+def test_a_nodes_own_publications_are_known_by_their_first_bytes() -> None:
+    """Every envelope of a node starts with its origin prefix; another node's does not."""
+    from npc_server.brokers import wire
+
+    mine = wire.origin_prefix("node-a")
+    for data in (
+        wire.encode_frame("node-a", Delta("t1", "x" * 300, 0), None, 1 << 40),
+        wire.encode_drop("node-a", "t1", 7),
+        wire.encode_message("node-a", {"k": "hi"}, 3),
+    ):
+        assert data.startswith(mine)
+    assert not wire.encode_frame("node-ab", Delta("t1", "x", 0), None, 1).startswith(mine)
+    assert not wire.encode_frame("node-b", Delta("t1", "x", 0), None, 1).startswith(mine)
