@@ -68,6 +68,17 @@ def check_reachable(url: str) -> None:
         client.close()
 
 
+def _publish_commands(batch: list[tuple[str, bytes]]) -> bytes:
+    """`PUBLISH channel data` for each publication, as RESP, in one buffer."""
+    parts: list[bytes] = []
+    for channel, data in batch:
+        name = channel.encode()
+        parts.append(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n" % (len(name), name, len(data)))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -275,10 +286,19 @@ class RedisBroker:
             await self._send(batch)
 
     async def _send(self, batch: list[tuple[str, bytes]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for channel, data in batch:
-            pipe.publish(channel, data)
-        await pipe.execute()
+        # One write of the batch as RESP on a pooled connection, then its replies: what a
+        # pipeline sends, without building a command object per publication.
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(_publish_commands(batch), check_health=False)
+            for _ in batch:
+                await connection.read_response()
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
         self._sent += len(batch)
 
     # --- receiving ----------------------------------------------------------
