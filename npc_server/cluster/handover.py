@@ -246,8 +246,18 @@ class SessionHandover:
             node.hub.join(room, state.player, quiet=True)
         self._restore_contexts(state)
         session.restore_nowait(state.last_seq, state.replay)
-        for frame in (*state.queued, *standin.kept(state.position)):
+        kept = standin.kept(state.position)
+        for frame in (*state.queued, *kept):
             session.push_nowait(frame)
+        log.info(
+            "session %s handed over: seq %d, %d replayed, %d queued, %d of %d buffered kept",
+            session.id,
+            state.last_seq,
+            len(state.replay),
+            len(state.queued),
+            len(kept),
+            len(standin.frames),
+        )
         for turn in standin.dropped_turns:
             session.drop_turn_nowait(turn)
         replay = session.replay_after(pending.resume.seq)
@@ -267,8 +277,12 @@ class SessionHandover:
     # --- the holding node: hand a session over --------------------------------
 
     def _held(self, session_id: Any, player: Any) -> Session | None:
+        """The session to hand over, or None if `player` may not resume it (any more)."""
         session = self.node.hub.get(session_id) if isinstance(session_id, str) else None
         if session is None or session.player != player or session.state is SessionState.EXPIRED:
+            return None
+        if session.expired_at(self.node.clock()):
+            self.node.end_session(session)
             return None
         return session
 
@@ -277,10 +291,12 @@ class SessionHandover:
         if not isinstance(request, str) or len(request) > 64 or not isinstance(seq, int):
             self._reject(f"an ask from node {origin}", BadState("req and seq are required"))
             return
-        session = self._held(message.get("session"), message.get("player"))
-        if session is None:
-            if self.node.hub.get(str(message.get("session"))) is not None:
-                self.broker.send_nowait(origin, refusal(request))  # another player's session
+        session_id = message.get("session")
+        if not isinstance(session_id, str) or self.node.hub.get(session_id) is None:
+            return  # not held here (this node holds another session of that player)
+        session = self._held(session_id, message.get("player"))
+        if session is None:  # another player's, or past its resume window
+            self.broker.send_nowait(origin, refusal(request))
             return
         if session.replay_after(seq) is None:  # the window no longer covers the client
             self._refuse(origin, request, session)
