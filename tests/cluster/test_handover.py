@@ -140,7 +140,7 @@ async def test_a_window_that_no_longer_covers_the_client_is_a_snapshot(tmp_path:
             await first.hello(a.token("alice"))
             for n in range(3):  # acks fill the two-frame window past seq 0
                 await first.send({"t": "context", "id": 20 + n, "data": {"n": n}})
-                await first.recv_until(lambda f, n=n: f.get("id") == 20 + n)
+                assert (await first.expect("ack"))["id"] == 20 + n
             drop(first)
         async with connect(b.url) as second:
             welcome = await second.hello(
