@@ -40,6 +40,7 @@ from npc_server.cluster.handover_state import (
     BadState,
     SessionExport,
     StandIn,
+    check_rooms,
     decode_state,
     encode_state,
     export_state,
@@ -104,6 +105,7 @@ class SessionHandover:
         self.stats = HandoverStatistics()
         self._pending: dict[str, _Pending] = {}
         self._offers: dict[str, _Offer] = {}
+        self._resuming: list[_Pending] = []
         for kind, handler in (
             ("handover.ask", self._on_ask),
             ("handover.offer", self._on_offer),
@@ -125,11 +127,16 @@ class SessionHandover:
         client = self._client()
         if client is None or not self.broker.available:
             return None
+        # A stand-in shares the session's id: never beside a session or stand-in of it here.
+        busy = {p.resume.session for p in self._resuming}
+        if resume.session in busy or self.node.hub.get(resume.session) is not None:
+            return None
         self.stats.asked += 1
         limits = self.node.config.limits
         standin = StandIn(resume.session, player, lambda: self.broker.delivering, 4096)
         loop = asyncio.get_running_loop()
         pending = _Pending(secrets.token_hex(8), standin, resume, loop.create_future())
+        self._resuming.append(pending)
         self._listen(pending, [session_channel(resume.session), player_channel(player)])
         state: SessionExport | None = None
         try:
@@ -142,6 +149,7 @@ class SessionHandover:
             log.warning("handover of session %s failed: %s", resume.session, exc)
         finally:
             self._pending.pop(pending.request, None)
+            self._resuming.remove(pending)
         installed = self._install(pending, state, limits.rooms_per_player)
         self.stats.resumed += installed is not None
         self.stats.snapshots += installed is None
@@ -203,8 +211,10 @@ class SessionHandover:
         rooms = message.get("rooms")
         if pending is None or pending.origin is not None:
             return  # a late or second offer: that resume is over or under way
-        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
-            self._reject(f"an offer from node {origin}", BadState("rooms must be strings"))
+        try:
+            rooms = check_rooms(rooms)
+        except BadState as exc:
+            self._reject(f"an offer from node {origin}", exc)
             _settle(pending.answer, None)
             return
         pending.origin = origin
@@ -293,7 +303,7 @@ class SessionHandover:
             return
         session_id = message.get("session")
         if not isinstance(session_id, str) or self.node.hub.get(session_id) is None:
-            return  # not held here (this node holds another session of that player)
+            return  # not held here (a node resuming it at the same time hears the ask too)
         session = self._held(session_id, message.get("player"))
         if session is None:  # another player's, or past its resume window
             self.broker.send_nowait(origin, refusal(request))

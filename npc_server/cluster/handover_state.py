@@ -116,7 +116,7 @@ def decode_state(
         entries = [e for e in entries if not (isinstance(e, list) and _seq_at_most(e, after))]
     replay = _replay(entries, after, last_seq)
     queued = _queued(message.get("queue"))
-    rooms = _rooms(message.get("rooms"))
+    rooms = check_rooms(message.get("rooms"))
     position = _position(message.get("position"))
     contexts = _contexts(message.get("contexts"))
     return SessionExport(session, player, last_seq, replay, queued, rooms, position, contexts)
@@ -181,7 +181,8 @@ def _queued(value: Any) -> list[ServerFrame]:
     return frames
 
 
-def _rooms(value: Any) -> list[str]:
+def check_rooms(value: Any) -> list[str]:
+    """Room names from another node, checked as a client's `join` is."""
     rooms = _list(value, "rooms", 256)
     for room in rooms:
         if not isinstance(room, str) or _ROOM.fullmatch(room) is None:

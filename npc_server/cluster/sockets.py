@@ -181,11 +181,13 @@ class SocketClaims:
         if session is not None and session.state is SessionState.ATTACHED:
             session.on_close(CloseCode.REPLACED)
 
-    def release_nowait(self, player: str, session: str) -> None:
-        """This node's socket on `session` is gone: stop counting it (in the background)."""
+    def release_nowait(self, player: str, session: str) -> asyncio.Task[None] | None:
+        """This node's socket on `session` is gone: stop counting it (in the background;
+        the task, for whoever wants to wait for it)."""
         client = self._client()
-        if client is not None:
-            asyncio.get_running_loop().create_task(self._release(client, player, session))
+        if client is None:
+            return None
+        return asyncio.get_running_loop().create_task(self._release(client, player, session))
 
     async def _release(self, client: Any, player: str, session: str) -> None:
         with contextlib.suppress(Exception):  # unreleased, it lapses after LEASE
