@@ -147,9 +147,11 @@ class SessionHandover:
             log.info("no node handed over session %s within %g s", resume.session, self.timeout)
         except Exception as exc:  # Redis went away meanwhile: the snapshot path
             log.warning("handover of session %s failed: %s", resume.session, exc)
-        finally:
+        finally:  # also when cancelled: no stand-in stays subscribed
             self._pending.pop(pending.request, None)
             self._resuming.remove(pending)
+            for channel in pending.channels:
+                self.broker.unsubscribe(channel, standin)
         installed = self._install(pending, state, limits.rooms_per_player)
         self.stats.resumed += installed is not None
         self.stats.snapshots += installed is None
@@ -244,10 +246,8 @@ class SessionHandover:
     def _install(
         self, pending: _Pending, state: SessionExport | None, max_rooms: int
     ) -> tuple[Session, list[bytes]] | None:
-        """Make the handed-over session real, in one synchronous step."""
+        """Make the handed-over session real, in the same step as the stand-in left."""
         standin = pending.standin
-        for channel in pending.channels:
-            self.broker.unsubscribe(channel, standin)
         if state is None or standin.overflowed:
             return None
         node = self.node
