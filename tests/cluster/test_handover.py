@@ -187,6 +187,27 @@ async def test_a_drained_node_hands_its_players_over_and_finishes_its_turn(tmp_p
         assert await asyncio.to_thread(a.wait, 30.0) == 0
 
 
+async def test_a_turn_longer_than_the_drain_ends_with_turn_end_on_the_new_node(
+    tmp_path: Path,
+) -> None:
+    """Past graceful_timeout A ends its turn; the turn.end reaches alice on B after its text."""
+    with cluster(tmp_path, 2, server="graceful_timeout = 1.0\n") as (_, (a, b)):
+        async with connect(a.url) as first:
+            await first.hello(a.token("alice"))
+            turn, before = await start_long_turn(first)
+            a.proc.send_signal(signal.SIGTERM)
+            before += await first.recv_until(lambda f: f["t"] == "draining")
+            drop(first)
+        async with connect(b.url) as second:
+            welcome = await second.hello(b.token("alice"), resume=resume_of(first))
+            assert welcome["resumed"] is True
+            after = await second.recv_until(lambda f: f["t"] == "turn.end")
+            end = after[-1]
+            assert end["turn"] == turn and end["reason"] == "interrupted"
+            assert len(turn_text(before + after, turn)) == end["chars"] < 1200
+        assert await asyncio.to_thread(a.wait, 30.0) == 0
+
+
 async def test_a_session_a_node_held_when_it_drained_resumes_from_redis(tmp_path: Path) -> None:
     """Away while A drains and exits: alice resumes on B from the state A left in Redis."""
     with cluster(tmp_path, 2) as (_, (a, b)):
