@@ -21,6 +21,7 @@ from tests.cluster.test_cluster import join, turn_text
 from tests.support.client import Frame, RawClient, connect
 from tests.support.redis import RedisServer, redis_server
 from tests.support.server import DEMO_NPCS, ServerProcess, start_server_process
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -297,3 +298,42 @@ async def wait_until_counted(node: ServerProcess, counter: str, value: int) -> N
             return
         await asyncio.sleep(0.05)  # polling the server's own report, with a deadline
     raise AssertionError(f"{counter} never reached {value}")
+
+
+async def test_resumes_through_one_port_of_two_workers_always_resume(tmp_path: Path) -> None:
+    """`--workers 2`: whichever worker the kernel picks, every resume continues the session."""
+    with redis_server() as redis:
+        config = write_config(tmp_path, redis)
+        server = start_server_process(
+            env={"NPC_SERVER_CONFIG": str(config)}, args=["--workers", "2"]
+        )
+        try:
+            await wait_until(
+                lambda: sum(" node " in line for line in server.output) == 2,
+                timeout=60,
+                what="both workers serving",
+            )
+            crossed = await resume_until_crossed(server)
+            assert crossed, "the kernel never sent a resume to the other worker"
+        finally:
+            assert server.terminate() == 0
+
+
+async def resume_until_crossed(server: ServerProcess, tries: int = 60) -> bool:
+    """Drop and resume until one resume lands on another worker; each must resume."""
+    async with connect(server.url) as client:
+        welcome = await client.hello(server.token("alice"))
+        node, seq, session = welcome["server"]["node"], client.last_seq, client.session
+        drop(client)
+    for n in range(tries):
+        async with connect(server.url) as client:
+            resume = {"session": session, "seq": seq}
+            welcome = await client.hello(server.token("alice"), resume=resume)
+            assert welcome["resumed"] is True and welcome["session"] == session
+            await client.send({"t": "ping", "ts": n, "id": n + 1})
+            await client.expect("pong")
+            seq = client.last_seq
+            drop(client)
+        if welcome["server"]["node"] != node:
+            return True
+    return False
