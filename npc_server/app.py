@@ -102,6 +102,7 @@ def create_app(
     @app.before_serving
     async def start_sweeper() -> None:
         await node.start()
+        node.socket_claims.start()
         node.webhooks.start()
         sweeper.append(asyncio.create_task(_sweep(node, watch), name="session-sweeper"))
         sweeper.append(asyncio.create_task(_watch(node), name="socket-watchdog"))
@@ -117,6 +118,7 @@ def create_app(
         for backend in node.backends.values():
             await backend.aclose()
         await node.webhooks.aclose()
+        await node.socket_claims.aclose()
         await node.aclose()
 
     @app.get("/healthz")
@@ -134,6 +136,8 @@ def create_app(
             "cluster": {
                 "redis": bool(config.cluster.redis_url),
                 "available": node.broker.available,
+                "handover": node.handover.statistics(),
+                "sockets": asdict(node.socket_claims.statistics()),
             },
         }
         return jsonify(body)
@@ -256,6 +260,19 @@ async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:
         await asyncio.wait(closed, timeout=CLOSE_WAIT)
         for waiter in closed:
             waiter.cancel()
+    await _park_sessions(node)
+
+
+async def _park_sessions(node: Node) -> None:
+    # Sessions still held when this node exits wait in Redis for their resume elsewhere.
+    try:
+        async with asyncio.timeout(CLOSE_WAIT):
+            parked = await node.handover.park_all()
+    except Exception as exc:
+        log.warning("could not park the sessions still held: %s", exc)
+        return
+    if parked:
+        log.info("parked %d sessions in Redis for a resume on another node", parked)
 
 
 def web_dir() -> Path:

@@ -51,6 +51,10 @@ class ContextStore:
     def __len__(self) -> int:
         return len(self._data)
 
+    def scopes_of(self, player: str) -> dict[str, Mapping[str, Any]]:
+        """A player's contexts by scope (`*` or an NPC id), to hand over to another node."""
+        return {scope: data for scope, (data, _) in self._data.get(player, {}).items()}
+
 
 class TrustedContexts:
     """Game state the game server posted (`POST /api/context`): wins over the client's.

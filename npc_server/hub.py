@@ -88,8 +88,9 @@ class Hub:
 
     # --- rooms ------------------------------------------------------------
 
-    def join(self, room: str, player: str) -> bool:
-        """Add a player to a room; False if already a member."""
+    def join(self, room: str, player: str, *, quiet: bool = False) -> bool:
+        """Add a player to a room; False if already a member. `quiet`: no presence
+        (a session handed over from another node, where the room saw it join)."""
         members = self._rooms.setdefault(room, set())
         if player in members:
             return False
@@ -98,11 +99,13 @@ class Hub:
         channel = room_channel(room)
         for session in self.sessions_of(player):
             self.broker.subscribe(channel, session)
-        self.send_to_room(room, Presence(room, player, "joined"), exclude=player)
+        if not quiet:
+            self.send_to_room(room, Presence(room, player, "joined"), exclude=player)
         return True
 
-    def leave(self, room: str, player: str) -> bool:
-        """Remove a player from a room; False if not a member."""
+    def leave(self, room: str, player: str, *, quiet: bool = False) -> bool:
+        """Remove a player from a room; False if not a member. `quiet`: no presence
+        (the player's session moved to another node and stays in the room there)."""
         members = self._rooms.get(room)
         if members is None or player not in members:
             return False
@@ -116,14 +119,15 @@ class Hub:
         channel = room_channel(room)
         for session in self.sessions_of(player):
             self.broker.unsubscribe(channel, session)
-        self.send_to_room(room, Presence(room, player, "left"), exclude=player)
+        if not quiet:
+            self.send_to_room(room, Presence(room, player, "left"), exclude=player)
         return True
 
-    def leave_all(self, player: str) -> list[str]:
+    def leave_all(self, player: str, *, quiet: bool = False) -> list[str]:
         """Take a player out of every room (its last session is gone)."""
         rooms = sorted(self._rooms_of.get(player, ()))
         for room in rooms:
-            self.leave(room, player)
+            self.leave(room, player, quiet=quiet)
         return rooms
 
     def members(self, room: str) -> tuple[str, ...]:

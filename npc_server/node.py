@@ -19,6 +19,8 @@ from npc_server import __version__
 from npc_server.admission import ConnectLimiter, TokenBudget
 from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_backend
 from npc_server.brokers import Broker, create_broker
+from npc_server.cluster.handover import SessionHandover
+from npc_server.cluster.sockets import SocketClaims
 from npc_server.config import Config
 from npc_server.contexts import ContextStore
 from npc_server.events import DrainStarted, EventBus
@@ -116,6 +118,9 @@ class Node:
         # In cluster mode: routes requests to the nodes that run their conversations.
         self.cluster: Forwarder | None = None
         self._callers: dict[str, Caller] = {}  # turn id -> the other node's session it answers
+        # Cluster mode: sessions move between nodes; the socket cap spans them.
+        self.handover = SessionHandover(self)
+        self.socket_claims = SocketClaims(self)
 
     async def start(self) -> None:
         """Connect the broker and, in cluster mode, take this node's part in the cluster."""
@@ -170,10 +175,12 @@ class Node:
 
     # --- sessions ---------------------------------------------------------
 
-    def open_session(self, player: str) -> Session:
-        """A new session for a player (not yet attached to a socket)."""
+    def open_session(self, player: str, session_id: str | None = None) -> Session:
+        """A new session for a player (not yet attached to a socket); `session_id`:
+        one handed over from another node."""
         limits = self.config.limits.session_limits()
-        session = Session(self.new_id("s"), player, limits, self.clock(), self._written)
+        session_id = session_id or self.new_id("s")
+        session = Session(session_id, player, limits, self.clock(), self._written)
         self.hub.add(session)
         return session
 
@@ -243,12 +250,15 @@ class Node:
         else:
             self.end_session(session)
 
-    def end_session(self, session: Session, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+    def end_session(
+        self, session: Session, code: CloseCode = CloseCode.GOING_AWAY, *, quiet: bool = False
+    ) -> None:
         """Forget a session for good (closing its socket with `code`), and the player's
-        rooms and context with its last one."""
+        rooms and context with its last one. `quiet`: the session moved to another
+        node, which keeps it in its rooms (no `left` presence)."""
         session.expire(code)
         if self.hub.remove(session):
-            rooms = self.hub.leave_all(session.player)
+            rooms = self.hub.leave_all(session.player, quiet=quiet)
             self.contexts.forget(session.player)
             audiences = [Audience(player=session.player), *(Audience(room=r) for r in rooms)]
             for npc_id in self.npcs:

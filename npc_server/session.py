@@ -79,6 +79,19 @@ class ReplayBuffer:
             return None
         return [data for s, data in self._frames if s > seq]
 
+    def items_after(self, seq: int, last_seq: int) -> list[tuple[int, bytes]] | None:
+        """Like `after`, with each frame's seq (a handover carries them to another node)."""
+        if self.after(seq, last_seq) is None:
+            return None
+        return [(s, data) for s, data in self._frames if s > seq]
+
+    def load(self, items: list[tuple[int, bytes]]) -> None:
+        """Replace the window with `items` (seq, encoded frame), oldest first."""
+        self._frames.clear()
+        self._bytes = 0
+        for seq, data in items:
+            self.append(seq, data)
+
     @property
     def bytes(self) -> int:
         return self._bytes
@@ -243,3 +256,14 @@ class Session:
     def replay_after(self, seq: int) -> list[bytes] | None:
         """Frames the client missed after `seq`, or None if that gap can't be filled."""
         return self.replay.after(seq, self.last_seq)
+
+    # --- handover to another node (npc_server/cluster/handover.py) ----------
+
+    def take_queued_nowait(self) -> list[ServerFrame]:
+        """Every frame queued but not yet written, in order, leaving the queue empty."""
+        return self.queue.pop_all_nowait()
+
+    def restore_nowait(self, last_seq: int, replay: list[tuple[int, bytes]]) -> None:
+        """Continue another node's session: its last seq and its replay window."""
+        self.last_seq = last_seq
+        self.replay.load(replay)

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
+from npc_server.cluster.sockets import Claim
 from npc_server.events import AuthFailed, Closed, Limited, SessionAttached
 from npc_server.node import Node
 from npc_server.protocol.codes import CloseCode, ErrorCode
@@ -94,6 +95,8 @@ class ClientLink:
         """The transport is done: detach or end the session, forget this client."""
         session = self.session
         if session is not None:
+            if session.owner is self:
+                self.node.socket_claims.release_nowait(session.player, session.id)
             self.node.detach_session(session, self, self.resumable)
         self.node.sockets.discard(self)
         self.node.events.emit(
@@ -125,7 +128,8 @@ class ClientLink:
         if not self.node.player_connects.allow_nowait(claims.player):
             self.node.events.emit(Limited("connects_player", claims.player))
             self._refuse(CloseCode.RATE_LIMITED, "too many connects for this player")
-        self._socket_cap(claims.player)
+        if not self.node.socket_claims.enabled:  # a cluster counts in `attach_async`
+            self._socket_cap(claims.player)
         return claims
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
@@ -144,6 +148,39 @@ class ClientLink:
     def attach(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
         """Open or resume the session; the frames to replay, or None for a new session."""
         session, replay = self._open_session(claims.player, resume)
+        return self._attached(claims, resume, session, replay)
+
+    async def attach_async(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
+        """`attach` in a cluster: a session another node holds is handed over here
+        (`cluster/handover.py`), and the socket cap counts every node's sockets;
+        raises `Refusal` over the cap. One process: exactly `attach`."""
+        handed = None
+        if resume is not None and self.node.find_resumable(claims.player, resume.session) is None:
+            handed = await self.node.handover.resume(claims.player, resume)
+        session, replay = handed or self._open_session(claims.player, resume)
+        if self.node.socket_claims.enabled:
+            await self._claim_socket(session, replay)
+        return self._attached(claims, resume, session, replay)
+
+    async def _claim_socket(self, session: Session, replay: list[bytes] | None) -> None:
+        claim = await self.node.socket_claims.claim(session.player, session.id)
+        try:
+            if claim is Claim.LOCAL:  # Redis away: the cap counts this node's sockets
+                self._socket_cap(session.player)
+            elif claim is Claim.REFUSED:
+                self._refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this player")
+        except Refusal:
+            if replay is None and session.owner is None:
+                self.node.end_session(session)  # new, never attached; a resumed one waits
+            raise
+
+    def _attached(
+        self,
+        claims: TokenClaims,
+        resume: Resume | None,
+        session: Session,
+        replay: list[bytes] | None,
+    ) -> list[bytes] | None:
         self.session = session
         session.attach(self, self.ready.set, self.request_close)
         self.schedule_expiry(claims)

@@ -117,10 +117,10 @@ class WebSocketEdge(ClientLink):
     async def _serve(self, hello: Hello) -> None:
         try:
             claims = self.admit(hello.token)
+            replay = await self.attach_async(claims, hello.resume)
         except Refusal as refusal:
             await self._send_close(refusal.code, refusal.reason)
             return
-        replay = self.attach(claims, hello.resume)
         self.conn.accept_hello()
         session = self.session
         assert session is not None

@@ -1,0 +1,392 @@
+"""Session handover: a `hello{resume}` for a session another node holds continues it here.
+
+The new node (B) and the node holding the session (X) talk through the broker:
+
+1. B subscribes a `StandIn` under the session's id to `session:<id>` and
+   `player:<player>`, which records each frame with its (origin, number).
+2. Once Redis delivers those, B asks Redis how many subscribe `session:<id>`
+   (`PUBSUB NUMSUB`): only B's stand-in means no node holds it (it ended, or
+   its node died), so B looks for a state parked by a node that drained
+   (`npc:handover:<id>`), else resumes with a snapshot at once.
+3. Otherwise B signals `session:<id>` with `handover.ask`; X answers
+   `handover.offer` with the player's rooms; B subscribes the stand-in to
+   them and, once that is live, sends `handover.take`.
+4. X, in one synchronous step, exports the session (seq, the replay window
+   after the client's seq, its queued frames, rooms, contexts and its
+   broker position), forgets it without presence (closing a socket still on
+   it with REPLACED) and sends the state to B (`handover.state`).
+5. B installs it into a real session under the same id, joins its rooms
+   quietly, queues X's frames, then the stand-in's frames that X had not
+   received (each (origin, number) above X's position), and replays after
+   the client's seq.
+
+No answer within `TIMEOUT`, a refusal or a state that does not validate: a new
+session and a snapshot, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from npc_server.brokers import player_channel, room_channel, session_channel
+from npc_server.cluster.handover_state import (
+    BadState,
+    SessionExport,
+    StandIn,
+    check_rooms,
+    decode_state,
+    encode_state,
+    export_state,
+    refusal,
+)
+from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import Resume
+from npc_server.session import Session, SessionState
+
+if TYPE_CHECKING:
+    from npc_server.node import Node
+
+log = logging.getLogger(__name__)
+
+# The bound on a handover: past it, the player gets a new session and a snapshot.
+TIMEOUT = 1.5
+PREFIX = "npc:"
+PARKED = "npc:handover:"
+MAX_OFFERS = 1024
+
+
+@dataclass(slots=True)
+class HandoverStatistics:
+    asked: int = 0  # resumes of another node's session that this node tried
+    resumed: int = 0  # ... that continued the session here
+    snapshots: int = 0  # ... that fell back to a new session and a snapshot
+    timeouts: int = 0  # ... because no node answered in time
+    handed: int = 0  # sessions this node handed to another
+    parked: int = 0  # sessions written to Redis when this node drained
+    rejected: int = 0  # messages or parked states from another node that did not validate
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A resume waiting on this node for another node's answer."""
+
+    request: str
+    standin: StandIn
+    resume: Resume
+    answer: asyncio.Future[SessionExport | None]
+    channels: list[str] = field(default_factory=list)
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """A session this node offered to another node, until it is taken."""
+
+    session: str
+    node: str
+    after: int
+    at: float
+
+
+class SessionHandover:
+    """Both sides of the handover for one node (see the module docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.broker = node.broker
+        self.timeout = TIMEOUT
+        self.stats = HandoverStatistics()
+        self._pending: dict[str, _Pending] = {}
+        self._offers: dict[str, _Offer] = {}
+        self._resuming: list[_Pending] = []
+        for kind, handler in (
+            ("handover.ask", self._on_ask),
+            ("handover.offer", self._on_offer),
+            ("handover.take", self._on_take),
+            ("handover.state", self._on_state),
+        ):
+            self.broker.on_message(kind, handler)
+
+    def statistics(self) -> dict[str, int]:
+        return asdict(self.stats)
+
+    def _client(self) -> Any:
+        return getattr(self.broker, "client", None)
+
+    # --- the new node: resume a session held elsewhere ------------------------
+
+    async def resume(self, player: str, resume: Resume) -> tuple[Session, list[bytes]] | None:
+        """Continue `resume.session` here with the frames to replay; None: snapshot path."""
+        client = self._client()
+        if client is None or not self.broker.available:
+            return None
+        # A stand-in shares the session's id: never beside a session or stand-in of it here.
+        busy = {p.resume.session for p in self._resuming}
+        if resume.session in busy or self.node.hub.get(resume.session) is not None:
+            return None
+        self.stats.asked += 1
+        limits = self.node.config.limits
+        standin = StandIn(resume.session, player, lambda: self.broker.delivering, 4096)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(secrets.token_hex(8), standin, resume, loop.create_future())
+        self._resuming.append(pending)
+        self._listen(pending, [session_channel(resume.session), player_channel(player)])
+        state: SessionExport | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                state = await self._ask(client, pending)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            log.info("no node handed over session %s within %g s", resume.session, self.timeout)
+        except Exception as exc:  # Redis went away meanwhile: the snapshot path
+            log.warning("handover of session %s failed: %s", resume.session, exc)
+        finally:  # also when cancelled: no stand-in stays subscribed
+            self._pending.pop(pending.request, None)
+            self._resuming.remove(pending)
+            for channel in pending.channels:
+                self.broker.unsubscribe(channel, standin)
+        installed = self._install(pending, state, limits.rooms_per_player)
+        self.stats.resumed += installed is not None
+        self.stats.snapshots += installed is None
+        return installed
+
+    def _listen(self, pending: _Pending, channels: list[str]) -> None:
+        for channel in channels:
+            self.broker.subscribe(channel, pending.standin)
+        pending.channels.extend(channels)
+
+    async def _subscribed(self) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.broker.when_subscribed(lambda: _settle(done, None))
+        await done
+
+    async def _ask(self, client: Any, pending: _Pending) -> SessionExport | None:
+        await self._subscribed()
+        session_id = pending.resume.session
+        [(_, holders)] = await client.pubsub_numsub(PREFIX + session_channel(session_id))
+        if int(holders) <= 1:  # only this node's stand-in: no node holds the session
+            return await self._unpark(client, pending)
+        self._pending[pending.request] = pending
+        ask = {
+            "k": "handover.ask",
+            "req": pending.request,
+            "session": session_id,
+            "player": pending.standin.player,
+            "seq": pending.resume.seq,
+        }
+        self.broker.signal_nowait(session_channel(session_id), ask)
+        return await pending.answer
+
+    async def _unpark(self, client: Any, pending: _Pending) -> SessionExport | None:
+        """The state a draining node left in Redis for this session, if any."""
+        data = await client.getdel(PARKED + pending.resume.session)
+        if data is None:
+            return None
+        try:
+            message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+            if not isinstance(message, dict):
+                raise BadState("a parked state is not a map")
+            return self._decode(message, pending, window=True)
+        except (BadState, ValueError, TypeError, msgpack.UnpackException) as exc:
+            self._reject(f"the parked state of session {pending.resume.session}", exc)
+            return None
+
+    def _decode(
+        self, message: Mapping[str, Any], pending: _Pending, *, window: bool = False
+    ) -> SessionExport:
+        resume = pending.resume
+        return decode_state(message, resume.session, pending.standin.player, resume.seq, window)
+
+    def _reject(self, what: str, exc: Exception) -> None:
+        self.stats.rejected += 1
+        log.warning("rejected %s: %s", what, exc)
+
+    def _on_offer(self, origin: str, message: dict[str, Any]) -> None:
+        pending = self._pending.get(str(message.get("req")))
+        rooms = message.get("rooms")
+        if pending is None or pending.origin is not None:
+            return  # a late or second offer: that resume is over or under way
+        try:
+            rooms = check_rooms(rooms)
+        except BadState as exc:
+            self._reject(f"an offer from node {origin}", exc)
+            _settle(pending.answer, None)
+            return
+        pending.origin = origin
+        limit = self.node.config.limits.rooms_per_player
+        self._listen(pending, [room_channel(r) for r in rooms[:limit]])
+        take = {"k": "handover.take", "req": pending.request}
+        # Only once the rooms deliver here may the holder stop receiving them.
+        self.broker.when_subscribed(lambda: self.broker.send_nowait(origin, take))
+
+    def _on_state(self, origin: str, message: dict[str, Any]) -> None:
+        pending = self._pending.get(str(message.get("req")))
+        if pending is None or pending.answer.done():
+            log.info("a handover answer from node %s came too late", origin)
+            return
+        if pending.origin is not None and origin != pending.origin:
+            self._reject(f"a state from node {origin}", BadState("it was offered by another node"))
+            return
+        if message.get("ok") is not True:
+            pending.answer.set_result(None)
+            return
+        try:
+            pending.answer.set_result(self._decode(message, pending))
+        except BadState as exc:
+            self._reject(f"the state of session {pending.resume.session} from {origin}", exc)
+            pending.answer.set_result(None)
+
+    def _install(
+        self, pending: _Pending, state: SessionExport | None, max_rooms: int
+    ) -> tuple[Session, list[bytes]] | None:
+        """Make the handed-over session real, in the same step as the stand-in left."""
+        standin = pending.standin
+        if state is None or standin.overflowed:
+            return None
+        node = self.node
+        session = node.open_session(state.player, state.session)
+        for room in state.rooms[:max_rooms]:
+            node.hub.join(room, state.player, quiet=True)
+        self._restore_contexts(state)
+        session.restore_nowait(state.last_seq, state.replay)
+        kept = standin.kept(state.position)
+        for frame in (*state.queued, *kept):
+            session.push_nowait(frame)
+        log.info(
+            "session %s handed over: seq %d, %d replayed, %d queued, %d of %d buffered kept",
+            session.id,
+            state.last_seq,
+            len(state.replay),
+            len(state.queued),
+            len(kept),
+            len(standin.frames),
+        )
+        for turn in standin.dropped_turns:
+            session.drop_turn_nowait(turn)
+        replay = session.replay_after(pending.resume.seq)
+        if replay is None:  # cannot happen with a validated state; never a gap
+            node.end_session(session)
+            return None
+        return session, replay
+
+    def _restore_contexts(self, state: SessionExport) -> None:
+        contexts = self.node.contexts
+        for scope, data in state.contexts.items():
+            npc = None if scope == "*" else scope
+            if npc is None or npc in self.node.npcs:
+                size = len(msgpack.packb(data))
+                contexts.set_nowait(state.player, npc, data, size)
+
+    # --- the holding node: hand a session over --------------------------------
+
+    def _held(self, session_id: Any, player: Any) -> Session | None:
+        """The session to hand over, or None if `player` may not resume it (any more)."""
+        session = self.node.hub.get(session_id) if isinstance(session_id, str) else None
+        if session is None or session.player != player or session.state is SessionState.EXPIRED:
+            return None
+        if session.expired_at(self.node.clock()):
+            self.node.end_session(session)
+            return None
+        return session
+
+    def _on_ask(self, origin: str, message: dict[str, Any]) -> None:
+        request, seq = message.get("req"), message.get("seq")
+        if not isinstance(request, str) or len(request) > 64 or not isinstance(seq, int):
+            self._reject(f"an ask from node {origin}", BadState("req and seq are required"))
+            return
+        session_id = message.get("session")
+        if not isinstance(session_id, str) or self.node.hub.get(session_id) is None:
+            return  # not held here (a node resuming it at the same time hears the ask too)
+        session = self._held(session_id, message.get("player"))
+        if session is None:  # another player's, or past its resume window
+            self.broker.send_nowait(origin, refusal(request))
+            return
+        if session.replay_after(seq) is None:  # the window no longer covers the client
+            self._refuse(origin, request, session)
+            return
+        self._remember(request, _Offer(session.id, origin, seq, self.node.clock()))
+        rooms = sorted(self.node.hub.rooms_of(session.player))
+        self.broker.send_nowait(origin, {"k": "handover.offer", "req": request, "rooms": rooms})
+
+    def _remember(self, request: str, offer: _Offer) -> None:
+        offers = self._offers
+        offers[request] = offer
+        stale = self.node.clock() - 4 * self.timeout
+        while offers and (len(offers) > MAX_OFFERS or next(iter(offers.values())).at < stale):
+            del offers[next(iter(offers))]
+
+    def _refuse(self, origin: str, request: str, session: Session) -> None:
+        # As a resume refused on one node: a detached session ends, a socket keeps its own.
+        self.broker.send_nowait(origin, refusal(request))
+        if session.owner is None:
+            self.node.end_session(session)
+
+    def _on_take(self, origin: str, message: dict[str, Any]) -> None:
+        offer = self._offers.pop(str(message.get("req")), None)
+        if offer is None or offer.node != origin:
+            return  # not offered to that node (or offered too long ago)
+        request = str(message["req"])
+        session = self.node.hub.get(offer.session)
+        if session is None or session.state is SessionState.EXPIRED:
+            self.broker.send_nowait(origin, refusal(request))
+            return
+        answer = self._export(request, session, offer.after)
+        if answer is None:
+            self._refuse(origin, request, session)
+            return
+        self.node.end_session(session, CloseCode.REPLACED, quiet=True)
+        self.broker.send_nowait(origin, answer)
+        self.stats.handed += 1
+
+    def _export(self, request: str, session: Session, after: int) -> dict[str, Any] | None:
+        """The state message, or None (the session keeps its queue) if it cannot go."""
+        node = self.node
+        rooms = sorted(node.hub.rooms_of(session.player))
+        contexts = node.contexts.scopes_of(session.player)
+        state = export_state(session, after, rooms, self.broker.position(), contexts)
+        if state is None:
+            return None
+        message = encode_state(request, state)
+        if message is None:  # too large for one publication
+            for frame in state.queued:
+                session.push_nowait(frame)
+        return message
+
+    # --- draining: leave what is still held in Redis -------------------------
+
+    async def park_all(self) -> int:
+        """Write each session still held to `npc:handover:<id>` for its resume window."""
+        client = self._client()
+        if client is None or not self.broker.available:
+            return 0
+        now, window = self.node.clock(), self.node.config.limits.resume_window
+        pipe = client.pipeline(transaction=False)
+        parked = 0
+        for session in self.node.hub.all_sessions():
+            left = window - (0.0 if session.detached_at is None else now - session.detached_at)
+            message = self._park_message(session)
+            if message is not None and left > 0:
+                pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
+                parked += 1
+        if parked:
+            await pipe.execute()
+        self.stats.parked += parked
+        return parked
+
+    def _park_message(self, session: Session) -> dict[str, Any] | None:
+        if session.state is SessionState.EXPIRED:
+            return None
+        first = session.last_seq - len(session.replay)
+        return self._export("parked", session, first)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)

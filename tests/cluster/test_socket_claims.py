@@ -1,0 +1,105 @@
+"""The cluster-wide socket cap against a real redis-server, on a fake wall clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+import redis.asyncio as aioredis
+
+from npc_server.brokers.redis import RedisBroker
+from npc_server.cluster.sockets import KEY, LEASE, Claim, SocketClaims
+from npc_server.node import Node
+from npc_server.npcs import load_npcs
+from tests.support.redis import RedisServer, redis_server
+from tests.support.server import DEMO_NPCS, server_config
+from tests.support.wait import wait_until
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@asynccontextmanager
+async def two_nodes(
+    redis: RedisServer, wall: Wall, policy: str = "refuse"
+) -> AsyncIterator[tuple[SocketClaims, SocketClaims]]:
+    config = server_config(limits={"max_sockets_per_player": 1, "sockets_policy": policy})
+    npcs = load_npcs(DEMO_NPCS)
+    nodes = [Node(config, npcs, broker=RedisBroker(redis.url, name)) for name in "ab"]
+    for node in nodes:
+        await node.broker.start()
+    try:
+        yield SocketClaims(nodes[0], wall), SocketClaims(nodes[1], wall)
+    finally:
+        for node in nodes:
+            await node.broker.aclose()
+
+
+async def test_a_claim_over_the_cap_is_refused_until_the_dead_nodes_lapse(
+    redis: RedisServer,
+) -> None:
+    """A's unrenewed claim counts on B until LEASE has passed on the wall clock."""
+    wall = Wall()
+    async with two_nodes(redis, wall) as (a, b):
+        assert await a.claim("alice", "s-a-1") is Claim.GRANTED
+        assert await b.claim("alice", "s-b-1") is Claim.REFUSED
+        wall.now += LEASE + 1  # A died: it renewed nothing
+        assert await b.claim("alice", "s-b-1") is Claim.GRANTED
+        assert b.statistics().refused == 1
+
+
+async def test_renewing_keeps_a_claim_and_a_release_only_drops_its_own(
+    redis: RedisServer,
+) -> None:
+    """An attached session's claim is renewed; a release never drops another node's claim."""
+    wall = Wall()
+    async with two_nodes(redis, wall) as (a, b):
+        session = a.node.open_session("alice")
+        session.attach(object(), lambda: None, lambda code: None)
+        assert await a.claim("alice", session.id) is Claim.GRANTED
+        wall.now += LEASE - 1
+        await a.renew()
+        wall.now += 2  # past the first lease, within the renewed one
+        assert await b.claim("alice", "s-b-1") is Claim.REFUSED
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            await released(b, session.id)  # B never held it: nothing changes
+            assert await client.hexists(KEY + "alice", session.id)
+            await released(a, session.id)
+            assert not await client.hexists(KEY + "alice", session.id)
+        finally:
+            await client.aclose()
+        assert await b.claim("alice", "s-b-1") is Claim.GRANTED
+
+
+async def released(claims: SocketClaims, session: str) -> None:
+    task = claims.release_nowait("alice", session)
+    assert task is not None
+    await task
+
+
+async def test_replace_names_the_oldest_and_closes_it_on_its_node(redis: RedisServer) -> None:
+    """Policy replace: B's claim succeeds and A's oldest attached session gets REPLACED."""
+    wall = Wall()
+    async with two_nodes(redis, wall, policy="replace") as (a, b):
+        session = a.node.open_session("alice")
+        closes: list[int] = []
+        session.attach(object(), lambda: None, closes.append)
+        await a.node.broker.wait_subscribed()  # type: ignore[attr-defined]
+        assert await a.claim("alice", session.id) is Claim.GRANTED
+        wall.now += 1
+        assert await b.claim("alice", "s-b-1") is Claim.GRANTED
+        await wait_until(lambda: bool(closes), what="A closing its socket")
+        assert closes == [4503] and b.statistics().replaced == 1
