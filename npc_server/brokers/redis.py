@@ -68,6 +68,23 @@ def check_reachable(url: str) -> None:
         client.close()
 
 
+async def _cancelled(tasks: list[asyncio.Task[Any]], tries: int = 5) -> None:
+    """Cancel `tasks` and wait for them; again if one swallowed its cancel (redis-py can,
+    inside a SUBSCRIBE), so that closing never hangs."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(tries):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.warning("%d Redis broker tasks did not stop", len(pending))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an error here was reported where it happened
+
+
 def _publish_commands(batch: list[tuple[str, bytes]]) -> bytes:
     """`PUBLISH channel data` for each publication, as RESP, in one buffer."""
     parts: list[bytes] = []
@@ -107,6 +124,7 @@ class RedisBroker:
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
         self._sent = self._received = self._rejected = self._lost = 0
         self._number = 0  # of this node's publications
         self._from: dict[str, int] = {}  # origin -> number of its last publication delivered
@@ -234,10 +252,8 @@ class RedisBroker:
         self._reader = asyncio.create_task(self._read(), name="redis-broker-reader")
 
     async def aclose(self) -> None:
-        tasks = [t for t in (self._reader, self._flusher) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = (self._reader, self._flusher, self._syncer)
+        await _cancelled([t for t in tasks if t is not None])
         if self._pending and self.connected:
             with contextlib.suppress(*self._errors, TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -341,6 +357,7 @@ class RedisBroker:
         self._report_gaps()
         self._changed.set()  # (re)subscribe every channel on a new connection
         syncer = asyncio.create_task(self._keep_synced(pubsub), name="redis-broker-sync")
+        self._syncer = syncer
         try:
             while True:
                 message = await pubsub.get_message(timeout=READ_TIMEOUT)
@@ -356,8 +373,7 @@ class RedisBroker:
                     self._set_connected(True)  # a publish failed, but Redis answers again
                     self._report_gaps()
         finally:
-            syncer.cancel()
-            await asyncio.gather(syncer, return_exceptions=True)
+            await _cancelled([syncer])
 
     async def _keep_synced(self, pubsub: Any) -> None:
         subscribed: set[str] = set()

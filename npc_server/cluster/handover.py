@@ -152,6 +152,8 @@ class SessionHandover:
             self._resuming.remove(pending)
             for channel in pending.channels:
                 self.broker.unsubscribe(channel, standin)
+                if self.node.cluster is not None:
+                    self.node.cluster.remote.release(channel)
         installed = self._install(pending, state, limits.rooms_per_player)
         self.stats.resumed += installed is not None
         self.stats.snapshots += installed is None
@@ -160,6 +162,8 @@ class SessionHandover:
     def _listen(self, pending: _Pending, channels: list[str]) -> None:
         for channel in channels:
             self.broker.subscribe(channel, pending.standin)
+            if self.node.cluster is not None:  # turns under way for it come mid-stream
+                self.node.cluster.remote.adopt(channel)
         pending.channels.extend(channels)
 
     async def _subscribed(self) -> None:

@@ -69,6 +69,9 @@ class RemoteTurns:
         self._duplicate_snapshots: set[str] = set()
         # Says queued on another node for a session here: turn id -> (node, session channel).
         self._queued: dict[str, tuple[str, str]] = {}
+        # Channels a session moving here listens to (a handover): turns under way on
+        # them are followed from the frame that comes, as the session saw their start.
+        self._adopting: dict[str, int] = {}
 
     def observe(self, origin: str, number: int, channel: str, frame: ServerFrame) -> bool:
         """Follow one frame from another node; False drops it (its turn ended here)."""
@@ -79,6 +82,9 @@ class RemoteTurns:
                     return False  # the text of a catch-up start dropped below
                 turn.parts.append(frame.text)
                 turn.chars = frame.at + len(frame.text)
+                return True
+            if self._adopting and channel in self._adopting:
+                self._learn(origin, number, channel, frame)
                 return True
             return False
         if type(frame) is TurnStart:
@@ -107,7 +113,7 @@ class RemoteTurns:
             )
             return True
         if type(frame) is Action and frame.turn not in self._open:
-            return False
+            return channel in self._adopting
         turn_id = getattr(frame, "turn", None)
         if not isinstance(turn_id, str):
             return True
@@ -120,6 +126,25 @@ class RemoteTurns:
             self._queued.pop(turn_id, None)
             self._duplicate_snapshots.discard(turn_id)
         return turn_id not in self._ended
+
+    def adopt(self, channel: str) -> None:
+        """A session moving here subscribes `channel`: follow turns already under way."""
+        self._adopting[channel] = self._adopting.get(channel, 0) + 1
+
+    def release(self, channel: str) -> None:
+        left = self._adopting.get(channel, 0) - 1
+        if left > 0:
+            self._adopting[channel] = left
+        else:
+            self._adopting.pop(channel, None)
+
+    def _learn(self, origin: str, number: int, channel: str, delta: Delta) -> None:
+        # Its start came before: only what follows is known (the text from `at` on).
+        self._order += 1
+        turn = RemoteTurn(delta.turn, origin, channel, "", "", None, self._order, number)
+        turn.parts.append(delta.text)
+        turn.chars = delta.at + len(delta.text)
+        self._open[delta.turn] = turn
 
     def _duplicate_snapshot(self, turn_id: str, channel: str) -> bool:
         if turn_id in self._duplicate_snapshots and channel.startswith("session:"):

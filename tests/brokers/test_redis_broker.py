@@ -268,3 +268,19 @@ def test_a_nodes_own_publications_are_known_by_their_first_bytes() -> None:
         assert data.startswith(mine)
     assert not wire.encode_frame("node-ab", Delta("t1", "x", 0), None, 1).startswith(mine)
     assert not wire.encode_frame("node-b", Delta("t1", "x", 0), None, 1).startswith(mine)
+
+
+async def test_closing_right_after_a_subscription_change_never_hangs(redis: RedisServer) -> None:
+    """`aclose` ends every task of the broker even when it comes while a SUBSCRIBE or
+    UNSUBSCRIBE is in flight (redis-py may swallow a cancel there)."""
+    for index in range(10):
+        broker = RedisBroker(redis.url, f"n{index}")
+        await broker.start()
+        await asyncio.wait_for(broker.wait_subscribed(), WAIT)
+        sink = Sink("s1", "alice")
+        broker.subscribe(ROOM, sink)
+        await asyncio.sleep(0)  # let the subscription go out: the close races it
+        broker.unsubscribe(ROOM, sink)
+        await asyncio.wait_for(broker.aclose(), WAIT)
+        left = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-broker")]
+        assert not [t for t in left if not t.done()]

@@ -141,3 +141,16 @@ async def test_a_stray_owner_key_is_taken_over(redis: RedisServer) -> None:
         await leases.aclose()
     finally:
         await client.aclose()
+
+
+def test_a_turn_under_way_is_followed_on_a_channel_a_moving_session_adopts() -> None:
+    """Deltas of a turn whose start this node never saw are dropped, unless a session
+    moving here (a handover) listens on that channel: then they pass and are followed."""
+    turns = RemoteTurns(Local())
+    assert not turns.observe("a", 5, "player:alice", Delta("t-a-1", "lo", 3))
+    turns.adopt("player:alice")
+    assert turns.observe("a", 6, "player:alice", Delta("t-a-1", " there", 5))
+    turns.release("player:alice")
+    assert turns.observe("a", 7, "player:alice", Delta("t-a-1", "!", 11))
+    assert turns.get("t-a-1") is not None and turns.written_on("player:alice") == {"t-a-1": 12}
+    assert not turns.observe("a", 8, "player:alice", Delta("t-a-2", "new", 3))
