@@ -393,6 +393,19 @@ class Node:
         if self.cluster is not None:
             self.cluster.leases.release_nowait(conversation.npc.id, audience.key)
 
+    def turns_under_way_for(self, session: Session) -> list[tuple[str, str]]:
+        """The turns under way that `session` is in, run here or relayed, with channels."""
+        turns = [
+            (turn.id, conversation.channel)
+            for conversation, turn in self.turns.active()
+            if self.sees(session, conversation.audience)
+        ]
+        if self.cluster is not None:
+            channels = {f"player:{session.player}"}
+            channels.update(f"room:{room}" for room in self.hub.rooms_of(session.player))
+            turns.extend((t.id, t.channel) for t in self.cluster.remote.open_on(channels))
+        return turns
+
     def audience_snapshot(self, audience: Audience) -> list[ServerFrame]:
         """What a newcomer to `audience` needs of this node's turns for it: each active
         turn as `turn.start` and one `delta` at 0, then actions waiting for approval."""

@@ -27,6 +27,7 @@ session and a snapshot, as before.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import Mapping
@@ -260,6 +261,8 @@ class SessionHandover:
             node.hub.join(room, state.player, quiet=True)
         self._restore_contexts(state)
         session.restore_nowait(state.last_seq, state.replay)
+        if node.cluster is not None:  # the new node follows them from their next frame
+            node.cluster.remote.follow(state.turns, node.turns.get)
         kept = standin.kept(state.position)
         for frame in (*state.queued, *kept):
             session.push_nowait(frame)
@@ -357,6 +360,7 @@ class SessionHandover:
         state = export_state(session, after, rooms, self.broker.position(), contexts)
         if state is None:
             return None
+        state = dataclasses.replace(state, turns=node.turns_under_way_for(session))
         message = encode_state(request, state)
         if message is None:  # too large for one publication
             for frame in state.queued:

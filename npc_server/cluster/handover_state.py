@@ -46,6 +46,9 @@ class SessionExport:
     rooms: list[str]
     position: dict[str, int]  # the old node's broker position at export
     contexts: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Turns under way that the session is in, with their channels: followed at once
+    # on the new node, which may not have seen them start.
+    turns: list[tuple[str, str]] = field(default_factory=list)
 
 
 def export_state(
@@ -91,6 +94,7 @@ def encode_state(request: str, state: SessionExport) -> dict[str, Any] | None:
         "rooms": list(state.rooms),
         "position": dict(state.position),
         "contexts": {scope: dict(data) for scope, data in state.contexts.items()},
+        "turns": [[turn, channel] for turn, channel in state.turns],
     }
     if len(msgpack.packb(message, use_bin_type=True)) > MAX_STATE_BYTES:
         return None
@@ -119,7 +123,20 @@ def decode_state(
     rooms = check_rooms(message.get("rooms"))
     position = _position(message.get("position"))
     contexts = _contexts(message.get("contexts"))
-    return SessionExport(session, player, last_seq, replay, queued, rooms, position, contexts)
+    turns = _turns(message.get("turns", []))
+    return SessionExport(
+        session, player, last_seq, replay, queued, rooms, position, contexts, turns
+    )
+
+
+def _turns(value: Any) -> list[tuple[str, str]]:
+    turns = []
+    for entry in _list(value, "turns", 1024):
+        ok = isinstance(entry, list) and len(entry) == 2
+        if not ok or not all(isinstance(v, str) and 0 < len(v) <= MAX_ID * 4 for v in entry):
+            raise BadState(f"a turn under way must be [turn id, channel], not {entry!r:.80}")
+        turns.append((entry[0], entry[1]))
+    return turns
 
 
 def _seq_at_most(entry: list[Any], seq: int) -> bool:

@@ -138,6 +138,20 @@ class RemoteTurns:
         else:
             self._adopting.pop(channel, None)
 
+    def follow(
+        self, turns: list[tuple[str, str]], is_local: Callable[[str], object | None]
+    ) -> None:
+        """Turns under way that a session handed over to this node is in (ids and
+        channels, from its old node): their next frames reach it."""
+        from npc_server.cluster.forward import owner_of
+
+        for turn_id, channel in turns:
+            if turn_id in self._open or turn_id in self._ended or is_local(turn_id):
+                continue
+            self._order += 1
+            origin = owner_of(turn_id) or ""
+            self._open[turn_id] = RemoteTurn(turn_id, origin, channel, "", "", None, self._order, 0)
+
     def _learn(self, origin: str, number: int, channel: str, delta: Delta) -> None:
         # Its start came before: only what follows is known (the text from `at` on).
         self._order += 1
@@ -154,6 +168,9 @@ class RemoteTurns:
 
     def get(self, turn_id: str) -> RemoteTurn | None:
         return self._open.get(turn_id)
+
+    def open_on(self, channels: set[str]) -> list[RemoteTurn]:
+        return [t for t in self._open.values() if t.channel in channels]
 
     def origins(self) -> set[str]:
         return {turn.origin for turn in self._open.values()}
