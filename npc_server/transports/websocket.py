@@ -17,6 +17,7 @@ from typing import Any
 
 from npc_server.events import Connected, Limited
 from npc_server.handlers import handle_request
+from npc_server.hypercorn_fixes import DirectWrites, direct_writes
 from npc_server.node import Node
 from npc_server.protocol.codec import encode_server_frame
 from npc_server.protocol.codes import CloseCode, ErrorCode
@@ -216,6 +217,10 @@ class WebSocketEdge(ClientLink):
         self.request_close(CloseCode.GOING_AWAY, "the session ended")
 
     async def _write_loop(self, session: Session, wake: _Wake) -> None:
+        direct = direct_writes(self._send)
+        if direct is not None:
+            await self._write_direct(session, wake, direct)
+            return
         send = self._send
         clock = self.node.clock
         ready = self.ready
@@ -226,6 +231,25 @@ class WebSocketEdge(ClientLink):
                 for data in batch:
                     await send({"type": "websocket.send", "bytes": data})
                 self.write_finished()
+                continue
+            ready.clear()
+            if session.held_until is not None:
+                wake.at(session.held_until, clock())
+            await ready.wait()
+
+    async def _write_direct(self, session: Session, wake: _Wake, direct: DirectWrites) -> None:
+        # Fix 7 of hypercorn_fixes: a batch is one transport.write. Only the
+        # drain of a full buffer can wait, so only it counts as a pending write.
+        clock = self.node.clock
+        ready = self.ready
+        write = direct.write_nowait
+        while session.owner is self:
+            batch = session.take_writes_nowait(clock())
+            if batch:
+                if write(batch):
+                    self.write_started()
+                    await direct.drain()
+                    self.write_finished()
                 continue
             ready.clear()
             if session.held_until is not None:
