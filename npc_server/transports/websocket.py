@@ -61,6 +61,9 @@ class WebSocketEdge(ClientLink):
         self._receive = receive
         self._send = send
         self.conn = conn
+        self.ready: _Ready = _Ready()
+        # "direct" once the writer frames its own messages (hypercorn_fixes fix 7).
+        self.write_path = "hypercorn"
 
     # --- I/O --------------------------------------------------------------
 
@@ -219,6 +222,7 @@ class WebSocketEdge(ClientLink):
     async def _write_loop(self, session: Session, wake: _Wake) -> None:
         direct = direct_writes(self._send)
         if direct is not None:
+            self.write_path = "direct"
             await self._write_direct(session, wake, direct)
             return
         send = self._send
@@ -238,23 +242,90 @@ class WebSocketEdge(ClientLink):
             await ready.wait()
 
     async def _write_direct(self, session: Session, wake: _Wake, direct: DirectWrites) -> None:
-        # Fix 7 of hypercorn_fixes: a batch is one transport.write. Only the
-        # drain of a full buffer can wait, so only it counts as a pending write.
-        clock = self.node.clock
-        ready = self.ready
-        write = direct.write_nowait
-        while session.owner is self:
-            batch = session.take_writes_nowait(clock())
-            if batch:
-                if write(batch):
+        # Fix 7 of hypercorn_fixes: writing is synchronous, so a push needs no
+        # task switch: `ready.set()` schedules one `_flush_nowait` per loop
+        # iteration, which writes the batch as one transport.write. This task
+        # only waits out the drain of a full buffer (a slow reader), which is
+        # then the pending write that `tick` times; nothing is written meanwhile,
+        # so what comes waits in the bounded queue.
+        flush = _DirectFlush(self, session, wake, direct)
+        self.ready.direct = flush
+        try:
+            flush.flush_nowait()  # what was queued before the writer started
+            while session.owner is self:
+                await flush.drain_wanted.wait()
+                flush.drain_wanted.clear()
+                if flush.draining:
                     self.write_started()
                     await direct.drain()
                     self.write_finished()
-                continue
-            ready.clear()
-            if session.held_until is not None:
-                wake.at(session.held_until, clock())
-            await ready.wait()
+                    flush.draining = False
+                    flush.flush_nowait()
+        finally:
+            self.ready.direct = None
+
+
+class _DirectFlush:
+    """Writes what a session may send now, from a loop callback (see `_write_direct`)."""
+
+    __slots__ = ("direct", "drain_wanted", "draining", "edge", "session", "wake")
+
+    def __init__(
+        self, edge: WebSocketEdge, session: Session, wake: _Wake, direct: DirectWrites
+    ) -> None:
+        self.edge = edge
+        self.session = session
+        self.wake = wake
+        self.direct = direct
+        self.draining = False
+        self.drain_wanted = asyncio.Event()
+
+    def flush_nowait(self) -> None:
+        session = self.session
+        if self.draining:
+            return
+        if session.owner is not self.edge:
+            self.drain_wanted.set()  # the writer task ends and closes the socket
+            return
+        try:
+            now = self.edge.node.clock()
+            batch = session.take_writes_nowait(now)
+            if batch and self.direct.write_nowait(batch):
+                self.draining = True
+                self.drain_wanted.set()
+            elif session.held_until is not None:
+                self.wake.at(session.held_until, now)
+        except Exception:
+            # As in the writer task: a failed write closes this socket only.
+            self.edge.request_close(None)
+
+
+class _Ready(asyncio.Event):
+    """A WebSocketEdge's `ready` (the session's `on_ready`).
+
+    Without direct writes it is the event the writer task waits on. With them,
+    `set()` schedules one flush for the next loop iteration instead, so every
+    frame pushed until then goes out in the same write.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct: _DirectFlush | None = None
+        self._scheduled = False
+        # Held, not looked up per set(): get_running_loop() costs a getpid() on 3.11.
+        self._loop = asyncio.get_running_loop()
+
+    def set(self) -> None:
+        if self.direct is None:
+            super().set()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self.direct is not None:
+            self.direct.flush_nowait()
 
 
 class _Wake:
