@@ -160,7 +160,9 @@ async def test_a_reader_that_stops_is_closed_by_the_write_stall_watchdog() -> No
                 await ws.next_frames()
                 assert [edge.write_path for edge in edges(server)] == ["direct"]
                 ws.send_msg({"t": "say", "id": 1, "npc": "bard", "text": "sing"})
-                writer.transport.pause_reading()  # and never read again
+                transport = writer.transport
+                assert isinstance(transport, asyncio.Transport)
+                transport.pause_reading()  # and never read again
                 await wait_until(lambda: bool(closes(events)), timeout=20, what="a slow close")
         finally:
             writer.close()
