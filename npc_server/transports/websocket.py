@@ -30,6 +30,7 @@ from npc_server.protocol.connection import (
 from npc_server.protocol.frames import Hello, Ping, Pong, Refresh, ServerPong
 from npc_server.session import Session
 from npc_server.transports.base import ClientLink, Refusal
+from npc_server.transports.direct import DirectFlush, ReadySignal, Wake
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class WebSocketEdge(ClientLink):
         self._receive = receive
         self._send = send
         self.conn = conn
-        self.ready: _Ready = _Ready()
+        self.ready: ReadySignal = ReadySignal()
         # "direct" once the writer frames its own messages (hypercorn_fixes fix 7).
         self.write_path = "hypercorn"
 
@@ -205,8 +206,8 @@ class WebSocketEdge(ClientLink):
         # No timer per write (5 us each, a quarter of a frame's cost): `tick`
         # closes the socket when one batch has been pending over write_timeout.
         # One wake-up writes everything its socket may get now; a pacing window
-        # adds one timer per socket at most (`_Wake`), never one per frame.
-        wake = _Wake(self.ready)
+        # adds one timer per socket at most (`Wake`), never one per frame.
+        wake = Wake(self.ready)
         try:
             await self._write_loop(session, wake)
         except asyncio.CancelledError:
@@ -219,7 +220,7 @@ class WebSocketEdge(ClientLink):
         # The session was taken over or ended: this socket must not stay open and silent.
         self.request_close(CloseCode.GOING_AWAY, "the session ended")
 
-    async def _write_loop(self, session: Session, wake: _Wake) -> None:
+    async def _write_loop(self, session: Session, wake: Wake) -> None:
         direct = direct_writes(self._send)
         if direct is not None:
             self.write_path = "direct"
@@ -241,14 +242,10 @@ class WebSocketEdge(ClientLink):
                 wake.at(session.held_until, clock())
             await ready.wait()
 
-    async def _write_direct(self, session: Session, wake: _Wake, direct: DirectWrites) -> None:
-        # Fix 7 of hypercorn_fixes: writing is synchronous, so a push needs no
-        # task switch: `ready.set()` schedules one `_flush_nowait` per loop
-        # iteration, which writes the batch as one transport.write. This task
-        # only waits out the drain of a full buffer (a slow reader), which is
-        # then the pending write that `tick` times; nothing is written meanwhile,
-        # so what comes waits in the bounded queue.
-        flush = _DirectFlush(self, session, wake, direct)
+    async def _write_direct(self, session: Session, wake: Wake, direct: DirectWrites) -> None:
+        # Fix 7 of hypercorn_fixes; see transports/direct.py. This task only
+        # waits out drains, each timed by `tick` as a pending write.
+        flush = DirectFlush(self, session, wake, direct)
         self.ready.direct = flush
         try:
             flush.flush_nowait()  # what was queued before the writer started
@@ -263,98 +260,6 @@ class WebSocketEdge(ClientLink):
                     flush.flush_nowait()
         finally:
             self.ready.direct = None
-
-
-class _DirectFlush:
-    """Writes what a session may send now, from a loop callback (see `_write_direct`)."""
-
-    __slots__ = ("direct", "drain_wanted", "draining", "edge", "session", "wake")
-
-    def __init__(
-        self, edge: WebSocketEdge, session: Session, wake: _Wake, direct: DirectWrites
-    ) -> None:
-        self.edge = edge
-        self.session = session
-        self.wake = wake
-        self.direct = direct
-        self.draining = False
-        self.drain_wanted = asyncio.Event()
-
-    def flush_nowait(self) -> None:
-        session = self.session
-        if self.draining:
-            return
-        if session.owner is not self.edge:
-            self.drain_wanted.set()  # the writer task ends and closes the socket
-            return
-        try:
-            now = self.edge.node.clock()
-            batch = session.take_writes_nowait(now)
-            if batch and self.direct.write_nowait(batch):
-                self.draining = True
-                self.drain_wanted.set()
-            elif session.held_until is not None:
-                self.wake.at(session.held_until, now)
-        except Exception:
-            # As in the writer task: a failed write closes this socket only.
-            self.edge.request_close(None)
-
-
-class _Ready(asyncio.Event):
-    """A WebSocketEdge's `ready` (the session's `on_ready`).
-
-    Without direct writes it is the event the writer task waits on. With them,
-    `set()` schedules one flush for the next loop iteration instead, so every
-    frame pushed until then goes out in the same write.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.direct: _DirectFlush | None = None
-        self._scheduled = False
-        # Held, not looked up per set(): get_running_loop() costs a getpid() on 3.11.
-        self._loop = asyncio.get_running_loop()
-
-    def set(self) -> None:
-        if self.direct is None:
-            super().set()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        if self.direct is not None:
-            self.direct.flush_nowait()
-
-
-class _Wake:
-    """At most one pending timer that sets the writer's `ready` event."""
-
-    __slots__ = ("_at", "_handle", "_ready")
-
-    def __init__(self, ready: asyncio.Event) -> None:
-        self._ready = ready
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-
-    def at(self, when: float, now: float) -> None:
-        """Wake the writer at `when` (on the node's clock), unless already due then."""
-        if self._handle is not None and self._at == when:
-            return
-        self.cancel()
-        self._at = when
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(max(0.0, when - now), self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        self._ready.set()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class NpcWebsocketConnection:
