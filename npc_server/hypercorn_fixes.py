@@ -25,12 +25,22 @@ does it), after checking the versions and that every patched attribute exists:
 6. A request with both Content-Length and Transfer-Encoding ends its
    connection after the response (RFC 9112 6.3: a smuggling attempt). h11
    lets Transfer-Encoding win, as it should, but kept the connection alive.
+7. Binary messages can skip Hypercorn's per-message path. Each `send` goes
+   through `app_send`, wsproto's serialisation, `stream_send` and a lock with
+   `drain()`: about the whole per-token budget of issue 11. `direct_writes()`
+   hands the socket edge the connection's transport to write its own frames
+   to (`transports/framing.py`), or None, with the reason logged, wherever
+   the path is not the one checked here (another worker class, HTTP/2, an
+   extension such as permessage-deflate). Not a patch: nothing of Hypercorn's
+   changes, so its own writes (pongs, close frames) go on as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
 
@@ -38,9 +48,12 @@ import h11
 import h11._connection
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol.events import StreamClosed
-from hypercorn.protocol.ws_stream import Handshake, WSStream
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection
+
+from npc_server.transports.framing import binary_frames
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +88,11 @@ def check_dependencies() -> None:
         (Handshake, "accept"),
         (Connection(ConnectionType.SERVER), "_events"),
         (h11._connection, "_keep_alive"),
+        # Fix 7 follows app_send -> stream_send -> protocol_send to the transport.
+        (H11Protocol, "stream_send"),
+        (TCPServer, "protocol_send"),
+        (ASGIWebsocketState, "CONNECTED"),
+        (Connection(ConnectionType.SERVER), "_proto"),
     ]
     for owner, attribute in needed:
         if not hasattr(owner, attribute):
@@ -82,7 +100,7 @@ def check_dependencies() -> None:
 
 
 def install_fixes() -> None:
-    """Install fixes 1-3, 5 and 6; idempotent."""
+    """Install fixes 1-3, 5 and 6 and allow 7; idempotent."""
     global _installed
     if _installed:
         return
@@ -182,3 +200,102 @@ def set_websocket_compression(enabled: bool) -> None:
         return _ORIGINAL_ACCEPT(self, *args, **kwargs)
 
     Handshake.accept = accept  # type: ignore[method-assign]
+
+
+class DirectWrites:
+    """Fix 7: one accepted WebSocket's binary messages, written to its transport.
+
+    Writes are synchronous and whole, so they never interleave with
+    Hypercorn's own frames; they go out in the order they are made. What
+    Hypercorn does on a dead or closing connection is kept: messages are
+    dropped without an error (its reader reports the disconnect), and no data
+    follows a close frame (wsproto's state says when one was sent or came).
+    """
+
+    __slots__ = ("_connection", "_stream", "_transport", "_writer")
+
+    def __init__(
+        self, stream: WSStream, connection: Connection, writer: asyncio.StreamWriter
+    ) -> None:
+        self._stream = stream
+        self._connection = connection
+        self._writer = writer
+        self._transport = writer.transport
+
+    @property
+    def writable(self) -> bool:
+        """Whether data frames may still go out (no close sent or received)."""
+        return (
+            not self._stream.closed
+            and self._connection.state is ConnectionState.OPEN
+            and not self._transport.is_closing()
+        )
+
+    def write_nowait(self, messages: Sequence[bytes]) -> bool:
+        """Write `messages` as binary frames; whether some wait in the buffer (then drain)."""
+        if not self.writable:
+            return False
+        try:
+            self._transport.write(binary_frames(messages))
+        except (ConnectionError, RuntimeError):
+            return False  # closed under us: Hypercorn's reader reports it
+        return self._transport.get_write_buffer_size() > 0
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark (a slow reader)."""
+        # As in Hypercorn's protocol_send: a lost connection is its reader's to report.
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
+
+
+_reported: set[str] = set()
+
+
+def direct_writes(send: Any) -> DirectWrites | None:
+    """Fix 7 for the ASGI `send` of an accepted WebSocket, or None (reason logged once)."""
+    found = _direct_writes(send)
+    if isinstance(found, str):
+        if found not in _reported:
+            _reported.add(found)
+            log.info("WebSocket messages go through Hypercorn's send: %s", found)
+        return None
+    return found
+
+
+def _direct_writes(send: Any) -> DirectWrites | str:
+    if not _installed:
+        return "the Hypercorn fixes are not installed"
+    stream = _bound_to(send, WSStream.app_send)
+    if not isinstance(stream, WSStream):
+        return "the ASGI send is not Hypercorn's WSStream.app_send"
+    if getattr(stream, "state", None) is not ASGIWebsocketState.CONNECTED:
+        return "the WebSocket is not accepted"
+    connection = getattr(stream, "connection", None)
+    if not isinstance(connection, Connection):
+        return "the stream has no wsproto connection"
+    extensions = getattr(getattr(connection, "_proto", None), "extensions", None)
+    if not isinstance(extensions, list):
+        return "wsproto's negotiated extensions cannot be read"
+    if any(extension.enabled() for extension in extensions):
+        return "an extension (permessage-deflate) was negotiated"
+    return _transport_of(stream, connection)
+
+
+def _transport_of(stream: WSStream, connection: Connection) -> DirectWrites | str:
+    protocol = _bound_to(stream.send, H11Protocol.stream_send)
+    if not isinstance(protocol, H11Protocol):
+        return "the WebSocket is not on HTTP/1.1 (HTTP/2 frames its own data)"
+    server = _bound_to(protocol.send, TCPServer.protocol_send)
+    if not isinstance(server, TCPServer):
+        return "the connection is not Hypercorn's asyncio TCPServer"
+    writer = getattr(server, "writer", None)
+    if not isinstance(writer, asyncio.StreamWriter) or writer.transport is None:
+        return "the TCPServer has no asyncio StreamWriter"
+    return DirectWrites(stream, connection, writer)
+
+
+def _bound_to(method: Any, function: Any) -> object:
+    """The object `method` is `function` bound to, or None."""
+    if getattr(method, "__func__", None) is not function:
+        return None
+    return getattr(method, "__self__", None)

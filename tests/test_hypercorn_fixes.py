@@ -1,16 +1,23 @@
-"""Hypercorn fixes, over real sockets: close frames on protocol violations, ambiguous bodies."""
+"""Hypercorn fixes, over real sockets: close frames on protocol violations, ambiguous bodies;
+the fast write path's fallbacks on real Hypercorn and wsproto objects."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from unittest import mock
 
 import h11._connection
 import pytest
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from wsproto.connection import Connection, ConnectionType
+from wsproto.extensions import PerMessageDeflate
 
 from npc_server import hypercorn_fixes
 from npc_server.hypercorn_fixes import UnsupportedDependency, check_dependencies
@@ -111,4 +118,98 @@ def test_a_missing_attribute_refuses_to_install() -> None:
     with mock.patch.object(h11._connection, "_keep_alive", create=False):
         del h11._connection._keep_alive
         with pytest.raises(UnsupportedDependency, match="_keep_alive"):
+            check_dependencies()
+
+
+def accepted_stream(connection: Connection, send: Any = None) -> WSStream:
+    """A WSStream in the state an accepted WebSocket's is in, without a socket."""
+    stream = WSStream.__new__(WSStream)
+    stream.state = ASGIWebsocketState.CONNECTED
+    stream.connection = connection
+    stream.closed = False
+    stream.send = send
+    return stream
+
+
+def fallback_reason(send: Any, caplog: pytest.LogCaptureFixture) -> str:
+    """What `direct_writes(send)` logged when it returned None."""
+    hypercorn_fixes._reported.clear()
+    with caplog.at_level(logging.INFO, logger="npc_server.hypercorn_fixes"):
+        assert hypercorn_fixes.direct_writes(send) is None
+    [record] = [r for r in caplog.records if r.name == "npc_server.hypercorn_fixes"]
+    return record.getMessage()
+
+
+@pytest.fixture
+def fixes_installed() -> None:
+    hypercorn_fixes.install_fixes()
+
+
+@pytest.mark.usefixtures("fixes_installed")
+def test_direct_writes_refuse_a_send_that_is_not_hypercorns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another server's (or a wrapped) send falls back to the normal path, saying why."""
+
+    async def send(message: Any) -> None:
+        return None
+
+    assert "not Hypercorn's WSStream.app_send" in fallback_reason(send, caplog)
+
+
+def test_direct_writes_need_the_fixes_installed(caplog: pytest.LogCaptureFixture) -> None:
+    """Without install_fixes() (versions not checked) nothing bypasses Hypercorn."""
+    stream = accepted_stream(Connection(ConnectionType.SERVER))
+    with mock.patch.object(hypercorn_fixes, "_installed", False):
+        assert "not installed" in fallback_reason(stream.app_send, caplog)
+
+
+@pytest.mark.usefixtures("fixes_installed")
+def test_direct_writes_fall_back_when_wsproto_internals_are_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wsproto without the attribute that tells the negotiated extensions: normal path."""
+    connection = Connection(ConnectionType.SERVER)
+    del connection._proto
+    stream = accepted_stream(connection)
+    assert "extensions cannot be read" in fallback_reason(stream.app_send, caplog)
+
+
+@pytest.mark.usefixtures("fixes_installed")
+def test_direct_writes_fall_back_when_permessage_deflate_was_negotiated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Compressed messages must go through wsproto's deflate: normal path."""
+    deflate = PerMessageDeflate()
+    deflate.accept("permessage-deflate")
+    stream = accepted_stream(Connection(ConnectionType.SERVER, [deflate]))
+    assert "permessage-deflate" in fallback_reason(stream.app_send, caplog)
+
+
+@pytest.mark.usefixtures("fixes_installed")
+def test_direct_writes_fall_back_off_http1_or_off_asyncio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream whose send is not H11Protocol.stream_send (HTTP/2, trio) is not bypassed."""
+
+    async def h2_send(event: Any) -> None:
+        return None
+
+    stream = accepted_stream(Connection(ConnectionType.SERVER), send=h2_send)
+    assert "not on HTTP/1.1" in fallback_reason(stream.app_send, caplog)
+
+
+@pytest.mark.usefixtures("fixes_installed")
+def test_direct_writes_wait_for_the_accept(caplog: pytest.LogCaptureFixture) -> None:
+    """Before websocket.accept there is no WebSocket to write frames to."""
+    stream = accepted_stream(Connection(ConnectionType.SERVER))
+    stream.state = ASGIWebsocketState.HANDSHAKE
+    assert "not accepted" in fallback_reason(stream.app_send, caplog)
+
+
+def test_a_missing_internal_of_the_write_path_refuses_to_install() -> None:
+    """Fix 7's route to the transport is checked with the other patched internals."""
+    with mock.patch.object(H11Protocol, "stream_send"):
+        del H11Protocol.stream_send
+        with pytest.raises(UnsupportedDependency, match="stream_send"):
             check_dependencies()

@@ -13,7 +13,7 @@ import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from npc_server.backends.base import ActionPiece, ToolCallPiece
@@ -52,6 +52,16 @@ class Topic:
     keywords: tuple[tuple[str, ...], ...]
     replies: tuple[Template, ...]
     when: Mapping[str, frozenset[str]]
+    # The keywords' first words: a say holding none of them skips the topic
+    # without scanning it (matching ran on every say, 7% of a busy server's CPU).
+    _firsts: frozenset[str] = field(init=False, repr=False, compare=False)
+    _first_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        firsts = [keyword[0] for keyword in self.keywords if keyword]
+        exact = frozenset(f for f in firsts if not f.endswith("*"))
+        object.__setattr__(self, "_firsts", exact)
+        object.__setattr__(self, "_first_prefixes", tuple(f[:-1] for f in firsts if f[-1:] == "*"))
 
     def score(self, words: Sequence[str], context: Mapping[str, Any]) -> tuple[int, int] | None:
         """(keyword hits, conditions met), or None when the topic does not apply.
@@ -62,6 +72,9 @@ class Topic:
         for key, allowed in self.when.items():
             if key not in context or display(context[key]).casefold() not in allowed:
                 return None
+        prefixes = self._first_prefixes
+        if self._firsts.isdisjoint(words) and not any(w.startswith(prefixes) for w in words):
+            return None
         hits = sum(1 for keyword in self.keywords if _contains(words, keyword))
         return (hits, len(self.when)) if hits else None
 
@@ -73,6 +86,8 @@ def display(value: Any) -> str:
 
 def _contains(words: Sequence[str], keyword: tuple[str, ...]) -> bool:
     """Whether the keyword's words occur in a row; `word*` matches a prefix."""
+    if len(keyword) == 1 and keyword[0][-1:] != "*":
+        return keyword[0] in words  # most keywords: one plain word
     return any(
         all(_word_matches(words[i + j], part) for j, part in enumerate(keyword))
         for i in range(len(words) - len(keyword) + 1)

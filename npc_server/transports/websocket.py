@@ -17,6 +17,7 @@ from typing import Any
 
 from npc_server.events import Connected, Limited
 from npc_server.handlers import handle_request
+from npc_server.hypercorn_fixes import DirectWrites, direct_writes
 from npc_server.node import Node
 from npc_server.protocol.codec import encode_server_frame
 from npc_server.protocol.codes import CloseCode, ErrorCode
@@ -29,6 +30,7 @@ from npc_server.protocol.connection import (
 from npc_server.protocol.frames import Hello, Ping, Pong, Refresh, ServerPong
 from npc_server.session import Session
 from npc_server.transports.base import ClientLink, Refusal
+from npc_server.transports.direct import DirectFlush, ReadySignal, Wake
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class WebSocketEdge(ClientLink):
         self._receive = receive
         self._send = send
         self.conn = conn
+        self.ready: ReadySignal = ReadySignal()
+        # "direct" once the writer frames its own messages (hypercorn_fixes fix 7).
+        self.write_path = "hypercorn"
 
     # --- I/O --------------------------------------------------------------
 
@@ -201,8 +206,8 @@ class WebSocketEdge(ClientLink):
         # No timer per write (5 us each, a quarter of a frame's cost): `tick`
         # closes the socket when one batch has been pending over write_timeout.
         # One wake-up writes everything its socket may get now; a pacing window
-        # adds one timer per socket at most (`_Wake`), never one per frame.
-        wake = _Wake(self.ready)
+        # adds one timer per socket at most (`Wake`), never one per frame.
+        wake = Wake(self.ready)
         try:
             await self._write_loop(session, wake)
         except asyncio.CancelledError:
@@ -215,7 +220,12 @@ class WebSocketEdge(ClientLink):
         # The session was taken over or ended: this socket must not stay open and silent.
         self.request_close(CloseCode.GOING_AWAY, "the session ended")
 
-    async def _write_loop(self, session: Session, wake: _Wake) -> None:
+    async def _write_loop(self, session: Session, wake: Wake) -> None:
+        direct = direct_writes(self._send)
+        if direct is not None:
+            self.write_path = "direct"
+            await self._write_direct(session, wake, direct)
+            return
         send = self._send
         clock = self.node.clock
         ready = self.ready
@@ -232,34 +242,24 @@ class WebSocketEdge(ClientLink):
                 wake.at(session.held_until, clock())
             await ready.wait()
 
-
-class _Wake:
-    """At most one pending timer that sets the writer's `ready` event."""
-
-    __slots__ = ("_at", "_handle", "_ready")
-
-    def __init__(self, ready: asyncio.Event) -> None:
-        self._ready = ready
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-
-    def at(self, when: float, now: float) -> None:
-        """Wake the writer at `when` (on the node's clock), unless already due then."""
-        if self._handle is not None and self._at == when:
-            return
-        self.cancel()
-        self._at = when
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(max(0.0, when - now), self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        self._ready.set()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    async def _write_direct(self, session: Session, wake: Wake, direct: DirectWrites) -> None:
+        # Fix 7 of hypercorn_fixes; see transports/direct.py. This task only
+        # waits out drains, each timed by `tick` as a pending write.
+        flush = DirectFlush(self, session, wake, direct)
+        self.ready.direct = flush
+        try:
+            flush.flush_nowait()  # what was queued before the writer started
+            while session.owner is self:
+                await flush.drain_wanted.wait()
+                flush.drain_wanted.clear()
+                if flush.draining:
+                    self.write_started()
+                    await direct.drain()
+                    self.write_finished()
+                    flush.draining = False
+                    flush.flush_nowait()
+        finally:
+            self.ready.direct = None
 
 
 class NpcWebsocketConnection:
