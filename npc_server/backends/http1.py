@@ -1,0 +1,253 @@
+"""A sans-I/O reader of HTTP/1.1 responses: bytes in, the head and the body's bytes out.
+
+Only what a streamed chat completion needs, read strictly where framing is at
+stake: a status line and headers (informational 1xx heads skipped), then a
+body framed by `transfer-encoding: chunked`, by `content-length`, or by the
+connection's end; `content-encoding` gzip or deflate is undone. Lines and
+heads are bounded, so a server cannot make the reader buffer without end.
+Each `feed` returns the body bytes that data completes, as one `bytes`, so
+a streamed event costs one slice, not an object per HTTP chunk.
+
+No asyncio here: `http_pool.py` drives it from a transport.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from http import HTTPStatus
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_LINE_BYTES = 4096  # a chunk-size or trailer line
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_STATUS = re.compile(r"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: (.*))?")
+
+
+class ProtocolError(ValueError):
+    """The server broke HTTP/1.1: a bad status line, header, chunk or length."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """Status, reason and headers (names lowercased; repeats joined with ", ")."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    keep_alive: bool
+
+
+class _State(Enum):
+    HEAD = "head"
+    SIZE = "chunk size"
+    DATA = "chunk data"
+    DATA_END = "chunk end"
+    TRAILERS = "trailers"
+    LENGTH = "content-length body"
+    UNTIL_CLOSE = "body until close"
+    DONE = "done"
+
+
+def parse_head(raw: bytes) -> ResponseHead:
+    """The head of a response, from its bytes up to (not including) the blank line."""
+    try:
+        text = raw.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise ProtocolError("the response head is not text") from None
+    status_line, *lines = text.replace("\r\n", "\n").split("\n")
+    match = _STATUS.fullmatch(status_line)
+    if match is None:
+        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    minor, code, reason = match.groups()
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise ProtocolError(f"not a header line: {line[:80]!r}")
+        name, value = name.lower(), value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    status = int(code)
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep_alive = "keep-alive" in tokens if minor == "0" else "close" not in tokens
+    return ResponseHead(status, reason or _phrase(status), headers, keep_alive)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class ResponseParser:
+    """Feed it the bytes of one response as they arrive; `head` is set once it is in."""
+
+    __slots__ = ("_buffer", "_decoder", "_remaining", "_state", "head", "trailing")
+
+    def __init__(self) -> None:
+        self._state = _State.HEAD
+        self._buffer = b""
+        self._remaining = 0
+        self._decoder: zlib._Decompress | None = None
+        self.head: ResponseHead | None = None
+        self.trailing = False  # bytes came after the response's end: the connection is spoiled
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has been read."""
+        return self._state is _State.DONE
+
+    @property
+    def reusable(self) -> bool:
+        """Complete, kept alive, and nothing after it: the connection may serve another request."""
+        head = self.head
+        return self.complete and not self.trailing and head is not None and head.keep_alive
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes `data` completes (b"" if none); raise `ProtocolError` on bad framing."""
+        state = self._state
+        if state is _State.DATA and not self._buffer and len(data) < self._remaining:
+            self._remaining -= len(data)  # the middle of a long chunk: no copy
+            return self._decode(data)
+        if self._buffer:
+            data, self._buffer = self._buffer + data, b""
+        if state is _State.HEAD:
+            data = self._read_head(data)
+        state = self._state
+        if state is _State.LENGTH:
+            body = data[: self._remaining]
+            self._remaining -= len(body)
+            self.trailing = self.trailing or len(data) > len(body)
+            if not self._remaining:
+                self._state = _State.DONE
+            return self._decode(body)
+        if state is _State.UNTIL_CLOSE:
+            return self._decode(data)
+        if state is _State.DONE:
+            self.trailing = self.trailing or bool(data)
+            return self._decode(b"")
+        return self._decode(self._chunked(data)) if data else b""
+
+    def feed_eof(self) -> None:
+        """The connection ended: the body is complete if it was framed by the end, else cut."""
+        if self._state is _State.UNTIL_CLOSE:
+            self._state = _State.DONE
+        elif self._state is not _State.DONE:
+            raise ProtocolError(f"the connection closed in the {self._state.value}")
+
+    def _read_head(self, data: bytes) -> bytes:
+        while self._state is _State.HEAD:
+            end, sep = data.find(b"\r\n\r\n"), 4
+            if end < 0:
+                end, sep = data.find(b"\n\n"), 2
+            if end < 0:
+                if len(data) > MAX_HEAD_BYTES:
+                    raise ProtocolError(f"the response head is over {MAX_HEAD_BYTES} bytes")
+                self._buffer = data
+                return b""
+            if end > MAX_HEAD_BYTES:
+                raise ProtocolError(f"the response head is over {MAX_HEAD_BYTES} bytes")
+            head = parse_head(data[:end])
+            data = data[end + sep :]
+            if head.status >= 200:  # 1xx (103 Early Hints ...) come before the real head
+                self._start_body(head)
+        return data
+
+    def _start_body(self, head: ResponseHead) -> None:
+        self.head = head
+        headers = head.headers
+        coding = headers.get("content-encoding", "identity").strip().lower()
+        if coding in ("gzip", "deflate", "x-gzip"):
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+        elif coding not in ("identity", ""):
+            raise ProtocolError(f"unsupported content-encoding {coding!r}")
+        codings = [c.strip().lower() for c in headers.get("transfer-encoding", "").split(",")]
+        if head.status in (204, 304):
+            self._state = _State.DONE
+        elif codings[-1] == "chunked":
+            self._state = _State.SIZE
+        elif "content-length" in headers:
+            self._remaining = _content_length(headers["content-length"])
+            self._state = _State.LENGTH if self._remaining else _State.DONE
+        else:
+            self._state = _State.UNTIL_CLOSE
+            self.head = ResponseHead(head.status, head.reason, headers, keep_alive=False)
+
+    def _chunked(self, data: bytes) -> bytes:
+        parts: list[bytes] = []
+        pos, size = 0, len(data)
+        while pos < size:
+            state = self._state
+            if state is _State.DATA:
+                end = min(pos + self._remaining, size)
+                parts.append(data[pos:end])
+                self._remaining -= end - pos
+                pos = end
+                if not self._remaining:
+                    self._state = _State.DATA_END
+            elif state is _State.DATA_END:
+                if size - pos < 2:
+                    break
+                if data[pos : pos + 2] != b"\r\n":
+                    raise ProtocolError("a chunk does not end in CRLF")
+                pos += 2
+                self._state = _State.SIZE
+            elif state is _State.DONE:
+                self.trailing = True
+                pos = size
+            else:
+                line_end = data.find(b"\r\n", pos)
+                if line_end < 0:
+                    break
+                self._line(data[pos:line_end])
+                pos = line_end + 2
+        self._buffer = data[pos:]
+        if len(self._buffer) > MAX_LINE_BYTES and self._state is not _State.DATA:
+            raise ProtocolError(f"a {self._state.value} line is over {MAX_LINE_BYTES} bytes")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _line(self, line: bytes) -> None:
+        """A chunk-size line, or a trailer line (an empty one ends the body)."""
+        if self._state is _State.TRAILERS:
+            if not line:
+                self._state = _State.DONE
+            return
+        digits = line.split(b";", 1)[0].strip()
+        if _HEX.fullmatch(digits) is None:
+            raise ProtocolError(f"not a chunk size: {line[:40]!r}")
+        self._remaining = int(digits, 16)
+        self._state = _State.DATA if self._remaining else _State.TRAILERS
+
+    def _decode(self, body: bytes) -> bytes:
+        decoder = self._decoder
+        if decoder is None:
+            return body
+        try:
+            out = decoder.decompress(body)
+            if self._state is _State.DONE:
+                out += decoder.flush()
+        except zlib.error:
+            raise ProtocolError("the compressed body is corrupt") from None
+        return out
+
+
+def _content_length(value: str) -> int:
+    lengths = {v.strip() for v in value.split(",")}  # repeats must agree
+    if len(lengths) != 1 or _DIGITS.fullmatch(next(iter(lengths))) is None:
+        raise ProtocolError(f"not a content-length: {value[:40]!r}")
+    return int(lengths.pop())
+
+
+def request_prefix(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The head of a request up to its `content-length` (see `with_length`)."""
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def with_length(prefix: bytes, body: bytes) -> bytes:
+    """A request's head and body, from `request_prefix` and the body."""
+    return b"%scontent-length: %d\r\n\r\n%s" % (prefix, len(body), body)
