@@ -85,7 +85,7 @@ def _phrase(status: int) -> str:
 class ResponseParser:
     """Feed it the bytes of one response as they arrive; `head` is set once it is in."""
 
-    __slots__ = ("_buffer", "_decoder", "_remaining", "_state", "head", "trailing")
+    __slots__ = ("_buffer", "_decoder", "_remaining", "_state", "error", "head", "trailing")
 
     def __init__(self) -> None:
         self._state = _State.HEAD
@@ -94,6 +94,8 @@ class ResponseParser:
         self._decoder: zlib._Decompress | None = None
         self.head: ResponseHead | None = None
         self.trailing = False  # bytes came after the response's end: the connection is spoiled
+        # Bad framing after some body in the same feed: that body is returned, this kept.
+        self.error: ProtocolError | None = None
 
     @property
     def complete(self) -> bool:
@@ -107,7 +109,13 @@ class ResponseParser:
         return self.complete and not self.trailing and head is not None and head.keep_alive
 
     def feed(self, data: bytes) -> bytes:
-        """The body bytes `data` completes (b"" if none); raise `ProtocolError` on bad framing."""
+        """The body bytes `data` completes (b"" if none); raise `ProtocolError` on bad framing.
+
+        When the framing breaks after some body bytes of `data`, those are returned
+        and the error is in `error` (and raised by the next feed).
+        """
+        if self.error is not None:
+            raise self.error
         state = self._state
         if state is _State.DATA and not self._buffer and len(data) < self._remaining:
             self._remaining -= len(data)  # the middle of a long chunk: no copy
@@ -128,7 +136,7 @@ class ResponseParser:
             return self._decode(data)
         if state is _State.DONE:
             self.trailing = self.trailing or bool(data)
-            return self._decode(b"")
+            return b""
         return self._decode(self._chunked(data)) if data else b""
 
     def feed_eof(self) -> None:
@@ -178,6 +186,15 @@ class ResponseParser:
 
     def _chunked(self, data: bytes) -> bytes:
         parts: list[bytes] = []
+        try:
+            self._read_chunks(data, parts)
+        except ProtocolError as exc:
+            if not parts:
+                raise
+            self.error = exc
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_chunks(self, data: bytes, parts: list[bytes]) -> None:
         pos, size = 0, len(data)
         while pos < size:
             state = self._state
@@ -207,7 +224,6 @@ class ResponseParser:
         self._buffer = data[pos:]
         if len(self._buffer) > MAX_LINE_BYTES and self._state is not _State.DATA:
             raise ProtocolError(f"a {self._state.value} line is over {MAX_LINE_BYTES} bytes")
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _line(self, line: bytes) -> None:
         """A chunk-size line, or a trailer line (an empty one ends the body)."""

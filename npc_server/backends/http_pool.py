@@ -131,6 +131,9 @@ class H1Connection(asyncio.Protocol):
                 if self._buffered > HIGH_WATER and not self._paused and self.transport:
                     self._paused = True
                     self.transport.pause_reading()
+            if parser.error is not None:  # broken after that body: it is still read first
+                self._error = parser.error
+                self.close()
         self._wake()
 
     def eof_received(self) -> bool | None:
