@@ -9,7 +9,8 @@ streaming one turn after another through one `OpenAIBackend` (as players
 saying again at each turn end). After a warm-up it counts pieces and this
 process's CPU time (`time.process_time`) for `--seconds`: CPU per piece and
 per turn is what the backend (request, reads, decoding) costs, without the
-server's socket path. Run it against another checkout with PYTHONPATH to
+server's socket path. `other_cpu_pct` is what other processes (neither this
+one nor the fake server) used meanwhile, in % of one core. Run it against another checkout with PYTHONPATH to
 compare before and after in the same session.
 """
 
@@ -25,6 +26,8 @@ import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
+
+import psutil
 
 from npc_server.backends.base import GenerationRequest, TextPiece
 from npc_server.backends.openai import OpenAIBackend
@@ -56,7 +59,22 @@ async def player(backend: OpenAIBackend, counter: Counter, stop: asyncio.Event) 
             counter.errors += 1
 
 
-async def measure(base_url: str, turns: int, seconds: float) -> dict[str, Any]:
+def busy_cpu_s() -> float:
+    """CPU seconds all processes used (every core), from /proc/stat."""
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system + times.irq + times.softirq)
+
+
+def tree_cpu_s(model_pid: int) -> float:
+    """CPU seconds of this process and the fake model server."""
+    total = 0.0
+    for process in (psutil.Process(), psutil.Process(model_pid)):
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+async def measure(base_url: str, turns: int, seconds: float, model_pid: int) -> dict[str, Any]:
     """Run `turns` players; CPU per piece and per turn over `seconds` after a warm-up."""
     backend = OpenAIBackend(NPC, {"base_url": base_url, "model": "bench"})
     counter, stop = Counter(), asyncio.Event()
@@ -64,8 +82,10 @@ async def measure(base_url: str, turns: int, seconds: float) -> dict[str, Any]:
     await asyncio.sleep(WARMUP_S)
     counter.pieces = counter.turns = counter.errors = 0
     cpu0, wall0 = time.process_time(), time.monotonic()
+    busy0, mine0 = busy_cpu_s(), tree_cpu_s(model_pid)
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    other = busy_cpu_s() - busy0 - (tree_cpu_s(model_pid) - mine0)
     pieces, done, errors = counter.pieces, counter.turns, counter.errors
     stop.set()
     await asyncio.gather(*tasks)
@@ -79,6 +99,7 @@ async def measure(base_url: str, turns: int, seconds: float) -> dict[str, Any]:
         "cpu_pct": round(100 * cpu / wall, 1),
         "cpu_us_per_piece": round(cpu / max(pieces, 1) * 1e6, 1),
         "cpu_ms_per_turn": round(cpu / max(done, 1) * 1e3, 2),
+        "other_cpu_pct": round(100 * max(other, 0.0) / wall, 1),
     }
 
 
@@ -105,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {1})
     child, base_url = start_model(args.rate)
     try:
-        work: Coroutine[Any, Any, dict[str, Any]] = measure(base_url, args.turns, args.seconds)
+        work: Coroutine[Any, Any, dict[str, Any]] = measure(
+            base_url, args.turns, args.seconds, child.pid
+        )
         if args.uvloop:
             import uvloop
 

@@ -221,6 +221,11 @@ class ResponseParser:
                     break
                 self._line(data[pos:line_end])
                 pos = line_end + 2
+                end = pos + self._remaining
+                if self._state is _State.DATA and data[end : end + 2] == b"\r\n":
+                    parts.append(data[pos:end])  # the whole chunk is here: the common case
+                    self._state = _State.SIZE
+                    pos = end + 2
         self._buffer = data[pos:]
         if len(self._buffer) > MAX_LINE_BYTES and self._state is not _State.DATA:
             raise ProtocolError(f"a {self._state.value} line is over {MAX_LINE_BYTES} bytes")
