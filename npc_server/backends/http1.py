@@ -16,12 +16,11 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
-from enum import Enum
 from http import HTTPStatus
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 4096  # a chunk-size or trailer line
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_SIZE_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,15})[ \t]*(?:;.*)?")  # size, extensions
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _STATUS = re.compile(r"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: (.*))?")
 
@@ -40,15 +39,18 @@ class ResponseHead:
     keep_alive: bool
 
 
-class _State(Enum):
-    HEAD = "head"
-    SIZE = "chunk size"
-    DATA = "chunk data"
-    DATA_END = "chunk end"
-    TRAILERS = "trailers"
-    LENGTH = "content-length body"
-    UNTIL_CLOSE = "body until close"
-    DONE = "done"
+# Parser states: plain ints, because they are compared several times per read.
+_HEAD, _SIZE, _DATA, _DATA_END, _TRAILERS, _LENGTH, _UNTIL_CLOSE, _DONE = range(8)
+_STATE_NAMES = (
+    "head",
+    "chunk size",
+    "chunk data",
+    "chunk end",
+    "trailers",
+    "content-length body",
+    "body until close",
+    "done",
+)
 
 
 def parse_head(raw: bytes) -> ResponseHead:
@@ -88,7 +90,7 @@ class ResponseParser:
     __slots__ = ("_buffer", "_decoder", "_remaining", "_state", "error", "head", "trailing")
 
     def __init__(self) -> None:
-        self._state = _State.HEAD
+        self._state = _HEAD
         self._buffer = b""
         self._remaining = 0
         self._decoder: zlib._Decompress | None = None
@@ -100,7 +102,7 @@ class ResponseParser:
     @property
     def complete(self) -> bool:
         """The whole body has been read."""
-        return self._state is _State.DONE
+        return self._state is _DONE
 
     @property
     def reusable(self) -> bool:
@@ -117,37 +119,40 @@ class ResponseParser:
         if self.error is not None:
             raise self.error
         state = self._state
-        if state is _State.DATA and not self._buffer and len(data) < self._remaining:
+        if state is _DATA and not self._buffer and len(data) < self._remaining:
             self._remaining -= len(data)  # the middle of a long chunk: no copy
             return self._decode(data)
         if self._buffer:
             data, self._buffer = self._buffer + data, b""
-        if state is _State.HEAD:
+        if state is _HEAD:
             data = self._read_head(data)
         state = self._state
-        if state is _State.LENGTH:
+        if state is _LENGTH:
             body = data[: self._remaining]
             self._remaining -= len(body)
             self.trailing = self.trailing or len(data) > len(body)
             if not self._remaining:
-                self._state = _State.DONE
+                self._state = _DONE
             return self._decode(body)
-        if state is _State.UNTIL_CLOSE:
+        if state is _UNTIL_CLOSE:
             return self._decode(data)
-        if state is _State.DONE:
+        if state is _DONE:
             self.trailing = self.trailing or bool(data)
             return b""
-        return self._decode(self._chunked(data)) if data else b""
+        if not data:
+            return b""
+        body = self._chunked(data)
+        return body if self._decoder is None else self._decode(body)
 
     def feed_eof(self) -> None:
         """The connection ended: the body is complete if it was framed by the end, else cut."""
-        if self._state is _State.UNTIL_CLOSE:
-            self._state = _State.DONE
-        elif self._state is not _State.DONE:
-            raise ProtocolError(f"the connection closed in the {self._state.value}")
+        if self._state is _UNTIL_CLOSE:
+            self._state = _DONE
+        elif self._state is not _DONE:
+            raise ProtocolError(f"the connection closed in the {_STATE_NAMES[self._state]}")
 
     def _read_head(self, data: bytes) -> bytes:
-        while self._state is _State.HEAD:
+        while self._state is _HEAD:
             end, sep = data.find(b"\r\n\r\n"), 4
             if end < 0:
                 end, sep = data.find(b"\n\n"), 2
@@ -174,14 +179,14 @@ class ResponseParser:
             raise ProtocolError(f"unsupported content-encoding {coding!r}")
         codings = [c.strip().lower() for c in headers.get("transfer-encoding", "").split(",")]
         if head.status in (204, 304):
-            self._state = _State.DONE
+            self._state = _DONE
         elif codings[-1] == "chunked":
-            self._state = _State.SIZE
+            self._state = _SIZE
         elif "content-length" in headers:
             self._remaining = _content_length(headers["content-length"])
-            self._state = _State.LENGTH if self._remaining else _State.DONE
+            self._state = _LENGTH if self._remaining else _DONE
         else:
-            self._state = _State.UNTIL_CLOSE
+            self._state = _UNTIL_CLOSE
             self.head = ResponseHead(head.status, head.reason, headers, keep_alive=False)
 
     def _chunked(self, data: bytes) -> bytes:
@@ -198,21 +203,21 @@ class ResponseParser:
         pos, size = 0, len(data)
         while pos < size:
             state = self._state
-            if state is _State.DATA:
+            if state is _DATA:
                 end = min(pos + self._remaining, size)
                 parts.append(data[pos:end])
                 self._remaining -= end - pos
                 pos = end
                 if not self._remaining:
-                    self._state = _State.DATA_END
-            elif state is _State.DATA_END:
+                    self._state = _DATA_END
+            elif state is _DATA_END:
                 if size - pos < 2:
                     break
                 if data[pos : pos + 2] != b"\r\n":
                     raise ProtocolError("a chunk does not end in CRLF")
                 pos += 2
-                self._state = _State.SIZE
-            elif state is _State.DONE:
+                self._state = _SIZE
+            elif state is _DONE:
                 self.trailing = True
                 pos = size
             else:
@@ -222,25 +227,27 @@ class ResponseParser:
                 self._line(data[pos:line_end])
                 pos = line_end + 2
                 end = pos + self._remaining
-                if self._state is _State.DATA and data[end : end + 2] == b"\r\n":
+                if self._state is _DATA and data[end : end + 2] == b"\r\n":
                     parts.append(data[pos:end])  # the whole chunk is here: the common case
-                    self._state = _State.SIZE
+                    self._state = _SIZE
                     pos = end + 2
         self._buffer = data[pos:]
-        if len(self._buffer) > MAX_LINE_BYTES and self._state is not _State.DATA:
-            raise ProtocolError(f"a {self._state.value} line is over {MAX_LINE_BYTES} bytes")
+        if len(self._buffer) > MAX_LINE_BYTES and self._state is not _DATA:
+            raise ProtocolError(
+                f"a {_STATE_NAMES[self._state]} line is over {MAX_LINE_BYTES} bytes"
+            )
 
     def _line(self, line: bytes) -> None:
         """A chunk-size line, or a trailer line (an empty one ends the body)."""
-        if self._state is _State.TRAILERS:
+        if self._state is _TRAILERS:
             if not line:
-                self._state = _State.DONE
+                self._state = _DONE
             return
-        digits = line.split(b";", 1)[0].strip()
-        if _HEX.fullmatch(digits) is None:
+        match = _SIZE_LINE.fullmatch(line)
+        if match is None:
             raise ProtocolError(f"not a chunk size: {line[:40]!r}")
-        self._remaining = int(digits, 16)
-        self._state = _State.DATA if self._remaining else _State.TRAILERS
+        self._remaining = int(match.group(1), 16)
+        self._state = _DATA if self._remaining else _TRAILERS
 
     def _decode(self, body: bytes) -> bytes:
         decoder = self._decoder
@@ -248,7 +255,7 @@ class ResponseParser:
             return body
         try:
             out = decoder.decompress(body)
-            if self._state is _State.DONE:
+            if self._state is _DONE:
                 out += decoder.flush()
         except zlib.error:
             raise ProtocolError("the compressed body is corrupt") from None
