@@ -305,8 +305,12 @@ class ConnectionPool:
         return len(self._idle)
 
     async def request(self, data: bytes) -> StreamResponse:
-        """Send a whole request (head and body); the response once its head is in."""
-        for _ in range(2):
+        """Send a whole request (head and body); the response once its head is in.
+
+        A reused connection found dead is closed and the next one tried (after a
+        server restart, every idle one is), ending with a new connection.
+        """
+        while True:
             conn, reused = await self._acquire()
             try:
                 conn.send_nowait(data)
@@ -318,7 +322,6 @@ class ConnectionPool:
                 conn.close()
                 raise
             return StreamResponse(self, conn, head)
-        raise ConnectFailed("the server closed the connection without a response")
 
     def release_nowait(self, conn: H1Connection) -> None:
         """A connection whose response is over: kept for the next request, or closed."""

@@ -147,6 +147,20 @@ async def test_a_stale_keep_alive_connection_is_replaced_at_once(
     assert (raw.connections_accepted, raw.requests, sleeps) == (2, 3, [])
 
 
+async def test_after_a_server_restart_every_dead_idle_connection_is_skipped(
+    raw: RawServer, make_raw: MakeRaw
+) -> None:
+    """Three pooled connections all dropped unanswered: the turn ends on a new one, no backoff."""
+    raw.script(*[RawReply((chunked(SSE),))] * 3, *[RawReply((), close=True)] * 3)
+    raw.script(RawReply((chunked(SSE),)))
+    sleeps: list[float] = []
+    backend = make_raw(sleeps, retries=2)
+    results = await asyncio.gather(*(collect(backend) for _ in range(3)))
+    assert results == [(PIECES, None)] * 3
+    assert await collect(backend) == (PIECES, None)
+    assert (raw.connections_accepted, raw.requests, sleeps) == (4, 7, [])
+
+
 async def test_broken_http_framing_mid_body_is_a_cut(raw: RawServer, make_raw: MakeRaw) -> None:
     """A chunk size that is not hex, after some text, ends the turn as a cut connection."""
     response = chunked(UNFINISHED)
