@@ -357,3 +357,29 @@ async def test_an_untrusted_certificate_is_unreachable(
         assert error is not None
         assert error.message == "could not reach the model server"
         assert stub.requests == []
+
+
+# The request
+
+
+async def test_the_request_carries_the_headers_the_sdk_sends(stub: OpenAIStub) -> None:
+    """URL and headers are those of the SDK's own streamed request, content-length aside."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=stub.base_url, api_key="not-needed", max_retries=0)
+    backend = OpenAIBackend(NPC, {"base_url": stub.base_url, "model": "m"})
+    try:
+        create = client.chat.completions.with_streaming_response.create
+        async with create(model="m", messages=[], stream=True) as response:
+            await response.read()
+        assert (await collect(backend))[1] is None
+    finally:
+        await client.close()
+        await backend.aclose()
+    by_sdk, ours = stub.requests
+    assert (ours.method, ours.path) == (by_sdk.method, by_sdk.path)
+    drop = {"content-length", "x-stainless-read-timeout"}  # the SDK's default timeout is 600 s
+    assert {k: v for k, v in ours.headers.items() if k not in drop} == {
+        k: v for k, v in by_sdk.headers.items() if k not in drop
+    }
+    assert ours.headers["x-stainless-read-timeout"] == "120.0"  # total_timeout_s, as before
