@@ -10,8 +10,9 @@ saying again at each turn end). After a warm-up it counts pieces and this
 process's CPU time (`time.process_time`) for `--seconds`: CPU per piece and
 per turn is what the backend (request, reads, decoding) costs, without the
 server's socket path. `other_cpu_pct` is what other processes (neither this
-one nor the fake server) used meanwhile, in % of one core. Run it against another checkout with PYTHONPATH to
-compare before and after in the same session.
+one nor the fake server) used meanwhile, in % of one core. Run it against
+another checkout with PYTHONPATH to compare before and after in the same
+session.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ Settings are documented in docs/backends.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -57,6 +56,7 @@ from npc_server.backends.http_pool import (
     TransportError,
 )
 from npc_server.backends.stream_reader import MALFORMED, EventReader, TurnLimits
+from npc_server.backends.upstream_errors import UpstreamStatus, retry_delay, upstream_message
 from npc_server.npcs import NpcConfig
 from npc_server.prompt import (
     DEFAULT_MAX_PROMPT_CHARS,
@@ -72,8 +72,6 @@ Sleep = Callable[[float], Awaitable[None]]
 
 DUMMY_API_KEY = "not-needed"
 UPSTREAM_MESSAGE_CHARS = 200
-BACKOFF_BASE_S = 0.25
-BACKOFF_MAX_S = 4.0
 MAX_ERROR_BODY = 64 * 1024  # of an error response, what is read for its message
 STREAM_ERROR = "An error occurred during streaming"  # the SDK's words for an error without text
 # Completion requests one turn may make: the first, and one after each round of tool calls.
@@ -143,27 +141,6 @@ def _check(npc_id: str, raw: Mapping[str, Any], rule: _Rule) -> None:
         wrong_kind = not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
         if wrong_kind or not ok(value):
             raise _bad(npc_id, key, f"must be {expected}, got {value!r}")
-
-
-class UpstreamStatus(Exception):
-    """The model server answered with an error status (or a redirect, which is not followed)."""
-
-    def __init__(self, status: int, reason: str, headers: Mapping[str, str], body: bytes) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.error = _error_body(body)
-
-
-def _error_body(body: bytes) -> object:
-    """An error body as the SDK reads it: JSON with its `error` unwrapped, else the text."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text
-    return data.get("error", data) if isinstance(data, Mapping) else data
 
 
 def read_api_key(npc_id: str, env_name: str | None) -> str:
@@ -281,7 +258,7 @@ class OpenAIBackend:
             if not isinstance(chunk, dict):
                 raise MalformedChunk("a chunk is not an object")
             if error := chunk.get("error"):
-                detail = self._scrub(_upstream_message(error) or STREAM_ERROR)
+                detail = self._scrub(upstream_message(error) or STREAM_ERROR)
                 raise GenerationError(f"the model server reported an error: {detail}")
             return assembler.feed(chunk)
         except ValueError:  # not JSON, or not shaped like a chunk
@@ -299,7 +276,7 @@ class OpenAIBackend:
             try:
                 return await self._send(request, limits, deadline)
             except (TransportError, UpstreamStatus) as exc:
-                delay = _retry_delay(exc, attempt)
+                delay = retry_delay(exc, attempt)
                 if attempt == s.retries or delay is None or loop.time() + delay >= limits.total_at:
                     raise self._error(exc) from None
                 failure = type(exc).__name__
@@ -378,7 +355,7 @@ class OpenAIBackend:
         if isinstance(exc, PoolTimedOut):
             return GenerationError("the model server did not answer in time", reason="timeout")
         if isinstance(exc, UpstreamStatus):
-            detail = self._scrub(_upstream_message(exc.error) or exc.reason)
+            detail = self._scrub(upstream_message(exc.error) or exc.reason)
             return GenerationError(f"the model server answered HTTP {exc.status}: {detail}")
         if isinstance(exc, ConnectFailed):
             return GenerationError("could not reach the model server")
@@ -398,30 +375,6 @@ def _finish(assembler: StreamAssembler) -> list[Piece]:
     if assembler.usage is not None:
         pieces.append(assembler.usage)
     return pieces
-
-
-def _upstream_message(body: object) -> str:
-    """The `message` of an OpenAI-style error body (already unwrapped from `error`)."""
-    if isinstance(body, Mapping):
-        message = body.get("message", body.get("error", ""))
-        return message if isinstance(message, str) else json.dumps(message, default=str)
-    return body if isinstance(body, str) else ""
-
-
-def _retry_delay(exc: TransportError | UpstreamStatus, attempt: int) -> float | None:
-    """Seconds to wait before retrying, or None when `exc` is not worth a retry."""
-    backoff = min(BACKOFF_BASE_S * 2.0**attempt, BACKOFF_MAX_S)
-    if isinstance(exc, UpstreamStatus):
-        if exc.status != 429 and exc.status < 500:
-            return None
-        try:
-            hinted = float(exc.headers.get("retry-after", ""))
-        except ValueError:
-            return backoff
-        return min(max(hinted, 0.0), BACKOFF_MAX_S)
-    if isinstance(exc, ConnectTimedOut | ConnectFailed):
-        return backoff
-    return None
 
 
 def _ssl_context() -> ssl.SSLContext:
