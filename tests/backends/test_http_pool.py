@@ -383,3 +383,25 @@ async def test_the_request_carries_the_headers_the_sdk_sends(stub: OpenAIStub) -
         k: v for k, v in by_sdk.headers.items() if k not in drop
     }
     assert ours.headers["x-stainless-read-timeout"] == "120.0"  # total_timeout_s, as before
+
+
+async def test_idle_connections_expire_after_keepalive_s(stub: OpenAIStub) -> None:
+    """A connection idle longer than keepalive_s is closed, and the next request opens one."""
+    from npc_server.backends.http1 import request_prefix, with_length
+    from npc_server.backends.http_pool import ConnectionPool, Origin
+
+    origin = Origin.parse(stub.base_url)
+    head = request_prefix("POST", "/v1/chat/completions", [(b"host", origin.host_header.encode())])
+    request = with_length(head, b'{"model": "m", "stream": true}')
+    for keepalive_s, connections in ((60.0, 1), (0.0, 2)):
+        stub.connections_accepted = 0
+        pool = ConnectionPool(
+            origin, max_connections=4, connect_timeout_s=1.0, keepalive_s=keepalive_s
+        )
+        for _ in range(2):
+            response = await pool.request(request)
+            assert response.head.status == 200
+            await response.read_all(1 << 20)
+            response.close()
+        await pool.aclose()
+        assert stub.connections_accepted == connections
