@@ -1,10 +1,13 @@
 """Backend for OpenAI-compatible chat-completion servers (vLLM, llama.cpp, Ollama, ...).
 
-One `AsyncOpenAI` client per backend (one connection pool shared by its
-turns). The SDK builds and sends each request, authenticates, and maps error
-statuses; the streamed body is read raw (`with_streaming_response`): `SSEDecoder`
-splits the bytes into events, orjson parses each, `StreamAssembler` turns the
-dicts into pieces. No SDK model object is built per chunk. The backend adds:
+The request is the one the `openai` SDK sends (its URL and headers, the
+`Authorization` among them, built once per backend by the SDK; the JSON body
+by orjson), but it goes out on the backend's own keep-alive pool of plain
+asyncio connections (http_pool.py), and the body is read below any HTTP
+library: `SSEDecoder` splits the bytes into events, orjson parses each,
+`StreamAssembler` turns the dicts into pieces. Through the SDK and httpx the
+request and the reads cost several times the rest of the relay path. The
+backend adds:
 
 - first token / idle between chunks / total: one lazily re-armed `Deadline`
   timer per turn, armed only while a read is awaited (never across a yield);
@@ -18,22 +21,18 @@ Settings are documented in docs/backends.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-import openai
 import orjson
-from openai import AsyncOpenAI, AsyncStream
-from openai._response import AsyncAPIResponse, AsyncResponseContextManager
-from openai.types.chat import (
-    ChatCompletionChunk,
-    ChatCompletionStreamOptionsParam,
-)
+from openai import AsyncOpenAI
+from openai._models import FinalRequestOptions
 
 from npc_server.backends.base import (
     GenerationError,
@@ -45,7 +44,19 @@ from npc_server.backends.base import (
 )
 from npc_server.backends.chat_chunks import MalformedChunk, StreamAssembler
 from npc_server.backends.deadline import Deadline, Expired
+from npc_server.backends.http1 import request_prefix, with_length
+from npc_server.backends.http_pool import (
+    BodyCut,
+    ConnectFailed,
+    ConnectionPool,
+    ConnectTimedOut,
+    Origin,
+    PoolTimedOut,
+    StreamResponse,
+    TransportError,
+)
 from npc_server.backends.stream_reader import MALFORMED, EventReader, TurnLimits
+from npc_server.backends.upstream_errors import UpstreamStatus, retry_delay, upstream_message
 from npc_server.npcs import NpcConfig
 from npc_server.prompt import (
     DEFAULT_MAX_PROMPT_CHARS,
@@ -61,8 +72,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 DUMMY_API_KEY = "not-needed"
 UPSTREAM_MESSAGE_CHARS = 200
-BACKOFF_BASE_S = 0.25
-BACKOFF_MAX_S = 4.0
+MAX_ERROR_BODY = 64 * 1024  # of an error response, what is read for its message
 STREAM_ERROR = "An error occurred during streaming"  # the SDK's words for an error without text
 # Completion requests one turn may make: the first, and one after each round of tool calls.
 MAX_TOOL_ROUNDS = 3
@@ -78,6 +88,7 @@ _RULES: tuple[_Rule, ...] = (
     (("max_tokens", "max_prompt_chars"), int, lambda v: v > 0, "a positive integer"),
     (_TIMEOUTS, _NUMBERS, lambda v: v > 0, "a positive number of seconds"),
     (("retries",), int, lambda v: 0 <= v <= 10, "an integer in 0..10"),
+    (("max_connections",), int, lambda v: 1 <= v <= 100_000, "an integer in 1..100000"),
     (("include_usage", "use_tools"), bool, lambda v: True, "true or false"),
     (("extra_body",), dict, lambda v: True, "a table"),
 )
@@ -98,6 +109,7 @@ class OpenAISettings:
     idle_timeout_s: float = 15.0
     total_timeout_s: float = 120.0
     retries: int = 2
+    max_connections: int = 1000
     include_usage: bool = True
     use_tools: bool = True
     extra_body: Mapping[str, Any] = field(default_factory=dict)
@@ -154,14 +166,31 @@ class OpenAIBackend:
         self._secret = read_api_key(npc.id, self.settings.api_key_env)
         self._sleep = sleep
         s = self.settings
-        # Read timeouts are enforced per chunk in generate(); httpx's is only a backstop.
+        # The SDK's client builds the request head (never sends): the read timeout it
+        # announces is the backstop the SDK had; the turn's deadlines bound every wait.
         timeout = httpx2.Timeout(s.connect_timeout_s, read=s.total_timeout_s)
         self._client = AsyncOpenAI(
             base_url=s.base_url, api_key=self._secret, max_retries=0, timeout=timeout
         )
+        self._tools = build_tools(npc.actions, npc.tools) if s.use_tools else []
+        self._prefix: bytes | None = None
+        origin = Origin.parse(s.base_url)
+        _warn_about_proxies(npc.id, origin)
+        self._pool = ConnectionPool(
+            origin,
+            max_connections=s.max_connections,
+            connect_timeout_s=s.connect_timeout_s,
+            ssl_context=_ssl_context() if origin.scheme == "https" else None,
+        )
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The backend's connections to the model server."""
+        return self._pool
 
     async def aclose(self) -> None:
         """Close the connection pool."""
+        await self._pool.aclose()
         await self._client.close()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
@@ -207,7 +236,7 @@ class OpenAIBackend:
         """One completion request and its stream."""
         limits = TurnLimits(self.settings)
         deadline = Deadline()
-        response: httpx2.Response | None = None
+        response: StreamResponse | None = None
         try:
             response = await self._open(messages, limits, deadline)
             reader = EventReader(response, limits, deadline)
@@ -221,7 +250,7 @@ class OpenAIBackend:
         finally:
             deadline.close()
             if response is not None:
-                await response.aclose()
+                response.close()
 
     def _feed(self, assembler: StreamAssembler, payload: bytes) -> list[Piece]:
         try:
@@ -229,7 +258,7 @@ class OpenAIBackend:
             if not isinstance(chunk, dict):
                 raise MalformedChunk("a chunk is not an object")
             if error := chunk.get("error"):
-                detail = self._scrub(_upstream_message(error) or STREAM_ERROR)
+                detail = self._scrub(upstream_message(error) or STREAM_ERROR)
                 raise GenerationError(f"the model server reported an error: {detail}")
             return assembler.feed(chunk)
         except ValueError:  # not JSON, or not shaped like a chunk
@@ -237,16 +266,17 @@ class OpenAIBackend:
 
     async def _open(
         self, messages: list[Message], limits: TurnLimits, deadline: Deadline
-    ) -> httpx2.Response:
+    ) -> StreamResponse:
         """Send the request; retry connect errors, 429 and 5xx before any piece exists."""
         loop = asyncio.get_running_loop()
         s = self.settings
+        request = self._request(messages)
         for attempt in range(s.retries + 1):
             limits.start_attempt()
             try:
-                return await self._send(messages, limits, deadline)
-            except openai.OpenAIError as exc:
-                delay = _retry_delay(exc, attempt)
+                return await self._send(request, limits, deadline)
+            except (TransportError, UpstreamStatus) as exc:
+                delay = retry_delay(exc, attempt)
                 if attempt == s.retries or delay is None or loop.time() + delay >= limits.total_at:
                     raise self._error(exc) from None
                 failure = type(exc).__name__
@@ -261,62 +291,74 @@ class OpenAIBackend:
                 raise GenerationError("the model client failed to send the request") from None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _send(
-        self, messages: list[Message], limits: TurnLimits, deadline: Deadline
-    ) -> httpx2.Response:
-        """One attempt: the response once its headers are in (error statuses raise)."""
+    async def _send(self, request: bytes, limits: TurnLimits, deadline: Deadline) -> StreamResponse:
+        """One attempt: the response once its head is in (an error status raises)."""
         when = limits.next_wait(started=False)
         try:
-            # Entering the manager sends the request; the body is read by EventReader.
-            response = await deadline.wait(self._create(messages).__aenter__(), when)
+            response = await deadline.wait(self._pool.request(request), when)
         except Expired:
             raise limits.expired(when) from None
-        return response.http_response
+        head = response.head
+        if 200 <= head.status < 300:
+            return response
+        try:
+            body = await deadline.wait(response.read_all(MAX_ERROR_BODY), when)
+        except Expired:
+            raise limits.expired(when) from None
+        except BodyCut:
+            body = b""
+        finally:
+            response.close()
+        raise UpstreamStatus(head.status, head.reason, head.headers, body)
 
-    def _create(
-        self, messages: list[Message]
-    ) -> AsyncResponseContextManager[AsyncAPIResponse[AsyncStream[ChatCompletionChunk]]]:
+    def _request(self, messages: list[Message]) -> bytes:
+        """The request's bytes: the SDK's head, and the body the SDK would send."""
         s = self.settings
-        tools = build_tools(self.npc.actions, self.npc.tools) if s.use_tools else []
-        usage: ChatCompletionStreamOptionsParam = {"include_usage": True}
-        # The SDK's parameter transform walks every message and tool through their
-        # TypedDict annotations: about 0.3 ms a message, 15 ms a turn for a memory of
-        # 50 messages, more than the whole stream costs. prompt.py and build_tools
-        # already build plain dicts of the documented shapes, so they go in
-        # extra_body, which the SDK sends as is (over the empty `messages`).
-        raw: dict[str, object] = {"messages": messages}
-        if tools:
-            raw["tools"] = tools
-        # The raw response: the SDK sends, authenticates and maps error statuses, but
-        # builds no model object per chunk (orjson reads the bytes instead).
-        return self._client.chat.completions.with_streaming_response.create(
-            model=s.model,
-            messages=[],
-            stream=True,
-            stream_options=usage if s.include_usage else openai.omit,
-            temperature=s.temperature if s.temperature is not None else openai.omit,
-            top_p=s.top_p if s.top_p is not None else openai.omit,
-            max_tokens=s.max_tokens if s.max_tokens is not None else openai.omit,
-            extra_body={**s.extra_body, **raw},
-        )
+        body: dict[str, object] = {"model": s.model, "stream": True}
+        if s.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        for key in ("temperature", "top_p", "max_tokens"):
+            if (value := getattr(s, key)) is not None:
+                body[key] = value
+        # As the SDK merges extra_body: its keys win over the options, and the
+        # prompt wins over both.
+        body.update(s.extra_body)
+        body["messages"] = messages
+        if self._tools:
+            body["tools"] = self._tools
+        return with_length(self._request_prefix(), orjson.dumps(body))
 
-    def _error(self, exc: openai.OpenAIError) -> GenerationError:
-        """The one place where client exceptions from sending become player-safe errors."""
-        s = self.settings
-        if isinstance(exc, openai.APITimeoutError):
-            if isinstance(exc.__cause__, httpx2.ConnectTimeout):
-                text = f"could not connect to the model server within {s.connect_timeout_s:g} s"
-            else:
-                text = "the model server did not answer in time"
+    def _request_prefix(self) -> bytes:
+        """The SDK's request head for a streamed chat completion, built once, in the loop.
+
+        In the loop, because the SDK names the async library in a header.
+        """
+        if self._prefix is None:
+            options = FinalRequestOptions.construct(
+                method="post",
+                url="/chat/completions",
+                json_data=None,
+                headers={"X-Stainless-Raw-Response": "stream"},
+            )
+            built = self._client._build_request(options)
+            headers = [(k, v) for k, v in built.headers.raw if k.lower() != b"content-length"]
+            target = built.url.raw_path.decode("ascii")
+            self._prefix = request_prefix("POST", target, headers)
+        return self._prefix
+
+    def _error(self, exc: TransportError | UpstreamStatus) -> GenerationError:
+        """The one place where failures to send become player-safe errors."""
+        if isinstance(exc, ConnectTimedOut):
+            limit = self.settings.connect_timeout_s
+            text = f"could not connect to the model server within {limit:g} s"
             return GenerationError(text, reason="timeout")
-        if isinstance(exc, openai.APIConnectionError):
+        if isinstance(exc, PoolTimedOut):
+            return GenerationError("the model server did not answer in time", reason="timeout")
+        if isinstance(exc, UpstreamStatus):
+            detail = self._scrub(upstream_message(exc.error) or exc.reason)
+            return GenerationError(f"the model server answered HTTP {exc.status}: {detail}")
+        if isinstance(exc, ConnectFailed):
             return GenerationError("could not reach the model server")
-        if isinstance(exc, openai.APIStatusError):
-            detail = self._scrub(_upstream_message(exc.body) or exc.response.reason_phrase)
-            return GenerationError(f"the model server answered HTTP {exc.status_code}: {detail}")
-        if isinstance(exc, openai.APIError):
-            detail = self._scrub(_upstream_message(exc.body) or exc.message)
-            return GenerationError(f"the model server reported an error: {detail}")
         return GenerationError(f"the model client failed: {type(exc).__name__}")
 
     def _scrub(self, text: str) -> str:
@@ -335,27 +377,20 @@ def _finish(assembler: StreamAssembler) -> list[Piece]:
     return pieces
 
 
-def _upstream_message(body: object) -> str:
-    """The `message` of an OpenAI-style error body (already unwrapped from `error`)."""
-    if isinstance(body, Mapping):
-        message = body.get("message", body.get("error", ""))
-        return message if isinstance(message, str) else json.dumps(message, default=str)
-    return body if isinstance(body, str) else ""
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS settings httpx would use (its CA bundle, SSL_CERT_FILE ...), HTTP/1.1 only."""
+    context = httpx2.create_ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
-def _retry_delay(exc: openai.OpenAIError, attempt: int) -> float | None:
-    """Seconds to wait before retrying, or None when `exc` is not worth a retry."""
-    backoff = min(BACKOFF_BASE_S * 2.0**attempt, BACKOFF_MAX_S)
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code != 429 and exc.status_code < 500:
-            return None
-        try:
-            hinted = float(exc.response.headers.get("retry-after", ""))
-        except ValueError:
-            return backoff
-        return min(max(hinted, 0.0), BACKOFF_MAX_S)
-    if isinstance(exc, openai.APITimeoutError):
-        return backoff if isinstance(exc.__cause__, httpx2.ConnectTimeout) else None
-    if isinstance(exc, openai.APIConnectionError):
-        return backoff
-    return None
+def _warn_about_proxies(npc_id: str, origin: Origin) -> None:
+    """httpx honoured HTTP(S)_PROXY; this transport connects directly, so say so."""
+    proxy = urllib.request.getproxies().get(origin.scheme)
+    if proxy and not urllib.request.proxy_bypass(origin.host):
+        log.warning(
+            "NPC %r: %s_proxy is set, but the openai backend connects to %s directly",
+            npc_id,
+            origin.scheme,
+            origin.host,
+        )

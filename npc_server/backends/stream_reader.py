@@ -1,33 +1,34 @@
 """Reading one streamed chat-completion response: its SSE events, within the turn's limits.
 
-`EventReader` pulls body bytes from the httpx response, each read bounded by
-the turn's `Deadline` (first token, idle gap, total, from `TurnLimits`),
-splits them into events with `SSEDecoder`, and stops at `[DONE]`. Transport
-failures become player-safe `GenerationError`s here, the same ones the SDK's
-own stream reader would have led to.
+`EventReader` takes the body bytes of a `StreamResponse` (http_pool.py) as
+they arrive, each wait bounded by the turn's `Deadline` (first token, idle
+gap, total, from `TurnLimits`), splits them into events with `SSEDecoder`,
+and stops at `[DONE]`. Transport failures become player-safe
+`GenerationError`s here, with the messages the SDK's reader led to before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import ssl
 from typing import Protocol
-
-import anyio
-import httpx2
 
 from npc_server.backends.base import GenerationError
 from npc_server.backends.deadline import Deadline, Expired
+from npc_server.backends.http_pool import BodyCut
 from npc_server.backends.sse import EventTooLarge, SSEDecoder
-
-log = logging.getLogger(__name__)
 
 DRAIN_S = 0.1  # after [DONE], how long the rest of the body is awaited (as the SDK does)
 MALFORMED = "the model server sent a malformed chunk"
-# What the SDK counts as a cut connection while a body streams.
-_CUT = (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream)
+CUT = "the connection to the model server was cut mid-reply"
+
+
+class Body(Protocol):
+    """A response body read as it arrives (`http_pool.StreamResponse` is one)."""
+
+    def read_nowait(self) -> bytes | None: ...
+    def readable(self) -> asyncio.Future[None]: ...
+    @property
+    def complete(self) -> bool: ...
 
 
 class TimeoutSettings(Protocol):
@@ -79,9 +80,10 @@ class TurnLimits:
 class EventReader:
     """The SSE events of one response body, each read bounded by the turn's limits."""
 
-    def __init__(self, response: httpx2.Response, limits: TurnLimits, deadline: Deadline) -> None:
-        self._response = response
-        self._chunks = response.aiter_bytes()
+    __slots__ = ("_body", "_deadline", "_decoder", "_done", "_limits")
+
+    def __init__(self, body: Body, limits: TurnLimits, deadline: Deadline) -> None:
+        self._body = body
         self._decoder = SSEDecoder()
         self._limits = limits
         self._deadline = deadline
@@ -110,27 +112,29 @@ class EventReader:
         return events
 
     async def _read(self, when: float) -> bytes | None:
-        try:
-            return await self._deadline.wait(self._chunks.__anext__(), when)
-        except StopAsyncIteration:
-            return None
-        except Expired:
-            raise self._limits.expired(when) from None
-        except httpx2.TimeoutException:
-            raise GenerationError(
-                "the model server did not answer in time", reason="timeout"
-            ) from None
-        except _CUT:
-            raise GenerationError("the connection to the model server was cut mid-reply") from None
-        except Exception:
-            log.exception("unexpected failure reading the model server's stream")
-            raise GenerationError("the model client failed mid-reply") from None
+        """The body bytes that arrived since the last read (waiting for some), None at its end."""
+        body = self._body
+        while True:
+            try:
+                data = body.read_nowait()
+            except BodyCut:
+                raise GenerationError(CUT) from None
+            if data is None or data:
+                return data
+            try:
+                await self._deadline.wait(body.readable(), when)
+            except Expired:
+                raise self._limits.expired(when) from None
 
     async def _drain(self) -> None:
-        """Read the body to its end so an HTTP/1.1 connection can be reused."""
-        if self._response.http_version != "HTTP/1.1" or self._response.is_closed:
+        """Wait (briefly) for the body's end, so the connection can be reused."""
+        body = self._body
+        if body.complete:
             return
         when = min(self._limits.total_at, asyncio.get_running_loop().time() + DRAIN_S)
-        with contextlib.suppress(StopAsyncIteration, Expired, *_CUT):
-            while True:
-                await self._deadline.wait(self._chunks.__anext__(), when)
+        try:
+            while (data := body.read_nowait()) is not None:
+                if not data:
+                    await self._deadline.wait(body.readable(), when)
+        except (Expired, BodyCut):
+            pass  # not reusable: closing the response drops the connection

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -218,8 +219,11 @@ class _Connection:
 class OpenAIStub:
     """The server. Use as `async with OpenAIStub() as stub:`; point clients at `base_url`."""
 
-    def __init__(self, default: Scenario | None = None) -> None:
+    def __init__(
+        self, default: Scenario | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.default = default or reply("Hello", " there", "!")
+        self._ssl = ssl_context  # serve https with it
         self.requests: list[RecordedRequest] = []
         self.request_seen = asyncio.Event()  # set on every request read
         self._script: deque[Scenario] = deque()
@@ -230,7 +234,7 @@ class OpenAIStub:
         self._no_connections.set()
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._ssl)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -245,7 +249,8 @@ class OpenAIStub:
     def base_url(self) -> str:
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
+        scheme = "https" if self._ssl else "http"
+        return f"{scheme}://127.0.0.1:{port}/v1"
 
     def script(self, *scenarios: Scenario) -> None:
         """Queue scenarios for the next requests; after them, `default` answers."""

@@ -61,6 +61,10 @@ def build(config: Config) -> None:
         ('kind = "openai"\nmodel = "m"\n', r"\[backend\] 'base_url' is required"),
         (OPENAI + "temprature = 1\n", r"unknown key 'temprature' \(did you mean 'temperature'\?\)"),
         (OPENAI + 'api_key_env = "NPC_TEST_UNSET_KEY"\n', r"'api_key_env'.*which is unset"),
+        (
+            OPENAI + "max_connections = 0\n",
+            r"'max_connections' must be an integer in 1\.\.100000, got 0",
+        ),
     ],
 )
 def test_bad_backend_settings_name_the_npc_file_and_key(

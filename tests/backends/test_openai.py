@@ -490,6 +490,7 @@ async def test_many_cancelled_turns_leak_no_connections(
         ({"base_url": "http://x/v1", "model": "m", "retries": True}, "retries"),
         ({"base_url": "http://x/v1", "model": "m", "idle_timeout_s": 0}, "idle_timeout_s"),
         ({"base_url": "http://x/v1", "model": "m", "extra_body": [1]}, "extra_body"),
+        ({"base_url": "http://x/v1", "model": "m", "max_connections": 0}, "max_connections"),
         ({"base_url": "http://x/v1", "model": "m", "base-url": "typo"}, "base-url"),
         ({"base_url": "http://x/v1", "model": "m", "api_key_env": "NPC_TEST_UNSET"}, "api_key_env"),
     ],
