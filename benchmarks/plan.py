@@ -57,6 +57,7 @@ class Plan:
     # streams and rooms of two across nodes), the --workers 2 knee, Redis per
     # idle session. Steps up the knee levels until p99 passes, then bisect.
     cluster_players: int = 300
+    cluster_setups: tuple[str, ...] = ("single", "one_node", "two_nodes")
     cluster_repeats: int = 2
     cluster_duration_s: float = 10.0
     cluster_knee_levels: tuple[int, ...] = (200, 400, 600, 800, 1000, 1200)
@@ -121,6 +122,7 @@ TINY = replace(
     relay_levels=(5,),
     relay_duration_s=1.0,
     cluster_players=10,
+    cluster_setups=("single", "two_nodes"),
     cluster_duration_s=1.0,
     cluster_knee_levels=(10,),
     cluster_idle_sessions=20,
