@@ -56,7 +56,7 @@ class Plan:
     # 9. cluster: CPU per token on two nodes and Redis vs one process (private
     # streams and rooms of two across nodes), the --workers 2 knee, Redis per
     # idle session. Steps up the knee levels until p99 passes, then bisect.
-    cluster_players: int = 300
+    cluster_players: int = 200
     cluster_setups: tuple[str, ...] = ("single", "one_node", "two_nodes")
     cluster_repeats: int = 2
     cluster_duration_s: float = 10.0
