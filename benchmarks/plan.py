@@ -60,7 +60,7 @@ class Plan:
     cluster_setups: tuple[str, ...] = ("single", "one_node", "two_nodes")
     cluster_repeats: int = 2
     cluster_duration_s: float = 10.0
-    cluster_knee_levels: tuple[int, ...] = (200, 400, 600, 800, 1000, 1200)
+    cluster_knee_levels: tuple[int, ...] = (100, 200, 300, 400, 600, 800, 1000, 1200)
     cluster_refine: int = 2
     cluster_idle_sessions: int = 2000
     cluster_idle_window_s: float = 20.0
