@@ -18,7 +18,10 @@ process's CPU per publication (`time.process_time`) over a window, for
   (nothing comes back: what publishing alone costs);
 - `raw_resp`: local delivery plus the envelope written as RESP to a plain
   asyncio connection, replies counted (no redis-py, no echo): the floor of
-  a leaner publisher.
+  a leaner publisher;
+- `raw_resp_echo`: the same, with the channels subscribed on a second plain
+  connection whose messages hiredis parses and whose own echo is dropped by
+  its first bytes: a leaner publisher and reader together.
 
 The differences to `memory` are what the Redis path adds per token.
 """
@@ -77,6 +80,30 @@ class SkipEcho(RedisBroker):
         super()._deliver(raw_channel, data)
 
 
+class EchoReader(asyncio.Protocol):
+    """Parses pub/sub messages with hiredis; drops this node's own by their first bytes."""
+
+    def __init__(self, own: bytes) -> None:
+        import hiredis
+
+        self.reader = hiredis.Reader()
+        self.own = own
+        self.subscribed = 0
+        self.wanted = 0
+        self.ready = asyncio.Event()
+        self.echoes = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if reply[0] == b"message" and reply[2].startswith(self.own):
+                self.echoes += 1
+            elif reply[0] == b"subscribe":
+                self.subscribed += 1
+                if self.subscribed >= self.wanted:
+                    self.ready.set()
+
+
 class RawResp:
     """Local delivery plus one RESP write of PUBLISH commands per tick; replies counted."""
 
@@ -96,6 +123,18 @@ class RawResp:
         self.local.publish_nowait(channel, frame)
         data = wire.encode_frame("raw", frame, None)
         self.pending.append(_resp(b"PUBLISH", (PREFIX + channel).encode(), data))
+
+    async def subscribe_echo(self, channels: list[str]) -> None:
+        """Subscribe the channels on a second connection: Redis echoes every publication."""
+        loop = asyncio.get_running_loop()
+        reader = EchoReader(b"\x95" + msgpack.packb([wire.VERSION, "raw"])[1:])
+        transport, _ = await loop.create_connection(lambda: reader, "127.0.0.1", self.port)
+        for i in range(0, len(channels), 1000):
+            names = [(PREFIX + c).encode() for c in channels[i : i + 1000]]
+            transport.write(_resp(b"SUBSCRIBE", *names))
+        reader.wanted = len(channels)
+        async with asyncio.timeout(10):
+            await reader.ready.wait()
 
     async def flush(self) -> None:
         if self.pending and self.transport is not None:
@@ -136,9 +175,11 @@ async def _variant(name: str, port: int, players: int, seconds: float) -> float:
         for channel, sink in zip(channels, sinks, strict=True):
             memory.subscribe(channel, sink)
         return await _drive(memory.publish_nowait, channels, seconds, nothing)
-    if name == "raw_resp":
+    if name in ("raw_resp", "raw_resp_echo"):
         raw = RawResp(port)
         await raw.start()
+        if name == "raw_resp_echo":
+            await raw.subscribe_echo(channels)
         for channel, sink in zip(channels, sinks, strict=True):
             raw.local.subscribe(channel, sink)
         return await _drive(raw.publish_nowait, channels, seconds, raw.flush)
@@ -158,7 +199,7 @@ async def _variant(name: str, port: int, players: int, seconds: float) -> float:
         await broker.aclose()
 
 
-VARIANTS = ("memory", "redis", "redis_skip_echo", "redis_no_echo", "raw_resp")
+VARIANTS = ("memory", "redis", "redis_skip_echo", "redis_no_echo", "raw_resp", "raw_resp_echo")
 
 
 async def run(port: int, players: int, seconds: float, repeats: int) -> dict[str, Any]:
