@@ -44,6 +44,8 @@ BENCH_LIMITS = {
 
 # `off` or `G0,G1,G2`: run npc-server through benchmarks.gc_launcher (see --server-gc).
 SERVER_GC_ENV = "NPC_BENCH_SERVER_GC"
+# `skip`: run npc-server through benchmarks.echo_launcher (its Redis broker drops its echo early).
+SERVER_ECHO_ENV = "NPC_BENCH_SERVER_ECHO"
 
 
 @dataclass
@@ -230,6 +232,8 @@ def start_npc_server(
     gc_setting = os.environ.get(SERVER_GC_ENV)
     if gc_setting:  # a what-if (--server-gc): the server's code still runs unmodified
         module = ["-m", "benchmarks.gc_launcher", gc_setting]
+    if os.environ.get(SERVER_ECHO_ENV) == "skip":  # a what-if: benchmarks/cluster_whatif.py
+        module = ["-m", "benchmarks.echo_launcher"]
     argv = [sys.executable, *module, "--config", str(config), "--log-level", "WARNING", *args]
     profile = os.environ.get("NPC_BENCH_CPROFILE")
     if profile:
