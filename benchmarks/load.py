@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import idle, latency, stalls, streaming
+from benchmarks import cluster_load, idle, latency, stalls, streaming
 from benchmarks.probe import ServerProbe
 from benchmarks.servers import raise_nofile
 from npc_server.tokens import issue_token
@@ -30,6 +30,8 @@ SCENARIOS: dict[str, Scenario] = {
     "stream": streaming.stream_step,
     "release": stalls.release_stalled,
     "idle": idle.idle_memory,
+    "cluster_stream": cluster_load.cluster_stream,
+    "cluster_idle": cluster_load.cluster_idle,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.cluster_report import cluster_markdown
 from benchmarks.relay_report import relay_markdown
 from benchmarks.report import KIB, LAT, _get, _lat, _row, _table
 
@@ -235,4 +236,5 @@ SECTIONS = (
     ("memory", _memory),
     ("slow", _slow),
     ("relay", relay_markdown),
+    ("cluster", cluster_markdown),
 )

@@ -53,6 +53,17 @@ class Plan:
     relay_levels: tuple[int, ...] = (50, 200, 500, 1000, 1500)
     relay_refine: int = 2
     relay_duration_s: float = 6.0
+    # 9. cluster: CPU per token on two nodes and Redis vs one process (private
+    # streams and rooms of two across nodes), the --workers 2 knee, Redis per
+    # idle session. Steps up the knee levels until p99 passes, then bisect.
+    cluster_players: int = 200
+    cluster_setups: tuple[str, ...] = ("single", "one_node", "two_nodes")
+    cluster_repeats: int = 2
+    cluster_duration_s: float = 10.0
+    cluster_knee_levels: tuple[int, ...] = (100, 200, 300, 400, 600, 800, 1000, 1200)
+    cluster_refine: int = 2
+    cluster_idle_sessions: int = 2000
+    cluster_idle_window_s: float = 20.0
 
     @property
     def lag_warmup_s(self) -> float:
@@ -70,6 +81,13 @@ QUICK = Plan(
     relay_levels=(50,),
     relay_refine=0,
     relay_duration_s=2.5,
+    cluster_players=100,
+    cluster_repeats=1,
+    cluster_duration_s=2.5,
+    cluster_knee_levels=(100, 300),
+    cluster_refine=0,
+    cluster_idle_sessions=200,
+    cluster_idle_window_s=2.0,
     quiet_wait_s=0.0,
     retry_contaminated=False,
     rtt_samples=1000,
@@ -103,6 +121,12 @@ TINY = replace(
     relay_configs=((60.0, 50),),
     relay_levels=(5,),
     relay_duration_s=1.0,
+    cluster_players=10,
+    cluster_setups=("single", "two_nodes"),
+    cluster_duration_s=1.0,
+    cluster_knee_levels=(10,),
+    cluster_idle_sessions=20,
+    cluster_idle_window_s=0.5,
     rtt_samples=100,
     rtt_warmup=20,
     push_frames=2000,

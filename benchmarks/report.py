@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.cluster_report import cluster_targets
 from benchmarks.relay_report import relay_targets
 from benchmarks.servers import REPO
 
@@ -131,7 +132,7 @@ def targets(results: Result) -> list[Result]:
             None if r is None else r <= 1.2,
         )
     )
-    return out + relay_targets(results)
+    return out + relay_targets(results) + cluster_targets(results)
 
 
 def _row(*cells: Any) -> str:

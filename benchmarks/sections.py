@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from benchmarks.cluster import cluster
 from benchmarks.relay import relay
 from benchmarks.runner import Result, Runner
 from benchmarks.stats import ratio
 
-__all__ = ["SECTIONS", "interrupt", "lag", "memory", "relay", "rtt", "say", "slow"]
+__all__ = ["SECTIONS", "cluster", "interrupt", "lag", "memory", "relay", "rtt", "say", "slow"]
 
 BASELINE_KINDS = ("quart", "websockets")
 # A streaming step during which other processes used more CPU than this (% of
@@ -214,4 +215,4 @@ def _release(run: Runner) -> Result:
     return result
 
 
-SECTIONS = ("rtt", "say", "interrupt", "lag", "memory", "slow", "relay")
+SECTIONS = ("rtt", "say", "interrupt", "lag", "memory", "slow", "relay", "cluster")

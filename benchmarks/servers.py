@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,6 +44,8 @@ BENCH_LIMITS = {
 
 # `off` or `G0,G1,G2`: run npc-server through benchmarks.gc_launcher (see --server-gc).
 SERVER_GC_ENV = "NPC_BENCH_SERVER_GC"
+# `skip`: run npc-server through benchmarks.echo_launcher (its Redis broker drops its echo early).
+SERVER_ECHO_ENV = "NPC_BENCH_SERVER_ECHO"
 
 
 @dataclass
@@ -214,8 +216,10 @@ def start_npc_server(
     scripted: Mapping[str, float | int],
     env: Mapping[str, str] | None = None,
     npcs_dir: Path = NPCS_DIR,
+    args: Sequence[str] = (),
+    cpu: int | None = SERVER_CPU,
 ) -> Proc:
-    """`python -m npc_server` on a free loopback port, with benchmark limits."""
+    """`python -m npc_server` on a free loopback port, with benchmark limits (and `args`)."""
     config = write_server_toml(run_dir / f"{name}.toml", scripted, npcs_dir)
     server_env = {
         **BENCH_LIMITS,
@@ -228,13 +232,15 @@ def start_npc_server(
     gc_setting = os.environ.get(SERVER_GC_ENV)
     if gc_setting:  # a what-if (--server-gc): the server's code still runs unmodified
         module = ["-m", "benchmarks.gc_launcher", gc_setting]
-    argv = [sys.executable, *module, "--config", str(config), "--log-level", "WARNING"]
+    if os.environ.get(SERVER_ECHO_ENV) == "skip":  # a what-if: benchmarks/cluster_whatif.py
+        module = ["-m", "benchmarks.echo_launcher"]
+    argv = [sys.executable, *module, "--config", str(config), "--log-level", "WARNING", *args]
     profile = os.environ.get("NPC_BENCH_CPROFILE")
     if profile:
         # cProfile writes its file when the server exits after SIGTERM (it drains first).
         out = run_dir / f"{name}.cprofile"
         argv = [sys.executable, "-m", "cProfile", "-o", str(out), *argv[1:]]
-    return spawn(name, argv, run_dir, server_env)
+    return spawn(name, argv, run_dir, server_env, cpu=cpu)
 
 
 BASELINES = {
