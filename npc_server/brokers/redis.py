@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,9 @@ BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 READ_TIMEOUT = 1.0
 SYNC = "npc-sync:"
+HEALTH = "npc-health"
+HEALTH_EVERY = 5.0  # a quiet subscription is pinged this often
+HEALTH_TIMEOUT = 15.0  # and given up if nothing comes back for this long
 
 
 class BrokerUnavailable(RuntimeError):
@@ -125,6 +130,8 @@ class RedisBroker:
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._pong_at = 0.0
         self._sent = self._received = self._rejected = self._lost = 0
         self._number = 0  # of this node's publications
         self._from: dict[str, int] = {}  # origin -> number of its last publication delivered
@@ -252,7 +259,7 @@ class RedisBroker:
         self._reader = asyncio.create_task(self._read(), name="redis-broker-reader")
 
     async def aclose(self) -> None:
-        tasks = (self._reader, self._flusher, self._syncer)
+        tasks = (self._reader, self._flusher, self._syncer, self._pump_task)
         await _cancelled([t for t in tasks if t is not None])
         if self._pending and self.connected:
             with contextlib.suppress(*self._errors, TimeoutError):
@@ -358,22 +365,52 @@ class RedisBroker:
         self._changed.set()  # (re)subscribe every channel on a new connection
         syncer = asyncio.create_task(self._keep_synced(pubsub), name="redis-broker-sync")
         self._syncer = syncer
+        # The subscription's replies are read straight off its connection, with no
+        # timeout per read (redis-py's get_message costs about as much again as the
+        # delivery): this task watches over the reader instead.
+        pump = asyncio.create_task(self._pump(pubsub.connection), name="redis-broker-pump")
+        self._pump_task = pump
+        self._pong_at = time.monotonic()
         try:
             while True:
-                message = await pubsub.get_message(timeout=READ_TIMEOUT)
-                if message is None:
-                    pass
-                elif message.get("type") == "message":
-                    self._deliver(message["channel"], message["data"])
-                elif message.get("type") == "pong":
-                    self._confirmed(message.get("data"))
-                if syncer.done():
-                    syncer.result()  # its connection error ends this connection
-                if not self.connected and await self._reachable():
-                    self._set_connected(True)  # a publish failed, but Redis answers again
-                    self._report_gaps()
+                await asyncio.wait(
+                    {pump, syncer}, timeout=READ_TIMEOUT, return_when="FIRST_COMPLETED"
+                )
+                for task in (pump, syncer):
+                    if task.done():
+                        task.result()  # its connection error ends this connection
+                        raise ConnectionError("the Redis subscription stopped")
+                await self._check_link(pubsub)
         finally:
-            await _cancelled([syncer])
+            await _cancelled([syncer, pump])
+
+    async def _pump(self, connection: Any) -> None:
+        while True:
+            reply = await connection.read_response(
+                disable_decoding=True, timeout=math.inf, push_request=True
+            )
+            if isinstance(reply, list) and reply:
+                kind = reply[0]
+                if kind == b"message" and len(reply) == 3:
+                    self._deliver(reply[1], reply[2])
+                elif kind == b"pong" and len(reply) == 2:
+                    self._ponged(reply[1])
+            elif isinstance(reply, bytes):  # a PING's answer, as this Redis sends it
+                self._ponged(reply)
+
+    def _ponged(self, data: bytes) -> None:
+        self._pong_at = time.monotonic()
+        self._confirmed(data)
+
+    async def _check_link(self, pubsub: Any) -> None:
+        now = time.monotonic()
+        if now - self._pong_at > HEALTH_TIMEOUT:  # a Redis that stopped answering
+            raise ConnectionError(f"no answer from Redis for {HEALTH_TIMEOUT:g} s")
+        if now - self._pong_at > HEALTH_EVERY:
+            await pubsub.ping(HEALTH)
+        if not self.connected and await self._reachable():
+            self._set_connected(True)  # a publish failed, but Redis answers again
+            self._report_gaps()
 
     async def _keep_synced(self, pubsub: Any) -> None:
         subscribed: set[str] = set()
