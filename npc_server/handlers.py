@@ -50,7 +50,7 @@ def handle_forwarded(node: Node, caller: Caller, frame: ClientFrame, hops: int) 
     """Handle a request another node routed here for a conversation this node runs."""
     if isinstance(frame, Say):
         _answering(node, caller, lambda: _forwarded_say(node, caller, frame, hops), frame)
-    elif type(frame) in (Interrupt, Seen, Act):
+    elif type(frame) in (Interrupt, Seen, Act, ToolResult):
         handler = _HANDLERS[type(frame)]
         _answering(node, caller, lambda: handler(node, caller, frame), frame)  # type: ignore[arg-type]
 
@@ -294,8 +294,10 @@ def leave(node: Node, session: Session, frame: Leave) -> None:
     _ack(node, session, frame)
 
 
-def tool_result(node: Node, session: Session, frame: ToolResult) -> None:
-    """The speaker's answer to a `tool` call the NPC asked its client."""
+def tool_result(node: Node, session: Session | Caller, frame: ToolResult) -> None:
+    """The speaker's answer to a `tool` call the NPC asked its client (on any node)."""
+    if _elsewhere(node, session, frame, frame.call):
+        return
     if not node.tools.answer_nowait(session.player, frame.call, frame.result):
         raise Refused(ErrorCode.UNKNOWN_CALL, f"no tool call {frame.call!r} waits for your answer")
     _ack(node, session, frame)

@@ -170,7 +170,7 @@ class Forwarder:
         }
 
     def route_turn_request(self, caller: Any, frame: ClientFrame, node_id: str) -> None:
-        """Send an `interrupt`, `seen` or `act` to the node that runs its turn."""
+        """Send an `interrupt`, `seen`, `act` or `tool.result` to the node that runs its turn."""
         turn = getattr(frame, "turn", None)
         relayed = self.remote.get(turn) if isinstance(turn, str) else None
         message = {
@@ -180,7 +180,13 @@ class Forwarder:
             "written": relayed.chars if relayed is not None else 0,
         }
         self.broker.send_nowait(node_id, message)
-        code = ErrorCode.UNKNOWN_ACTION if hasattr(frame, "action") else ErrorCode.UNKNOWN_TURN
+        code = (
+            ErrorCode.UNKNOWN_ACTION
+            if hasattr(frame, "action")
+            else ErrorCode.UNKNOWN_CALL
+            if hasattr(frame, "call")
+            else ErrorCode.UNKNOWN_TURN
+        )
         self._wait(node_id, caller, frame, lambda: self._answer_gone(caller, frame, code))
 
     def _wait(

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,12 +21,22 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.e2e
 
 
-def cluster_config(tmp_path: Path, redis: RedisServer) -> Path:
-    """A server file for every node: the demo NPCs, fast scripted pacing, one Redis."""
+def cluster_config(
+    tmp_path: Path,
+    redis: RedisServer,
+    *,
+    tokens_per_second: int = 200,
+    npcs_dir: Path = DEMO_NPCS,
+    limits: str = "",
+) -> Path:
+    """A server file for every node: the demo NPCs, scripted pacing without jitter
+    (200 tokens/s: fast), `[limits]` lines if given, one Redis."""
     path = tmp_path / "server.toml"
     path.write_text(
-        f'[server]\nnpcs_dir = "{DEMO_NPCS}"\n'
-        "[overrides.scripted]\nfirst_token_ms = 0\ntokens_per_second = 200\n"
+        f'[server]\nnpcs_dir = "{npcs_dir}"\n'
+        f"[overrides.scripted]\nfirst_token_ms = 0\ntokens_per_second = {tokens_per_second}\n"
+        "jitter = 0.0\n"
+        f"[limits]\n{limits}"
         f'[cluster]\nredis_url = "{redis.url}"\n',
         encoding="utf-8",
     )
@@ -33,13 +44,14 @@ def cluster_config(tmp_path: Path, redis: RedisServer) -> Path:
 
 
 @contextmanager
-def nodes(tmp_path: Path, count: int) -> Iterator[list[ServerProcess]]:
-    """`count` npc-server processes on their own ports, sharing one redis-server."""
+def nodes(tmp_path: Path, count: int, **config: Any) -> Iterator[list[ServerProcess]]:
+    """`count` npc-server processes on their own ports, sharing one redis-server
+    (`config`: `cluster_config`'s options)."""
     with redis_server() as redis, ExitStack() as stack:
-        config = cluster_config(tmp_path, redis)
+        config_path = cluster_config(tmp_path, redis, **config)
         started = []
         for _ in range(count):
-            node = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
+            node = start_server_process(env={"NPC_SERVER_CONFIG": str(config_path)})
             stack.callback(node.kill)
             started.append(node)
         yield started

@@ -7,45 +7,31 @@ a turn is still generating when a request about it arrives from another node.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from npc_server.cluster.forward import owner_of
-from tests.cluster.test_cluster import join, turn_text
+from tests.cluster.test_cluster import cluster_config, join, nodes, turn_text
 from tests.support.client import Frame, RawClient, connect
 from tests.support.redis import RedisServer, redis_server
-from tests.support.server import DEMO_NPCS, ServerProcess, start_server_process
+from tests.support.server import ServerProcess, start_server_process
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
+FOUR_SOCKETS = "max_sockets_per_player = 4\n"
+
+
 def slow_config(tmp_path: Path, redis: RedisServer, tokens_per_second: int = 20) -> Path:
-    path = tmp_path / "server.toml"
-    path.write_text(
-        f'[server]\nnpcs_dir = "{DEMO_NPCS}"\n'
-        f"[overrides.scripted]\nfirst_token_ms = 0\ntokens_per_second = {tokens_per_second}\n"
-        "jitter = 0.0\n"
-        "[limits]\nmax_sockets_per_player = 4\n"
-        f'[cluster]\nredis_url = "{redis.url}"\n',
-        encoding="utf-8",
-    )
-    return path
+    """Demo NPCs at 20 tokens a second (a turn lasts seconds), four sockets a player."""
+    return cluster_config(tmp_path, redis, tokens_per_second=tokens_per_second, limits=FOUR_SOCKETS)
 
 
-@contextmanager
-def slow_nodes(tmp_path: Path, count: int) -> Iterator[list[ServerProcess]]:
-    with redis_server() as redis, ExitStack() as stack:
-        config = slow_config(tmp_path, redis)
-        started = []
-        for _ in range(count):
-            node = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
-            stack.callback(node.kill)
-            started.append(node)
-        yield started
+def slow_nodes(tmp_path: Path, count: int) -> AbstractContextManager[list[ServerProcess]]:
+    return nodes(tmp_path, count, tokens_per_second=20, limits=FOUR_SOCKETS)
 
 
 async def say(client: RawClient, req: int, npc: str, text: str, room: str | None = None) -> Frame:
@@ -306,3 +292,46 @@ async def test_a_new_socket_catches_up_on_a_private_turn_on_another_node(
                 got = await there.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
                 assert [f["turn"] for f in got if f["t"] == "turn.start"] == [turn]
                 assert len(contiguous_text(got, turn)) == got[-1]["chars"] > 0
+
+
+SCOUT = """\
+id = "scout"
+name = "Scout"
+
+[[tools]]
+name = "inventory"
+description = "what the player carries"
+answered_by = "client"
+timeout_s = 10
+
+[backend]
+kind = "scripted"
+defaults = { item = "nothing" }
+topics = [{ keywords = ["carry"], replies = ["Hm. [[inventory]] You carry {item}."] }]
+"""
+
+
+async def test_a_tool_call_is_answered_from_another_node(tmp_path: Path) -> None:
+    """The scout asks the speaker's client; alice answers from her socket on B while the
+    turn runs on A: the answer reaches A and the reply uses it."""
+    npcs = tmp_path / "npcs"
+    npcs.mkdir()
+    (npcs / "scout.toml").write_text(SCOUT, encoding="utf-8")
+    with nodes(tmp_path, 2, npcs_dir=npcs, limits=FOUR_SOCKETS) as (a, b):
+        async with connect(a.url) as here, connect(b.url) as there:
+            await here.hello(a.token("alice"))
+            await there.hello(b.token("alice"))
+            assert (await say(here, 1, "scout", "what do I carry?"))["t"] == "ack"
+            call = await there.expect("tool")
+            assert owner_of(call["call"]) == owner_of(call["turn"])
+            result = {
+                "t": "tool.result",
+                "id": 2,
+                "call": call["call"],
+                "result": {"item": "a rope"},
+            }
+            await there.send(result)
+            [*_, answer] = await there.recv_until(lambda f: f.get("id") == 2)
+            assert answer["t"] == "ack"
+            got = await here.recv_until(lambda f: f["t"] == "turn.end")
+            assert "You carry a rope." in turn_text(got, call["turn"])
