@@ -205,29 +205,12 @@ class Node:
         """
         if self.cluster is not None:  # and what other nodes run for it
             self.cluster.catch_up(session, room)
-        send = self.hub.send_to_session
-        for conversation, turn in self.turns.active():
-            audience = conversation.audience
-            if (room is None or audience.room == room) and self.sees(session, audience):
-                start = TurnStart(
-                    turn.id,
-                    turn.npc,
-                    turn.player,
-                    turn.room,
-                    turn.reply_to,
-                    turn.caused_by,
-                    turn.event,
-                )
-                send(session, start)
-                if turn.chars:
-                    send(session, Delta(turn.id, turn.text, 0))
-        for conversation, turn, action in self.turns.open_actions():
-            audience = conversation.audience
-            if room is not None and audience.room != room:
-                continue
-            if action.approval and self.sees(session, audience):
-                frame = Action(turn.id, action.id, action.name, action.args, action.at, True)
-                send(session, frame)
+
+        def wanted(audience: Audience) -> bool:
+            return (room is None or audience.room == room) and self.sees(session, audience)
+
+        for frame in self.catch_up_frames(wanted):
+            self.hub.send_to_session(session, frame)
 
     def sees(self, caller: Session | Caller, audience: Audience) -> bool:
         """Whether a session's player is in a conversation's audience."""
@@ -406,29 +389,33 @@ class Node:
             turns.extend((t.id, t.channel) for t in self.cluster.remote.open_on(channels))
         return turns
 
-    def audience_snapshot(self, audience: Audience) -> list[ServerFrame]:
-        """What a newcomer to `audience` needs of this node's turns for it: each active
-        turn as `turn.start` and one `delta` at 0, then actions waiting for approval."""
+    def catch_up_frames(self, wanted: Callable[[Audience], bool]) -> list[ServerFrame]:
+        """What a newcomer to the audiences `wanted` picks needs of this node's turns:
+        each active turn as `turn.start` and one `delta` at 0 with its text so far,
+        then the actions still waiting for approval."""
         frames: list[ServerFrame] = []
         for conversation, turn in self.turns.active():
-            if conversation.audience == audience:
-                frames.append(
-                    TurnStart(
-                        turn.id,
-                        turn.npc,
-                        turn.player,
-                        turn.room,
-                        turn.reply_to,
-                        turn.caused_by,
-                        turn.event,
-                    )
+            if wanted(conversation.audience):
+                start = TurnStart(
+                    turn.id,
+                    turn.npc,
+                    turn.player,
+                    turn.room,
+                    turn.reply_to,
+                    turn.caused_by,
+                    turn.event,
                 )
+                frames.append(start)
                 if turn.chars:
                     frames.append(Delta(turn.id, turn.text, 0))
         for conversation, turn, action in self.turns.open_actions():
-            if conversation.audience == audience and action.approval:
+            if action.approval and wanted(conversation.audience):
                 frames.append(Action(turn.id, action.id, action.name, action.args, action.at, True))
         return frames
+
+    def audience_snapshot(self, audience: Audience) -> list[ServerFrame]:
+        """`catch_up_frames` for one audience (another node's newcomer asks for it)."""
+        return self.catch_up_frames(lambda candidate: candidate == audience)
 
     # --- watching over SSE ---------------------------------------------------
 
@@ -437,16 +424,5 @@ class Node:
         return any(c.audience.room == room for c, _ in self.turns.active())
 
     def room_snapshot(self, room: str) -> list[ServerFrame]:
-        """What a watcher of `room` needs to catch up, as `snapshot` sends a member:
-        each active turn as `turn.start` and one `delta` at 0 with its text so far,
-        then the actions still waiting for approval."""
-        frames: list[ServerFrame] = []
-        for conversation, turn in self.turns.active():
-            if conversation.audience.room == room:
-                frames.append(TurnStart(turn.id, turn.npc, turn.player, turn.room, turn.reply_to))
-                if turn.chars:
-                    frames.append(Delta(turn.id, turn.text, 0))
-        for conversation, turn, action in self.turns.open_actions():
-            if conversation.audience.room == room and action.approval:
-                frames.append(Action(turn.id, action.id, action.name, action.args, action.at, True))
-        return frames
+        """What a watcher of `room` needs to catch up, as `snapshot` sends a member."""
+        return self.catch_up_frames(lambda audience: audience.room == room)
