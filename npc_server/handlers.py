@@ -113,12 +113,6 @@ def say_here(
     """Submit a say to the conversation this node runs (making it), answering `session`."""
     player = session.player
     conversation = node.conversation(npc, audience)
-    try:
-        _fair_share(node, player, conversation)
-    except Refused as exc:
-        node.hub.send_to_session(session, Error(exc.code, exc.message, frame.id, exc.retry_after))
-        node.forget_if_unused(conversation)
-        return
 
     def accepted(started: Started) -> None:
         if isinstance(session, Caller):  # what the prompt needs from the player's node
@@ -130,10 +124,18 @@ def say_here(
             node.hub.send_to_room(frame.room, said, exclude=player)
 
     try:
+        _fair_share(node, player, conversation)
         conversation.submit(player, frame.text, frame.id, accepted)
-    except Refused as exc:
-        node.hub.send_to_session(session, Error(exc.code, exc.message, frame.id, exc.retry_after))
-        node.forget_if_unused(conversation)
+    except Refused:
+        node.forget_if_unused(conversation)  # made for this say: given up with it
+        raise
+
+
+def say_claimed(
+    node: Node, session: Session | Caller, frame: Say, npc: NpcConfig, audience: Audience
+) -> None:
+    """`say_here` once this node claimed the conversation (outside a request's handler)."""
+    _answering(node, session, lambda: say_here(node, session, frame, npc, audience), frame)
 
 
 def _fair_share(node: Node, player: str, conversation: Conversation) -> None:

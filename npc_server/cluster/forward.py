@@ -121,9 +121,9 @@ class Forwarder:
         if self.broker.available:
             self._spawn(self._route_say(caller, frame, npc, audience, hops))
         elif audience.room is None:
-            from npc_server.handlers import say_here
+            from npc_server.handlers import say_claimed
 
-            say_here(self.node, caller, frame, npc, audience)
+            say_claimed(self.node, caller, frame, npc, audience)
         else:
             self._refuse(caller, frame, "rooms are unavailable; try again")
 
@@ -137,9 +137,9 @@ class Forwarder:
             self._refuse(caller, frame, "the cluster cannot be reached; try again")
             return
         if owner == self.node_id:
-            from npc_server.handlers import say_here
+            from npc_server.handlers import say_claimed
 
-            say_here(self.node, caller, frame, npc, audience)
+            say_claimed(self.node, caller, frame, npc, audience)
         elif hops >= MAX_HOPS:
             self._refuse(caller, frame, "the NPC is moving between servers; try again")
         else:
