@@ -111,6 +111,8 @@ async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path
         assert got[-1]["reason"] == "error"
         whole = await carol.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
         assert whole[-1]["reason"] == "done"
+        refused = await say(alice, 4, "questgiver", "hello?", room="inn")  # a room needs Redis
+        assert refused["code"] == "unavailable" and refused["retry_after"] > 0
         redis.start()
         await wait_for_cluster(a, available=True)
         await wait_for_cluster(b, available=True)
