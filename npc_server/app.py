@@ -138,6 +138,7 @@ def create_app(
                 "available": node.broker.available,
                 "handover": node.handover.statistics(),
                 "sockets": asdict(node.socket_claims.statistics()),
+                "routing": node.cluster.statistics() if node.cluster is not None else None,
             },
         }
         return jsonify(body)

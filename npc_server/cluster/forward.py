@@ -108,6 +108,15 @@ class Forwarder:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.leases.aclose()
 
+    def statistics(self) -> dict[str, int]:
+        """For /healthz: turns relayed from other nodes now, requests waiting on
+        other nodes, and messages from them that were dropped as malformed."""
+        return {
+            "relayed_turns": len(self.remote),
+            "waiting": len(self._waiting),
+            "rejected": self.rejected,
+        }
+
     # --- this node's requests ---------------------------------------------------
 
     def route_say(

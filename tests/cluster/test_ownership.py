@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from npc_server.cluster.forward import owner_of
@@ -241,6 +242,9 @@ async def test_malformed_requests_from_another_node_are_dropped(tmp_path: Path) 
                 lambda: sum("dropped" in line for line in node.output) >= 5,
                 what=f"five messages dropped and logged: {node.output}",
             )
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{node.http_url}/healthz")).json()
+            assert health["cluster"]["routing"]["rejected"] >= 3  # the say and turn-request ones
         finally:
             await client.aclose()
             assert node.terminate() == 0
