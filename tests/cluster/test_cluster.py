@@ -28,14 +28,16 @@ def cluster_config(
     tokens_per_second: int = 200,
     npcs_dir: Path = DEMO_NPCS,
     limits: str = "",
+    server: str = "",
+    scripted: str = "",
 ) -> Path:
     """A server file for every node: the demo NPCs, scripted pacing without jitter
-    (200 tokens/s: fast), `[limits]` lines if given, one Redis."""
+    (200 tokens/s: fast), extra `[limits]`, `[server]` and scripted lines, one Redis."""
     path = tmp_path / "server.toml"
     path.write_text(
-        f'[server]\nnpcs_dir = "{npcs_dir}"\n'
+        f'[server]\nnpcs_dir = "{npcs_dir}"\n{server}'
         f"[overrides.scripted]\nfirst_token_ms = 0\ntokens_per_second = {tokens_per_second}\n"
-        "jitter = 0.0\n"
+        f"jitter = 0.0\n{scripted}"
         f"[limits]\n{limits}"
         f'[cluster]\nredis_url = "{redis.url}"\n',
         encoding="utf-8",
@@ -44,8 +46,10 @@ def cluster_config(
 
 
 @contextmanager
-def nodes(tmp_path: Path, count: int, **config: Any) -> Iterator[list[ServerProcess]]:
-    """`count` npc-server processes on their own ports, sharing one redis-server
+def nodes_on_redis(
+    tmp_path: Path, count: int, **config: Any
+) -> Iterator[tuple[RedisServer, list[ServerProcess]]]:
+    """A redis-server and `count` npc-server processes on their own ports sharing it
     (`config`: `cluster_config`'s options)."""
     with redis_server() as redis, ExitStack() as stack:
         config_path = cluster_config(tmp_path, redis, **config)
@@ -54,7 +58,23 @@ def nodes(tmp_path: Path, count: int, **config: Any) -> Iterator[list[ServerProc
             node = start_server_process(env={"NPC_SERVER_CONFIG": str(config_path)})
             stack.callback(node.kill)
             started.append(node)
+        yield redis, started
+
+
+@contextmanager
+def nodes(tmp_path: Path, count: int, **config: Any) -> Iterator[list[ServerProcess]]:
+    """`count` npc-server processes sharing one redis-server."""
+    with nodes_on_redis(tmp_path, count, **config) as (_, started):
         yield started
+
+
+async def workers_serving(server: ServerProcess, count: int) -> None:
+    """Until each of `count` workers of `npc-server --workers` printed its listening line."""
+    await wait_until(
+        lambda: sum(" node " in line for line in server.output) == count,
+        timeout=60,
+        what=f"{count} workers serving",
+    )
 
 
 async def join(client: RawClient, room: str, req: int = 1) -> None:
@@ -101,11 +121,7 @@ async def test_workers_share_one_port(tmp_path: Path) -> None:
             env={"NPC_SERVER_CONFIG": str(config)}, args=["--workers", "2"]
         )
         try:
-            await wait_until(
-                lambda: sum(" node " in line for line in server.output) == 2,
-                timeout=60,
-                what="both workers serving",
-            )
+            await workers_serving(server, 2)
             seen: set[str] = set()
             async with httpx.AsyncClient() as http:
                 for _ in range(200):  # the kernel spreads new connections over both

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,43 +16,36 @@ import redis.asyncio as aioredis
 from npc_server.brokers import wire
 from npc_server.cluster.handover import TIMEOUT
 from npc_server.protocol.codes import CloseCode
-from tests.cluster.test_cluster import join, turn_text
+from tests.cluster.test_cluster import (
+    cluster_config,
+    join,
+    nodes_on_redis,
+    turn_text,
+    workers_serving,
+)
 from tests.support.client import Frame, RawClient, connect
 from tests.support.redis import RedisServer, redis_server
-from tests.support.server import DEMO_NPCS, ServerProcess, start_server_process
-from tests.support.wait import wait_until
+from tests.support.server import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.e2e
 
 # A turn long enough to cut: about 1200 characters at 100 tokens a second.
-SLOW = "first_token_ms = 0\ntokens_per_second = 100\nlong_reply_chars = 1200\n"
+LONG = "long_reply_chars = 1200\n"
 
 
 def write_config(tmp_path: Path, redis: RedisServer, limits: str = "", server: str = "") -> Path:
-    path = tmp_path / "server.toml"
-    path.write_text(
-        f'[server]\nnpcs_dir = "{DEMO_NPCS}"\n{server}'
-        f"[limits]\n{limits}"
-        f"[overrides.scripted]\n{SLOW}"
-        f'[cluster]\nredis_url = "{redis.url}"\n',
-        encoding="utf-8",
+    return cluster_config(
+        tmp_path, redis, tokens_per_second=100, scripted=LONG, limits=limits, server=server
     )
-    return path
 
 
-@contextmanager
 def cluster(
     tmp_path: Path, count: int, limits: str = "", server: str = ""
-) -> Iterator[tuple[RedisServer, list[ServerProcess]]]:
+) -> AbstractContextManager[tuple[RedisServer, list[ServerProcess]]]:
     """`count` nodes on one redis-server, with extra `[limits]` / `[server]` lines."""
-    with redis_server() as redis, ExitStack() as stack:
-        config = write_config(tmp_path, redis, limits, server)
-        started = []
-        for _ in range(count):
-            node = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
-            stack.callback(node.kill)
-            started.append(node)
-        yield redis, started
+    return nodes_on_redis(
+        tmp_path, count, tokens_per_second=100, scripted=LONG, limits=limits, server=server
+    )
 
 
 async def health(node: ServerProcess) -> dict[str, Any]:
@@ -308,11 +300,7 @@ async def test_resumes_through_one_port_of_two_workers_always_resume(tmp_path: P
             env={"NPC_SERVER_CONFIG": str(config)}, args=["--workers", "2"]
         )
         try:
-            await wait_until(
-                lambda: sum(" node " in line for line in server.output) == 2,
-                timeout=60,
-                what="both workers serving",
-            )
+            await workers_serving(server, 2)
             crossed = await resume_until_crossed(server)
             assert crossed, "the kernel never sent a resume to the other worker"
         finally:
