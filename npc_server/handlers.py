@@ -271,9 +271,12 @@ def join(node: Node, session: Session, frame: Join) -> None:
             raise Refused(
                 ErrorCode.FORBIDDEN, f"room {frame.room!r} is full ({limits.room_members} players)"
             )
-        node.hub.join(frame.room, player)
+        # Presence waits for the subscription: a member's answer to it must reach this
+        # node, and other nodes hear that it listens (its broker's announcement) first.
+        node.hub.join(frame.room, player, quiet=True)
 
         def joined() -> None:
+            node.hub.announce(frame.room, player, "joined")
             # After the ack the player gets every frame of the room, from any node.
             _ack(node, session, frame)
             for mine in node.hub.sessions_of(player):  # catch up on turns under way
@@ -281,7 +284,7 @@ def join(node: Node, session: Session, frame: Join) -> None:
 
         def failed() -> None:
             # Redis went away before the room's other nodes were heard: not joined.
-            node.hub.leave(frame.room, player)
+            node.hub.leave(frame.room, player, quiet=True)
             error = Error(ErrorCode.UNAVAILABLE, "rooms are unavailable; try again", frame.id, 1.0)
             node.hub.send_to_session(session, error)
 

@@ -100,8 +100,12 @@ class Hub:
         for session in self.sessions_of(player):
             self.broker.subscribe(channel, session)
         if not quiet:
-            self.send_to_room(room, Presence(room, player, "joined"), exclude=player)
+            self.announce(room, player, "joined")
         return True
+
+    def announce(self, room: str, player: str, state: str) -> None:
+        """Tell the room's other members that `player` joined or left."""
+        self.send_to_room(room, Presence(room, player, state), exclude=player)
 
     def leave(self, room: str, player: str, *, quiet: bool = False) -> bool:
         """Remove a player from a room; False if not a member. `quiet`: no presence
@@ -120,7 +124,7 @@ class Hub:
         for session in self.sessions_of(player):
             self.broker.unsubscribe(channel, session)
         if not quiet:
-            self.send_to_room(room, Presence(room, player, "left"), exclude=player)
+            self.announce(room, player, "left")
         return True
 
     def leave_all(self, player: str, *, quiet: bool = False) -> list[str]:
