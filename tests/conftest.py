@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.redis import RedisServer, redis_server
+
 
 class _ErrorRecords(logging.Handler):
     def __init__(self) -> None:
@@ -43,3 +45,10 @@ def _no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     if handler.records:
         lines = [f"{r.name}: {r.getMessage()}" for r in handler.records[:5]]
         pytest.fail("the server logged errors:\n" + "\n".join(lines), pytrace=False)
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server of its own on a free loopback port, for one test."""
+    with redis_server() as server:
+        yield server

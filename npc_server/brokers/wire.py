@@ -42,9 +42,15 @@ class Publication:
     number: int = 0
 
 
-def encode_frame(origin: str, frame: ServerFrame, exclude: str | None, number: int = 0) -> bytes:
+def frame_body(frame: ServerFrame) -> dict[str, Any]:
+    """A frame as the map `decode_frame` reads (inside a message between nodes)."""
     body = frame.payload()
     body["t"] = frame.T
+    return body
+
+
+def encode_frame(origin: str, frame: ServerFrame, exclude: str | None, number: int = 0) -> bytes:
+    body = frame_body(frame)
     data: bytes = msgpack.packb([VERSION, origin, number, "f", exclude, body], use_bin_type=True)
     return data
 

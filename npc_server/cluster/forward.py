@@ -29,6 +29,7 @@ import msgpack
 
 from npc_server.backends.base import MemoryEntry
 from npc_server.brokers.base import session_channel
+from npc_server.cluster.late_starts import LateStarts
 from npc_server.cluster.leases import CHECK_EVERY, TIMEOUT, Leases, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.protocol.codec import FrameError, decode_client_frame
@@ -81,6 +82,8 @@ class Forwarder:
         self.node_id = broker.node_id
         self.leases = Leases(broker.client, self.node_id)
         self.remote = RemoteTurns(broker.deliver_local_nowait, self._orphaned)
+        self.late = LateStarts(node, broker, self.remote)
+        self.remote.on_missing = self.late.missing
         self._tasks: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
         self.rejected = 0
@@ -114,7 +117,8 @@ class Forwarder:
         return {
             "relayed_turns": len(self.remote),
             "waiting": len(self._waiting),
-            "rejected": self.rejected,
+            "rejected": self.rejected + self.late.rejected,
+            "late_starts": self.late.asked,
         }
 
     # --- this node's requests ---------------------------------------------------

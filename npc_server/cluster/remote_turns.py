@@ -13,7 +13,9 @@ to arrive whole, this node ends the turn for its own subscribers with
 A delta or action of a turn whose start this node never relayed is dropped:
 no session here saw the turn begin (they joined or connected since), and the
 catch-up they asked the turn's node for brings its start and its text so far
-(published after those frames, so nothing is lost or shown twice).
+(published after those frames, so nothing is lost or shown twice). If no
+catch-up was asked for it (the turn began as a session here subscribed), the
+first such frame is reported (`on_missing`): `late_starts` asks the turn's node.
 
 Each node does this for its own sockets, so it needs no Redis.
 """
@@ -59,9 +61,11 @@ class RemoteTurns:
         self,
         deliver_local: Callable[[str, ServerFrame], None],
         on_orphaned: Callable[[RemoteTurn], None] | None = None,
+        on_missing: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._deliver = deliver_local
         self._on_orphaned = on_orphaned or (lambda turn: None)
+        self.on_missing = on_missing or (lambda origin, channel, turn: None)
         self._open: dict[str, RemoteTurn] = {}
         self._ended: set[str] = set()
         self._ended_order: deque[str] = deque()
@@ -86,6 +90,7 @@ class RemoteTurns:
             if self._adopting and channel in self._adopting:
                 self._learn(origin, number, channel, frame)
                 return True
+            self._missed(origin, channel, frame.turn)
             return False
         if type(frame) is TurnStart:
             if frame.turn in self._ended:
@@ -113,7 +118,10 @@ class RemoteTurns:
             )
             return True
         if type(frame) is Action and frame.turn not in self._open:
-            return channel in self._adopting
+            if channel in self._adopting:
+                return True
+            self._missed(origin, channel, frame.turn)
+            return False
         turn_id = getattr(frame, "turn", None)
         if not isinstance(turn_id, str):
             return True
@@ -126,6 +134,26 @@ class RemoteTurns:
             self._queued.pop(turn_id, None)
             self._duplicate_snapshots.discard(turn_id)
         return turn_id not in self._ended
+
+    def _missed(self, origin: str, channel: str, turn_id: str) -> None:
+        if turn_id not in self._ended and not channel.startswith("session:"):
+            self.on_missing(origin, channel, turn_id)
+
+    def caught_up(self, origin: str, channel: str, frames: list[ServerFrame]) -> list[ServerFrame]:
+        """The start of a turn that was `on_missing` and its text so far, from its node:
+        those to deliver on `channel` (none if the turn is followed or over by now)."""
+        if not frames or type(frames[0]) is not TurnStart:
+            return []
+        start = frames[0]
+        if start.turn in self._open or start.turn in self._ended:
+            return []
+        if _audience_channel(start) != channel:
+            return []
+        return [
+            f
+            for f in frames
+            if getattr(f, "turn", None) == start.turn and self.observe(origin, 0, channel, f)
+        ]
 
     def adopt(self, channel: str) -> None:
         """A session moving here subscribes `channel`: follow turns already under way."""

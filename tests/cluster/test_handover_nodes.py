@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
-import pytest
 
 from npc_server.brokers.redis import RedisBroker
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
 from npc_server.protocol.frames import Ack, Delta, Resume
 from npc_server.session import Session
-from tests.support.redis import RedisServer, redis_server
+from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
 from tests.support.wait import wait_until
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @asynccontextmanager

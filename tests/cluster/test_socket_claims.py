@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import pytest
 import redis.asyncio as aioredis
 
 from npc_server.brokers.redis import RedisBroker
 from npc_server.cluster.sockets import KEY, LEASE, Claim, SocketClaims
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
-from tests.support.redis import RedisServer, redis_server
+from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
 from tests.support.wait import wait_until
 
@@ -23,12 +22,6 @@ class Wall:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @asynccontextmanager

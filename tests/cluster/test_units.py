@@ -3,16 +3,13 @@ ids and validation of what other nodes send."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import redis.asyncio as aioredis
 
 from npc_server.cluster.forward import owner_of
 from npc_server.cluster.leases import Leases, alive_key, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.protocol.frames import Action, Delta, ServerFrame, TurnEnd, TurnStart
-from tests.support.redis import RedisServer, redis_server
+from tests.support.redis import RedisServer
 
 
 class Local:
@@ -75,12 +72,6 @@ def test_ids_name_the_node_that_made_them() -> None:
     """A turn or action id names its node; anything else names none."""
     assert owner_of("t-1c40e0-12") == "1c40e0" and owner_of("a-ff00aa-3") == "ff00aa"
     assert owner_of("not-an-id-at-all") is None and owner_of("t--1") is None
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 async def test_one_owner_per_conversation_until_its_node_dies(redis: RedisServer) -> None:
@@ -154,3 +145,23 @@ def test_a_turn_under_way_is_followed_on_a_channel_a_moving_session_adopts() -> 
     assert turns.observe("a", 7, "player:alice", Delta("t-a-1", "!", 11))
     assert turns.get("t-a-1") is not None and turns.written_on("player:alice") == {"t-a-1": 12}
     assert not turns.observe("a", 8, "player:alice", Delta("t-a-2", "new", 3))
+
+
+def test_a_turn_missed_at_its_start_is_reported_then_caught_up_once() -> None:
+    """A delta or action of a turn never seen starting is dropped and reported (its node is
+    asked); the start and text its node sends back are delivered once, and its next
+    deltas flow; a catch-up for a turn followed already, or on another channel, is not."""
+    missed: list[tuple[str, str, str]] = []
+    turns = RemoteTurns(Local(), on_missing=lambda *m: missed.append(m))
+    assert not turns.observe("a", 7, "room:inn", Delta("t-a-1", "lo", 3))
+    assert not turns.observe("a", 8, "room:inn", Action("t-a-1", "x", "wave", {}, 5, False))
+    assert not turns.observe("a", 9, "session:s-b-1", Delta("t-a-9", "own", 0))
+    assert missed == [("a", "room:inn", "t-a-1")] * 2
+    start = TurnStart("t-a-1", "guard", "carol", "inn")
+    assert turns.caught_up("a", "room:hall", [start, Delta("t-a-1", "hello", 0)]) == []
+    frames = [start, Delta("t-a-1", "hello", 0), Delta("t-a-2", "other", 0)]
+    assert turns.caught_up("a", "room:inn", frames) == frames[:2]
+    assert turns.caught_up("a", "room:inn", frames) == []
+    assert turns.observe("a", 10, "room:inn", Delta("t-a-1", " there", 5))
+    turn = turns.get("t-a-1")
+    assert turn is not None and turn.text == "hello there"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
@@ -14,17 +14,11 @@ from npc_server.backends.base import MemoryEntry
 from npc_server.memories import codec
 from npc_server.memories.redis import RedisMemoryStore, memory_key
 from tests.memories.test_store import said
-from tests.support.redis import RedisServer, redis_server
+from tests.support.redis import RedisServer
 from tests.support.wait import wait_until
 
 TTL = 3600.0
 WAIT = 10.0
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @pytest.fixture
