@@ -139,6 +139,7 @@ def create_app(
                 "handover": node.handover.statistics(),
                 "sockets": asdict(node.socket_claims.statistics()),
                 "routing": node.cluster.statistics() if node.cluster is not None else None,
+                "broker": _broker_statistics(node.broker),
             },
         }
         return jsonify(body)
@@ -278,3 +279,9 @@ async def _park_sessions(node: Node) -> None:
 
 def web_dir() -> Path:
     return WEB_DIR
+
+
+def _broker_statistics(broker: Any) -> dict[str, Any] | None:
+    """The Redis broker's counts (publications sent, received, kept on this node...)."""
+    statistics = getattr(broker, "redis_statistics", None)
+    return asdict(statistics()) if statistics is not None else None

@@ -7,9 +7,22 @@ others queued in the same loop iteration, in one pipeline: never a round trip
 per token. Each node subscribes in Redis to the channels it has subscribers
 for, delivers what other nodes publish to them, and skips its own echo.
 
+A node publishes to Redis only what another node may receive. `PUBLISH`
+answers with the number of connections that got it: when that is 1 on a
+channel this node subscribes (its own subscription, confirmed by Redis before
+the publication was sent), no other node listens, and the node keeps that
+channel's publications local ("alone") until another node announces interest.
+A node announces interest on each channel as soon as Redis confirms its
+subscription, before anything that waits for that subscription (a handover's
+ask, a join's catch-up) is sent, so the publisher hears it first: what it
+published meanwhile is what it hands over or catches the newcomer up with.
+Most private streams and every idle session's heartbeat so never reach Redis.
+
 When Redis goes away the node keeps serving its own sockets; what it could
 not publish is counted (`lost`), and its reader reconnects with backoff and
-resubscribes every channel at once when Redis is back.
+resubscribes every channel at once when Redis is back. Every change of the
+link forgets what it knew about channels being alone, and announces its
+interest again.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ SYNC = "npc-sync:"
 HEALTH = "npc-health"
 HEALTH_EVERY = 5.0  # a quiet subscription is pinged this often
 HEALTH_TIMEOUT = 15.0  # and given up if nothing comes back for this long
+INTEREST = "interest"  # a node's announcement that it now subscribes a channel
 
 
 class BrokerUnavailable(RuntimeError):
@@ -54,6 +68,8 @@ class RedisStatistics:
     rejected: int
     lost: int
     connected: bool
+    kept_local: int = 0  # publications not sent: no other node listened on their channel
+    alone: int = 0  # channels whose publications stay on this node now
 
 
 def check_reachable(url: str) -> None:
@@ -144,6 +160,15 @@ class RedisBroker:
         # Channels this node could not publish on -> the number of the last publication lost.
         self._gaps: dict[str, int] = {}
         self._observer: RemoteObserver | None = None
+        # Where another node listens (see the module docstring): channels Redis has
+        # confirmed this node subscribes, those waiting for it (-> the version that
+        # subscribes them), those no other node subscribed at the last publication, and
+        # the count of interest announcements heard (a reply sent before one is not trusted).
+        self._live: set[str] = set()
+        self._unconfirmed: dict[str, int] = {}
+        self._alone: set[str] = set()
+        self._heard = 0
+        self._kept_local = 0
         self.connected = False
         self._errors: tuple[type[BaseException], ...] = ()
 
@@ -154,12 +179,16 @@ class RedisBroker:
         if channel not in self._remote:
             self._remote.add(channel)
             self._want_sync()
+            self._unconfirmed[channel] = self._version
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         self._local.unsubscribe(channel, subscriber)
         if channel in self._remote and not self._local.subscriber_count(channel):
             self._remote.discard(channel)
             self._want_sync()
+            self._unconfirmed.pop(channel, None)
+            self._live.discard(channel)
+            self._alone.discard(channel)
 
     def _want_sync(self) -> None:
         self._version += 1
@@ -190,19 +219,28 @@ class RedisBroker:
         self._number = number = self._number + 1
         self._d_origin, self._d_number = self.node_id, number
         self._local.publish_nowait(channel, frame, exclude)
-        self._queue(channel, wire.encode_frame(self.node_id, frame, exclude, number))
+        if channel in self._alone:
+            self._kept_local += 1
+        else:
+            self._queue(channel, wire.encode_frame(self.node_id, frame, exclude, number))
 
     def drop_turn_nowait(self, channel: str, turn: str) -> None:
         self._number += 1
         self._local.drop_turn_nowait(channel, turn)
-        self._queue(channel, wire.encode_drop(self.node_id, turn, self._number))
+        if channel in self._alone:
+            self._kept_local += 1
+        else:
+            self._queue(channel, wire.encode_drop(self.node_id, turn, self._number))
 
     def send_nowait(self, node: str, message: Mapping[str, Any]) -> None:
         self.signal_nowait(f"node:{node}", message)
 
     def signal_nowait(self, channel: str, message: Mapping[str, Any]) -> None:
         self._number += 1
-        self._queue(channel, wire.encode_message(self.node_id, message, self._number))
+        if channel in self._alone:  # no other node would hear it; this one never does
+            self._kept_local += 1
+        else:
+            self._queue(channel, wire.encode_message(self.node_id, message, self._number))
 
     def on_message(self, kind: str, handler: MessageHandler) -> None:
         self._handlers[kind] = handler
@@ -238,7 +276,13 @@ class RedisBroker:
 
     def redis_statistics(self) -> RedisStatistics:
         return RedisStatistics(
-            self._sent, self._received, self._rejected, self._lost, self.connected
+            self._sent,
+            self._received,
+            self._rejected,
+            self._lost,
+            self.connected,
+            self._kept_local,
+            len(self._alone),
         )
 
     async def start(self) -> None:
@@ -290,9 +334,10 @@ class RedisBroker:
         # One pipeline for everything queued meanwhile; the next batch waits for it.
         try:
             while self._pending:
-                batch, upto = self._take_pending(), self._number
+                batch, upto, heard = self._take_pending(), self._number, self._heard
                 try:
-                    await self._send_retrying(batch)
+                    receivers = await self._send_retrying(batch)
+                    self._learn(batch, receivers, heard)
                 except self._errors as exc:
                     self._lost += len(batch)
                     self._gaps.update((c.removeprefix(PREFIX), upto) for c, _ in batch)
@@ -301,28 +346,40 @@ class RedisBroker:
         finally:
             self._flushing = False
 
-    async def _send_retrying(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _send_retrying(self, batch: list[tuple[str, bytes]]) -> list[Any]:
         # A pooled connection that Redis closed (a restart) fails once, then reconnects.
         try:
-            await self._send(batch)
+            return await self._send(batch)
         except self._errors:
-            await self._send(batch)
+            return await self._send(batch)
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
-        # One write of the batch as RESP on a pooled connection, then its replies: what a
-        # pipeline sends, without building a command object per publication.
+    async def _send(self, batch: list[tuple[str, bytes]]) -> list[Any]:
+        # One write of the batch as RESP on a pooled connection, then its replies (each
+        # the number of connections that received it): what a pipeline sends, without
+        # building a command object per publication.
         pool = self._redis.connection_pool
         connection = await pool.get_connection()
         try:
             await connection.send_packed_command(_publish_commands(batch), check_health=False)
-            for _ in batch:
-                await connection.read_response()
+            receivers = [await connection.read_response() for _ in batch]
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
         self._sent += len(batch)
+        return receivers
+
+    def _learn(self, batch: list[tuple[str, bytes]], receivers: list[Any], heard: int) -> None:
+        """Channels whose publication reached only this node's own subscription are alone."""
+        if heard != self._heard:
+            return  # an interest came during the round trip: it may be newer than a reply
+        live = self._live
+        for (prefixed, _), count in zip(batch, receivers, strict=True):
+            if count == 1:
+                channel = prefixed[len(PREFIX) :]
+                if channel in live:
+                    self._alone.add(channel)
 
     # --- receiving ----------------------------------------------------------
 
@@ -360,6 +417,10 @@ class RedisBroker:
     async def _serve(self, pubsub: Any) -> None:
         # A node channel keeps the connection subscribed even with no sessions.
         await pubsub.subscribe(f"{PREFIX}node:{self.node_id}")
+        # Subscriptions of the connection that went away count for nothing now.
+        for channel in self._live:
+            self._unconfirmed[channel] = self._version
+        self._live.clear()
         self._set_connected(True)
         self._report_gaps()
         self._changed.set()  # (re)subscribe every channel on a new connection
@@ -432,10 +493,25 @@ class RedisBroker:
         if text.startswith(SYNC) and text[len(SYNC) :].isdigit():
             self._synced = max(self._synced, int(text[len(SYNC) :]))
             self._synced_event.set()
+            self._went_live(self._synced)
             ready = [cb for version, cb, _ in self._waiting if version <= self._synced]
             self._waiting = [w for w in self._waiting if w[0] > self._synced]
             for callback in ready:
                 callback()
+
+    def _went_live(self, version: int) -> None:
+        # Announced before any callback waiting for the subscription runs, so that what it
+        # sends (an ask, a catch-up) reaches the publisher after the announcement.
+        ready = [c for c, v in self._unconfirmed.items() if v <= version]
+        for channel in ready:
+            del self._unconfirmed[channel]
+            self._live.add(channel)
+        self._announce(ready)
+
+    def _announce(self, channels: list[str]) -> None:
+        for channel in channels:
+            self._alone.discard(channel)
+            self.signal_nowait(channel, {"k": INTEREST})
 
     def _deliver(self, raw_channel: bytes | str, data: Any) -> None:
         if isinstance(data, bytes) and data.startswith(self._own_prefix):
@@ -452,6 +528,12 @@ class RedisBroker:
             return  # delivered locally when published
         if publication.number <= self._from.get(origin, 0):
             return  # a batch written again after a failure: delivered already
+        message = publication.message
+        if message is not None and message["k"] == INTEREST:
+            self._from[origin] = publication.number
+            self._heard += 1
+            self._alone.discard(channel.removeprefix(PREFIX))
+            return
         self._received += 1
         self._from[origin] = publication.number
         local = channel.removeprefix(PREFIX)
@@ -462,8 +544,8 @@ class RedisBroker:
                 self._local.publish_nowait(local, frame, publication.exclude)
         elif publication.drop_turn is not None:
             self._local.drop_turn_nowait(local, publication.drop_turn)
-        elif publication.message is not None:
-            self._dispatch(origin, publication.message)
+        elif message is not None:
+            self._dispatch(origin, message)
 
     def _dispatch(self, origin: str, message: dict[str, Any]) -> None:
         handler = self._handlers.get(message["k"])
@@ -492,6 +574,12 @@ class RedisBroker:
                 failed()
         if connected != self.connected:
             self.connected = connected
+            # What was learnt about listeners may be stale, and an announcement of this
+            # node's may have been lost: learn again, announce again.
+            self._alone.clear()
+            self._heard += 1
+            if connected:
+                self._announce(sorted(self._live))
             self._on_state(connected)
             for listener in self._listeners:
                 listener(connected)

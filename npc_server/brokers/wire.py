@@ -9,6 +9,11 @@ server frame: `body` is its map with `t`), `d` (drop a turn's queued deltas:
 like a client's: anything that does not fit (another version, a stray value,
 a truncated entry, a frame whose keys or types are wrong) raises `WireError`
 and is dropped by the caller, never delivered and never a crash.
+
+Version 3: nodes announce their subscriptions (a message of kind `interest`)
+and publish only where another node listens, so a node of version 2, which
+does not announce, must not share a cluster with them: each drops the other's
+publications as another version's.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import msgpack
 from npc_server.protocol import frames
 from npc_server.protocol.frames import ServerFrame
 
-VERSION = 2
+VERSION = 3
 MAX_BYTES = 1 << 20
 
 

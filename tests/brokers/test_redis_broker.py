@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -13,17 +13,11 @@ from npc_server.brokers import room_channel
 from npc_server.brokers.redis import PREFIX, BrokerUnavailable, RedisBroker
 from npc_server.protocol.frames import Delta, Presence, TurnEnd
 from tests.brokers.test_broker import Sink
-from tests.support.redis import RedisServer, free_port, redis_server
+from tests.support.redis import RedisServer, free_port
 from tests.support.wait import wait_until
 
 ROOM = room_channel("tavern")
 WAIT = 10.0
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @asynccontextmanager
@@ -53,7 +47,8 @@ async def test_a_publication_reaches_other_nodes_once_and_its_own_node_once(
             a.publish_nowait(ROOM, frame)
         await wait_until(lambda: len(there.frames) == 3, what="frames on node b")
         assert there.frames == frames and here.frames == frames
-        await wait_until(lambda: a.redis_statistics().sent == 3, what="the batch written")
+        # Written: the three frames and its announcement of interest in ROOM.
+        await wait_until(lambda: a.redis_statistics().sent == 4, what="the batch written")
         assert b.redis_statistics().received == 3 and a.redis_statistics().received == 0
 
 
@@ -238,7 +233,8 @@ async def test_positions_say_which_publications_a_node_has_delivered(redis: Redi
         assert {(origin, channel) for origin, channel, _ in observed} == {("node-a", ROOM)}
         assert numbers == [2, 3, 4]
         b.publish_nowait(ROOM, Delta("t2", "own", 0))
-        assert seen[-1] == ("node-b", 1) and len(observed) == 3  # own frames are not remote
+        # Own frames are not remote (b's number 1 was its announcement of interest in ROOM).
+        assert seen[-1] == ("node-b", 2) and len(observed) == 3
 
 
 async def test_a_subscription_racing_a_redis_drop_fails_instead_of_waiting(

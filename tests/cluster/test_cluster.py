@@ -113,6 +113,30 @@ async def test_a_room_spans_nodes(tmp_path: Path) -> None:
             assert alice_frames[-1]["chars"] == len(text) == bob_frames[-1]["chars"]
 
 
+async def test_a_private_stream_stays_off_redis_until_another_node_listens(
+    tmp_path: Path,
+) -> None:
+    """Alice's turns on one node are not written to Redis while no other node holds a
+    session of hers (/healthz counts them kept local); once she also connects to a second
+    node, that socket gets her next turn whole."""
+    with nodes(tmp_path, 2) as (a, b):
+        async with connect(a.url) as here:
+            await here.hello(a.token("alice"))
+            await here.send({"t": "say", "id": 1, "npc": "guard", "text": "open the gate"})
+            await here.recv_until(lambda f: f["t"] == "turn.end")
+            async with httpx.AsyncClient() as http:
+                broker = (await http.get(f"{a.http_url}/healthz")).json()["cluster"]["broker"]
+            assert broker["kept_local"] >= 5 and broker["alone"] >= 1
+            async with connect(b.url) as there:
+                await there.hello(b.token("alice"))
+                await here.send({"t": "say", "id": 2, "npc": "guard", "text": "who are you?"})
+                mine = await here.recv_until(lambda f: f["t"] == "turn.end")
+                theirs = await there.recv_until(lambda f: f["t"] == "turn.end")
+            [start] = [f for f in theirs if f["t"] == "turn.start"]
+            text = turn_text(theirs, start["turn"])
+            assert text and text == turn_text(mine, start["turn"])
+
+
 async def test_workers_share_one_port(tmp_path: Path) -> None:
     """`--workers 2` serves on one port from two nodes, and each talks to players."""
     with redis_server() as redis:
