@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 PREFIX = "npc:"
 MAX_PENDING = 100_000
 CONNECT_TIMEOUT = 5.0
+MAX_CONNECTIONS = 64  # pooled connections to Redis per node (commands wait for one)
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 READ_TIMEOUT = 1.0
@@ -290,9 +291,16 @@ class RedisBroker:
         import redis.asyncio as aioredis
 
         self._errors = _redis_errors()
-        self._redis = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=10
+        # A burst of connects (claims, catch-ups) waits for a pooled connection instead of
+        # failing with "Too many connections", which would read as Redis going away.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CONNECT_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            health_check_interval=10,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._redis.ping()

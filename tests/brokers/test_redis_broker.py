@@ -280,3 +280,20 @@ async def test_closing_right_after_a_subscription_change_never_hangs(redis: Redi
         await asyncio.wait_for(broker.aclose(), WAIT)
         left = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-broker")]
         assert not [t for t in left if not t.done()]
+
+
+async def test_a_burst_of_commands_waits_for_a_connection_instead_of_failing(
+    redis: RedisServer,
+) -> None:
+    """Hundreds of commands at once (a burst of connects: socket claims, catch-ups) queue for
+    the node's pooled connections; none fails and the broker stays connected, publishing."""
+    async with nodes(redis) as (a, b):
+        there = Sink("s2", "bob")
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        burst = [a.client.incr("npc:test:burst") for _ in range(300)]
+        a.publish_nowait(ROOM, Delta("t1", "during the burst", 0))
+        answers = await asyncio.wait_for(asyncio.gather(*burst), WAIT)
+        assert sorted(answers) == list(range(1, 301))
+        await wait_until(lambda: len(there.frames) == 1, what="the publication on node b")
+        assert a.connected and a.redis_statistics().lost == 0
