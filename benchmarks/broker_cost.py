@@ -9,13 +9,13 @@ made in ticks of 5 ms, as a busy node's loop iterations. Reported: this
 process's CPU per publication (`time.process_time`) over a window, for
 
 - `memory`: the in-memory broker (one process, the baseline);
-- `redis`: `RedisBroker` as it is (local delivery, encode, one pipeline of
-  PUBLISH per iteration through redis-py, and the echo of every publication
-  read back, decoded and dropped, since this node subscribes its channels);
-- `redis_skip_echo`: the same, dropping the node's own echo by its first
-  bytes before decoding it;
-- `redis_no_echo`: the same with the channels subscribed locally only
-  (nothing comes back: what publishing alone costs);
+- `redis`: `RedisBroker` with no other node listening: after the first
+  publication on each channel (answered by this node's own subscription
+  alone) it keeps the channel local, as for a player connected to one node;
+- `redis_listened`: the same with another process subscribed to every
+  channel (`PSUBSCRIBE npc:player:*`, read and discarded outside this
+  process), so that every publication goes to Redis and comes back as this
+  node's echo: the path of a room spanning nodes;
 - `raw_resp`: local delivery plus the envelope written as RESP to a plain
   asyncio connection, replies counted (no redis-py, no echo): the floor of
   a leaner publisher;
@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +68,32 @@ class Sink:
         return 0
 
 
-class SkipEcho(RedisBroker):
-    """`RedisBroker` that drops its own echo by the envelope's first bytes, before decoding."""
+LISTENER = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"*2\\r\\n$10\\r\\nPSUBSCRIBE\\r\\n$12\\r\\nnpc:player:*\\r\\n")
+got = b""
+while b"psubscribe" not in got:  # Redis applied it: every PUBLISH counts this listener
+    got += s.recv(1024)
+print("ready", flush=True)
+while s.recv(1 << 20):
+    pass
+"""
 
-    def __init__(self, url: str, node_id: str) -> None:
-        super().__init__(url, node_id)
-        # [VERSION, origin, ...]: a 5-array header, then the version and origin as packed.
-        self._own = b"\x95" + msgpack.packb([wire.VERSION, node_id])[1:]
 
-    def _deliver(self, raw_channel: bytes | str, data: Any) -> None:
-        if isinstance(data, bytes) and data.startswith(self._own):
-            return
-        super()._deliver(raw_channel, data)
+@contextlib.contextmanager
+def another_node_listening(port: int) -> Iterator[None]:
+    """A process outside this one subscribed to every `player:` channel, reading it all."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 class EchoReader(asyncio.Protocol):
@@ -183,23 +199,32 @@ async def _variant(name: str, port: int, players: int, seconds: float) -> float:
         for channel, sink in zip(channels, sinks, strict=True):
             raw.local.subscribe(channel, sink)
         return await _drive(raw.publish_nowait, channels, seconds, raw.flush)
-    cls = SkipEcho if name == "redis_skip_echo" else RedisBroker
-    broker = cls(f"redis://127.0.0.1:{port}/0", f"bench-{name}")
+    with contextlib.ExitStack() as stack:
+        if name == "redis_listened":
+            stack.enter_context(another_node_listening(port))
+        return await _redis_broker(name, port, channels, sinks, seconds)
+
+
+async def _redis_broker(
+    name: str, port: int, channels: list[str], sinks: list[Sink], seconds: float
+) -> float:
+    broker = RedisBroker(f"redis://127.0.0.1:{port}/0", f"bench-{name}")
     await broker.start()
     try:
         for channel, sink in zip(channels, sinks, strict=True):
-            if name == "redis_no_echo":
-                broker._local.subscribe(channel, sink)
-            else:
-                broker.subscribe(channel, sink)
+            broker.subscribe(channel, sink)
         async with asyncio.timeout(10):
             await broker.wait_subscribed()
-        return await _drive(broker.publish_nowait, channels, seconds, nothing)
+        return await _drive(broker.publish_nowait, channels, seconds, _yield)
     finally:
         await broker.aclose()
 
 
-VARIANTS = ("memory", "redis", "redis_skip_echo", "redis_no_echo", "raw_resp", "raw_resp_echo")
+async def _yield() -> None:
+    return None
+
+
+VARIANTS = ("memory", "redis", "redis_listened", "raw_resp", "raw_resp_echo")
 
 
 async def run(port: int, players: int, seconds: float, repeats: int) -> dict[str, Any]:

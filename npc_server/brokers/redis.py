@@ -3,8 +3,8 @@
 Local subscribers get a publication at once, in place, as with the memory
 broker (the fast path: no round trip for sockets on the node that made the
 frame). Every publication is also queued for Redis and written with the
-others queued in the same loop iteration, in one pipeline: never a round trip
-per token. Each node subscribes in Redis to the channels it has subscribers
+others queued meanwhile, in one pipeline, at most one every `FLUSH_WINDOW`
+(5 ms; at once after a quiet spell): never a round trip per token. Each node subscribes in Redis to the channels it has subscribers
 for, delivers what other nodes publish to them, and skips its own echo.
 
 A node publishes to Redis only what another node may receive. `PUBLISH`
@@ -21,8 +21,9 @@ Most private streams and every idle session's heartbeat so never reach Redis.
 When Redis goes away the node keeps serving its own sockets; what it could
 not publish is counted (`lost`), and its reader reconnects with backoff and
 resubscribes every channel at once when Redis is back. Every change of the
-link forgets what it knew about channels being alone, and announces its
-interest again.
+link forgets what it knew about channels being alone, announces its interest
+again, and learns nothing alone for `RELEARN_AFTER` (10 s), while the other
+nodes resubscribe.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ PREFIX = "npc:"
 MAX_PENDING = 100_000
 CONNECT_TIMEOUT = 5.0
 MAX_CONNECTIONS = 64  # pooled connections to Redis per node (commands wait for one)
+FLUSH_WINDOW = 0.005  # seconds at least between two writes of publications to Redis
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 READ_TIMEOUT = 1.0
@@ -56,6 +58,9 @@ HEALTH = "npc-health"
 HEALTH_EVERY = 5.0  # a quiet subscription is pinged this often
 HEALTH_TIMEOUT = 15.0  # and given up if nothing comes back for this long
 INTEREST = "interest"  # a node's announcement that it now subscribes a channel
+# After a change of its link, a node learns no channel alone for this long: the other
+# nodes resubscribe within their backoff, and until they do a count of 1 proves nothing.
+RELEARN_AFTER = 2 * BACKOFF_MAX
 
 
 class BrokerUnavailable(RuntimeError):
@@ -71,6 +76,7 @@ class RedisStatistics:
     connected: bool
     kept_local: int = 0  # publications not sent: no other node listened on their channel
     alone: int = 0  # channels whose publications stay on this node now
+    batches: int = 0  # writes of publications to Redis (each one pipeline)
 
 
 def check_reachable(url: str) -> None:
@@ -137,6 +143,9 @@ class RedisBroker:
         self._local = MemoryBroker()
         self._pending: list[tuple[str, bytes]] = []
         self._flushing = False
+        self.flush_window = FLUSH_WINDOW
+        self._batch_at = -math.inf  # when the last batch went (loop time)
+        self._publisher: Any = None  # the pooled connection the publisher holds
         self._remote: set[str] = set()  # channels this node wants from Redis
         self._changed = asyncio.Event()
         self._version = 0  # of `_remote`
@@ -169,7 +178,10 @@ class RedisBroker:
         self._unconfirmed: dict[str, int] = {}
         self._alone: set[str] = set()
         self._heard = 0
+        self._learn_from = 0.0  # time.monotonic() before which nothing is learnt alone
+        self._lost_link = False  # whether the link to Redis was ever lost
         self._kept_local = 0
+        self._batches = 0
         self.connected = False
         self._errors: tuple[type[BaseException], ...] = ()
 
@@ -284,6 +296,7 @@ class RedisBroker:
             self.connected,
             self._kept_local,
             len(self._alone),
+            self._batches,
         )
 
     async def start(self) -> None:
@@ -339,9 +352,18 @@ class RedisBroker:
         return batch
 
     async def _flush(self) -> None:
-        # One pipeline for everything queued meanwhile; the next batch waits for it.
+        # One pipeline for everything queued meanwhile; the next batch waits for it. A
+        # batch goes at most every FLUSH_WINDOW (at once after a quiet spell): a write to
+        # Redis and the read of its answers cost two system calls, and the receiving
+        # nodes' reads follow the batches; a turn's tokens rarely share a loop iteration,
+        # so without the window a busy node's batch was one publication.
+        loop = asyncio.get_running_loop()
         try:
             while self._pending:
+                wait = self._batch_at + self.flush_window - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._batch_at = loop.time()
                 batch, upto, heard = self._take_pending(), self._number, self._heard
                 try:
                     receivers = await self._send_retrying(batch)
@@ -365,23 +387,29 @@ class RedisBroker:
         # One write of the batch as RESP on a pooled connection, then its replies (each
         # the number of connections that received it): what a pipeline sends, without
         # building a command object per publication.
+        # The publisher keeps one pooled connection while it works (none is taken per batch).
         pool = self._redis.connection_pool
-        connection = await pool.get_connection()
+        connection = self._publisher
+        if connection is None:
+            connection = self._publisher = await pool.get_connection()
         try:
             await connection.send_packed_command(_publish_commands(batch), check_health=False)
             receivers = [await connection.read_response() for _ in batch]
         except BaseException:
+            self._publisher = None
             await connection.disconnect()
-            raise
-        finally:
             await pool.release(connection)
+            raise
         self._sent += len(batch)
+        self._batches += 1
         return receivers
 
     def _learn(self, batch: list[tuple[str, bytes]], receivers: list[Any], heard: int) -> None:
         """Channels whose publication reached only this node's own subscription are alone."""
         if heard != self._heard:
             return  # an interest came during the round trip: it may be newer than a reply
+        if time.monotonic() < self._learn_from:
+            return
         live = self._live
         for (prefixed, _), count in zip(batch, receivers, strict=True):
             if count == 1:
@@ -425,10 +453,13 @@ class RedisBroker:
     async def _serve(self, pubsub: Any) -> None:
         # A node channel keeps the connection subscribed even with no sessions.
         await pubsub.subscribe(f"{PREFIX}node:{self.node_id}")
-        # Subscriptions of the connection that went away count for nothing now.
+        # Subscriptions of the connection that went away count for nothing now, and
+        # whoever waits for a subscription waits for this connection's.
         for channel in self._live:
             self._unconfirmed[channel] = self._version
         self._live.clear()
+        self._synced = -1
+        self._relearn()
         self._set_connected(True)
         self._report_gaps()
         self._changed.set()  # (re)subscribe every channel on a new connection
@@ -574,6 +605,11 @@ class RedisBroker:
             if not channel.startswith("node:"):
                 self.signal_nowait(channel, {"k": "gap", "channel": channel, "upto": upto})
 
+    def _relearn(self) -> None:
+        # Not at start-up: the other nodes' subscriptions are in Redis already.
+        if self._lost_link:
+            self._learn_from = time.monotonic() + RELEARN_AFTER
+
     def _set_connected(self, connected: bool) -> None:
         if not connected:  # a subscription that was not confirmed will not be, soon
             failing = [failed for _, _, failed in self._waiting if failed is not None]
@@ -586,6 +622,8 @@ class RedisBroker:
             # node's may have been lost: learn again, announce again.
             self._alone.clear()
             self._heard += 1
+            self._lost_link = self._lost_link or not connected
+            self._relearn()
             if connected:
                 self._announce(sorted(self._live))
             self._on_state(connected)

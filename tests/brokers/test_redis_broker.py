@@ -297,3 +297,20 @@ async def test_a_burst_of_commands_waits_for_a_connection_instead_of_failing(
         assert sorted(answers) == list(range(1, 301))
         await wait_until(lambda: len(there.frames) == 1, what="the publication on node b")
         assert a.connected and a.redis_statistics().lost == 0
+
+
+async def test_publications_of_a_busy_node_share_writes(redis: RedisServer) -> None:
+    """A publication after a quiet spell is written at once; those that follow within the
+    flush window wait and go together, in order, in one write."""
+    async with nodes(redis) as (a, b):
+        there = Sink("s2", "bob")
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.flush_window = 0.5  # far longer than the loop iterations below
+        frames = [Delta("t1", f"w{n}", n) for n in range(20)]
+        for frame in frames:
+            a.publish_nowait(ROOM, frame)
+            await asyncio.sleep(0)  # each in its own loop iteration
+        await wait_until(lambda: len(there.frames) == 20, what="every frame on node b")
+        assert there.frames == frames
+        assert a.redis_statistics().batches == 2  # the first alone, then the other 19

@@ -128,3 +128,25 @@ async def test_a_node_that_unsubscribed_makes_the_channel_alone_again(redis: Red
         a.publish_nowait(PRIVATE, Delta("t0", "only a", 1))
         await wait_until(lambda: a.redis_statistics().alone == 1, what="the channel alone")
         assert there.frames == [Delta("t0", "both", 0)]
+
+
+async def test_after_a_lost_link_nothing_is_learnt_alone_while_others_resubscribe(
+    redis: RedisServer,
+) -> None:
+    """Back after Redis restarted, a node publishes even where only it listens (others may
+    not have resubscribed yet), and `wait_subscribed` waits for the new connection's
+    subscriptions."""
+    async with nodes(redis) as (a, _):
+        await alone_on(a, PRIVATE, Sink("s1", "alice"))
+        redis.stop()
+        await wait_until(lambda: not a.connected, what="node a offline")
+        redis.start()
+        await wait_until(lambda: a.connected, timeout=20, what="node a back")
+        await asyncio.wait_for(a.wait_subscribed(), WAIT)
+        assert a.redis_statistics().alone == 0
+        sent = a.redis_statistics().sent
+        a.publish_nowait(PRIVATE, Delta("t0", "after", 1))
+        await wait_until(lambda: a.redis_statistics().sent > sent, what="the publication sent")
+        a.publish_nowait(PRIVATE, Delta("t0", "again", 6))
+        await wait_until(lambda: a.redis_statistics().sent > sent + 1, what="sent again")
+        assert a.redis_statistics().alone == 0 and a.redis_statistics().kept_local == 0
