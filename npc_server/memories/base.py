@@ -34,6 +34,7 @@ class MemoryStatistics:
     written: int
     failed: int  # loads or writes the store could not do (Redis away)
     rejected: int  # stored values that were not ours, treated as empty
+    writes: int = 0  # round trips that wrote saves (each one pipeline)
 
 
 class MemoryStore(Protocol):

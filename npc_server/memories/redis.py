@@ -7,9 +7,9 @@ characters of text. Each save is `SET key value PX ttl`, so a memory lives
 `ttl` after the last turn that changed it.
 
 Saves are written behind: `save_nowait` records the latest lines of a key,
-and one task writes everything recorded meanwhile in one pipeline (so one
-loop iteration's saves are one round trip, and of several saves of a key the
-latest wins). A write that fails is kept (unless a newer save replaced it)
+and one task writes everything recorded meanwhile in one pipeline, at most
+one every `WRITE_EVERY` (50 ms; at once after a quiet spell), and of several
+saves of a key the latest wins. A write that fails is kept (unless a newer save replaced it)
 and retried after `RETRY_AFTER`; so are loads refused meanwhile (`None`),
 so that a turn never waits on a Redis that is away. A stored value that is
 not ours (another version, truncated, another type) is logged once per key
@@ -36,6 +36,7 @@ KEY_PREFIX = "npc:mem:"
 TIMEOUT = 2.0  # per command or pipeline: a load never holds a turn longer
 RETRY_AFTER = 1.0  # after a failure: loads answer None and writes wait this long
 MAX_PENDING = 100_000  # keys waiting to be written; past it the oldest is dropped
+WRITE_EVERY = 0.05  # seconds at least between two writes of saved memories
 APPEND_ATTEMPTS = 32  # optimistic transactions lost to concurrent writers (one wins each)
 MAX_WARNED = 1024
 
@@ -65,9 +66,11 @@ class RedisMemoryStore:
         self._writing: dict[str, Lines] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._down_until = float("-inf")
+        self._written_at = float("-inf")
         self._healthy = True
         self._warned: set[str] = set()
         self._loads = self._saves = self._written = self._failed = self._rejected = 0
+        self._writes = 0
 
     # --- reading ------------------------------------------------------------
 
@@ -123,12 +126,17 @@ class RedisMemoryStore:
 
     async def _write_pending(self) -> None:
         while self._pending:
-            wait = self._down_until - self._clock()
+            # At most one write per WRITE_EVERY (at once after a quiet spell): a busy node
+            # saves at each turn's start and end, and one pipeline per save cost it ~10 us
+            # of every token it streamed.
+            wait = max(self._down_until, self._written_at + WRITE_EVERY) - self._clock()
             if wait > 0:
                 await asyncio.sleep(wait)
+            self._written_at = self._clock()
             self._writing, self._pending = self._pending, {}
             try:
                 await self._write(self._writing)
+                self._writes += 1
                 self._written += len(self._writing)
                 self._answered()
             except self._errors as exc:
@@ -243,7 +251,14 @@ class RedisMemoryStore:
     def statistics(self) -> MemoryStatistics:
         pending = len(self._pending) + len(self._writing)
         return MemoryStatistics(
-            0, pending, self._loads, self._saves, self._written, self._failed, self._rejected
+            0,
+            pending,
+            self._loads,
+            self._saves,
+            self._written,
+            self._failed,
+            self._rejected,
+            self._writes,
         )
 
     async def aclose(self) -> None:

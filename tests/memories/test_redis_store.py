@@ -146,6 +146,20 @@ async def test_saves_of_one_iteration_are_one_batch(
     assert len(await raw.keys("npc:mem:mira:player:p*")) == 50
 
 
+async def test_saves_of_a_busy_node_share_a_write(
+    store: RedisMemoryStore, raw: aioredis.Redis
+) -> None:
+    """A save after a quiet spell is written at once; saves in the loop iterations that
+    follow, within WRITE_EVERY, wait and go in one more pipeline."""
+    for i in range(30):
+        store.save_nowait("mira", f"player:p{i}", said(f"hi {i}"))
+        await asyncio.sleep(0)  # each save in its own loop iteration
+    await store.flush()
+    stats = store.statistics()
+    assert stats.written == 30 and stats.writes == 2
+    assert len(await raw.keys("npc:mem:mira:player:p*")) == 30
+
+
 def test_tool_lines_keep_call_and_args() -> None:
     """The codec round-trips every field of a line; text-only lines stay three fields."""
     lines = (MemoryEntry("tool", "dice", "4", "c-9", '{"sides":6}'), *said("roll"))
