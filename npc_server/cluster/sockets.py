@@ -3,10 +3,14 @@
 Each player has one hash, `npc:sockets:<player>`: a field per attached session
 whose value is `<node> <attached ms> <lapses ms>`. A node claims a field when a
 socket attaches (one Lua script counts, refuses or picks the oldest to
-replace, and writes, atomically), releases it when the socket goes, and
-renews its fields every `RENEW` seconds; a dead node's fields lapse after
-`LEASE` seconds without counting. Replacing the oldest socket of another node
-signals its `session:<id>`; that node closes it with REPLACED.
+replace, and writes, atomically) and releases it when the socket goes. A
+field stops counting as soon as its node's lease (`npc:alive:<node>`, see
+`leases`) has lapsed, at most 6 s after the node died; besides, fields lapse
+`LEASE` seconds after their node last renewed them (every `RENEW` seconds),
+which frees what a live node failed to release (Redis was away). So an idle
+socket costs Redis one renewal per `RENEW`, not one per heartbeat. Replacing
+the oldest socket of another node signals its `session:<id>`; that node closes
+it with REPLACED.
 
 Without Redis (one process, or Redis away) the cap counts this node's sockets,
 as before.
@@ -23,6 +27,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from npc_server.brokers import session_channel
+from npc_server.cluster.leases import alive_key
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 
@@ -32,20 +37,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY = "npc:sockets:"
-LEASE = 15.0
-RENEW = 5.0
+ALIVE = alive_key("")  # the prefix of node leases
+LEASE = 120.0
+RENEW = 40.0
 CALL_TIMEOUT = 1.0
 
-# KEYS[1] the player's hash; ARGV: session, node, now ms, lapses ms, cap, replace (0/1).
+# KEYS[1] the player's hash; ARGV: session, node, now ms, lapses ms, cap, replace (0/1),
+# the prefix of node leases. A field of a node without a lease (it died) no longer counts.
 # Returns {1} (claimed), {0} (refused) or {2, session, node} (claimed; replace that one).
 CLAIM = """
 local fields = redis.call('HGETALL', KEYS[1])
 local now = tonumber(ARGV[3])
 local count, oldest, oldest_at, attached = 0, nil, nil, ARGV[3]
+local alive = {[ARGV[2]] = true}
 for i = 1, #fields, 2 do
   local session, value = fields[i], fields[i + 1]
   local node, at, lapses = string.match(value, '^(%S+) (%d+) (%d+)$')
-  if not node or tonumber(lapses) <= now then
+  if node and alive[node] == nil then
+    alive[node] = redis.call('EXISTS', ARGV[7] .. node) == 1
+  end
+  if not node or tonumber(lapses) <= now or not alive[node] then
     redis.call('HDEL', KEYS[1], session)
   elseif session == ARGV[1] then
     attached = at
@@ -140,7 +151,7 @@ class SocketClaims:
         limits = self.node.config.limits
         now = _ms(self._wall())
         args = [session, self.broker_node, now, now + _ms(LEASE), limits.max_sockets_per_player]
-        args.append(1 if limits.sockets_policy == "replace" else 0)
+        args += [1 if limits.sockets_policy == "replace" else 0, ALIVE]
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 answer = await client.eval(CLAIM, 1, KEY + player, *args)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 
 from npc_server.brokers.redis import RedisBroker
+from npc_server.cluster.leases import alive_key
 from npc_server.cluster.sockets import KEY, LEASE, Claim, SocketClaims
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
@@ -30,9 +31,12 @@ async def two_nodes(
 ) -> AsyncIterator[tuple[SocketClaims, SocketClaims]]:
     config = server_config(limits={"max_sockets_per_player": 1, "sockets_policy": policy})
     npcs = load_npcs(DEMO_NPCS)
-    nodes = [Node(config, npcs, broker=RedisBroker(redis.url, name)) for name in "ab"]
-    for node in nodes:
-        await node.broker.start()
+    brokers = [RedisBroker(redis.url, name) for name in "ab"]
+    nodes = [Node(config, npcs, broker=broker) for broker in brokers]
+    for node, broker in zip(nodes, brokers, strict=True):
+        await broker.start()
+        # Each node's lease, as its Leases keep it while it runs (not started here).
+        await broker.client.set(alive_key(node.node_id), b"1")
     try:
         yield SocketClaims(nodes[0], wall), SocketClaims(nodes[1], wall)
     finally:
@@ -40,17 +44,39 @@ async def two_nodes(
             await node.broker.aclose()
 
 
-async def test_a_claim_over_the_cap_is_refused_until_the_dead_nodes_lapse(
+async def test_a_claim_over_the_cap_is_refused_until_the_dead_nodes_lease_lapses(
     redis: RedisServer,
 ) -> None:
-    """A's unrenewed claim counts on B until LEASE has passed on the wall clock."""
+    """A's claim counts on B while A's node lease lives; once it has lapsed (A died), B's
+    claim is granted at once, long before A's claim itself would lapse."""
+    async with two_nodes(redis, Wall()) as (a, b):
+        assert await a.claim("alice", "s-a-1") is Claim.GRANTED
+        assert await b.claim("alice", "s-b-1") is Claim.REFUSED
+        await lease_lapsed(redis, a)
+        assert await b.claim("alice", "s-b-1") is Claim.GRANTED
+        assert b.statistics().refused == 1
+
+
+async def test_an_unrenewed_claim_of_a_live_node_lapses_after_its_lease(
+    redis: RedisServer,
+) -> None:
+    """A claim its live node never renewed (its release was lost) stops counting after
+    LEASE on the wall clock."""
     wall = Wall()
     async with two_nodes(redis, wall) as (a, b):
         assert await a.claim("alice", "s-a-1") is Claim.GRANTED
+        wall.now += LEASE - 1
         assert await b.claim("alice", "s-b-1") is Claim.REFUSED
-        wall.now += LEASE + 1  # A died: it renewed nothing
+        wall.now += 2
         assert await b.claim("alice", "s-b-1") is Claim.GRANTED
-        assert b.statistics().refused == 1
+
+
+async def lease_lapsed(redis: RedisServer, claims: SocketClaims) -> None:
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        assert await client.delete(alive_key(claims.node.node_id)) == 1
+    finally:
+        await client.aclose()
 
 
 async def test_renewing_keeps_a_claim_and_a_release_only_drops_its_own(
