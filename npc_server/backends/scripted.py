@@ -4,7 +4,8 @@ Replies come from the NPC's `[backend]` table (documented in docs/npcs.md):
 topics matched by keyword and game context, templates with `{placeholders}`
 and `[[action key=value]]` markers. A turn is deterministic for its seed, so
 tests and benchmarks can replay it exactly, and all pacing goes through an
-injected `sleep`, so tests run without waiting.
+injected `sleep`, so tests run without waiting; by default through the
+loop's `Pacer`, which wakes every turn due in one tick from one timer.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from npc_server.backends.base import (
     ToolAnswer,
     ToolCallPiece,
 )
+from npc_server.backends.pacer import loop_pacer
 from npc_server.backends.scripted_script import (
     SCALAR,
     Markers,
@@ -56,6 +58,7 @@ _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from floodin
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _PIECE = re.compile(r"([^\w\s]*)(\w+(?:['\u2019]\w+)*)?([^\w\s]*\s*)")
+_PIECE_TEXT = re.compile(r"[^\w\s]*(?:\w+(?:['\u2019]\w+)*)?[^\w\s]*\s*")  # _PIECE ungrouped
 _SPACE = re.compile(r"\s+")
 
 
@@ -95,7 +98,7 @@ class ScriptedBackend:
         npc: NpcConfig,
         settings: Mapping[str, Any],
         *,
-        sleep: Sleep = asyncio.sleep,
+        sleep: Sleep | None = None,
     ) -> None:
         self._npc = npc
         self._sleep = sleep
@@ -132,6 +135,7 @@ class ScriptedBackend:
         choice_rng, pacing_rng = random.Random(key), random.Random(f"{key}:pacing")
         values = self._values(request)
         parts = _split_at_tools(self._choose(request, choice_rng))
+        wait = self._sleep or loop_pacer().wait  # the loop's pacer looked up once per turn
         first = True
         for index, (part, tool) in enumerate(parts):
             segments = _tidy([_fill(s, values) for s in part])
@@ -142,7 +146,7 @@ class ScriptedBackend:
             if not first and segments and isinstance(segments[0], str):
                 segments[0] = " " + segments[0]  # the space the marker stood in
             for piece in _pieces(segments):
-                await self._pace(first, piece, pacing_rng)
+                await self._pace(wait, first, piece, pacing_rng)
                 first = False
                 yield piece
             if tool is not None:
@@ -150,14 +154,18 @@ class ScriptedBackend:
                 yield call
                 _learn(values, call)
 
-    async def _pace(self, first: bool, piece: Piece, rng: random.Random) -> None:
-        delay = self._pacing.delay(first, piece, rng)
-        if delay > 0:
-            await self._sleep(delay)
+    def _pace(self, wait: Sleep, first: bool, piece: Piece, rng: random.Random) -> Awaitable[None]:
+        """What to await before `piece`: the pacer's future (no coroutine per piece)."""
+        pacing = self._pacing
+        if first or pacing.jitter or type(piece) is not TextPiece:
+            delay = pacing.delay(first, piece, rng)
         else:
-            # Unpaced, still give the loop a turn per piece: a generator that
-            # never awaits would starve every socket's writer until it ends.
-            await asyncio.sleep(0)
+            delay = pacing.token_interval_s  # the one delay of unjittered text
+        if delay > 0:
+            return wait(delay)
+        # Unpaced, still give the loop a turn per piece: a generator that
+        # never awaits would starve every socket's writer until it ends.
+        return asyncio.sleep(0)
 
     async def aclose(self) -> None:
         """Nothing to release: the script lives in memory."""
@@ -291,23 +299,37 @@ def _tidy(segments: Sequence[Segment]) -> list[Segment]:
     return [s for s in out if s != ""]
 
 
-def _pieces(segments: Sequence[Segment]) -> Iterator[Piece]:
+def _pieces(segments: Sequence[Segment]) -> list[Piece]:
+    """The turn's pieces, split once per line (no generator per piece)."""
+    pieces: list[Piece] = []
     for segment in segments:
-        if not isinstance(segment, str):
-            yield segment
+        if isinstance(segment, str):
+            pieces.extend(map(TextPiece, _split_words(segment)))
         else:
-            yield from (TextPiece(chunk) for chunk in _split_words(segment))
+            pieces.append(segment)
+    return pieces
 
 
-def _split_words(text: str) -> Iterator[str]:
+def _split_words(text: str) -> list[str]:
     """Pieces of a word with the punctuation around it and the spaces after it."""
-    for match in _PIECE.finditer(text):
+    # One pass in C; only a piece longer than a word may hold a word to split.
+    found = _PIECE_TEXT.findall(text)
+    if not any(len(piece) > _MAX_WORD_CHARS for piece in found):
+        return [piece for piece in found if piece]
+    pieces: list[str] = []
+    for piece in found:
+        if len(piece) <= _MAX_WORD_CHARS:
+            if piece:
+                pieces.append(piece)
+            continue
+        match = _PIECE.match(piece)
+        assert match is not None  # every part of the pattern is optional
         lead, word, tail = match.group(1), match.group(2) or "", match.group(3)
         if len(word) <= _MAX_WORD_CHARS:
-            if match.group():
-                yield match.group()
+            pieces.append(piece)
             continue
         chunks = [word[i : i + _MAX_WORD_CHARS] for i in range(0, len(word), _MAX_WORD_CHARS)]
         chunks[0] = lead + chunks[0]
         chunks[-1] += tail
-        yield from chunks
+        pieces.extend(chunks)
+    return pieces
