@@ -78,11 +78,12 @@ def test_waits_due_in_one_tick_share_one_timer_and_keep_their_order() -> None:
         clock = FakeLoop()
         pacer = Pacer(clock)
         woken: list[str] = []
-        futures = []
+
+        def wake(name: str) -> Callable[[asyncio.Future[None]], None]:
+            return lambda _: woken.append(name)
+
         for name, delay in [("a", 0.0101), ("b", 0.0104), ("c", 0.005), ("d", 0.0109)]:
-            future = pacer.wait(delay)
-            future.add_done_callback(lambda _, name=name: woken.append(name))
-            futures.append(future)
+            pacer.wait(delay).add_done_callback(wake(name))
         assert clock.scheduled == 2  # the 5 ms tick and the 11 ms tick
         assert pacer.pending_ticks == 2
         clock.advance(0.011)
