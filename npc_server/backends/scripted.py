@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from npc_server.backends.base import (
     ToolAnswer,
     ToolCallPiece,
 )
-from npc_server.backends.pacer import loop_pacer
+from npc_server.backends.pacer import Pacer, Part, loop_pacer
 from npc_server.backends.scripted_script import (
     SCALAR,
     Markers,
@@ -54,12 +54,15 @@ SETTING_KEYS = frozenset(
     | {"topics", "fallback", "defaults", "returning"}
 )
 _MAX_WORD_CHARS = 10  # longer words are split, as a tokenizer would
+_MAX_CACHED_PIECES = 4096
+_TEXT_PIECES: dict[str, TextPiece] = {}
 _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from flooding a reply
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _PIECE = re.compile(r"([^\w\s]*)(\w+(?:['\u2019]\w+)*)?([^\w\s]*\s*)")
 _PIECE_TEXT = re.compile(r"[^\w\s]*(?:\w+(?:['\u2019]\w+)*)?[^\w\s]*\s*")  # _PIECE ungrouped
-_SPACE = re.compile(r"\s+")
+# What `\s+` -> " " changes, without replacing every single space of a reply.
+_SPACE = re.compile(r"\s{2,}|[^\S ]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +80,8 @@ class Pacing:
         interval = 1 / tokens_per_second if tokens_per_second else 0.0
         return cls(first_token_ms / 1000, interval, number(npc, settings, "jitter", 0, upper=1))
 
-    def delay(self, first: bool, piece: Piece, rng: random.Random) -> float:
-        """How long to wait before `piece`."""
+    def delay(self, first: bool, piece: Piece, rng: random.Random | None) -> float:
+        """How long to wait before `piece` (`rng` is needed only with jitter)."""
         if first:
             delay = self.first_token_s
         elif isinstance(piece, TextPiece):
@@ -86,6 +89,7 @@ class Pacing:
         else:
             return 0.0  # an action lands right after its text, as a tool call would
         if delay > 0 and self.jitter:
+            assert rng is not None
             delay *= 1 + self.jitter * rng.uniform(-1.0, 1.0)
         return delay
 
@@ -99,9 +103,11 @@ class ScriptedBackend:
         settings: Mapping[str, Any],
         *,
         sleep: Sleep | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._npc = npc
         self._sleep = sleep
+        self._pacer = pacer  # None: the running loop's
         for key in settings:
             if key not in SETTING_KEYS:
                 raise unknown_key(f"NPC {npc.id!r}: [backend]", key, SETTING_KEYS)
@@ -130,12 +136,49 @@ class ScriptedBackend:
         fields become placeholders. Unanswered (no game server, a timeout, an
         error), those placeholders take the NPC's `defaults`: the fallback.
         """
+        wait = self._sleep or (self._pacer or loop_pacer()).wait  # looked up once per turn
+        for part in self.plan(request):
+            if isinstance(part, ToolCallPiece):
+                yield part
+                continue
+            for delay, piece in zip(part.delays, part.pieces, strict=True):
+                # Unpaced, still give the loop a turn per piece: a generator that
+                # never awaits would starve every socket's writer until it ends.
+                await (wait(delay) if delay > 0 else asyncio.sleep(0))
+                yield piece
+
+    async def deliver(
+        self, request: GenerationRequest, take: Callable[[Piece], None]
+    ) -> AsyncIterator[ToolCallPiece]:
+        """The same reply at the same pace, each piece handed to `take` from the pacer's timer.
+
+        No task wakes per piece (the caller's waits once per part of the reply);
+        tool calls are yielded for the caller to answer before the reply goes on.
+        Cancelling the caller stops the pieces. With an injected `sleep` (tests)
+        each piece waits through it, in the caller's task.
+        """
+        pacer = self._pacer or loop_pacer()
+        for part in self.plan(request):
+            if isinstance(part, ToolCallPiece):
+                yield part
+            elif self._sleep is None:
+                await pacer.play(part, take)
+            else:
+                for delay, piece in zip(part.delays, part.pieces, strict=True):
+                    await (self._sleep(delay) if delay > 0 else asyncio.sleep(0))
+                    take(piece)
+
+    def plan(self, request: GenerationRequest) -> Iterator[Part | ToolCallPiece]:
+        """The reply as parts of paced pieces, each part ending at a tool call.
+
+        A part after a tool call is made once the caller has answered it.
+        """
         key = f"{request.seed}:{self._npc.id}:{request.text}"
         # Pacing has its own generator so jitter never changes which reply is chosen.
-        choice_rng, pacing_rng = random.Random(key), random.Random(f"{key}:pacing")
+        choice_rng = random.Random(key)
+        pacing_rng = random.Random(f"{key}:pacing") if self._pacing.jitter else None
         values = self._values(request)
         parts = _split_at_tools(self._choose(request, choice_rng))
-        wait = self._sleep or loop_pacer().wait  # the loop's pacer looked up once per turn
         first = True
         for index, (part, tool) in enumerate(parts):
             segments = _tidy([_fill(s, values) for s in part])
@@ -145,27 +188,27 @@ class ScriptedBackend:
                 segments = self._lengthen(segments, values, choice_rng)
             if not first and segments and isinstance(segments[0], str):
                 segments[0] = " " + segments[0]  # the space the marker stood in
-            for piece in _pieces(segments):
-                await self._pace(wait, first, piece, pacing_rng)
-                first = False
-                yield piece
+            paced = self._paced(_pieces(segments), first, pacing_rng)
+            first = first and not paced
+            yield paced
             if tool is not None:
                 call = ToolCallPiece(tool.name, dict(tool.args))
                 yield call
                 _learn(values, call)
 
-    def _pace(self, wait: Sleep, first: bool, piece: Piece, rng: random.Random) -> Awaitable[None]:
-        """What to await before `piece`: the pacer's future (no coroutine per piece)."""
+    def _paced(self, pieces: list[Piece], first: bool, rng: random.Random | None) -> Part:
         pacing = self._pacing
-        if first or pacing.jitter or type(piece) is not TextPiece:
-            delay = pacing.delay(first, piece, rng)
-        else:
-            delay = pacing.token_interval_s  # the one delay of unjittered text
-        if delay > 0:
-            return wait(delay)
-        # Unpaced, still give the loop a turn per piece: a generator that
-        # never awaits would starve every socket's writer until it ends.
-        return asyncio.sleep(0)
+        if pacing.jitter or not all(type(p) is TextPiece for p in pieces):
+            delays = []
+            for piece in pieces:
+                delays.append(pacing.delay(first, piece, rng))
+                first = False
+            return Part(pieces, delays)
+        # Unjittered text: one delay for all but the first piece.
+        delays = [pacing.token_interval_s] * len(pieces)
+        if first and pieces:
+            delays[0] = pacing.delay(True, pieces[0], rng)
+        return Part(pieces, delays)
 
     async def aclose(self) -> None:
         """Nothing to release: the script lives in memory."""
@@ -304,10 +347,28 @@ def _pieces(segments: Sequence[Segment]) -> list[Piece]:
     pieces: list[Piece] = []
     for segment in segments:
         if isinstance(segment, str):
-            pieces.extend(map(TextPiece, _split_words(segment)))
+            pieces.extend(_text_pieces(_split_words(segment)))
         else:
             pieces.append(segment)
     return pieces
+
+
+def _text_pieces(texts: list[str]) -> list[TextPiece]:
+    """A piece per text; the same (immutable) piece for the same text, from a bounded cache.
+
+    A script's replies reuse their words turn after turn: a dict lookup per
+    piece instead of building a frozen dataclass per piece.
+    """
+    cache = _TEXT_PIECES
+    out = []
+    for text in texts:
+        piece = cache.get(text)
+        if piece is None:
+            if len(cache) >= _MAX_CACHED_PIECES:
+                cache.clear()
+            piece = cache[text] = TextPiece(text)
+        out.append(piece)
+    return out
 
 
 def _split_words(text: str) -> list[str]:
