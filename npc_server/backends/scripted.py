@@ -60,9 +60,12 @@ _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from floodin
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _PIECE = re.compile(r"([^\w\s]*)(\w+(?:['\u2019]\w+)*)?([^\w\s]*\s*)")
-_PIECE_TEXT = re.compile(r"[^\w\s]*(?:\w+(?:['\u2019]\w+)*)?[^\w\s]*\s*")  # _PIECE ungrouped
-# What `\s+` -> " " changes, without replacing every single space of a reply.
-_SPACE = re.compile(r"\s{2,}|[^\S ]")
+# _PIECE ungrouped (`\w*` for `(?:\w+...)?`: the lead took any apostrophe a word could
+# start with), and for ASCII text the same with ASCII classes, which sre checks faster.
+_PIECE_TEXT = re.compile(r"[^\w\s]*\w*(?:['\u2019]\w+)*[^\w\s]*\s*")
+_S = r" \t\n\r\f\v\x1c-\x1f"  # what `\s` matches in ASCII (re.ASCII's `\s` lacks \x1c-\x1f)
+_PIECE_ASCII = re.compile(rf"[^\w{_S}]*\w*(?:'\w+)*[^\w{_S}]*[{_S}]*", re.ASCII)
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,7 @@ class ScriptedBackend:
 
     def _welcome_back(self, segments: list[Segment], values: Mapping[str, str]) -> list[Segment]:
         """The reply led by the `returning` line: the NPC remembers this player."""
-        line = _SPACE.sub(" ", _fill_text(self._returning, values)).strip()
+        line = _collapse(_fill_text(self._returning, values)).strip()
         if not line:
             return segments
         return [line + " " if segments else line, *segments]
@@ -258,7 +261,7 @@ class ScriptedBackend:
         separator = " " if length else ""
         if length >= self._long_reply_chars:
             return segments
-        filled = (_SPACE.sub(" ", _fill_text(f, values)).strip() for f in self._filler)
+        filled = (_collapse(_fill_text(f, values)).strip() for f in self._filler)
         pool = [text for text in filled if text]
         if not pool:
             return segments
@@ -324,6 +327,15 @@ def _fill_text(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), text)
 
 
+def _collapse(text: str) -> str:
+    """Every run of whitespace as one space."""
+    # Already so when no two spaces meet and no other whitespace is in it (all
+    # whitespace but " " is unprintable): a scan instead of a substitution per space.
+    if "  " not in text and text.isprintable():
+        return text
+    return _SPACE.sub(" ", text)
+
+
 def _tidy(segments: Sequence[Segment]) -> list[Segment]:
     """Collapse whitespace, also across removed markers, and trim both ends."""
     out: list[Segment] = []
@@ -332,7 +344,7 @@ def _tidy(segments: Sequence[Segment]) -> list[Segment]:
         if not isinstance(segment, str):
             out.append(segment)
             continue
-        text = _SPACE.sub(" ", segment)
+        text = _collapse(segment)
         text = text.lstrip(" ") if after_space else text
         if text:
             out.append(text)
@@ -374,8 +386,8 @@ def _text_pieces(texts: list[str]) -> list[TextPiece]:
 def _split_words(text: str) -> list[str]:
     """Pieces of a word with the punctuation around it and the spaces after it."""
     # One pass in C; only a piece longer than a word may hold a word to split.
-    found = _PIECE_TEXT.findall(text)
-    if not any(len(piece) > _MAX_WORD_CHARS for piece in found):
+    found = (_PIECE_ASCII if text.isascii() else _PIECE_TEXT).findall(text)
+    if max(map(len, found)) <= _MAX_WORD_CHARS:  # findall always ends with an empty match
         return [piece for piece in found if piece]
     pieces: list[str] = []
     for piece in found:
