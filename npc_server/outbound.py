@@ -179,7 +179,11 @@ class OutboundQueue:
 
     def pop_all_nowait(self) -> list[ServerFrame]:
         """Every queued frame, in order (one call per writer wake-up)."""
-        frames = [entry.materialize() for entry in self._entries if entry.alive]
+        frames = [
+            entry.frame if entry.parts is None or len(entry.parts) == 1 else entry.materialize()
+            for entry in self._entries
+            if entry.alive
+        ]
         # Nothing stays queued, so nothing stays indexed: no per-entry bookkeeping.
         self._entries.clear()
         self._open_delta.clear()

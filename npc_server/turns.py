@@ -251,13 +251,13 @@ class Conversation:
     def _take(self, turn: Turn, piece: object) -> None:
         if turn.state is not TurnState.ACTIVE:
             return
-        if isinstance(piece, TextPiece) and piece.text:
+        if isinstance(piece, TextPiece) and (text := piece.text):
             at = turn.chars
             if not at:
                 turn.first_delta_at = self.clock()
-            turn.parts.append(piece.text)
-            turn.chars += len(piece.text)
-            self.publisher.publish_nowait(self.channel, Delta(turn.id, piece.text, at))
+            turn.parts.append(text)
+            turn.chars = at + len(text)
+            self.publisher.publish_nowait(self.channel, Delta(turn.id, text, at))
             if self.meter is not None:
                 self.meter.spend_nowait(turn.player, 1)
         elif isinstance(piece, ActionPiece):
