@@ -162,10 +162,12 @@ class EventLog:
         if line is None:
             return
         level = line.level
+        logger = self._loggers[line.logger]
+        if not logger.isEnabledFor(level):
+            return  # before the fields: a copy of every event per turn, for nothing
         fields = event_fields(event)
         if event.KIND == "limited" and fields.get("what") in _QUIET_LIMITS:
             level = logging.DEBUG
-        logger = self._loggers[line.logger]
         if logger.isEnabledFor(level):
             logger.log(level, line.message, extra={"fields": _rounded(fields)})
 

@@ -124,16 +124,20 @@ class OutboundQueue:
         return result
 
     def _push_delta(self, frame: Delta) -> PushResult:
+        # The push of every token: sizes and the append inlined.
+        text = frame.text
+        size = len(text) if text.isascii() else len(text.encode())
         entry = self._open_delta.get(frame.turn)
         if entry is not None and entry.parts is not None:
-            size = text_bytes(frame.text)
-            entry.parts.append(frame.text)
+            entry.parts.append(text)
             entry.size += size
             self._bytes += size
             self._merged += 1
             return PushResult.MERGED
-        entry = _Entry(frame, FRAME_OVERHEAD_BYTES + text_bytes(frame.text))
-        self._append(entry)
+        entry = _Entry(frame, FRAME_OVERHEAD_BYTES + size)
+        self._entries.append(entry)
+        self._depth += 1
+        self._bytes += entry.size
         self._open_delta[frame.turn] = entry
         return PushResult.QUEUED
 
@@ -175,13 +179,16 @@ class OutboundQueue:
 
     def pop_all_nowait(self) -> list[ServerFrame]:
         """Every queued frame, in order (one call per writer wake-up)."""
-        frames: list[ServerFrame] = []
-        entries = self._entries
-        while entries:
-            entry = entries.popleft()
-            if entry.alive:
-                self._forget(entry)
-                frames.append(entry.materialize())
+        frames = [
+            entry.frame if entry.parts is None or len(entry.parts) == 1 else entry.materialize()
+            for entry in self._entries
+            if entry.alive
+        ]
+        # Nothing stays queued, so nothing stays indexed: no per-entry bookkeeping.
+        self._entries.clear()
+        self._open_delta.clear()
+        self._typing.clear()
+        self._depth = self._bytes = self._urgent = 0
         self._popped += len(frames)
         return frames
 

@@ -219,7 +219,11 @@ class Session:
         """
         queue = self.queue
         window = self.delta_window
-        if hold and window > 0 and now < self._next_delta_at:
+        if not window:
+            # Unpaced (the common case): everything, and nothing is ever held.
+            encode = self._encode
+            return [encode(frame) for frame in queue.pop_all_nowait()]
+        if hold and now < self._next_delta_at:
             # Held: only up to the last frame that is not a delta (FIFO keeps the order).
             frames = []
             while queue.urgent and (frame := queue.pop_nowait()) is not None:
@@ -231,7 +235,7 @@ class Session:
         for frame in frames:
             wrote_delta = wrote_delta or type(frame) is Delta
             out.append(self._encode(frame))
-        if wrote_delta and window:
+        if wrote_delta:
             # Every delta of this write counts as one: the window starts now.
             self._next_delta_at = now + window
         self.held_until = self._next_delta_at if len(queue) else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import deque
@@ -221,11 +222,17 @@ class Conversation:
         reason = EndReason.DONE
         try:
             async with asyncio.timeout(self.turn_timeout):
-                async for piece in self.backend.generate(request):
-                    if isinstance(piece, ToolCallPiece):
-                        await self._ask_tool(turn, piece)
-                    else:
-                        self._take(turn, piece)
+                deliver = getattr(self.backend, "deliver", None)
+                if deliver is not None:
+                    # Pieces handed over from the backend's timer, no task step per token.
+                    async for call in deliver(request, functools.partial(self._take, turn)):
+                        await self._ask_tool(turn, call)
+                else:
+                    async for piece in self.backend.generate(request):
+                        if isinstance(piece, ToolCallPiece):
+                            await self._ask_tool(turn, piece)
+                        else:
+                            self._take(turn, piece)
         except GenerationError as exc:
             reason = EndReason(exc.reason)
             self._report(turn, reason, exc.message)
@@ -244,13 +251,13 @@ class Conversation:
     def _take(self, turn: Turn, piece: object) -> None:
         if turn.state is not TurnState.ACTIVE:
             return
-        if isinstance(piece, TextPiece) and piece.text:
+        if isinstance(piece, TextPiece) and (text := piece.text):
             at = turn.chars
             if not at:
                 turn.first_delta_at = self.clock()
-            turn.parts.append(piece.text)
-            turn.chars += len(piece.text)
-            self.publisher.publish_nowait(self.channel, Delta(turn.id, piece.text, at))
+            turn.parts.append(text)
+            turn.chars = at + len(text)
+            self.publisher.publish_nowait(self.channel, Delta(turn.id, text, at))
             if self.meter is not None:
                 self.meter.spend_nowait(turn.player, 1)
         elif isinstance(piece, ActionPiece):

@@ -4,7 +4,8 @@ Replies come from the NPC's `[backend]` table (documented in docs/npcs.md):
 topics matched by keyword and game context, templates with `{placeholders}`
 and `[[action key=value]]` markers. A turn is deterministic for its seed, so
 tests and benchmarks can replay it exactly, and all pacing goes through an
-injected `sleep`, so tests run without waiting.
+injected `sleep`, so tests run without waiting; by default through the
+loop's `Pacer`, which wakes every turn due in one tick from one timer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from npc_server.backends.base import (
     ToolAnswer,
     ToolCallPiece,
 )
+from npc_server.backends.pacer import Pacer, Part, loop_pacer
 from npc_server.backends.scripted_script import (
     SCALAR,
     Markers,
@@ -52,10 +54,17 @@ SETTING_KEYS = frozenset(
     | {"topics", "fallback", "defaults", "returning"}
 )
 _MAX_WORD_CHARS = 10  # longer words are split, as a tokenizer would
+_MAX_CACHED_PIECES = 4096
+_TEXT_PIECES: dict[str, TextPiece] = {}
 _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from flooding a reply
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _PIECE = re.compile(r"([^\w\s]*)(\w+(?:['\u2019]\w+)*)?([^\w\s]*\s*)")
+# _PIECE ungrouped (`\w*` for `(?:\w+...)?`: the lead took any apostrophe a word could
+# start with), and for ASCII text the same with ASCII classes, which sre checks faster.
+_PIECE_TEXT = re.compile(r"[^\w\s]*\w*(?:['\u2019]\w+)*[^\w\s]*\s*")
+_S = r" \t\n\r\f\v\x1c-\x1f"  # what `\s` matches in ASCII (re.ASCII's `\s` lacks \x1c-\x1f)
+_PIECE_ASCII = re.compile(rf"[^\w{_S}]*\w*(?:'\w+)*[^\w{_S}]*[{_S}]*", re.ASCII)
 _SPACE = re.compile(r"\s+")
 
 
@@ -74,8 +83,8 @@ class Pacing:
         interval = 1 / tokens_per_second if tokens_per_second else 0.0
         return cls(first_token_ms / 1000, interval, number(npc, settings, "jitter", 0, upper=1))
 
-    def delay(self, first: bool, piece: Piece, rng: random.Random) -> float:
-        """How long to wait before `piece`."""
+    def delay(self, first: bool, piece: Piece, rng: random.Random | None) -> float:
+        """How long to wait before `piece` (`rng` is needed only with jitter)."""
         if first:
             delay = self.first_token_s
         elif isinstance(piece, TextPiece):
@@ -83,6 +92,7 @@ class Pacing:
         else:
             return 0.0  # an action lands right after its text, as a tool call would
         if delay > 0 and self.jitter:
+            assert rng is not None
             delay *= 1 + self.jitter * rng.uniform(-1.0, 1.0)
         return delay
 
@@ -95,10 +105,12 @@ class ScriptedBackend:
         npc: NpcConfig,
         settings: Mapping[str, Any],
         *,
-        sleep: Sleep = asyncio.sleep,
+        sleep: Sleep | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._npc = npc
         self._sleep = sleep
+        self._pacer = pacer  # None: the running loop's
         for key in settings:
             if key not in SETTING_KEYS:
                 raise unknown_key(f"NPC {npc.id!r}: [backend]", key, SETTING_KEYS)
@@ -127,9 +139,47 @@ class ScriptedBackend:
         fields become placeholders. Unanswered (no game server, a timeout, an
         error), those placeholders take the NPC's `defaults`: the fallback.
         """
+        wait = self._sleep or (self._pacer or loop_pacer()).wait  # looked up once per turn
+        for part in self.plan(request):
+            if isinstance(part, ToolCallPiece):
+                yield part
+                continue
+            for delay, piece in zip(part.delays, part.pieces, strict=True):
+                # Unpaced, still give the loop a turn per piece: a generator that
+                # never awaits would starve every socket's writer until it ends.
+                await (wait(delay) if delay > 0 else asyncio.sleep(0))
+                yield piece
+
+    async def deliver(
+        self, request: GenerationRequest, take: Callable[[Piece], None]
+    ) -> AsyncIterator[ToolCallPiece]:
+        """The same reply at the same pace, each piece handed to `take` from the pacer's timer.
+
+        No task wakes per piece (the caller's waits once per part of the reply);
+        tool calls are yielded for the caller to answer before the reply goes on.
+        Cancelling the caller stops the pieces. With an injected `sleep` (tests)
+        each piece waits through it, in the caller's task.
+        """
+        pacer = self._pacer or loop_pacer()
+        for part in self.plan(request):
+            if isinstance(part, ToolCallPiece):
+                yield part
+            elif self._sleep is None:
+                await pacer.play(part, take)
+            else:
+                for delay, piece in zip(part.delays, part.pieces, strict=True):
+                    await (self._sleep(delay) if delay > 0 else asyncio.sleep(0))
+                    take(piece)
+
+    def plan(self, request: GenerationRequest) -> Iterator[Part | ToolCallPiece]:
+        """The reply as parts of paced pieces, each part ending at a tool call.
+
+        A part after a tool call is made once the caller has answered it.
+        """
         key = f"{request.seed}:{self._npc.id}:{request.text}"
         # Pacing has its own generator so jitter never changes which reply is chosen.
-        choice_rng, pacing_rng = random.Random(key), random.Random(f"{key}:pacing")
+        choice_rng = random.Random(key)
+        pacing_rng = random.Random(f"{key}:pacing") if self._pacing.jitter else None
         values = self._values(request)
         parts = _split_at_tools(self._choose(request, choice_rng))
         first = True
@@ -141,30 +191,34 @@ class ScriptedBackend:
                 segments = self._lengthen(segments, values, choice_rng)
             if not first and segments and isinstance(segments[0], str):
                 segments[0] = " " + segments[0]  # the space the marker stood in
-            for piece in _pieces(segments):
-                await self._pace(first, piece, pacing_rng)
-                first = False
-                yield piece
+            paced = self._paced(_pieces(segments), first, pacing_rng)
+            first = first and not paced
+            yield paced
             if tool is not None:
                 call = ToolCallPiece(tool.name, dict(tool.args))
                 yield call
                 _learn(values, call)
 
-    async def _pace(self, first: bool, piece: Piece, rng: random.Random) -> None:
-        delay = self._pacing.delay(first, piece, rng)
-        if delay > 0:
-            await self._sleep(delay)
-        else:
-            # Unpaced, still give the loop a turn per piece: a generator that
-            # never awaits would starve every socket's writer until it ends.
-            await asyncio.sleep(0)
+    def _paced(self, pieces: list[Piece], first: bool, rng: random.Random | None) -> Part:
+        pacing = self._pacing
+        if pacing.jitter or not all(type(p) is TextPiece for p in pieces):
+            delays = []
+            for piece in pieces:
+                delays.append(pacing.delay(first, piece, rng))
+                first = False
+            return Part(pieces, delays)
+        # Unjittered text: one delay for all but the first piece.
+        delays = [pacing.token_interval_s] * len(pieces)
+        if first and pieces:
+            delays[0] = pacing.delay(True, pieces[0], rng)
+        return Part(pieces, delays)
 
     async def aclose(self) -> None:
         """Nothing to release: the script lives in memory."""
 
     def _welcome_back(self, segments: list[Segment], values: Mapping[str, str]) -> list[Segment]:
         """The reply led by the `returning` line: the NPC remembers this player."""
-        line = _SPACE.sub(" ", _fill_text(self._returning, values)).strip()
+        line = _collapse(_fill_text(self._returning, values)).strip()
         if not line:
             return segments
         return [line + " " if segments else line, *segments]
@@ -207,7 +261,7 @@ class ScriptedBackend:
         separator = " " if length else ""
         if length >= self._long_reply_chars:
             return segments
-        filled = (_SPACE.sub(" ", _fill_text(f, values)).strip() for f in self._filler)
+        filled = (_collapse(_fill_text(f, values)).strip() for f in self._filler)
         pool = [text for text in filled if text]
         if not pool:
             return segments
@@ -273,6 +327,15 @@ def _fill_text(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), text)
 
 
+def _collapse(text: str) -> str:
+    """Every run of whitespace as one space."""
+    # Already so when no two spaces meet and no other whitespace is in it (all
+    # whitespace but " " is unprintable): a scan instead of a substitution per space.
+    if "  " not in text and text.isprintable():
+        return text
+    return _SPACE.sub(" ", text)
+
+
 def _tidy(segments: Sequence[Segment]) -> list[Segment]:
     """Collapse whitespace, also across removed markers, and trim both ends."""
     out: list[Segment] = []
@@ -281,7 +344,7 @@ def _tidy(segments: Sequence[Segment]) -> list[Segment]:
         if not isinstance(segment, str):
             out.append(segment)
             continue
-        text = _SPACE.sub(" ", segment)
+        text = _collapse(segment)
         text = text.lstrip(" ") if after_space else text
         if text:
             out.append(text)
@@ -291,23 +354,55 @@ def _tidy(segments: Sequence[Segment]) -> list[Segment]:
     return [s for s in out if s != ""]
 
 
-def _pieces(segments: Sequence[Segment]) -> Iterator[Piece]:
+def _pieces(segments: Sequence[Segment]) -> list[Piece]:
+    """The turn's pieces, split once per line (no generator per piece)."""
+    pieces: list[Piece] = []
     for segment in segments:
-        if not isinstance(segment, str):
-            yield segment
+        if isinstance(segment, str):
+            pieces.extend(_text_pieces(_split_words(segment)))
         else:
-            yield from (TextPiece(chunk) for chunk in _split_words(segment))
+            pieces.append(segment)
+    return pieces
 
 
-def _split_words(text: str) -> Iterator[str]:
+def _text_pieces(texts: list[str]) -> list[TextPiece]:
+    """A piece per text; the same (immutable) piece for the same text, from a bounded cache.
+
+    A script's replies reuse their words turn after turn: a dict lookup per
+    piece instead of building a frozen dataclass per piece.
+    """
+    cache = _TEXT_PIECES
+    out = []
+    for text in texts:
+        piece = cache.get(text)
+        if piece is None:
+            if len(cache) >= _MAX_CACHED_PIECES:
+                cache.clear()
+            piece = cache[text] = TextPiece(text)
+        out.append(piece)
+    return out
+
+
+def _split_words(text: str) -> list[str]:
     """Pieces of a word with the punctuation around it and the spaces after it."""
-    for match in _PIECE.finditer(text):
+    # One pass in C; only a piece longer than a word may hold a word to split.
+    found = (_PIECE_ASCII if text.isascii() else _PIECE_TEXT).findall(text)
+    if max(map(len, found)) <= _MAX_WORD_CHARS:  # findall always ends with an empty match
+        return [piece for piece in found if piece]
+    pieces: list[str] = []
+    for piece in found:
+        if len(piece) <= _MAX_WORD_CHARS:
+            if piece:
+                pieces.append(piece)
+            continue
+        match = _PIECE.match(piece)
+        assert match is not None  # every part of the pattern is optional
         lead, word, tail = match.group(1), match.group(2) or "", match.group(3)
         if len(word) <= _MAX_WORD_CHARS:
-            if match.group():
-                yield match.group()
+            pieces.append(piece)
             continue
         chunks = [word[i : i + _MAX_WORD_CHARS] for i in range(0, len(word), _MAX_WORD_CHARS)]
         chunks[0] = lead + chunks[0]
         chunks[-1] += tail
-        yield from chunks
+        pieces.extend(chunks)
+    return pieces

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from npc_server.backends import create_backend
 from npc_server.backends.base import ActionPiece, GenerationRequest, Piece, TextPiece
-from npc_server.backends.scripted import ScriptedBackend, _split_words
+from npc_server.backends.scripted import ScriptedBackend, _collapse, _split_words
 from npc_server.npcs import ActionSpec, NpcConfig, load_npcs
 from tests.support.server import DEMO_NPCS
 
@@ -236,6 +237,38 @@ def test_split_words_loses_nothing(text: str) -> None:
     pieces = list(_split_words(text))
     assert "".join(pieces) == text
     assert all(pieces)
+
+
+# The pieces as first defined: one match of this pattern each, words over 10 characters cut.
+_REFERENCE_PIECE = re.compile(r"([^\w\s]*)(\w+(?:['\u2019]\w+)*)?([^\w\s]*\s*)")
+_TRICKY = st.text(alphabet=st.sampled_from(list("ab Z9_'\u2019,.!-\n\t\x1c\xa0\u2003\xe9")))
+
+
+def _reference_split(text: str) -> list[str]:
+    pieces = []
+    for match in _REFERENCE_PIECE.finditer(text):
+        lead, word, tail = match.group(1), match.group(2) or "", match.group(3)
+        if len(word) <= 10:
+            if match.group():
+                pieces.append(match.group())
+            continue
+        chunks = [word[i : i + 10] for i in range(0, len(word), 10)]
+        chunks[0] = lead + chunks[0]
+        chunks[-1] += tail
+        pieces.extend(chunks)
+    return pieces
+
+
+@given(st.one_of(st.text(), _TRICKY))
+def test_split_words_matches_the_reference_pieces(text: str) -> None:
+    """The fast split (ASCII and Unicode patterns) cuts exactly where the reference does."""
+    assert _split_words(text) == _reference_split(text)
+
+
+@given(st.one_of(st.text(), _TRICKY))
+def test_whitespace_collapses_as_a_substitution_would(text: str) -> None:
+    """Every whitespace run becomes one space, as a regex substitution of runs would."""
+    assert _collapse(text) == re.sub(r"\s+", " ", text)
 
 
 async def test_pacing_delays() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -285,4 +286,22 @@ def test_delta_fast_path_encodes_the_same_map_as_any_frame() -> None:
         "text": "héllo",
         "at": 3,
         "t": "delta",
+    }
+
+
+def test_delta_built_directly_is_still_a_frozen_dataclass() -> None:
+    """Delta's own __init__ sets the same fields: equal, hashable, frozen, replace() works."""
+    delta = Delta("t1", "Hello ", 5)
+    assert delta == Delta(turn="t1", text="Hello ", at=5)
+    assert hash(delta) == hash(Delta(turn="t1", text="Hello ", at=5))
+    assert dataclasses.replace(delta, at=7) == Delta("t1", "Hello ", 7)
+    assert dataclasses.asdict(delta) == {"turn": "t1", "text": "Hello ", "at": 5}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        delta.at = 6  # type: ignore[misc]
+    assert msgpack.unpackb(encode_server_frame(delta, 3)) == {
+        "turn": "t1",
+        "text": "Hello ",
+        "at": 5,
+        "t": "delta",
+        "seq": 3,
     }

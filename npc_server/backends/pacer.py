@@ -1,0 +1,169 @@
+"""One timer per tick for every paced generation on a loop.
+
+A scripted turn waits between its pieces. With `asyncio.sleep` each wait is a
+coroutine, a timer handle and a callback of its own: at 500 players and 20
+tokens/s, ten thousand timers a second, one per token. A `Pacer` groups the
+waits by the tick they end in: each wait is one plain future, and one loop
+timer per tick resolves every future due in it, in the order they were asked
+for. A wait ends at the first tick boundary at or after its deadline (1 ms by
+default, the resolution of uvloop's own timers), never before.
+
+Cancelling the task that waits cancels its future only: the others of its
+tick still fire on time.
+
+`play()` goes further for a reply whose pieces are all known: the tick's
+timer hands each piece to the turn itself (`take`), so no task wakes per
+piece at all; the turn's task waits once per part of the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from npc_server.backends.base import Piece
+
+TICK_S = 0.001
+# Float noise (0.1 + 0.05 is 0.15000000000000002) must not push a wait a whole tick late.
+_EPSILON_TICKS = 1e-6
+
+
+class PacerLoop(Protocol):
+    """What a pacer needs of its loop (an asyncio loop, or a fake clock in tests)."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> object: ...
+
+    def create_future(self) -> asyncio.Future[None]: ...
+
+    def call_soon(self, callback: Callable[[], object]) -> object: ...
+
+
+class Part:
+    """Pieces of a reply, each with the delay before it (seconds; 0: one loop iteration)."""
+
+    __slots__ = ("delays", "pieces")
+
+    def __init__(self, pieces: Sequence[Piece], delays: Sequence[float]) -> None:
+        self.pieces = pieces
+        self.delays = delays
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+
+class _Tick:
+    """What is due at one tick (waits' futures, plays' next steps), run by its one timer."""
+
+    __slots__ = ("due", "index", "pacer")
+
+    def __init__(self, pacer: Pacer, index: int) -> None:
+        self.pacer = pacer
+        self.index = index
+        self.due: list[asyncio.Future[None] | _Play] = []
+
+    def fire(self) -> None:
+        del self.pacer._ticks[self.index]
+        for item in self.due:
+            if isinstance(item, _Play):
+                item.step()
+            elif not item.done():  # cancelled with its task
+                item.set_result(None)
+
+
+class _Play:
+    """Pieces handed to `take` one by one, each after its delay, from the pacer's timers."""
+
+    __slots__ = ("finished", "next", "pacer", "part", "take")
+
+    def __init__(
+        self,
+        pacer: Pacer,
+        part: Part,
+        take: Callable[[Piece], None],
+        finished: asyncio.Future[None],
+    ) -> None:
+        self.pacer = pacer
+        self.part = part
+        self.take = take
+        self.finished = finished
+        self.next = 0
+
+    def step(self) -> None:
+        """Hand over the piece waited for, then wait for the next (or end the play)."""
+        done = self.finished
+        if done.done():  # cancelled: the turn has stopped
+            return
+        at = self.next
+        part = self.part
+        if at:
+            try:
+                self.take(part.pieces[at - 1])
+            except Exception as exc:  # the awaiting task raises it, as from a generator
+                done.set_exception(exc)
+                return
+        if at == len(part.pieces):
+            done.set_result(None)
+            return
+        self.next = at + 1
+        self.pacer._schedule(part.delays[at], self)
+
+
+class Pacer:
+    """Waits of many generations, woken by one timer per tick."""
+
+    def __init__(self, loop: PacerLoop, tick_s: float = TICK_S) -> None:
+        self._loop = loop
+        self._per_s = 1 / tick_s
+        self._ticks: dict[int, _Tick] = {}
+
+    def wait(self, delay: float) -> asyncio.Future[None]:
+        """A future resolved at the first tick at or after `delay` seconds from now."""
+        future = self._loop.create_future()
+        self._schedule(delay, future)
+        return future
+
+    def play(self, part: Part, take: Callable[[Piece], None]) -> asyncio.Future[None]:
+        """Call `take(piece)` for each piece of `part` after its delay, from the tick timers.
+
+        No task wakes per piece. The future ends after the last piece, or
+        with the exception `take` raised; cancelling it stops the play (the
+        pieces not yet taken are never taken). A delay of 0 waits one loop
+        iteration, as `asyncio.sleep(0)` would.
+        """
+        play = _Play(self, part, take, self._loop.create_future())
+        play.step()
+        return play.finished
+
+    def _schedule(self, delay: float, item: asyncio.Future[None] | _Play) -> None:
+        loop = self._loop
+        if delay <= 0 and isinstance(item, _Play):
+            loop.call_soon(item.step)
+            return
+        index = math.ceil((loop.time() + delay) * self._per_s - _EPSILON_TICKS)
+        tick = self._ticks.get(index)
+        if tick is None:
+            tick = self._ticks[index] = _Tick(self, index)
+            loop.call_at(index / self._per_s, tick.fire)
+        tick.due.append(item)
+
+    @property
+    def pending_ticks(self) -> int:
+        """How many tick timers are scheduled (one per tick with a wait in it)."""
+        return len(self._ticks)
+
+
+_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = weakref.WeakKeyDictionary()
+
+
+def loop_pacer() -> Pacer:
+    """The running loop's shared `Pacer`."""
+    loop = asyncio.get_running_loop()
+    found = _pacers.get(loop)
+    if found is None:
+        found = _pacers[loop] = Pacer(loop)
+    return found
