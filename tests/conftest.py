@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.redis import RedisServer, redis_server
+if TYPE_CHECKING:
+    from tests.support.redis import RedisServer
 
 
 class _ErrorRecords(logging.Handler):
@@ -50,5 +52,7 @@ def _no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
     """A real redis-server of its own on a free loopback port, for one test."""
+    from tests.support.redis import redis_server  # here: this file is also used alone
+
     with redis_server() as server:
         yield server

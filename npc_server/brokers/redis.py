@@ -209,7 +209,9 @@ class RedisBroker:
 
     @property
     def available(self) -> bool:
-        return self.connected
+        # Connected, and the connection's subscriptions are back: until then frames for
+        # this node's sessions would not reach them (a room say would lose its ack).
+        return self.connected and self._synced >= 0
 
     def when_subscribed(
         self, callback: Callable[[], None], failed: Callable[[], None] | None = None
@@ -322,6 +324,11 @@ class RedisBroker:
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
         self._set_connected(True)
         self._reader = asyncio.create_task(self._read(), name="redis-broker-reader")
+        try:  # the node channel and a first sync: available from the first socket on
+            await asyncio.wait_for(self.wait_subscribed(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            await self.aclose()
+            raise BrokerUnavailable(f"Redis at {self.url} did not confirm a subscription") from None
 
     async def aclose(self) -> None:
         tasks = (self._reader, self._flusher, self._syncer, self._pump_task)

@@ -314,3 +314,21 @@ async def test_publications_of_a_busy_node_share_writes(redis: RedisServer) -> N
         await wait_until(lambda: len(there.frames) == 20, what="every frame on node b")
         assert there.frames == frames
         assert a.redis_statistics().batches == 2  # the first alone, then the other 19
+
+
+async def test_available_after_a_restart_means_the_subscriptions_are_back(
+    redis: RedisServer,
+) -> None:
+    """A node reports itself available again only once Redis has its subscriptions back, so
+    what another node publishes from then on reaches its sessions."""
+    async with nodes(redis) as (a, b):
+        here = Sink("s1", "alice")
+        a.subscribe(ROOM, here)
+        await asyncio.wait_for(a.wait_subscribed(), WAIT)
+        redis.stop()
+        await wait_until(lambda: not a.available, what="node a unavailable")
+        redis.start()
+        await wait_until(lambda: a.available and b.available, timeout=20, what="both back")
+        b.publish_nowait(ROOM, Delta("t1", "after the restart", 0))
+        await wait_until(lambda: bool(here.frames), what="the frame on node a")
+        assert here.frames == [Delta("t1", "after the restart", 0)]
