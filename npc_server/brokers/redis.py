@@ -7,16 +7,14 @@ others queued meanwhile, in one pipeline, at most one every `FLUSH_WINDOW`
 (5 ms; at once after a quiet spell): never a round trip per token. Each node subscribes in Redis to the channels it has subscribers
 for, delivers what other nodes publish to them, and skips its own echo.
 
-A node publishes to Redis only what another node may receive. `PUBLISH`
-answers with the number of connections that got it: when that is 1 on a
-channel this node subscribes (its own subscription, confirmed by Redis before
-the publication was sent), no other node listens, and the node keeps that
-channel's publications local ("alone") until another node announces interest.
-A node announces interest on each channel as soon as Redis confirms its
-subscription, before anything that waits for that subscription (a handover's
-ask, a join's catch-up) is sent, so the publisher hears it first: what it
-published meanwhile is what it hands over or catches the newcomer up with.
-Most private streams and every idle session's heartbeat so never reach Redis.
+A node publishes to Redis only what another node may receive (`listeners`):
+a channel whose last publication reached only this node's own subscription
+stays local until another node announces interest, which a node does as soon
+as Redis confirms a subscription, before anything that waits for it (a
+handover's ask, a join's catch-up) is sent, so the publisher hears it first:
+what it published meanwhile is what it hands over or catches the newcomer up
+with. Most private streams and every idle session's heartbeat so never reach
+Redis.
 
 When Redis goes away the node keeps serving its own sockets; what it could
 not publish is counted (`lost`), and its reader reconnects with backoff and
@@ -40,6 +38,7 @@ from typing import Any
 
 from npc_server.brokers import wire
 from npc_server.brokers.base import BrokerStatistics, MessageHandler, RemoteObserver, Subscriber
+from npc_server.brokers.listeners import Listeners
 from npc_server.brokers.memory import MemoryBroker
 from npc_server.protocol.frames import ServerFrame
 
@@ -58,9 +57,6 @@ HEALTH = "npc-health"
 HEALTH_EVERY = 5.0  # a quiet subscription is pinged this often
 HEALTH_TIMEOUT = 15.0  # and given up if nothing comes back for this long
 INTEREST = "interest"  # a node's announcement that it now subscribes a channel
-# After a change of its link, a node learns no channel alone for this long: the other
-# nodes resubscribe within their backoff, and until they do a count of 1 proves nothing.
-RELEARN_AFTER = 2 * BACKOFF_MAX
 
 
 class BrokerUnavailable(RuntimeError):
@@ -170,16 +166,8 @@ class RedisBroker:
         # Channels this node could not publish on -> the number of the last publication lost.
         self._gaps: dict[str, int] = {}
         self._observer: RemoteObserver | None = None
-        # Where another node listens (see the module docstring): channels Redis has
-        # confirmed this node subscribes, those waiting for it (-> the version that
-        # subscribes them), those no other node subscribed at the last publication, and
-        # the count of interest announcements heard (a reply sent before one is not trusted).
-        self._live: set[str] = set()
-        self._unconfirmed: dict[str, int] = {}
-        self._alone: set[str] = set()
-        self._heard = 0
-        self._learn_from = 0.0  # time.monotonic() before which nothing is learnt alone
-        self._lost_link = False  # whether the link to Redis was ever lost
+        self._where = Listeners()
+        self._alone = self._where.alone  # the same set, read on every publication
         self._kept_local = 0
         self._batches = 0
         self.connected = False
@@ -192,16 +180,14 @@ class RedisBroker:
         if channel not in self._remote:
             self._remote.add(channel)
             self._want_sync()
-            self._unconfirmed[channel] = self._version
+            self._where.subscribed(channel, self._version)
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         self._local.unsubscribe(channel, subscriber)
         if channel in self._remote and not self._local.subscriber_count(channel):
             self._remote.discard(channel)
             self._want_sync()
-            self._unconfirmed.pop(channel, None)
-            self._live.discard(channel)
-            self._alone.discard(channel)
+            self._where.unsubscribed(channel)
 
     def _want_sync(self) -> None:
         self._version += 1
@@ -371,10 +357,12 @@ class RedisBroker:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._batch_at = loop.time()
-                batch, upto, heard = self._take_pending(), self._number, self._heard
+                batch, upto = self._take_pending(), self._number
+                heard = self._where.heard
                 try:
                     receivers = await self._send_retrying(batch)
-                    self._learn(batch, receivers, heard)
+                    channels = (c[len(PREFIX) :] for c, _ in batch)
+                    self._where.answered(channels, receivers, heard)
                 except self._errors as exc:
                     self._lost += len(batch)
                     self._gaps.update((c.removeprefix(PREFIX), upto) for c, _ in batch)
@@ -410,19 +398,6 @@ class RedisBroker:
         self._sent += len(batch)
         self._batches += 1
         return receivers
-
-    def _learn(self, batch: list[tuple[str, bytes]], receivers: list[Any], heard: int) -> None:
-        """Channels whose publication reached only this node's own subscription are alone."""
-        if heard != self._heard:
-            return  # an interest came during the round trip: it may be newer than a reply
-        if time.monotonic() < self._learn_from:
-            return
-        live = self._live
-        for (prefixed, _), count in zip(batch, receivers, strict=True):
-            if count == 1:
-                channel = prefixed[len(PREFIX) :]
-                if channel in live:
-                    self._alone.add(channel)
 
     # --- receiving ----------------------------------------------------------
 
@@ -462,11 +437,8 @@ class RedisBroker:
         await pubsub.subscribe(f"{PREFIX}node:{self.node_id}")
         # Subscriptions of the connection that went away count for nothing now, and
         # whoever waits for a subscription waits for this connection's.
-        for channel in self._live:
-            self._unconfirmed[channel] = self._version
-        self._live.clear()
+        self._where.new_connection(self._version)
         self._synced = -1
-        self._relearn()
         self._set_connected(True)
         self._report_gaps()
         self._changed.set()  # (re)subscribe every channel on a new connection
@@ -548,15 +520,10 @@ class RedisBroker:
     def _went_live(self, version: int) -> None:
         # Announced before any callback waiting for the subscription runs, so that what it
         # sends (an ask, a catch-up) reaches the publisher after the announcement.
-        ready = [c for c, v in self._unconfirmed.items() if v <= version]
-        for channel in ready:
-            del self._unconfirmed[channel]
-            self._live.add(channel)
-        self._announce(ready)
+        self._announce(self._where.confirmed(version))
 
     def _announce(self, channels: list[str]) -> None:
         for channel in channels:
-            self._alone.discard(channel)
             self.signal_nowait(channel, {"k": INTEREST})
 
     def _deliver(self, raw_channel: bytes | str, data: Any) -> None:
@@ -577,8 +544,7 @@ class RedisBroker:
         message = publication.message
         if message is not None and message["k"] == INTEREST:
             self._from[origin] = publication.number
-            self._heard += 1
-            self._alone.discard(channel.removeprefix(PREFIX))
+            self._where.interest(channel.removeprefix(PREFIX))
             return
         self._received += 1
         self._from[origin] = publication.number
@@ -612,11 +578,6 @@ class RedisBroker:
             if not channel.startswith("node:"):
                 self.signal_nowait(channel, {"k": "gap", "channel": channel, "upto": upto})
 
-    def _relearn(self) -> None:
-        # Not at start-up: the other nodes' subscriptions are in Redis already.
-        if self._lost_link:
-            self._learn_from = time.monotonic() + RELEARN_AFTER
-
     def _set_connected(self, connected: bool) -> None:
         if not connected:  # a subscription that was not confirmed will not be, soon
             failing = [failed for _, _, failed in self._waiting if failed is not None]
@@ -627,12 +588,7 @@ class RedisBroker:
             self.connected = connected
             # What was learnt about listeners may be stale, and an announcement of this
             # node's may have been lost: learn again, announce again.
-            self._alone.clear()
-            self._heard += 1
-            self._lost_link = self._lost_link or not connected
-            self._relearn()
-            if connected:
-                self._announce(sorted(self._live))
+            self._announce(self._where.link_changed(connected))
             self._on_state(connected)
             for listener in self._listeners:
                 listener(connected)
