@@ -31,6 +31,16 @@ async def alone_on(broker: RedisBroker, channel: str, sink: Sink) -> None:
     await wait_until(lambda: broker.redis_statistics().alone == 1, what="the channel alone")
 
 
+async def both_subscribed(a: RedisBroker, b: RedisBroker, channel: str) -> tuple[Sink, Sink]:
+    """A subscriber of `channel` on each node, once Redis has both subscriptions."""
+    here, there = Sink("s1", "alice"), Sink("s2", "bob")
+    a.subscribe(channel, here)
+    b.subscribe(channel, there)
+    await asyncio.wait_for(a.wait_subscribed(), WAIT)
+    await asyncio.wait_for(b.wait_subscribed(), WAIT)
+    return here, there
+
+
 def answer_probes(broker: RedisBroker, channel: str, text: str) -> None:
     """Make `broker` publish a delta on `channel` as soon as a probe reaches it."""
 
@@ -61,11 +71,7 @@ async def test_a_channel_no_other_node_subscribes_stays_off_redis(redis: RedisSe
 async def test_a_channel_another_node_subscribes_is_never_alone(redis: RedisServer) -> None:
     """With a subscriber on each node, every publication goes through Redis."""
     async with nodes(redis) as (a, b):
-        here, there = Sink("s1", "alice"), Sink("s2", "bob")
-        a.subscribe(PRIVATE, here)
-        b.subscribe(PRIVATE, there)
-        await asyncio.wait_for(a.wait_subscribed(), WAIT)
-        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        _, there = await both_subscribed(a, b, PRIVATE)
         frames = [Delta("t0", f"w{n}", n) for n in range(20)]
         for frame in frames:
             a.publish_nowait(PRIVATE, frame)
@@ -116,11 +122,7 @@ async def test_after_redis_restarts_a_subscription_made_meanwhile_is_heard(
 async def test_a_node_that_unsubscribed_makes_the_channel_alone_again(redis: RedisServer) -> None:
     """When the other node leaves, the publisher learns it from the next answers."""
     async with nodes(redis) as (a, b):
-        here, there = Sink("s1", "alice"), Sink("s2", "bob")
-        a.subscribe(PRIVATE, here)
-        b.subscribe(PRIVATE, there)
-        await asyncio.wait_for(a.wait_subscribed(), WAIT)
-        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        _, there = await both_subscribed(a, b, PRIVATE)
         a.publish_nowait(PRIVATE, Delta("t0", "both", 0))
         await wait_until(lambda: len(there.frames) == 1, what="the frame on node b")
         b.unsubscribe(PRIVATE, there)

@@ -229,6 +229,8 @@ async def test_malformed_requests_from_another_node_are_dropped(tmp_path: Path) 
                     {"k": "say", "session": 5, "player": "alice", "rooms": [], "frame": {}},
                     {"k": "say", "session": "s", "player": "x", "rooms": [], "frame": {"t": "say"}},
                     {"k": "turn-request", "session": "s", "player": "x", "rooms": "inn"},
+                    {"k": "turn.catch-up", "turn": 5, "channel": "room:inn"},
+                    {"k": "turn.frames", "channel": "room:inn", "frames": [1, {"t": "x"}]},
                     {"k": "no-such-kind"},
                 ]
                 for number, message in enumerate(bad, 1):
@@ -239,12 +241,13 @@ async def test_malformed_requests_from_another_node_are_dropped(tmp_path: Path) 
                 assert answer["t"] == "ack"
                 assert (await alice.expect("turn.end"))["reason"] == "done"
             await wait_until(
-                lambda: sum("dropped" in line for line in node.output) >= 5,
-                what=f"five messages dropped and logged: {node.output}",
+                lambda: sum("dropped" in line for line in node.output) >= 7,
+                what=f"seven messages dropped and logged: {node.output}",
             )
             async with httpx.AsyncClient() as http:
                 health = (await http.get(f"{node.http_url}/healthz")).json()
-            assert health["cluster"]["routing"]["rejected"] >= 3  # the say and turn-request ones
+            # The say, turn-request and turn catch-up ones (the others: the broker's count).
+            assert health["cluster"]["routing"]["rejected"] >= 5
         finally:
             await client.aclose()
             assert node.terminate() == 0
