@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ import msgpack
 from npc_server.backends.base import MemoryEntry
 from npc_server.brokers.base import session_channel
 from npc_server.cluster.late_starts import LateStarts
-from npc_server.cluster.leases import CHECK_EVERY, TIMEOUT, Leases, owner_key
+from npc_server.cluster.leases import CHECK_EVERY, LEASE_GRACE, TIMEOUT, Leases, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import ErrorCode
@@ -100,6 +101,7 @@ class Forwarder:
         broker.on_message("api", self._on_api)
         self._asked = 0
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._leases_trusted_at = 0.0  # time.monotonic(): before it, no node is judged dead
 
     async def start(self) -> None:
         await self.leases.start()
@@ -393,6 +395,18 @@ class Forwarder:
     def _link_changed(self, connected: bool) -> None:
         if not connected:  # frames of every remote turn may be lost from now on
             self.remote.end_all()
+            return
+        # A Redis that restarted has lost every lease and owner key: renew this node's at
+        # once, and judge no other node dead before it had the time to renew its own.
+        self._leases_trusted_at = time.monotonic() + LEASE_GRACE
+        held = [(c.npc.id, c.audience.key) for c in self.node.all_conversations()]
+        self._spawn(self._reassert(held))
+
+    async def _reassert(self, held: list[tuple[str, str]]) -> None:
+        try:
+            await self.leases.reassert(held)
+        except Exception as exc:  # the regular renewal tries again
+            log.warning("lease and %d owner keys not reasserted: %s", len(held), exc)
 
     async def _check_forever(self) -> None:
         while True:
@@ -401,6 +415,8 @@ class Forwarder:
 
     async def check_once(self) -> None:
         """End the turns relayed here whose nodes' leases lapsed."""
+        if time.monotonic() < self._leases_trusted_at:
+            return
         waited_on = {node for node, _ in self._waiting.values()}
         watched = self.remote.origins() | self.remote.queued_from() | waited_on
         dead = await self.leases.dead(watched - {self.node_id})

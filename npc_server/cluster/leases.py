@@ -25,6 +25,10 @@ CHECK_EVERY = 1.0  # how often a node reads the leases of nodes whose turns it r
 # From a node's death to its relayed turns' end elsewhere: its lease runs out, then
 # the next check (plus a round trip) sees it.
 CHECK_BOUND = NODE_TTL + CHECK_EVERY + 1.0
+# After this node's link to Redis came back, no other node is judged dead for this long:
+# a restarted Redis lost every lease, and the others reconnect within their backoff
+# (at most 5 s) and renew at once.
+LEASE_GRACE = 8.0
 OWNER_TTL = 24 * 3600.0  # a forgotten owner key outlives no conversation by more
 TIMEOUT = 2.0  # for one claim or release: past it, the caller answers `unavailable`
 
@@ -92,6 +96,17 @@ class Leases:
     async def _renew_once(self) -> None:
         async with asyncio.timeout(TIMEOUT):
             await self.client.set(alive_key(self.node_id), b"1", px=int(NODE_TTL * 1000))
+
+    async def reassert(self, held: list[tuple[str, str]]) -> None:
+        """Back on a Redis that may have lost every key (a restart without persistence):
+        this node's lease now, and its owner keys of the conversations it runs (each only
+        if no other node claimed it meanwhile)."""
+        async with asyncio.timeout(TIMEOUT):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(alive_key(self.node_id), b"1", px=int(NODE_TTL * 1000))
+            for npc, audience in held:
+                pipe.set(owner_key(npc, audience), self.node_id, nx=True, px=int(OWNER_TTL * 1000))
+            await pipe.execute()
 
     async def claim(self, npc: str, audience: str) -> str:
         """The node that runs this conversation: this one if it was free or its owner died."""

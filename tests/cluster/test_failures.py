@@ -22,6 +22,7 @@ from npc_server.memories import codec
 from npc_server.memories.base import Lines
 from npc_server.memories.redis import memory_key
 from tests.cluster.test_cluster import join, wait_for_cluster
+from tests.cluster.test_handover import health
 from tests.cluster.test_ownership import say, settle, slow_config
 from tests.support.client import RawClient, connect
 from tests.support.redis import RedisServer, redis_server
@@ -126,3 +127,30 @@ async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path
             )
             assert frames[-1]["reason"] == "done"
         assert (await settle(carol, 10))[-1]["t"] == "pong"
+
+
+async def test_after_a_redis_restart_each_node_reclaims_its_lease_and_conversations(
+    tmp_path: Path,
+) -> None:
+    """A Redis restarted without persistence forgets every key: each node writes its lease
+    and the owner keys of the conversations it runs again as soon as it is back (so no
+    other node takes them over or judges it dead), before any new say."""
+    async with a_room_across_two_nodes(tmp_path) as (redis, a, _b, carol, _alice):
+        ack = await say(carol, 2, "questgiver", "any quests for me?", room="inn")
+        await carol.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == ack["turn"])
+        node_a = (await health(a))["node"]
+        key, lease = "npc:owner:questgiver:room:inn", f"npc:alive:{node_a}"
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            assert await client.get(key) == node_a.encode()
+            redis.stop()
+            redis.start()
+            await wait_for_cluster(a, available=True)
+            await client.connection_pool.disconnect()  # its connection died with Redis
+            for _ in range(200):  # 10 s: polling Redis with a deadline, as wait_until does
+                if await client.get(key) == node_a.encode() and await client.exists(lease):
+                    break
+                await asyncio.sleep(0.05)
+            assert await client.get(key) == node_a.encode() and await client.exists(lease)
+        finally:
+            await client.aclose()
