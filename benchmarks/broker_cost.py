@@ -129,6 +129,7 @@ class RawResp:
         self.pending: list[bytes] = []
         self.sent = 0
         self.transport: asyncio.Transport | None = None
+        self.echo_transport: asyncio.BaseTransport | None = None
         self.proto = Counting()
 
     async def start(self) -> None:
@@ -151,6 +152,13 @@ class RawResp:
         reader.wanted = len(channels)
         async with asyncio.timeout(10):
             await reader.ready.wait()
+        self.echo_transport = transport
+
+    def close(self) -> None:
+        """Close both connections: a subscriber left open would listen in later variants."""
+        for transport in (self.transport, self.echo_transport):
+            if transport is not None:
+                transport.close()
 
     async def flush(self) -> None:
         if self.pending and self.transport is not None:
@@ -198,7 +206,10 @@ async def _variant(name: str, port: int, players: int, seconds: float) -> float:
             await raw.subscribe_echo(channels)
         for channel, sink in zip(channels, sinks, strict=True):
             raw.local.subscribe(channel, sink)
-        return await _drive(raw.publish_nowait, channels, seconds, raw.flush)
+        try:
+            return await _drive(raw.publish_nowait, channels, seconds, raw.flush)
+        finally:
+            raw.close()
     with contextlib.ExitStack() as stack:
         if name == "redis_listened":
             stack.enter_context(another_node_listening(port))
