@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from npc_server import hypercorn_fixes
 from npc_server.events import Closed, NodeEvent
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
@@ -193,11 +194,13 @@ def closes(events: list[NodeEvent]) -> list[Closed]:
 
 
 async def test_permessage_deflate_falls_back_to_hypercorns_send(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A compressed socket is served through Hypercorn (reason logged) and still streams."""
     config = server_config(server={"websocket_compression": True})
     caplog.set_level(logging.INFO, logger="npc_server.hypercorn_fixes")
+    # Each reason is logged once per process: forget those another test caused first.
+    monkeypatch.setattr(hypercorn_fixes, "_reported", set())
     async with running_server(config) as server:
         async with connect(server.url, compression="deflate") as client:
             await client.hello(server.token("alice"))
