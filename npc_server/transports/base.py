@@ -22,6 +22,8 @@ from npc_server.protocol.frames import Ack, Error, Refresh, Resume, ServerFrame,
 from npc_server.session import Session
 from npc_server.tokens import TokenClaims, TokenError, verify_token
 
+SUBSCRIBE_TIMEOUT = 2.0  # seconds a welcome waits for the session's subscriptions
+
 
 class Refusal(Exception):
     """The client is turned away before it has a session: close with `code`."""
@@ -160,7 +162,26 @@ class ClientLink:
         session, replay = handed or self._open_session(claims.player, resume)
         if self.node.socket_claims.enabled:
             await self._claim_socket(session, replay)
+        await self._subscriptions_live()
         return self._attached(claims, resume, session, replay)
+
+    async def _subscriptions_live(self) -> None:
+        # The welcome waits until the broker delivers the session's channels (in a
+        # cluster: Redis applied their subscriptions, and other nodes were told): what any
+        # node publishes for the player after the welcome reaches this socket. Redis away
+        # or slow: the session is served from this node meanwhile, as before.
+        done = asyncio.get_running_loop().create_future()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.node.broker.when_subscribed(settle, settle)
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                await done
+        except TimeoutError:
+            pass
 
     async def _claim_socket(self, session: Session, replay: list[bytes] | None) -> None:
         claim = await self.node.socket_claims.claim(session.player, session.id)

@@ -12,7 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from npc_server.brokers import wire
+from npc_server.protocol.frames import Said
 from tests.support.client import Frame, RawClient, connect
 from tests.support.redis import RedisServer, free_port, redis_server
 from tests.support.server import DEMO_NPCS, REPO, SECRET, ServerProcess, start_server_process
@@ -127,6 +130,7 @@ async def test_a_private_stream_stays_off_redis_until_another_node_listens(
             async with httpx.AsyncClient() as http:
                 broker = (await http.get(f"{a.http_url}/healthz")).json()["cluster"]["broker"]
             assert broker["kept_local"] >= 5 and broker["alone"] >= 1
+            assert 1 <= broker["batches"] <= broker["sent"]  # first publications, then none
             async with connect(b.url) as there:
                 await there.hello(b.token("alice"))
                 await here.send({"t": "say", "id": 2, "npc": "guard", "text": "who are you?"})
@@ -135,6 +139,25 @@ async def test_a_private_stream_stays_off_redis_until_another_node_listens(
             [start] = [f for f in theirs if f["t"] == "turn.start"]
             text = turn_text(theirs, start["turn"])
             assert text and text == turn_text(mine, start["turn"])
+
+
+async def test_a_welcome_comes_once_other_nodes_can_reach_the_session(tmp_path: Path) -> None:
+    """By the time a node welcomes a socket, Redis delivers the player's channel to it: a
+    frame another node publishes right after the welcome reaches the socket (one receiver
+    counted by Redis). The welcome waits for the subscription; on loopback the race it
+    closes is too short to lose here without that wait."""
+    with nodes_on_redis(tmp_path, 1) as (redis, (node,)):
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            async with connect(node.url) as alice:
+                await alice.hello(node.token("alice"))
+                said = Said("inn", "bob", "guard", "psst, alice")
+                data = wire.encode_frame("other-node", said, None, 1)
+                assert await client.publish("npc:player:alice", data) == 1
+                got = await alice.expect("said")
+                assert (got["player"], got["text"]) == ("bob", "psst, alice")
+        finally:
+            await client.aclose()
 
 
 async def test_workers_share_one_port(tmp_path: Path) -> None:
