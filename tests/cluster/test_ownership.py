@@ -7,7 +7,8 @@ a turn is still generating when a request about it arrives from another node.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,18 @@ def slow_config(tmp_path: Path, redis: RedisServer, tokens_per_second: int = 20)
 
 def slow_nodes(tmp_path: Path, count: int) -> AbstractContextManager[list[ServerProcess]]:
     return nodes(tmp_path, count, tokens_per_second=20, limits=FOUR_SOCKETS)
+
+
+@asynccontextmanager
+async def alice_and_bob_in_the_inn(tmp_path: Path) -> AsyncIterator[tuple[RawClient, RawClient]]:
+    """Two slow nodes; alice on A and bob on B, both members of the inn."""
+    with slow_nodes(tmp_path, 2) as (a, b):
+        async with connect(a.url) as alice, connect(b.url) as bob:
+            await alice.hello(a.token("alice"))
+            await bob.hello(b.token("bob"))
+            await join(alice, "inn")
+            await join(bob, "inn")
+            yield alice, bob
 
 
 async def say(client: RawClient, req: int, npc: str, text: str, room: str | None = None) -> Frame:
@@ -73,78 +86,59 @@ async def test_one_turn_per_npc_per_room_across_nodes_with_the_queue_policy(
 ) -> None:
     """A say from node B to a room NPC talking on node A queues behind it there (merchant's
     busy = "queue"): one turn at a time for every member, both run by one node."""
-    with slow_nodes(tmp_path, 2) as (a, b):
-        async with connect(a.url) as alice, connect(b.url) as bob:
-            await alice.hello(a.token("alice"))
-            await bob.hello(b.token("bob"))
-            await join(alice, "inn")
-            await join(bob, "inn")
-            first = await say(alice, 2, "merchant", "what are the prices?", room="inn")
-            assert first["t"] == "ack" and first.get("queued") is None
-            await bob.expect("delta")  # alice's turn is generating on her node
-            second = await say(bob, 3, "merchant", "any rumours?", room="inn")
-            assert second["t"] == "ack" and second["queued"] == 1
-            assert owner_of(second["turn"]) == owner_of(first["turn"])
-            frames = {}
-            for name, client in (("alice", alice), ("bob", bob)):
-                frames[name] = await client.recv_until(
-                    lambda f: f["t"] == "turn.end" and f["turn"] == second["turn"]
-                )
-            for got in frames.values():
-                events = starts_and_ends(got)
-                assert ("turn.start", second["turn"]) in events
-                assert never_overlap(events)
-            assert turn_text(frames["alice"], second["turn"]) == turn_text(
-                frames["bob"], second["turn"]
+    async with alice_and_bob_in_the_inn(tmp_path) as (alice, bob):
+        first = await say(alice, 2, "merchant", "what are the prices?", room="inn")
+        assert first["t"] == "ack" and first.get("queued") is None
+        await bob.expect("delta")  # alice's turn is generating on her node
+        second = await say(bob, 3, "merchant", "any rumours?", room="inn")
+        assert second["t"] == "ack" and second["queued"] == 1
+        assert owner_of(second["turn"]) == owner_of(first["turn"])
+        frames = {}
+        for name, client in (("alice", alice), ("bob", bob)):
+            frames[name] = await client.recv_until(
+                lambda f: f["t"] == "turn.end" and f["turn"] == second["turn"]
             )
+        for got in frames.values():
+            events = starts_and_ends(got)
+            assert ("turn.start", second["turn"]) in events
+            assert never_overlap(events)
+        assert turn_text(frames["alice"], second["turn"]) == turn_text(
+            frames["bob"], second["turn"]
+        )
 
 
 async def test_an_interrupt_on_node_b_stops_a_turn_on_node_a_at_once(tmp_path: Path) -> None:
     """The questgiver lets anyone interrupt: bob on B cuts alice's turn running on A, and no
     member on either node gets a delta of it after its turn.end."""
-    with slow_nodes(tmp_path, 2) as (a, b):
-        async with connect(a.url) as alice, connect(b.url) as bob:
-            await alice.hello(a.token("alice"))
-            await bob.hello(b.token("bob"))
-            await join(alice, "inn")
-            await join(bob, "inn")
-            ack = await say(alice, 2, "questgiver", "any quests for me?", room="inn")
-            turn = ack["turn"]
-            await bob.expect("delta")
-            await bob.send({"t": "interrupt", "id": 3, "turn": turn})
-            *before, answer = await bob.recv_until(lambda f: f.get("id") == 3)
-            assert answer["t"] == "ack"
-            got_by = {
-                "alice": await alice.recv_until(
-                    lambda f: f["t"] == "turn.end" and f["turn"] == turn
-                ),
-                "bob": before
-                + await bob.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
-                if not any(f["t"] == "turn.end" for f in before)
-                else before,
-            }
-            for (name, got), client, req in zip(
-                got_by.items(), (alice, bob), (10, 11), strict=True
-            ):
-                [end] = [f for f in got if f["t"] == "turn.end" and f["turn"] == turn]
-                assert end["reason"] == "interrupted" and end["kept"] <= end["chars"], name
-                after = await settle(client, req)
-                assert not [f for f in after if f.get("turn") == turn]
+    async with alice_and_bob_in_the_inn(tmp_path) as (alice, bob):
+        ack = await say(alice, 2, "questgiver", "any quests for me?", room="inn")
+        turn = ack["turn"]
+        await bob.expect("delta")
+        await bob.send({"t": "interrupt", "id": 3, "turn": turn})
+        *before, answer = await bob.recv_until(lambda f: f.get("id") == 3)
+        assert answer["t"] == "ack"
+        got_by = {
+            "alice": await alice.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn),
+            "bob": before
+            + await bob.recv_until(lambda f: f["t"] == "turn.end" and f["turn"] == turn)
+            if not any(f["t"] == "turn.end" for f in before)
+            else before,
+        }
+        for (name, got), client, req in zip(got_by.items(), (alice, bob), (10, 11), strict=True):
+            [end] = [f for f in got if f["t"] == "turn.end" and f["turn"] == turn]
+            assert end["reason"] == "interrupted" and end["kept"] <= end["chars"], name
+            after = await settle(client, req)
+            assert not [f for f in after if f.get("turn") == turn]
 
 
 async def test_only_the_speaker_may_interrupt_across_nodes(tmp_path: Path) -> None:
     """The guard lets only the speaker interrupt: bob on B is refused, as in one process."""
-    with slow_nodes(tmp_path, 2) as (a, b):
-        async with connect(a.url) as alice, connect(b.url) as bob:
-            await alice.hello(a.token("alice"))
-            await bob.hello(b.token("bob"))
-            await join(alice, "inn")
-            await join(bob, "inn")
-            ack = await say(alice, 2, "guard", "open the gate", room="inn")
-            await bob.expect("delta")
-            await bob.send({"t": "interrupt", "id": 3, "turn": ack["turn"]})
-            [*_, answer] = await bob.recv_until(lambda f: f.get("id") == 3)
-            assert answer["t"] == "error" and answer["code"] == "forbidden"
+    async with alice_and_bob_in_the_inn(tmp_path) as (alice, bob):
+        ack = await say(alice, 2, "guard", "open the gate", room="inn")
+        await bob.expect("delta")
+        await bob.send({"t": "interrupt", "id": 3, "turn": ack["turn"]})
+        [*_, answer] = await bob.recv_until(lambda f: f.get("id") == 3)
+        assert answer["t"] == "error" and answer["code"] == "forbidden"
 
 
 async def test_a_player_on_two_nodes_has_one_turn_per_npc(tmp_path: Path) -> None:
