@@ -163,43 +163,39 @@ async def test_a_killed_node_means_a_new_session_within_the_bound(tmp_path: Path
             assert (await second.expect("turn.end"))["reason"] == "done"
 
 
-async def test_a_drained_node_hands_its_players_over_and_finishes_its_turn(tmp_path: Path) -> None:
-    """SIGTERM on A: alice gets draining, resumes on B, and A's turn reaches her there whole."""
-    with cluster(tmp_path, 2, server="graceful_timeout = 20.0\n") as (_, (a, b)):
+async def drained_mid_turn(tmp_path: Path, graceful_timeout: float) -> tuple[str, list[Frame]]:
+    """Alice's long turn on A; SIGTERM on A; she resumes on B: the turn id and every frame
+    of it she got on either node, up to its turn.end (A has exited cleanly by then)."""
+    with cluster(tmp_path, 2, server=f"graceful_timeout = {graceful_timeout}\n") as (_, (a, b)):
         async with connect(a.url) as first:
             await first.hello(a.token("alice"))
-            turn, before = await start_long_turn(first)
+            turn, frames = await start_long_turn(first)
             a.proc.send_signal(signal.SIGTERM)
-            before += await first.recv_until(lambda f: f["t"] == "draining")
+            frames += await first.recv_until(lambda f: f["t"] == "draining")
             drop(first)
         async with connect(b.url) as second:
             welcome = await second.hello(b.token("alice"), resume=resume_of(first))
             assert welcome["resumed"] is True
-            after = await second.recv_until(lambda f: f["t"] == "turn.end")
-            text = turn_text(before + after, turn)
-            assert len(text) == after[-1]["chars"] and after[-1]["reason"] == "done"
+            frames += await second.recv_until(lambda f: f["t"] == "turn.end")
         assert await asyncio.to_thread(a.wait, 30.0) == 0
+    return turn, frames
+
+
+async def test_a_drained_node_hands_its_players_over_and_finishes_its_turn(tmp_path: Path) -> None:
+    """SIGTERM on A: alice gets draining, resumes on B, and A's turn reaches her there whole."""
+    turn, frames = await drained_mid_turn(tmp_path, 20.0)
+    end = frames[-1]
+    assert len(turn_text(frames, turn)) == end["chars"] and end["reason"] == "done"
 
 
 async def test_a_turn_longer_than_the_drain_ends_with_turn_end_on_the_new_node(
     tmp_path: Path,
 ) -> None:
     """Past graceful_timeout A ends its turn; the turn.end reaches alice on B after its text."""
-    with cluster(tmp_path, 2, server="graceful_timeout = 1.0\n") as (_, (a, b)):
-        async with connect(a.url) as first:
-            await first.hello(a.token("alice"))
-            turn, before = await start_long_turn(first)
-            a.proc.send_signal(signal.SIGTERM)
-            before += await first.recv_until(lambda f: f["t"] == "draining")
-            drop(first)
-        async with connect(b.url) as second:
-            welcome = await second.hello(b.token("alice"), resume=resume_of(first))
-            assert welcome["resumed"] is True
-            after = await second.recv_until(lambda f: f["t"] == "turn.end")
-            end = after[-1]
-            assert end["turn"] == turn and end["reason"] == "interrupted"
-            assert len(turn_text(before + after, turn)) == end["chars"] < 1200
-        assert await asyncio.to_thread(a.wait, 30.0) == 0
+    turn, frames = await drained_mid_turn(tmp_path, 1.0)
+    end = frames[-1]
+    assert end["turn"] == turn and end["reason"] == "interrupted"
+    assert len(turn_text(frames, turn)) == end["chars"] < 1200
 
 
 async def test_a_session_a_node_held_when_it_drained_resumes_from_redis(tmp_path: Path) -> None:
