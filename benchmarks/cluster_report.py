@@ -20,6 +20,20 @@ def _table(head: tuple[str, ...], rows: list[str]) -> list[str]:
     return [_row(*head), _row(*("---" for _ in head)), *rows, ""]
 
 
+def _load_cells(s: Result) -> tuple[Any, ...]:
+    """The cells every step of the section has: load, lag, throughput, CPU."""
+    return (
+        s["players"],
+        s["lag"]["p50"],
+        s["lag"]["p99"],
+        s["delivered_tokens_per_s"],
+        s["server_cpu_pct"],
+        "/".join(str(p) for p in s["node_cpu_pct"]),
+        s["cpu_us_per_token"],
+        s["redis_cpu_pct"],
+    )
+
+
 def _redis_cells(s: Result) -> tuple[Any, ...]:
     r = s.get("redis")
     if not r:
@@ -31,14 +45,7 @@ def _cpu_rows(steps: list[Result]) -> list[str]:
     return [
         _row(
             SETUP_NAMES.get(s["setup"], s["setup"]),
-            s["players"],
-            s["lag"]["p50"],
-            s["lag"]["p99"],
-            s["delivered_tokens_per_s"],
-            s["server_cpu_pct"],
-            "/".join(str(p) for p in s["node_cpu_pct"]),
-            s["cpu_us_per_token"],
-            s["redis_cpu_pct"],
+            *_load_cells(s),
             s["redis_cpu_us_per_token"],
             *_redis_cells(s),
             s["client_cpu_pct"],
@@ -112,14 +119,7 @@ def _knee(r: Result) -> list[str]:
             rows.append(
                 _row(
                     name,
-                    s["players"],
-                    s["lag"]["p50"],
-                    s["lag"]["p99"],
-                    s["delivered_tokens_per_s"],
-                    s["server_cpu_pct"],
-                    "/".join(str(p) for p in s["node_cpu_pct"]),
-                    s["cpu_us_per_token"],
-                    s["redis_cpu_pct"],
+                    *_load_cells(s),
                     s["client_cpu_pct"],
                     s["other_cpu_pct"],
                     s["errors"],
