@@ -3,9 +3,14 @@
 Local subscribers get a publication at once, in place, as with the memory
 broker (the fast path: no round trip for sockets on the node that made the
 frame). Every publication is also queued for Redis and written with the
-others queued meanwhile, in one pipeline, at most one every `FLUSH_WINDOW`
-(5 ms; at once after a quiet spell): never a round trip per token. Each node subscribes in Redis to the channels it has subscribers
-for, delivers what other nodes publish to them, and skips its own echo.
+others queued meanwhile, in one write, at most one every `FLUSH_WINDOW`
+(5 ms; at once after a quiet spell): never a round trip per token
+(`redis_publisher`). Each node subscribes in Redis to the channels it has
+subscribers for, delivers what other nodes publish to them, and skips its own
+echo. The publisher's and the subscription's connections are `RedisLink`s:
+redis-py opens them, and their replies are then parsed as they arrive, without
+a read per reply (`redis_link`); other commands (keys, scripts) go through
+redis-py's pool (`client`).
 
 A node publishes to Redis only what another node may receive (`listeners`):
 a channel whose last publication reached only this node's own subscription
@@ -29,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +44,8 @@ from npc_server.brokers import wire
 from npc_server.brokers.base import BrokerStatistics, MessageHandler, RemoteObserver, Subscriber
 from npc_server.brokers.listeners import Listeners
 from npc_server.brokers.memory import MemoryBroker
+from npc_server.brokers.redis_link import RedisLink, command, open_link
+from npc_server.brokers.redis_publisher import Publisher
 from npc_server.protocol.frames import ServerFrame
 
 log = logging.getLogger(__name__)
@@ -109,17 +115,6 @@ async def _cancelled(tasks: list[asyncio.Task[Any]], tries: int = 5) -> None:
             task.exception()  # retrieved: an error here was reported where it happened
 
 
-def _publish_commands(batch: list[tuple[str, bytes]]) -> bytes:
-    """`PUBLISH channel data` for each publication, as RESP, in one buffer."""
-    parts: list[bytes] = []
-    for channel, data in batch:
-        name = channel.encode()
-        parts.append(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n" % (len(name), name, len(data)))
-        parts.append(data)
-        parts.append(b"\r\n")
-    return b"".join(parts)
-
-
 def _redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -137,11 +132,8 @@ class RedisBroker:
         self.node_id = node_id
         self._on_state = on_state or (lambda connected: None)
         self._local = MemoryBroker()
-        self._pending: list[tuple[str, bytes]] = []
-        self._flushing = False
-        self.flush_window = FLUSH_WINDOW
-        self._batch_at = -math.inf  # when the last batch went (loop time)
-        self._publisher: Any = None  # the pooled connection the publisher holds
+        self._publisher: Publisher | None = None  # from `start` on
+        self._flush_window = FLUSH_WINDOW
         self._remote: set[str] = set()  # channels this node wants from Redis
         self._changed = asyncio.Event()
         self._version = 0  # of `_remote`
@@ -150,11 +142,9 @@ class RedisBroker:
         self._waiting: list[tuple[int, Callable[[], None], Callable[[], None] | None]] = []
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
-        self._pump_task: asyncio.Task[None] | None = None
         self._pong_at = 0.0
-        self._sent = self._received = self._rejected = self._lost = 0
+        self._received = self._rejected = self._lost = 0
         self._number = 0  # of this node's publications
         self._from: dict[str, int] = {}  # origin -> number of its last publication delivered
         self._d_origin, self._d_number = node_id, 0
@@ -169,7 +159,6 @@ class RedisBroker:
         self._where = Listeners()
         self._alone = self._where.alone  # the same set, read on every publication
         self._kept_local = 0
-        self._batches = 0
         self.connected = False
         self._errors: tuple[type[BaseException], ...] = ()
 
@@ -275,16 +264,28 @@ class RedisBroker:
     def statistics(self) -> BrokerStatistics:
         return self._local.statistics()
 
+    @property
+    def flush_window(self) -> float:
+        """Seconds at least between two writes of publications to Redis."""
+        return self._flush_window
+
+    @flush_window.setter
+    def flush_window(self, seconds: float) -> None:
+        self._flush_window = seconds
+        if self._publisher is not None:
+            self._publisher.window = seconds
+
     def redis_statistics(self) -> RedisStatistics:
+        publisher = self._publisher
         return RedisStatistics(
-            self._sent,
+            publisher.sent if publisher else 0,
             self._received,
             self._rejected,
             self._lost,
             self.connected,
             self._kept_local,
             len(self._alone),
-            self._batches,
+            publisher.batches if publisher else 0,
         )
 
     async def start(self) -> None:
@@ -308,6 +309,17 @@ class RedisBroker:
         except (*self._errors, TimeoutError) as exc:  # type: ignore[misc]
             await self._redis.aclose()
             raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        self._publisher = Publisher(
+            pool,
+            window=self._flush_window,
+            answered=self._answered,
+            lost=self._publications_lost,
+            heard=lambda: self._where.heard,
+            number=lambda: self._number,
+        )
+        if not await self._publisher.connect():
+            await self._redis.aclose()
+            raise BrokerUnavailable(f"cannot reach Redis at {self.url}")
         self._set_connected(True)
         self._reader = asyncio.create_task(self._read(), name="redis-broker-reader")
         try:  # the node channel and a first sync: available from the first socket on
@@ -317,12 +329,10 @@ class RedisBroker:
             raise BrokerUnavailable(f"Redis at {self.url} did not confirm a subscription") from None
 
     async def aclose(self) -> None:
-        tasks = (self._reader, self._flusher, self._syncer, self._pump_task)
+        tasks = (self._reader, self._syncer)
         await _cancelled([t for t in tasks if t is not None])
-        if self._pending and self.connected:
-            with contextlib.suppress(*self._errors, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._send(self._take_pending())
+        if self._publisher is not None:
+            await self._publisher.aclose()
         if self._redis is not None:
             await self._redis.aclose()
         self._local = MemoryBroker()
@@ -331,96 +341,47 @@ class RedisBroker:
 
     def _queue(self, channel: str, data: bytes) -> None:
         # Without Redis, no connect attempt per token: the reader reconnects for everyone.
-        if not self.connected or len(self._pending) >= MAX_PENDING:
+        publisher = self._publisher
+        if not self.connected or publisher is None or len(publisher.pending) >= MAX_PENDING:
             self._lost += 1
             self._gaps[channel] = self._number
             return
-        self._pending.append((PREFIX + channel, data))
-        if not self._flushing and self._redis is not None:
-            self._flushing = True
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        publisher.add_nowait(PREFIX + channel, data)
 
-    def _take_pending(self) -> list[tuple[str, bytes]]:
-        batch, self._pending = self._pending, []
-        return batch
+    def _answered(self, channels: list[str], receivers: list[Any], heard: int) -> None:
+        self._where.answered((c[len(PREFIX) :] for c in channels), receivers, heard)
 
-    async def _flush(self) -> None:
-        # One pipeline for everything queued meanwhile; the next batch waits for it. A
-        # batch goes at most every FLUSH_WINDOW (at once after a quiet spell): a write to
-        # Redis and the read of its answers cost two system calls, and the receiving
-        # nodes' reads follow the batches; a turn's tokens rarely share a loop iteration,
-        # so without the window a busy node's batch was one publication.
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                wait = self._batch_at + self.flush_window - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._batch_at = loop.time()
-                batch, upto = self._take_pending(), self._number
-                heard = self._where.heard
-                try:
-                    receivers = await self._send_retrying(batch)
-                    channels = (c[len(PREFIX) :] for c, _ in batch)
-                    self._where.answered(channels, receivers, heard)
-                except self._errors as exc:
-                    self._lost += len(batch)
-                    self._gaps.update((c.removeprefix(PREFIX), upto) for c, _ in batch)
-                    self._set_connected(False)
-                    log.warning("Redis publish failed (%s); %d publications lost", exc, len(batch))
-        finally:
-            self._flushing = False
-
-    async def _send_retrying(self, batch: list[tuple[str, bytes]]) -> list[Any]:
-        # A pooled connection that Redis closed (a restart) fails once, then reconnects.
-        try:
-            return await self._send(batch)
-        except self._errors:
-            return await self._send(batch)
-
-    async def _send(self, batch: list[tuple[str, bytes]]) -> list[Any]:
-        # One write of the batch as RESP on a pooled connection, then its replies (each
-        # the number of connections that received it): what a pipeline sends, without
-        # building a command object per publication.
-        # The publisher keeps one pooled connection while it works (none is taken per batch).
-        pool = self._redis.connection_pool
-        connection = self._publisher
-        if connection is None:
-            connection = self._publisher = await pool.get_connection()
-        try:
-            await connection.send_packed_command(_publish_commands(batch), check_health=False)
-            receivers = [await connection.read_response() for _ in batch]
-        except BaseException:
-            self._publisher = None
-            await connection.disconnect()
-            await pool.release(connection)
-            raise
-        self._sent += len(batch)
-        self._batches += 1
-        return receivers
+    def _publications_lost(self, lost: list[tuple[str, int]], exc: BaseException) -> None:
+        self._lost += len(lost)
+        self._gaps.update((c.removeprefix(PREFIX), upto) for c, upto in lost)
+        self._set_connected(False)
+        log.warning("Redis publish failed (%s); %d publications lost", exc, len(lost))
 
     # --- receiving ----------------------------------------------------------
 
     async def _read(self) -> None:
         backoff = BACKOFF_MIN
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await self._serve(pubsub)
+                link = await open_link(self._redis.connection_pool, self._on_reply)
             except self._errors as exc:
                 self._set_connected(False)
-                log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                log.warning("Redis cannot be reached (%s); retrying in %.1f s", exc, backoff)
+            else:
+                try:
+                    await self._serve(link)
+                except self._errors as exc:
+                    self._set_connected(False)
+                    log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
+                finally:
+                    link.close()
             # Jittered, growing waits: a cluster that lost Redis does not return in a storm.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(BACKOFF_MAX, backoff * 2)
             if await self._reachable():
                 backoff = BACKOFF_MIN
                 # Idle pooled connections to the Redis that went away fail on first use:
-                # drop them, so the first writes after a restart do not fail (and report
-                # frames as lost that a fresh connection would have carried).
+                # drop them, so the first commands after a restart do not fail.
                 with contextlib.suppress(Exception):
                     await self._redis.connection_pool.disconnect(inuse_connections=False)
 
@@ -432,78 +393,78 @@ class RedisBroker:
             return False
         return True
 
-    async def _serve(self, pubsub: Any) -> None:
+    async def _serve(self, link: RedisLink) -> None:
         # A node channel keeps the connection subscribed even with no sessions.
-        await pubsub.subscribe(f"{PREFIX}node:{self.node_id}")
+        link.write(command("SUBSCRIBE", f"{PREFIX}node:{self.node_id}"))
         # Subscriptions of the connection that went away count for nothing now, and
         # whoever waits for a subscription waits for this connection's.
         self._where.new_connection(self._version)
         self._synced = -1
+        assert self._publisher is not None
+        await self._publisher.connect()
         self._set_connected(True)
         self._report_gaps()
         self._changed.set()  # (re)subscribe every channel on a new connection
-        syncer = asyncio.create_task(self._keep_synced(pubsub), name="redis-broker-sync")
+        syncer = asyncio.create_task(self._keep_synced(link), name="redis-broker-sync")
         self._syncer = syncer
-        # The subscription's replies are read straight off its connection, with no
-        # timeout per read (redis-py's get_message costs about as much again as the
-        # delivery): this task watches over the reader instead.
-        pump = asyncio.create_task(self._pump(pubsub.connection), name="redis-broker-pump")
-        self._pump_task = pump
+        # Replies are handled as they arrive (`_on_reply`), with no read per reply: this
+        # task watches over the link instead.
         self._pong_at = time.monotonic()
         try:
             while True:
                 await asyncio.wait(
-                    {pump, syncer}, timeout=READ_TIMEOUT, return_when="FIRST_COMPLETED"
+                    {link.closed, syncer}, timeout=READ_TIMEOUT, return_when="FIRST_COMPLETED"
                 )
-                for task in (pump, syncer):
-                    if task.done():
-                        task.result()  # its connection error ends this connection
-                        raise ConnectionError("the Redis subscription stopped")
-                await self._check_link(pubsub)
+                if link.closed.done():
+                    link.closed.result()  # its error ends this connection
+                if syncer.done():
+                    syncer.result()
+                    raise ConnectionError("the Redis subscription stopped")
+                self._check_link(link)
+                if not self.connected and await self._reachable():
+                    self._set_connected(True)  # a publish failed, but Redis answers again
+                    self._report_gaps()
         finally:
-            await _cancelled([syncer, pump])
+            await _cancelled([syncer])
 
-    async def _pump(self, connection: Any) -> None:
-        while True:
-            reply = await connection.read_response(
-                disable_decoding=True, timeout=math.inf, push_request=True
-            )
-            if isinstance(reply, list) and reply:
-                kind = reply[0]
-                if kind == b"message" and len(reply) == 3:
-                    self._deliver(reply[1], reply[2])
-                elif kind == b"pong" and len(reply) == 2:
-                    self._ponged(reply[1])
-            elif isinstance(reply, bytes):  # a PING's answer, as this Redis sends it
-                self._ponged(reply)
+    def _on_reply(self, reply: Any) -> None:
+        if isinstance(reply, list) and reply:
+            kind = reply[0]
+            if kind == b"message" and len(reply) == 3:
+                self._deliver(reply[1], reply[2])
+            elif kind == b"pong" and len(reply) == 2:
+                self._ponged(reply[1])
+        elif isinstance(reply, bytes):  # a PING's answer, as this Redis sends it
+            self._ponged(reply)
+        elif isinstance(reply, Exception):  # an error reply: this link cannot be trusted
+            raise ConnectionError(f"Redis answered the subscription with an error: {reply}")
 
     def _ponged(self, data: bytes) -> None:
         self._pong_at = time.monotonic()
         self._confirmed(data)
 
-    async def _check_link(self, pubsub: Any) -> None:
+    def _check_link(self, link: RedisLink) -> None:
         now = time.monotonic()
         if now - self._pong_at > HEALTH_TIMEOUT:  # a Redis that stopped answering
             raise ConnectionError(f"no answer from Redis for {HEALTH_TIMEOUT:g} s")
         if now - self._pong_at > HEALTH_EVERY:
-            await pubsub.ping(HEALTH)
-        if not self.connected and await self._reachable():
-            self._set_connected(True)  # a publish failed, but Redis answers again
-            self._report_gaps()
+            link.write(command("PING", HEALTH))
 
-    async def _keep_synced(self, pubsub: Any) -> None:
+    async def _keep_synced(self, link: RedisLink) -> None:
         subscribed: set[str] = set()
         while True:
             await self._changed.wait()
             self._changed.clear()
             version, wanted = self._version, set(self._remote)
             added, removed = wanted - subscribed, subscribed - wanted
+            commands = []
             if added:
-                await pubsub.subscribe(*(PREFIX + c for c in sorted(added)))
+                commands.append(command("SUBSCRIBE", *(PREFIX + c for c in sorted(added))))
             if removed:
-                await pubsub.unsubscribe(*(PREFIX + c for c in sorted(removed)))
+                commands.append(command("UNSUBSCRIBE", *(PREFIX + c for c in sorted(removed))))
             # Its PONG, read after the SUBSCRIBE's replies, says Redis has applied it.
-            await pubsub.ping(f"{SYNC}{version}")
+            commands.append(command("PING", f"{SYNC}{version}"))
+            link.write(b"".join(commands))
             subscribed = wanted
 
     def _confirmed(self, data: Any) -> None:
