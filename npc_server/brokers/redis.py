@@ -42,6 +42,7 @@ from typing import Any
 
 from npc_server.brokers import wire
 from npc_server.brokers.base import BrokerStatistics, MessageHandler, RemoteObserver, Subscriber
+from npc_server.brokers.kept import KeptLocal
 from npc_server.brokers.listeners import Listeners
 from npc_server.brokers.memory import MemoryBroker
 from npc_server.brokers.redis_link import RedisLink, command, open_link
@@ -159,6 +160,7 @@ class RedisBroker:
         self._where = Listeners()
         self._alone = self._where.alone  # the same set, read on every publication
         self._kept_local = 0
+        self._kept = KeptLocal()  # room talk kept local, for a newcomer not heard yet
         self.connected = False
         self._errors: tuple[type[BaseException], ...] = ()
 
@@ -211,6 +213,7 @@ class RedisBroker:
         self._local.publish_nowait(channel, frame, exclude)
         if channel in self._alone:
             self._kept_local += 1
+            self._kept.keep_nowait(channel, frame, exclude)
         else:
             self._queue(channel, wire.encode_frame(self.node_id, frame, exclude, number))
 
@@ -505,7 +508,7 @@ class RedisBroker:
         message = publication.message
         if message is not None and message["k"] == INTEREST:
             self._from[origin] = publication.number
-            self._where.interest(channel.removeprefix(PREFIX))
+            self._heard_interest(channel.removeprefix(PREFIX))
             return
         self._received += 1
         self._from[origin] = publication.number
@@ -519,6 +522,14 @@ class RedisBroker:
             self._local.drop_turn_nowait(local, publication.drop_turn)
         elif message is not None:
             self._dispatch(origin, message)
+
+    def _heard_interest(self, channel: str) -> None:
+        # What was kept local on the channel just before is published now, as new
+        # publications (numbers only grow), ahead of anything published after this.
+        self._where.interest(channel)
+        for frame, exclude in self._kept.take(channel):
+            self._number += 1
+            self._queue(channel, wire.encode_frame(self.node_id, frame, exclude, self._number))
 
     def _dispatch(self, origin: str, message: dict[str, Any]) -> None:
         handler = self._handlers.get(message["k"])

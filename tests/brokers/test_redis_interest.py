@@ -14,7 +14,7 @@ from typing import Any
 
 from npc_server.brokers import room_channel, session_channel
 from npc_server.brokers.redis import RedisBroker
-from npc_server.protocol.frames import Delta
+from npc_server.protocol.frames import Delta, Said
 from tests.brokers.test_broker import Sink
 from tests.brokers.test_redis_broker import WAIT, nodes
 from tests.support.redis import RedisServer
@@ -153,3 +153,26 @@ async def test_after_a_lost_link_nothing_is_learnt_alone_while_others_resubscrib
         a.publish_nowait(PRIVATE, Delta("t0", "again", 6))
         await wait_until(lambda: a.redis_statistics().sent > sent + 1, what="sent again")
         assert a.redis_statistics().alone == 0 and a.redis_statistics().kept_local == kept
+
+
+async def test_room_talk_kept_local_just_before_a_newcomer_is_heard_reaches_it(
+    redis: RedisServer,
+) -> None:
+    """A `said` a node kept local on a room no other node listened on, in the moment
+    before it hears a newcomer's interest, is published to the newcomer then, once; a
+    turn's delta kept local is not (turns are caught up from their node)."""
+    room = room_channel("inn")
+    async with nodes(redis) as (a, b):
+        here = Sink("s1", "alice")
+        await alone_on(a, room, here)
+        said = Said(room="inn", player="alice", npc="bard", text="hello?")
+        a.publish_nowait(room, said)
+        a.publish_nowait(room, Delta("t0", "kept", 1))
+        there = Sink("s2", "bob")
+        b.subscribe(room, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        await wait_until(lambda: len(there.frames) == 1, what="the said on node b")
+        a.publish_nowait(room, Delta("t0", "after", 2))
+        await wait_until(lambda: len(there.frames) == 2, what="the delta after")
+        assert there.frames == [said, Delta("t0", "after", 2)]
+        assert here.frames.count(said) == 1
