@@ -67,14 +67,17 @@ class NodeDirectory:
         self._join = client.register_script(_JOIN)
         self._live = client.register_script(_LIVE)
         self._renewer: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def start(self) -> None:
         await self._join_once()
         self._renewer = asyncio.create_task(self._renew_forever(), name="node-directory")
 
     async def aclose(self) -> None:
+        # Stopped, not cancelled: a redis-py command cancelled mid-way can leave the
+        # client (and whoever waits on it) hanging.
+        self._stop.set()
         if self._renewer is not None:
-            self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
         with contextlib.suppress(Exception):  # else its entry lapses within NODE_TTL
             async with asyncio.timeout(TIMEOUT):
@@ -82,7 +85,10 @@ class NodeDirectory:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(RENEW_EVERY)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RENEW_EVERY):
+                    await self._stop.wait()
+                return
             try:
                 await self._join_once()
             except Exception as exc:  # Redis away: the broker reports and reconnects
