@@ -20,6 +20,7 @@ replaced on this node while the read was under way is not applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,12 @@ class TrustedCopies:
             log.warning("the rooms' trusted contexts were not read: %s", exc)
             return
         names = [r.decode(errors="replace") for r in rooms or () if isinstance(r, bytes)]
-        await asyncio.gather(*(self.load(f"room:{name}") for name in names))
+        found = await asyncio.gather(*(self.load(f"room:{name}") for name in names))
+        gone = [name for name, there in zip(names, found, strict=True) if not there]
+        if gone:  # their copies lapsed: the list need not name them
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(TIMEOUT):
+                    await self.client.srem(ROOMS_KEY, *gone)
 
     async def aclose(self) -> None:
         self._unsubscribe()
@@ -98,19 +104,21 @@ class TrustedCopies:
                 pipe.pexpire(ROOMS_KEY, ttl)
             await pipe.execute()
 
-    async def load(self, scope: str) -> None:
-        """Set this node's copy of `scope` from Redis (unless a post set it meanwhile)."""
+    async def load(self, scope: str) -> bool:
+        """Set this node's copy of `scope` from Redis (unless a post set it meanwhile);
+        whether Redis has one (True if it cannot say)."""
         before = self._versions.get(scope, 0)
         try:
             async with asyncio.timeout(TIMEOUT):
                 fields = await self.client.hgetall(trusted_key(scope))
         except Exception as exc:
             log.warning("the trusted context of %s was not read: %s", scope, exc)
-            return
-        if self._versions.get(scope, 0) != before or not isinstance(fields, dict):
-            return
+            return True
+        if not isinstance(fields, dict) or self._versions.get(scope, 0) != before:
+            return True
         for raw_npc, raw in fields.items():
             self._apply(scope, raw_npc, raw)
+        return bool(fields)
 
     def _apply(self, scope: str, raw_npc: Any, raw: Any) -> None:
         try:

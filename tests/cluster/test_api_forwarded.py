@@ -126,7 +126,8 @@ async def test_gather_names_the_nodes_that_do_not_answer(redis: RedisServer) -> 
 async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServer) -> None:
     """A node reading a player's trusted context from Redis takes the entries that are
     valid and drops a truncated one and one of an unknown NPC; a key of another type is
-    no crash; a room's copy is read when a node starts."""
+    no crash; a room's copy is read when a node starts, and a room without one leaves
+    the list of rooms."""
     client = aioredis.from_url(redis.url)
     try:
         await client.hset(
@@ -148,5 +149,6 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
             assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
             assert x.contexts.trusted.for_npc("bob", None, "merchant") == {}
             assert copies.rejected == 2
+        assert await client.smembers("npc:trusted:rooms") == {b"inn"}  # "gone" has no copy
     finally:
         await client.aclose()
