@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from npc_server.cluster.forward import owner_of
 from npc_server.protocol.codes import CloseCode
 from tests.cluster.test_cluster import cluster_config, join, turn_text
+from tests.cluster.test_handover import drop, resume_of
 from tests.cluster.test_ownership import say
 from tests.support.client import connect
 from tests.support.redis import RedisServer, redis_server
@@ -116,7 +117,8 @@ async def test_listings_from_one_node_show_every_node(tmp_path: Path) -> None:
 
 async def test_a_context_posted_to_one_node_is_used_on_others(tmp_path: Path) -> None:
     """Game state posted to node A is in the prompt of alice's turn on node B (which runs
-    it), and on node C, started after the post, where alice connects later."""
+    it), and, after her socket dropped, on node C, started after the post, where she
+    resumes her session (a handover)."""
     with redis_server() as redis:
         config = cluster_config(tmp_path, redis)
         a, b = api_node(config), api_node(config)
@@ -133,16 +135,18 @@ async def test_a_context_posted_to_one_node_is_used_on_others(tmp_path: Path) ->
                 assert answer.json() == {"ok": True, "scope": "player:alice", "npc": "merchant"}
                 ack = await say(alice, 2, "merchant", "what do you sell?")
                 frames = await alice.recv_until(lambda f: f["t"] == "turn.end")
-                text = turn_text(frames, ack["turn"])
-                assert any(line in text for line in NIGHT), text
+                assert any(line in turn_text(frames, ack["turn"]) for line in NIGHT), frames
                 assert owner_of(ack["turn"]) == node_b  # run by B, which did not get the post
+                drop(alice)
             c = api_node(config)
-            async with connect(c.url) as later:
-                await later.hello(c.token("alice"))
-                ack = await say(later, 2, "merchant", "what do you sell?")
-                frames = await later.recv_until(lambda f: f["t"] == "turn.end")
-                text = turn_text(frames, ack["turn"])
-                assert any(line in text for line in NIGHT), text
+            async with connect(c.url) as again:
+                welcome = await again.hello(c.token("alice"), resume=resume_of(alice))
+                assert welcome["resumed"] is True and welcome["session"] == alice.session
+                ack = await say(again, 3, "merchant", "what do you sell?")
+                frames = await again.recv_until(lambda f: f["t"] == "turn.end")
+                # B still runs the conversation: C sends its own copy of the context with
+                # the say, as it would run the turn with it.
+                assert any(line in turn_text(frames, ack["turn"]) for line in NIGHT), frames
         finally:
             for node in (a, b, c):
                 if node is not None:
