@@ -19,6 +19,7 @@ from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from npc_server.api_schema import MAX_BODY_BYTES, ApiError, Body, openapi, problem
+from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
 from npc_server.cluster.scatter import Gathered, gather
 from npc_server.node import Node
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
@@ -332,7 +333,7 @@ async def _kick() -> Response:
     if node.cluster is None:
         return _json({"player": player, **here})
     gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
-    counts = [here, *_valid(gathered, _kick_counts)]
+    counts = [here, *(c for _, c in valid(gathered, kick_counts))]
     sessions = sum(c["sessions"] for c in counts)
     sockets = sum(c["sockets"] for c in counts)
     return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})
@@ -355,7 +356,7 @@ async def _room(room: str) -> Response:
         return _json({"room": room, "members": list(node.hub.members(room))})
     gathered = await _everywhere(node, {"k": "api", "op": "room", "room": room})
     members = list(node.hub.members(room)) if node.hub.room_exists(room) else []
-    for theirs in _valid(gathered, _member_list):
+    for _, theirs in valid(gathered, member_list):
         members.extend(m for m in theirs if m not in members)
     if not members and not gathered.missing:
         raise ApiError(404, "unknown_room", f"no room {room!r} has members")
@@ -372,11 +373,7 @@ async def _player(player: str) -> Response:
     gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
     sessions = [{**s, "node": node.node_id} for s in here["sessions"]]
     online, rooms = here["online"], set(here["rooms"])
-    for origin, theirs in sorted(gathered.results.items()):
-        parsed = _player_part(theirs)
-        if parsed is None:
-            gathered.missing.append(origin)
-            continue
+    for origin, parsed in valid(gathered, player_part):
         sessions.extend({**s, "node": origin} for s in parsed["sessions"])
         online, rooms = online or parsed["online"], rooms | set(parsed["rooms"])
     return _json(
@@ -400,63 +397,6 @@ def _player_here(node: Node, player: str) -> dict[str, Any]:
         "sessions": sessions,
         "rooms": sorted(node.hub.rooms_of(player)),
     }
-
-
-# --- what other nodes answer, checked (a node that answers nonsense counts as missing)
-
-
-def _valid(gathered: Gathered, parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
-    parsed = []
-    for origin, result in sorted(gathered.results.items()):
-        value = parse(result)
-        if value is None:
-            gathered.missing.append(origin)
-        else:
-            parsed.append(value)
-    return parsed
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _kick_counts(result: dict[str, Any]) -> dict[str, int] | None:
-    ok = _count(result.get("sessions")) and _count(result.get("sockets"))
-    return {"sessions": result["sessions"], "sockets": result["sockets"]} if ok else None
-
-
-def _names(value: Any) -> list[str] | None:
-    ok = isinstance(value, list) and all(isinstance(v, str) and len(v) <= 256 for v in value)
-    return value if ok else None
-
-
-def _member_list(result: dict[str, Any]) -> list[str] | None:
-    return _names(result.get("members"))
-
-
-def _player_part(result: dict[str, Any]) -> dict[str, Any] | None:
-    sessions, rooms, online = (
-        result.get("sessions"),
-        _names(result.get("rooms")),
-        result.get("online"),
-    )
-    if not isinstance(sessions, list) or rooms is None or not isinstance(online, bool):
-        return None
-    checked = [_session_entry(s) for s in sessions]
-    if any(s is None for s in checked):
-        return None
-    return {"sessions": checked, "rooms": rooms, "online": online}
-
-
-def _session_entry(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict):
-        return None
-    session, state, seq = value.get("session"), value.get("state"), value.get("last_seq")
-    if not (isinstance(session, str) and len(session) <= 256 and _count(seq)):
-        return None
-    if state not in {s.value for s in SessionState}:
-        return None
-    return {"session": session, "state": state, "last_seq": seq}
 
 
 def _is_player_id(player: str) -> bool:

@@ -1,6 +1,6 @@
 """The cluster API's parts on a real redis-server, nodes in this process: forged
-requests from another node, the node directory and its scatter-gather, and trusted
-contexts read back from Redis."""
+requests from another node, the node directory and its scatter-gather, trusted
+contexts read back from Redis; and the checks of other nodes' answers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 
 from npc_server.brokers import wire
 from npc_server.brokers.redis import RedisBroker
+from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
 from npc_server.cluster.forward import Forwarder
-from npc_server.cluster.scatter import gather
+from npc_server.cluster.scatter import Gathered, gather
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
 from tests.support.redis import RedisServer
@@ -152,3 +153,31 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
         assert await client.smembers("npc:trusted:rooms") == {b"inn"}  # "gone" has no copy
     finally:
         await client.aclose()
+
+
+def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
+    """A node's kick counts or listing that do not fit (wrong types, a bool for a count, a
+    session state no node has, a name too long) are dropped and name that node missing."""
+    kicks = Gathered(
+        {
+            "a": {"sessions": 2, "sockets": 1},
+            "b": {"sessions": "many", "sockets": 1},
+            "c": {"sessions": True, "sockets": 0},
+        }
+    )
+    assert valid(kicks, kick_counts) == [("a", {"sessions": 2, "sockets": 1})]
+    assert kicks.missing == ["b", "c"]
+    session = {"session": "s-a-1", "state": "attached", "last_seq": 4}
+    players = Gathered(
+        {
+            "a": {"sessions": [session], "rooms": ["inn"], "online": True},
+            "b": {"sessions": [{**session, "state": "hacked"}], "rooms": [], "online": True},
+            "c": {"sessions": [], "rooms": ["x" * 300], "online": False},
+            "d": {"sessions": [{**session, "last_seq": -1}], "rooms": [], "online": "yes"},
+        }
+    )
+    [(origin, part)] = valid(players, player_part)
+    assert origin == "a" and part == {"sessions": [session], "rooms": ["inn"], "online": True}
+    assert players.missing == ["b", "c", "d"]
+    rooms = Gathered({"a": {"members": ["bob"]}, "b": {"members": [1]}, "c": {}})
+    assert valid(rooms, member_list) == [("a", ["bob"])] and rooms.missing == ["b", "c"]
