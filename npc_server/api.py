@@ -10,7 +10,7 @@ once the API is on: it holds no secrets).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -19,10 +19,13 @@ from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from npc_server.api_schema import MAX_BODY_BYTES, ApiError, Body, openapi, problem
+from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
+from npc_server.cluster.scatter import Gathered, gather
 from npc_server.node import Node
+from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
-from npc_server.tokens import issue_token
+from npc_server.tokens import MAX_PLAYER_CHARS, issue_token
 from npc_server.turns import GAME, Audience, Refused
 
 DEFAULT_TTL_S = 3600.0
@@ -114,13 +117,35 @@ async def _context() -> Response:
     data = body.context_data(node.config.limits.protocol_limits())
     body.done()
     key = f"room:{scope.room}" if scope.room is not None else f"player:{scope.player}"
+    if node.cluster is not None:
+        return _json(await _context_everywhere(node, key, npc, data))
     size = len(msgpack.packb(data))
     if not node.contexts.trusted.set_nowait(key, npc, data, size):
-        budget = node.contexts.trusted.max_bytes_per_scope
-        raise ApiError(
-            413, "too_large", f"'data': the contexts of {key} would be over {budget} bytes"
-        )
+        raise _over_budget(node, key)
     return _json({"ok": True, "scope": key, "npc": npc})
+
+
+def _over_budget(node: Node, key: str) -> ApiError:
+    budget = node.contexts.trusted.max_bytes_per_scope
+    return ApiError(413, "too_large", f"'data': the contexts of {key} would be over {budget} bytes")
+
+
+async def _context_everywhere(
+    node: Node, key: str, npc: str | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Set here, in Redis (for nodes that come later) and on every live node; the answer
+    comes once each node has it (or did not answer in time: `partial`)."""
+    assert node.cluster is not None
+    copies = node.cluster.trusted_copies
+    if not copies.set_nowait(key, npc, data):
+        raise _over_budget(node, key)
+    try:
+        await copies.save(key, npc, data)
+    except Exception:
+        raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
+    message = {"k": "api", "op": "context", "scope": key, "npc": npc, "data": data}
+    gathered = await _everywhere(node, message)
+    return {"ok": True, "scope": key, "npc": npc, **gathered.partial()}
 
 
 async def _say() -> Response:
@@ -148,6 +173,9 @@ async def _say() -> Response:
     except Exception:
         raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
     if owner == node.node_id:
+        # Its trusted context as Redis has it: this node may have forgotten it (the
+        # player's last session here ended) or started after it was posted.
+        await node.cluster.trusted_copies.load(audience.key)
         return _json(_game_say(node, npc.id, audience, text, event))
     message = {"k": "api", "op": "say", "npc": npc.id, "audience": audience.key}
     return _json(await _at(node, owner, {**message, "text": text, "event": event}))
@@ -199,26 +227,80 @@ async def _at(node: Node, owner: str, message: dict[str, Any]) -> dict[str, Any]
 
 
 def answer_forwarded(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
-    """Run a game server request that another node forwarded (`_at`); its answer."""
+    """Run a game server request that another node forwarded (`_at`, or one of
+    `_everywhere`); its answer. The message is validated as a request body is."""
     try:
         op = message.get("op")
-        if op == "say":
-            npc_id, key = message.get("npc"), message.get("audience")
-            text, event = message.get("text"), message.get("event")
-            if not (isinstance(npc_id, str) and npc_id in node.npcs and isinstance(key, str)):
-                raise ApiError(400, "invalid", "a forwarded say names no NPC or audience")
-            if not isinstance(text, str) or not (event is None or isinstance(event, str)):
-                raise ApiError(400, "invalid", "a forwarded say has no text")
-            kind, _, name = key.partition(":")
-            audience = Audience(room=name) if kind == "room" else Audience(player=name)
-            return {"result": _game_say(node, npc_id, audience, text, event)}
-        turn = message.get("turn")
-        if op == "interrupt" and isinstance(turn, str):
-            return {"result": _game_interrupt(node, turn)}
-        raise ApiError(400, "invalid", f"no forwarded operation {op!r}")
+        run = _FORWARDED.get(op) if isinstance(op, str) else None
+        if run is None:
+            raise ApiError(400, "invalid", f"no forwarded operation {op!r:.40}")
+        return {"result": run(node, message)}
     except ApiError as exc:
         error = {"status": exc.status, "code": exc.code, "message": exc.message}
         return {"error": {**error, "retry_after": exc.retry_after}}
+
+
+def _forwarded_say(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    npc_id, key = message.get("npc"), message.get("audience")
+    text, event = message.get("text"), message.get("event")
+    if not (isinstance(npc_id, str) and npc_id in node.npcs and isinstance(key, str)):
+        raise ApiError(400, "invalid", "a forwarded say names no NPC or audience")
+    if not isinstance(text, str) or not (event is None or isinstance(event, str)):
+        raise ApiError(400, "invalid", "a forwarded say has no text")
+    kind, _, name = key.partition(":")
+    audience = Audience(room=name) if kind == "room" else Audience(player=name)
+    return _game_say(node, npc_id, audience, text, event)
+
+
+def _forwarded_interrupt(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    turn = message.get("turn")
+    if not isinstance(turn, str):
+        raise ApiError(400, "invalid", "a forwarded interrupt names no turn")
+    return _game_interrupt(node, turn)
+
+
+def _forwarded_kick(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    return _kick_here(node, Body({"player": message.get("player")}).player("player"))
+
+
+def _forwarded_room(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    room = Body({"room": message.get("room")}).room()
+    if room is None:
+        raise ApiError(400, "invalid", "a forwarded listing names no room")
+    return {"members": list(node.hub.members(room)) if node.hub.room_exists(room) else []}
+
+
+def _forwarded_player(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    return _player_here(node, Body({"player": message.get("player")}).player("player"))
+
+
+def _forwarded_context(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    if node.cluster is None:
+        raise ApiError(400, "invalid", "a forwarded context reached a node not in a cluster")
+    copies = node.cluster.trusted_copies
+    scope, npc, data = copies.check(message.get("scope"), message.get("npc"), message.get("data"))
+    if not copies.set_nowait(scope, npc, data):
+        raise _over_budget(node, scope)
+    return {"ok": True}
+
+
+_FORWARDED: dict[str, Callable[[Node, Mapping[str, Any]], dict[str, Any]]] = {
+    "say": _forwarded_say,
+    "interrupt": _forwarded_interrupt,
+    "kick": _forwarded_kick,
+    "room": _forwarded_room,
+    "player": _forwarded_player,
+    "context": _forwarded_context,
+}
+
+
+async def _everywhere(node: Node, message: dict[str, Any]) -> Gathered:
+    """`message` asked of every other live node; 503 if Redis cannot say which live."""
+    assert node.cluster is not None
+    try:
+        return await gather(node.cluster, message)
+    except Exception:
+        raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
 
 
 def _check_present(node: Node, audience: Audience) -> None:
@@ -241,38 +323,81 @@ async def _interrupt() -> Response:
 
 
 async def _kick() -> Response:
-    """POST /api/kick {player}: close every socket of the player with 4508."""
+    """POST /api/kick {player}: close every socket of the player with 4508 (in a
+    cluster: on every node, counted together)."""
     node = _node()
     body = await _body()
     player = body.player("player")
     body.done()
+    here = _kick_here(node, player)
+    if node.cluster is None:
+        return _json({"player": player, **here})
+    gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
+    counts = [here, *(c for _, c in valid(gathered, kick_counts))]
+    sessions = sum(c["sessions"] for c in counts)
+    sockets = sum(c["sockets"] for c in counts)
+    return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})
+
+
+def _kick_here(node: Node, player: str) -> dict[str, int]:
     sessions = node.hub.sessions_of(player)
     sockets = sum(s.state is SessionState.ATTACHED for s in sessions)
     for session in sessions:
         node.end_session(session, CloseCode.KICKED)
-    return _json({"player": player, "sessions": len(sessions), "sockets": sockets})
+    return {"sessions": len(sessions), "sockets": sockets}
 
 
 async def _room(room: str) -> Response:
-    """GET /api/rooms/<room> -> {room, members}."""
+    """GET /api/rooms/<room> -> {room, members} (in a cluster: from every node)."""
     node = _node()
-    if not node.hub.room_exists(room):
+    if node.cluster is None or ROOM_PATTERN.fullmatch(room) is None:
+        if not node.hub.room_exists(room):
+            raise ApiError(404, "unknown_room", f"no room {room!r} has members")
+        return _json({"room": room, "members": list(node.hub.members(room))})
+    gathered = await _everywhere(node, {"k": "api", "op": "room", "room": room})
+    members = list(node.hub.members(room)) if node.hub.room_exists(room) else []
+    for _, theirs in valid(gathered, member_list):
+        members.extend(m for m in theirs if m not in members)
+    if not members and not gathered.missing:
         raise ApiError(404, "unknown_room", f"no room {room!r} has members")
-    return _json({"room": room, "members": list(node.hub.members(room))})
+    return _json({"room": room, "members": members, **gathered.partial()})
 
 
 async def _player(player: str) -> Response:
-    """GET /api/players/<player> -> {player, online, sessions, rooms}."""
+    """GET /api/players/<player> -> {player, online, sessions, rooms} (in a cluster: from
+    every node, each session naming its node)."""
     node = _node()
+    here = _player_here(node, player)
+    if node.cluster is None or not _is_player_id(player):
+        return _json({"player": player, **here})
+    gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
+    sessions = [{**s, "node": node.node_id} for s in here["sessions"]]
+    online, rooms = here["online"], set(here["rooms"])
+    for origin, parsed in valid(gathered, player_part):
+        sessions.extend({**s, "node": origin} for s in parsed["sessions"])
+        online, rooms = online or parsed["online"], rooms | set(parsed["rooms"])
+    return _json(
+        {
+            "player": player,
+            "online": online,
+            "sessions": sessions,
+            "rooms": sorted(rooms),
+            **gathered.partial(),
+        }
+    )
+
+
+def _player_here(node: Node, player: str) -> dict[str, Any]:
     sessions = [
         {"session": s.id, "state": s.state.value, "last_seq": s.last_seq}
         for s in node.hub.sessions_of(player)
     ]
-    return _json(
-        {
-            "player": player,
-            "online": bool(node.attached_sessions(player)),
-            "sessions": sessions,
-            "rooms": sorted(node.hub.rooms_of(player)),
-        }
-    )
+    return {
+        "online": bool(node.attached_sessions(player)),
+        "sessions": sessions,
+        "rooms": sorted(node.hub.rooms_of(player)),
+    }
+
+
+def _is_player_id(player: str) -> bool:
+    return 0 < len(player) <= MAX_PLAYER_CHARS and player.isprintable()

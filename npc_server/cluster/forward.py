@@ -33,6 +33,8 @@ from npc_server.brokers.base import session_channel
 from npc_server.cluster.late_starts import LateStarts
 from npc_server.cluster.leases import CHECK_EVERY, LEASE_GRACE, TIMEOUT, Leases, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
+from npc_server.cluster.scatter import NodeDirectory
+from npc_server.cluster.trusted import TrustedCopies
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import Ack, ClientFrame, Error, RequestId, Say, ServerFrame
@@ -102,15 +104,22 @@ class Forwarder:
         self._asked = 0
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._leases_trusted_at = 0.0  # time.monotonic(): before it, no node is judged dead
+        # The game server's API across nodes: who is alive, and its trusted contexts.
+        self.directory = NodeDirectory(broker.client, self.node_id)
+        self.trusted_copies = TrustedCopies(node, broker.client)
 
     async def start(self) -> None:
         await self.leases.start()
+        await self.directory.start()
+        await self.trusted_copies.start()
         self._checker = asyncio.create_task(self._check_forever(), name="cluster-check")
 
     async def aclose(self) -> None:
         if self._checker is not None:
             self._checker.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.trusted_copies.aclose()
+        await self.directory.aclose()
         await self.leases.aclose()
 
     def statistics(self) -> dict[str, int]:

@@ -1,0 +1,79 @@
+"""What other nodes answer to the game server's API, checked before it is merged.
+
+A node's answer is validated as a client's input is: a result that does not fit
+(wrong types, names too long, a session state no node has) is dropped and its
+node counts as missing (`Gathered.missing`), so a bad node makes an answer
+`partial`, never wrong and never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from npc_server.cluster.scatter import Gathered
+from npc_server.session import SessionState
+
+T = TypeVar("T")
+MAX_NAME_CHARS = 256
+_STATES = frozenset(s.value for s in SessionState)
+
+
+def valid(gathered: Gathered, parse: Callable[[dict[str, Any]], T | None]) -> list[tuple[str, T]]:
+    """Each node's result that `parse` accepts, by node; the others join `missing`."""
+    parsed = []
+    for origin, result in sorted(gathered.results.items()):
+        value = parse(result)
+        if value is None:
+            gathered.missing.append(origin)
+        else:
+            parsed.append((origin, value))
+    return parsed
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def kick_counts(result: dict[str, Any]) -> dict[str, int] | None:
+    """`{sessions, sockets}` of a kick."""
+    ok = _count(result.get("sessions")) and _count(result.get("sockets"))
+    return {"sessions": result["sessions"], "sockets": result["sockets"]} if ok else None
+
+
+def _names(value: Any) -> list[str] | None:
+    ok = isinstance(value, list) and all(
+        isinstance(v, str) and len(v) <= MAX_NAME_CHARS for v in value
+    )
+    return value if ok else None
+
+
+def member_list(result: dict[str, Any]) -> list[str] | None:
+    """A room listing's `members`."""
+    return _names(result.get("members"))
+
+
+def player_part(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A player listing's `sessions`, `rooms` and `online`, each session checked."""
+    sessions, rooms, online = (
+        result.get("sessions"),
+        _names(result.get("rooms")),
+        result.get("online"),
+    )
+    if not isinstance(sessions, list) or rooms is None or not isinstance(online, bool):
+        return None
+    checked = [_session_entry(s) for s in sessions]
+    if any(s is None for s in checked):
+        return None
+    return {"sessions": checked, "rooms": rooms, "online": online}
+
+
+def _session_entry(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    session, state, seq = value.get("session"), value.get("state"), value.get("last_seq")
+    if not (isinstance(session, str) and len(session) <= MAX_NAME_CHARS and _count(seq)):
+        return None
+    if state not in _STATES:
+        return None
+    return {"session": session, "state": state, "last_seq": seq}

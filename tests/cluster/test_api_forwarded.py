@@ -1,0 +1,183 @@
+"""The cluster API's parts on a real redis-server, nodes in this process: forged
+requests from another node, the node directory and its scatter-gather, trusted
+contexts read back from Redis; and the checks of other nodes' answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from npc_server.brokers import wire
+from npc_server.brokers.redis import RedisBroker
+from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
+from npc_server.cluster.forward import Forwarder
+from npc_server.cluster.scatter import Gathered, gather
+from npc_server.node import Node
+from npc_server.npcs import load_npcs
+from tests.support.redis import RedisServer
+from tests.support.server import DEMO_NPCS, server_config
+
+
+@asynccontextmanager
+async def started(redis: RedisServer, *names: str) -> AsyncIterator[list[Node]]:
+    """Nodes in this process, each with its part in the cluster (`Forwarder`) started."""
+    config, npcs = server_config(), load_npcs(DEMO_NPCS)
+    nodes = [Node(config, npcs, broker=RedisBroker(redis.url, name)) for name in names]
+    for node in nodes:
+        await node.start()
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.broker.wait_subscribed()  # type: ignore[attr-defined]
+            await node.aclose()
+
+
+def cluster(node: Node) -> Forwarder:
+    assert node.cluster is not None
+    return node.cluster
+
+
+@asynccontextmanager
+async def forger(redis: RedisServer) -> AsyncIterator[tuple[Any, Any]]:
+    """A Redis client posing as node "forger", listening on its node channel."""
+    client = aioredis.from_url(redis.url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("npc:node:forger")
+    await pubsub.get_message(timeout=5)  # the subscription's confirmation
+    try:
+        yield client, pubsub
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+
+
+async def answer_to(client: Any, pubsub: Any, number: int, message: dict[str, Any]) -> Any:
+    """Publish `message` from "forger" to node x; the message x answers with."""
+    await client.publish("npc:node:x", wire.encode_message("forger", message, number))
+    got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+    assert got is not None, f"no answer to {message}"
+    answer = wire.decode(got["data"]).message
+    assert answer is not None and answer["k"] == "answer"
+    return answer
+
+
+FORGED: list[tuple[dict[str, Any], int]] = [
+    ({"op": "kick", "player": 7}, 400),
+    ({"op": "kick"}, 400),
+    ({"op": "room", "room": "bad room!"}, 400),
+    ({"op": "player", "player": "x" * 500}, 400),
+    ({"op": "context", "scope": "player:alice", "npc": "nobody", "data": {}}, 404),
+    ({"op": "context", "scope": "guild:alice", "data": {"time": "night"}}, 400),
+    ({"op": "context", "scope": "player:alice", "data": [1]}, 400),
+    ({"op": "context", "scope": "player:alice", "data": {"x": "y" * 70_000}}, 413),
+    ({"op": "say", "npc": "merchant", "audience": 3, "text": "hi"}, 400),
+    ({"op": "drop-everything"}, 400),
+    ({"op": ["kick"]}, 400),
+]
+
+
+async def test_forged_api_requests_are_refused_and_change_nothing(redis: RedisServer) -> None:
+    """Requests from another node that do not fit (wrong types, unknown NPC, scope or
+    operation, too big) are answered with the error a body would get; one without an
+    ask number is dropped and counted; the node goes on and serves a valid one."""
+    async with started(redis, "x") as (x,), forger(redis) as (client, pubsub):
+        session = x.open_session("alice")
+        for number, (message, status) in enumerate(FORGED, start=1):
+            answer = await answer_to(client, pubsub, number, {"k": "api", **message, "ask": number})
+            assert answer["ask"] == number and answer["error"]["status"] == status, message
+        assert x.hub.get(session.id) is session
+        assert x.contexts.trusted.for_npc("alice", None, "merchant") == {}
+        bad_ask = {"k": "api", "op": "kick", "player": "alice", "ask": "one"}
+        await client.publish("npc:node:x", wire.encode_message("forger", bad_ask, 100))
+        valid: dict[str, Any] = {"op": "context", "scope": "player:alice", "npc": "merchant"}
+        valid |= {"data": {"time": "night"}, "k": "api", "ask": 101}
+        assert (await answer_to(client, pubsub, 101, valid))["result"] == {"ok": True}
+        assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
+        assert cluster(x).rejected == 1 and x.hub.get(session.id) is session
+
+
+async def test_gather_names_the_nodes_that_do_not_answer(redis: RedisServer) -> None:
+    """A stray key where the directory goes is replaced; gather gets y's answer and names
+    a node with a lease that never answers; a node that stopped leaves the directory."""
+    client = aioredis.from_url(redis.url)
+    try:
+        await client.set("npc:nodes", b"not a sorted set")
+        async with started(redis, "x", "y") as (x, y):
+            assert await cluster(x).directory.live() == ["x", "y"]
+            seconds, micros = await client.time()
+            await client.zadd("npc:nodes", {"ghost": seconds * 1000 + micros // 1000})
+            await client.set("npc:alive:ghost", b"1", px=60_000)
+            y.open_session("bob")
+            y.hub.join("inn", "bob")
+            got = await gather(cluster(x), {"k": "api", "op": "room", "room": "inn"})
+            assert got.results == {"y": {"members": ["bob"]}} and got.missing == ["ghost"]
+            assert got.partial() == {"partial": True, "nodes_missing": ["ghost"]}
+            await client.delete("npc:alive:ghost")
+            await cluster(y).aclose()
+            assert await cluster(x).directory.live() == ["x"]
+    finally:
+        await client.aclose()
+
+
+async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServer) -> None:
+    """A node reading a player's trusted context from Redis takes the entries that are
+    valid and drops a truncated one and one of an unknown NPC; a key of another type is
+    no crash; a room's copy is read when a node starts, and a room without one leaves
+    the list of rooms."""
+    client = aioredis.from_url(redis.url)
+    try:
+        await client.hset(
+            "npc:trusted:player:alice",
+            mapping={
+                "*": msgpack.packb({"time": "night"}),
+                "merchant": msgpack.packb({"gold": 3})[:-1],
+                "nobody": msgpack.packb({"gold": 5}),
+            },
+        )
+        await client.set("npc:trusted:player:bob", b"a string")
+        await client.hset("npc:trusted:room:inn", "*", msgpack.packb({"weather": "rain"}))
+        await client.sadd("npc:trusted:rooms", "inn", "gone")
+        async with started(redis, "x") as (x,):
+            copies = cluster(x).trusted_copies
+            assert x.contexts.trusted.for_npc("", "inn", "merchant") == {"weather": "rain"}
+            await copies.load("player:alice")
+            await copies.load("player:bob")
+            assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
+            assert x.contexts.trusted.for_npc("bob", None, "merchant") == {}
+            assert copies.rejected == 2
+        assert await client.smembers("npc:trusted:rooms") == {b"inn"}  # "gone" has no copy
+    finally:
+        await client.aclose()
+
+
+def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
+    """A node's kick counts or listing that do not fit (wrong types, a bool for a count, a
+    session state no node has, a name too long) are dropped and name that node missing."""
+    kicks = Gathered(
+        {
+            "a": {"sessions": 2, "sockets": 1},
+            "b": {"sessions": "many", "sockets": 1},
+            "c": {"sessions": True, "sockets": 0},
+        }
+    )
+    assert valid(kicks, kick_counts) == [("a", {"sessions": 2, "sockets": 1})]
+    assert kicks.missing == ["b", "c"]
+    session = {"session": "s-a-1", "state": "attached", "last_seq": 4}
+    players = Gathered(
+        {
+            "a": {"sessions": [session], "rooms": ["inn"], "online": True},
+            "b": {"sessions": [{**session, "state": "hacked"}], "rooms": [], "online": True},
+            "c": {"sessions": [], "rooms": ["x" * 300], "online": False},
+            "d": {"sessions": [{**session, "last_seq": -1}], "rooms": [], "online": "yes"},
+        }
+    )
+    [(origin, part)] = valid(players, player_part)
+    assert origin == "a" and part == {"sessions": [session], "rooms": ["inn"], "online": True}
+    assert players.missing == ["b", "c", "d"]
+    rooms = Gathered({"a": {"members": ["bob"]}, "b": {"members": [1]}, "c": {}})
+    assert valid(rooms, member_list) == [("a", ["bob"])] and rooms.missing == ["b", "c"]
