@@ -47,6 +47,7 @@ from npc_server.brokers.listeners import Listeners
 from npc_server.brokers.memory import MemoryBroker
 from npc_server.brokers.redis_link import RedisLink, command, open_link
 from npc_server.brokers.redis_publisher import Publisher
+from npc_server.cancelling import cancel_and_wait
 from npc_server.protocol.frames import ServerFrame
 
 log = logging.getLogger(__name__)
@@ -97,23 +98,6 @@ def check_reachable(url: str) -> None:
         raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
     finally:
         client.close()
-
-
-async def _cancelled(tasks: list[asyncio.Task[Any]], tries: int = 5) -> None:
-    """Cancel `tasks` and wait for them; again if one swallowed its cancel (redis-py can,
-    inside a SUBSCRIBE), so that closing never hangs."""
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(tries):
-        if not pending:
-            break
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    if pending:
-        log.warning("%d Redis broker tasks did not stop", len(pending))
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: an error here was reported where it happened
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -333,7 +317,7 @@ class RedisBroker:
 
     async def aclose(self) -> None:
         tasks = (self._reader, self._syncer)
-        await _cancelled([t for t in tasks if t is not None])
+        await cancel_and_wait([t for t in tasks if t is not None])
         if self._publisher is not None:
             await self._publisher.aclose()
         if self._redis is not None:
@@ -428,7 +412,7 @@ class RedisBroker:
                     self._set_connected(True)  # a publish failed, but Redis answers again
                     self._report_gaps()
         finally:
-            await _cancelled([syncer])
+            await cancel_and_wait([syncer])
 
     def _on_reply(self, reply: Any) -> None:
         if isinstance(reply, list) and reply:

@@ -30,6 +30,7 @@ import msgpack
 
 from npc_server.backends.base import MemoryEntry
 from npc_server.brokers.base import session_channel
+from npc_server.cancelling import cancel_and_wait
 from npc_server.cluster.late_starts import LateStarts
 from npc_server.cluster.leases import CHECK_EVERY, LEASE_GRACE, TIMEOUT, Leases, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
@@ -116,7 +117,7 @@ class Forwarder:
 
     async def aclose(self) -> None:
         if self._checker is not None:
-            self._checker.cancel()
+            await cancel_and_wait([self._checker])
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.trusted_copies.aclose()
         await self.directory.aclose()

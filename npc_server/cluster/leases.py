@@ -16,6 +16,8 @@ import contextlib
 import logging
 from typing import Any
 
+from npc_server.cancelling import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 PREFIX = "npc:"
@@ -78,8 +80,7 @@ class Leases:
 
     async def aclose(self) -> None:
         if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
+            await cancel_and_wait([self._renewer])
         await asyncio.gather(*self._releases, return_exceptions=True)
         with contextlib.suppress(Exception):  # a node that stops says so at once
             async with asyncio.timeout(TIMEOUT):
