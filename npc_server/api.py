@@ -213,17 +213,23 @@ async def _at(node: Node, owner: str, message: dict[str, Any]) -> dict[str, Any]
         raise ApiError(503, "unavailable", f"node {owner} did not answer", 1.0) from None
     error = answer.get("error")
     if isinstance(error, dict):
-        retry = error.get("retry_after")
-        raise ApiError(
-            int(error.get("status", 502)),
-            str(error.get("code", "unavailable")),
-            str(error.get("message", "")),
-            float(retry) if isinstance(retry, int | float) else None,
-        )
+        raise refusal(owner, error)
     result = answer.get("result")
     if not isinstance(result, dict):
         raise ApiError(502, "unavailable", f"node {owner} answered something else")
     return result
+
+
+def refusal(owner: str, error: dict[str, Any]) -> ApiError:
+    """The error another node answered, checked like input: a status that is not an HTTP
+    error, or a retry that is not a number, is the other node's fault (502)."""
+    status, code, text = error.get("status"), error.get("code"), error.get("message", "")
+    if not (type(status) is int and 400 <= status <= 599 and isinstance(code, str)):
+        return ApiError(502, "unavailable", f"node {owner} answered with a malformed error")
+    retry = error.get("retry_after")
+    if not isinstance(retry, int | float) or isinstance(retry, bool) or retry < 0:
+        retry = None
+    return ApiError(status, code, str(text), None if retry is None else float(retry))
 
 
 def answer_forwarded(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:

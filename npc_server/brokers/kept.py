@@ -32,35 +32,58 @@ KEPT_TYPES = frozenset({Said, TypingNotice, Presence})
 
 
 class KeptLocal:
-    """The room talk this node kept local in the last `KEEP_FOR` seconds, oldest first."""
+    """The room talk this node kept local in the last `KEEP_FOR` seconds, per channel."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._kept: deque[tuple[float, str, ServerFrame, str | None]] = deque()
+        self._kept: dict[str, deque[tuple[float, ServerFrame, str | None]]] = {}
+        self._count = 0
 
     def keep_nowait(self, channel: str, frame: ServerFrame, exclude: str | None) -> None:
         """A frame on an alone channel that was not published; kept if it is room talk."""
         if type(frame) not in KEPT_TYPES or not channel.startswith(ROOM_PREFIX):
             return
         now = self._clock()
-        self._expire(now)
-        if len(self._kept) >= MAX_KEPT:
-            self._kept.popleft()
-        self._kept.append((now, channel, frame, exclude))
+        if self._count >= MAX_KEPT:
+            self._sweep(now)
+        kept = self._kept.get(channel)
+        if kept is None:
+            kept = self._kept[channel] = deque()
+        elif self._count >= MAX_KEPT:
+            kept.popleft()  # the channel's oldest makes room
+            self._count -= 1
+        if self._count < MAX_KEPT:
+            kept.append((now, frame, exclude))
+            self._count += 1
 
     def take(self, channel: str) -> list[tuple[ServerFrame, str | None]]:
         """Another node listens on `channel` now: what was kept there, in order, once."""
-        self._expire(self._clock())
-        if not any(c == channel for _, c, _, _ in self._kept):
+        kept = self._kept.pop(channel, None)
+        if not kept:
             return []
-        taken = [(f, x) for _, c, f, x in self._kept if c == channel]
-        self._kept = deque(k for k in self._kept if k[1] != channel)
-        return taken
+        self._count -= len(kept)
+        since = self._clock() - KEEP_FOR
+        return [(frame, exclude) for at, frame, exclude in kept if at >= since]
+
+    def forget(self, channel: str) -> None:
+        """`channel` is no longer alone for another reason (unsubscribed): what was kept
+        there must not follow frames published after it."""
+        self._count -= len(self._kept.pop(channel, ()))
+
+    def forget_all(self) -> None:
+        """The link changed: every channel is published again from now on."""
+        self._kept.clear()
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._kept)
+        return self._count
 
-    def _expire(self, now: float) -> None:
-        kept = self._kept
-        while kept and kept[0][0] < now - KEEP_FOR:
-            kept.popleft()
+    def _sweep(self, now: float) -> None:
+        since = now - KEEP_FOR
+        for channel in list(self._kept):
+            kept = self._kept[channel]
+            while kept and kept[0][0] < since:
+                kept.popleft()
+                self._count -= 1
+            if not kept:
+                del self._kept[channel]

@@ -46,7 +46,7 @@ from npc_server.brokers.kept import KeptLocal
 from npc_server.brokers.listeners import Listeners
 from npc_server.brokers.memory import MemoryBroker
 from npc_server.brokers.redis_link import RedisLink, command, open_link
-from npc_server.brokers.redis_publisher import Publisher
+from npc_server.brokers.redis_publisher import Publisher, PublishRefused
 from npc_server.cancelling import cancel_and_wait
 from npc_server.protocol.frames import ServerFrame
 
@@ -163,6 +163,7 @@ class RedisBroker:
             self._remote.discard(channel)
             self._want_sync()
             self._where.unsubscribed(channel)
+            self._kept.forget(channel)
 
     def _want_sync(self) -> None:
         self._version += 1
@@ -341,7 +342,8 @@ class RedisBroker:
     def _publications_lost(self, lost: list[tuple[str, int]], exc: BaseException) -> None:
         self._lost += len(lost)
         self._gaps.update((c.removeprefix(PREFIX), upto) for c, upto in lost)
-        self._set_connected(False)
+        if not isinstance(exc, PublishRefused):  # the link failed, not one publication
+            self._set_connected(False)
         log.warning("Redis publish failed (%s); %d publications lost", exc, len(lost))
 
     # --- receiving ----------------------------------------------------------
@@ -360,6 +362,8 @@ class RedisBroker:
                 except self._errors as exc:
                     self._set_connected(False)
                     log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
+                    if self._publisher is not None:  # the path to Redis may be gone for both
+                        self._publisher.drop_link_nowait()
                 finally:
                     link.close()
             # Jittered, growing waits: a cluster that lost Redis does not return in a storm.
@@ -408,6 +412,8 @@ class RedisBroker:
                     syncer.result()
                     raise ConnectionError("the Redis subscription stopped")
                 self._check_link(link)
+                assert self._publisher is not None
+                self._publisher.check_nowait(HEALTH_EVERY, HEALTH_TIMEOUT)
                 if not self.connected and await self._reachable():
                     self._set_connected(True)  # a publish failed, but Redis answers again
                     self._report_gaps()
@@ -415,16 +421,20 @@ class RedisBroker:
             await cancel_and_wait([syncer])
 
     def _on_reply(self, reply: Any) -> None:
-        if isinstance(reply, list) and reply:
-            kind = reply[0]
-            if kind == b"message" and len(reply) == 3:
-                self._deliver(reply[1], reply[2])
-            elif kind == b"pong" and len(reply) == 2:
-                self._ponged(reply[1])
-        elif isinstance(reply, bytes):  # a PING's answer, as this Redis sends it
-            self._ponged(reply)
-        elif isinstance(reply, Exception):  # an error reply: this link cannot be trusted
+        if isinstance(reply, Exception):  # an error reply: this link cannot be trusted
             raise ConnectionError(f"Redis answered the subscription with an error: {reply}")
+        try:
+            if isinstance(reply, list) and reply:
+                kind = reply[0]
+                if kind == b"message" and len(reply) == 3:
+                    self._deliver(reply[1], reply[2])
+                elif kind == b"pong" and len(reply) == 2:
+                    self._ponged(reply[1])
+            elif isinstance(reply, bytes):  # a PING's answer outside subscribed mode
+                self._ponged(reply)
+        except Exception:  # one publication's delivery must not end the subscription
+            self._rejected += 1
+            log.exception("a reply from Redis could not be delivered")
 
     def _ponged(self, data: bytes) -> None:
         self._pong_at = time.monotonic()
@@ -544,6 +554,7 @@ class RedisBroker:
             self.connected = connected
             # What was learnt about listeners may be stale, and an announcement of this
             # node's may have been lost: learn again, announce again.
+            self._kept.forget_all()  # frames published from now on must not be overtaken
             self._announce(self._where.link_changed(connected))
             self._on_state(connected)
             for listener in self._listeners:

@@ -108,6 +108,10 @@ class RedisLink(asyncio.Protocol):
     def close(self) -> None:
         self._lose(None)
 
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (it cannot be trusted): `closed` says `reason`."""
+        self._lose(LinkError(reason))
+
     def _lose(self, exc: Exception | None) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -117,14 +121,20 @@ class RedisLink(asyncio.Protocol):
             self.closed.exception()
 
 
-async def open_link(pool: Any, on_reply: Callable[[Any], None]) -> RedisLink:
-    """A `RedisLink` on a new connection made by `pool` (a redis-py asyncio pool).
+async def open_link(pool: Any, on_reply: Callable[[Any], None], within: float = 5.0) -> RedisLink:
+    """A `RedisLink` on a new connection made with `pool`'s settings (a redis-py asyncio
+    pool: URL, password, TLS), in at most `within` seconds, handshake included.
 
     redis-py connects and authenticates; then the link owns the socket. Raises
-    redis-py's connection errors (or `OSError`) when Redis cannot be reached.
+    redis-py's connection errors, `OSError` or `TimeoutError` when Redis cannot be reached.
     """
-    connection = pool.make_connection()
-    await connection.connect()
+    connection = _connection(pool)
+    try:
+        async with asyncio.timeout(within):
+            await connection.connect()
+    except BaseException:
+        await connection.disconnect()
+        raise
     writer = getattr(connection, "_writer", None)
     transport = getattr(writer, "transport", None)
     if transport is None or not hasattr(transport, "set_protocol"):
@@ -142,6 +152,21 @@ async def open_link(pool: Any, on_reply: Callable[[Any], None]) -> RedisLink:
     if leftover:
         link.data_received(leftover)
     return link
+
+
+def _connection(pool: Any) -> Any:
+    """A redis-py connection like `pool`'s, speaking RESP2 with no server notices: the
+    link's readers expect each reply to answer a command or be a subscription's message
+    (RESP3, redis-py 8's default, adds pushes, and maintenance notices on some servers)."""
+    kwargs = {**pool.connection_kwargs, "protocol": 2}
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py before 7: no notices to turn off
+        pass
+    else:
+        kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        kwargs.pop("maint_notifications_pool_handler", None)
+    return pool.connection_class(**kwargs)
 
 
 def _buffered(connection: Any) -> bytes:

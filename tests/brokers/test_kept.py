@@ -62,3 +62,15 @@ def test_at_most_max_kept_frames_are_held() -> None:
     assert len(kept) == MAX_KEPT
     taken = kept.take("room:inn")
     assert taken[0] == (said("5"), None) and taken[-1] == (said(str(MAX_KEPT + 4)), None)
+
+
+def test_a_channel_that_stops_being_alone_otherwise_keeps_nothing() -> None:
+    """Unsubscribed, or every channel after a link change: what was kept is dropped, so it
+    can never follow frames published normally after it."""
+    kept = KeptLocal(Clock())
+    kept.keep_nowait("room:inn", said("a"), None)
+    kept.keep_nowait("room:hall", said("b"), None)
+    kept.forget("room:inn")
+    assert kept.take("room:inn") == [] and len(kept) == 1
+    kept.forget_all()
+    assert kept.take("room:hall") == [] and len(kept) == 0

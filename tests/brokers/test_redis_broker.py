@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from npc_server.brokers import room_channel
 from npc_server.brokers.redis import PREFIX, BrokerUnavailable, RedisBroker
-from npc_server.protocol.frames import Delta, Presence, TurnEnd
+from npc_server.protocol.frames import Delta, Presence, ServerFrame, TurnEnd
 from tests.brokers.test_broker import Sink
 from tests.support.redis import RedisServer, free_port
 from tests.support.wait import wait_until
@@ -332,3 +332,29 @@ async def test_available_after_a_restart_means_the_subscriptions_are_back(
         b.publish_nowait(ROOM, Delta("t1", "after the restart", 0))
         await wait_until(lambda: bool(here.frames), what="the frame on node a")
         assert here.frames == [Delta("t1", "after the restart", 0)]
+
+
+class Exploding(Sink):
+    """A subscriber with a bug: it raises on one frame."""
+
+    def push_nowait(self, frame: ServerFrame) -> None:
+        if isinstance(frame, Delta) and frame.text == "boom":
+            raise RuntimeError("a bug in a subscriber")
+        super().push_nowait(frame)
+
+
+@pytest.mark.server_errors  # the failing delivery is logged with its traceback, as a bug
+async def test_a_delivery_that_fails_is_counted_and_the_subscription_goes_on(
+    redis: RedisServer,
+) -> None:
+    """A publication whose local delivery raises is counted as rejected; the ones after it
+    in the same read still arrive, and the node stays connected."""
+    async with nodes(redis) as (a, b):
+        there = Exploding("s2", "bob")
+        b.subscribe(ROOM, there)
+        await asyncio.wait_for(b.wait_subscribed(), WAIT)
+        a.publish_nowait(ROOM, Delta("t1", "boom", 0))
+        a.publish_nowait(ROOM, Delta("t1", "after", 1))
+        await wait_until(lambda: len(there.frames) == 1, what="the frame after")
+        assert there.frames == [Delta("t1", "after", 1)]
+        assert b.redis_statistics().rejected == 1 and b.connected

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from npc_server.brokers.redis_link import LinkError, RedisLink, command, open_link
-from npc_server.brokers.redis_publisher import Publisher
+from npc_server.brokers.redis_publisher import Publisher, PublishRefused
 from tests.support.redis import RedisServer
 from tests.support.wait import wait_until
 
@@ -103,12 +103,14 @@ class Recorder:
     def __init__(self) -> None:
         self.answered: list[tuple[list[str], list[Any]]] = []
         self.lost: list[tuple[str, int]] = []
+        self.reasons: list[BaseException] = []
 
     def on_answered(self, channels: list[str], receivers: list[Any], heard: int) -> None:
         self.answered.append((channels, receivers))
 
     def on_lost(self, lost: list[tuple[str, int]], exc: BaseException) -> None:
         self.lost.extend(lost)
+        self.reasons.append(exc)
 
 
 def publisher_for(pool: Any, seen: Recorder, window: float = 0.0) -> Publisher:
@@ -186,4 +188,85 @@ async def test_a_publisher_that_cannot_reach_redis_reports_what_waited_as_lost()
         assert seen.lost == [("npc:a", 7)] and publisher.pending == []
     finally:
         await publisher.aclose()
+        await pool.aclose()
+
+
+async def test_the_links_speak_resp2_whatever_redis_py_would_negotiate(redis: RedisServer) -> None:
+    """A link's connection is RESP2 (no pushes or server notices among the answers), even
+    though redis-py 8 would open RESP3."""
+    pool = aioredis.ConnectionPool.from_url(redis.url)
+    answers: list[Any] = []
+    link = await open_link(pool, answers.append)
+    try:
+        link.write(command("CLIENT", "INFO"))
+        await wait_until(lambda: bool(answers), what="CLIENT INFO")
+        assert b"resp=2" in answers[0]
+    finally:
+        link.close()
+        await pool.aclose()
+
+
+async def test_a_batch_unanswered_too_long_gives_up_the_link(redis: RedisServer) -> None:
+    """A batch still waiting for its answers when checked past the limit is reported lost
+    and its link dropped (a dead path to Redis); the next publication goes on a new one."""
+    pool = aioredis.ConnectionPool.from_url(redis.url)
+    seen = Recorder()
+    publisher = publisher_for(pool, seen)
+    try:
+        assert await publisher.connect()
+        first = publisher._link
+        publisher.add_nowait("npc:a", b"x")
+        await asyncio.sleep(0)  # written, and no answer can have been read yet
+        publisher.check_nowait(idle_after=60, answer_within=-1)
+        await wait_until(lambda: seen.lost == [("npc:a", 7)], what="the batch lost")
+        publisher.add_nowait("npc:b", b"y")
+        await wait_until(lambda: bool(seen.answered), what="the next batch answered")
+        assert publisher._link is not first and seen.answered == [(["npc:b"], [0])]
+    finally:
+        await publisher.aclose()
+        await pool.aclose()
+
+
+async def test_an_idle_link_is_pinged_without_shifting_the_answers(redis: RedisServer) -> None:
+    """An idle publisher link gets a PING; its answer is not taken for a publication's."""
+    pool = aioredis.ConnectionPool.from_url(redis.url)
+    listener = await open_link(pool, lambda reply: None)
+    listener.write(command("SUBSCRIBE", "npc:b") + command("PING"))
+    seen = Recorder()
+    publisher = publisher_for(pool, seen)
+    try:
+        assert await publisher.connect()
+        publisher.check_nowait(idle_after=-1, answer_within=60)
+        publisher.add_nowait("npc:b", b"x")
+        await wait_until(lambda: bool(seen.answered), what="the publication answered")
+        assert seen.answered == [(["npc:b"], [1])] and not seen.lost
+    finally:
+        await publisher.aclose()
+        listener.close()
+        await pool.aclose()
+
+
+async def test_a_publication_redis_refuses_is_lost_and_the_link_stays(redis: RedisServer) -> None:
+    """An error answer (here an ACL that forbids the channel) counts that publication lost,
+    as refused, and the others of its batch as answered."""
+    admin = aioredis.Redis.from_url(redis.url)
+    await admin.acl_setuser(
+        "pub", enabled=True, passwords=["+pw"], channels=["npc:ok*"], commands=["+@all"]
+    )
+    pool = aioredis.ConnectionPool.from_url(redis.url.replace("redis://", "redis://pub:pw@"))
+    seen = Recorder()
+    publisher = publisher_for(pool, seen, window=1.0)
+    try:
+        assert await publisher.connect()
+        publisher.add_nowait("npc:ok1", b"x")
+        publisher.add_nowait("npc:bad", b"y")
+        await wait_until(lambda: bool(seen.answered), what="the batch answered")
+        assert seen.answered == [(["npc:ok1", "npc:bad"], [0, 0])]
+        assert seen.lost == [("npc:bad", 7)] and isinstance(seen.reasons[0], PublishRefused)
+        link = publisher._link
+        assert link is not None and link.is_open
+    finally:
+        await publisher.aclose()
+        await admin.acl_deluser("pub")
+        await admin.aclose()
         await pool.aclose()

@@ -181,3 +181,17 @@ def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
     assert players.missing == ["b", "c", "d"]
     rooms = Gathered({"a": {"members": ["bob"]}, "b": {"members": [1]}, "c": {}})
     assert valid(rooms, member_list) == [("a", ["bob"])] and rooms.missing == ["b", "c"]
+
+
+def test_an_error_answered_by_another_node_is_checked_like_input() -> None:
+    """Another node's error answer becomes that HTTP error only when it is one (a status of
+    400-599 and a code); anything else is a 502 naming the node, never a crash."""
+    from npc_server.api import refusal
+
+    good = refusal("n2", {"status": 429, "code": "busy", "message": "wait", "retry_after": 1.5})
+    assert (good.status, good.code, good.message, good.retry_after) == (429, "busy", "wait", 1.5)
+    for bad in ({"status": "429", "code": "x"}, {"status": 200, "code": "x"}, {"status": 500}):
+        refused = refusal("n2", bad)
+        assert refused.status == 502 and "n2" in refused.message
+    odd_retry = refusal("n2", {"status": 503, "code": "unavailable", "retry_after": "soon"})
+    assert odd_retry.status == 503 and odd_retry.retry_after is None
