@@ -195,3 +195,24 @@ def test_an_error_answered_by_another_node_is_checked_like_input() -> None:
         assert refused.status == 502 and "n2" in refused.message
     odd_retry = refusal("n2", {"status": 503, "code": "unavailable", "retry_after": "soon"})
     assert odd_retry.status == 503 and odd_retry.retry_after is None
+
+
+async def test_a_forwarded_game_say_reads_the_trusted_context_from_redis_first(
+    redis: RedisServer,
+) -> None:
+    """A game say another node forwards to the conversation's node is run with the
+    player's trusted context as Redis has it, even when this node had no copy (the
+    player's sessions here ended, or it never had one)."""
+    client = aioredis.from_url(redis.url)
+    try:
+        await client.hset(
+            "npc:trusted:player:alice", mapping={"*": msgpack.packb({"time": "night"})}
+        )
+        async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
+            assert x.contexts.trusted.for_npc("alice", None, "merchant") == {}
+            say = {"k": "api", "op": "say", "npc": "merchant", "audience": "player:alice"}
+            answer = await answer_to(publisher, pubsub, 1, {**say, "text": "hi", "ask": 1})
+            assert "turn" in answer["result"]
+            assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
+    finally:
+        await client.aclose()
