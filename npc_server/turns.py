@@ -224,8 +224,11 @@ class Conversation:
             async with asyncio.timeout(self.turn_timeout):
                 deliver = getattr(self.backend, "deliver", None)
                 if deliver is not None:
-                    # Pieces handed over from the backend's timer, no task step per token.
-                    async for call in deliver(request, functools.partial(self._take, turn)):
+                    # Pieces handed over from the backend's timer, no task step per token;
+                    # the turn ends in the callback of its last piece (see `_finished`).
+                    take = functools.partial(self._take, turn)
+                    finished = functools.partial(self._finished, turn)
+                    async for call in deliver(request, take, finished):
                         await self._ask_tool(turn, call)
                 else:
                     async for piece in self.backend.generate(request):
@@ -247,6 +250,16 @@ class Conversation:
             self._report(turn, reason, "the NPC's generator failed")
         if turn.state is TurnState.ACTIVE:
             self._end(turn, reason)
+
+    def _finished(self, turn: Turn) -> None:
+        """The reply is complete: end the turn now, from the backend's timer.
+
+        Its `turn.end` is then queued in the same callback as its last delta, so
+        both go out in one socket write; waiting for the task's next step would
+        cost a write of its own. The task has nothing left to do but return.
+        """
+        if turn.state is TurnState.ACTIVE:
+            self._end(turn, EndReason.DONE, cancel=False)
 
     def _take(self, turn: Turn, piece: object) -> None:
         if turn.state is not TurnState.ACTIVE:
@@ -281,6 +294,8 @@ class Conversation:
         self._notify(turn, action, "taken")
 
     def _report(self, turn: Turn, reason: EndReason, message: str) -> None:
+        if turn.state is not TurnState.ACTIVE:
+            return  # ended meanwhile (its timeout fired after `_finished`): nothing failed
         failed = BackendFailed(self.npc.id, self.npc.backend, turn.id, reason.value, message)
         self.events.emit(failed)
         error = Error(code=ErrorCode.BACKEND_ERROR, message=message, id=turn.reply_to)
@@ -302,10 +317,12 @@ class Conversation:
             turn.shown = shown
         self._end(turn, EndReason.INTERRUPTED)
 
-    def _end(self, turn: Turn, reason: EndReason, *, keep_slot: bool = False) -> None:
+    def _end(
+        self, turn: Turn, reason: EndReason, *, keep_slot: bool = False, cancel: bool = True
+    ) -> None:
         turn.state = TurnState.ENDED
         cut = reason in (EndReason.INTERRUPTED, EndReason.SUPERSEDED)
-        if turn.task is not None and turn.task is not asyncio.current_task():
+        if cancel and turn.task is not None and turn.task is not asyncio.current_task():
             turn.task.cancel()
         if cut:
             self.publisher.drop_turn_nowait(self.channel, turn.id)

@@ -151,25 +151,33 @@ class ScriptedBackend:
                 yield piece
 
     async def deliver(
-        self, request: GenerationRequest, take: Callable[[Piece], None]
+        self,
+        request: GenerationRequest,
+        take: Callable[[Piece], None],
+        finished: Callable[[], None] | None = None,
     ) -> AsyncIterator[ToolCallPiece]:
         """The same reply at the same pace, each piece handed to `take` from the pacer's timer.
 
         No task wakes per piece (the caller's waits once per part of the reply);
         tool calls are yielded for the caller to answer before the reply goes on.
+        `finished()` runs right after the reply's last piece, in the same
+        callback (a turn can end there, before its last piece is written).
         Cancelling the caller stops the pieces. With an injected `sleep` (tests)
         each piece waits through it, in the caller's task.
         """
         pacer = self._pacer or loop_pacer()
         for part in self.plan(request):
+            then = finished if isinstance(part, Part) and part.last else None
             if isinstance(part, ToolCallPiece):
                 yield part
             elif self._sleep is None:
-                await pacer.play(part, take)
+                await pacer.play(part, take, then)
             else:
                 for delay, piece in zip(part.delays, part.pieces, strict=True):
                     await (self._sleep(delay) if delay > 0 else asyncio.sleep(0))
                     take(piece)
+                if then is not None:
+                    then()
 
     def plan(self, request: GenerationRequest) -> Iterator[Part | ToolCallPiece]:
         """The reply as parts of paced pieces, each part ending at a tool call.
@@ -192,6 +200,7 @@ class ScriptedBackend:
             if not first and segments and isinstance(segments[0], str):
                 segments[0] = " " + segments[0]  # the space the marker stood in
             paced = self._paced(_pieces(segments), first, pacing_rng)
+            paced.last = tool is None
             first = first and not paced
             yield paced
             if tool is not None:
