@@ -33,6 +33,9 @@ class SessionState(Enum):
     EXPIRED = "expired"
 
 
+_EXPIRED, _QUEUED = SessionState.EXPIRED, PushResult.QUEUED
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     queue_frames: int = 256
@@ -181,10 +184,10 @@ class Session:
 
     def push_nowait(self, frame: ServerFrame) -> None:
         """Queue a frame for this session's socket; never waits."""
-        if self.state is SessionState.EXPIRED:
+        if self.state is _EXPIRED:
             return
         result = self.queue.push_nowait(frame)
-        if result is PushResult.QUEUED:
+        if result is _QUEUED:
             self.on_ready()
         elif result is PushResult.OVERFLOW:
             self._overflowed()
@@ -222,7 +225,10 @@ class Session:
         if not window:
             # Unpaced (the common case): everything, and nothing is ever held.
             encode = self._encode
-            return [encode(frame) for frame in queue.pop_all_nowait()]
+            written = []
+            for queued in queue.pop_all_nowait():  # usually one: no comprehension's frame
+                written.append(encode(queued))
+            return written
         if hold and now < self._next_delta_at:
             # Held: only up to the last frame that is not a delta (FIFO keeps the order).
             frames = []
@@ -251,9 +257,15 @@ class Session:
     def _encode(self, frame: ServerFrame) -> bytes:
         if not frame.SEQ:
             return encode_server_frame(frame, None)
-        self.last_seq += 1
-        data = encode_server_frame(frame, self.last_seq)
-        self.replay.append(self.last_seq, data)
+        seq = self.last_seq = self.last_seq + 1
+        data = encode_server_frame(frame, seq)
+        # ReplayBuffer.append inlined (every written frame).
+        replay = self.replay
+        frames = replay._frames
+        frames.append((seq, data))
+        replay._bytes += len(data)
+        if len(frames) > replay.max_frames or replay._bytes > replay.max_bytes:
+            replay._trim()
         self.on_written(frame)
         return data
 
