@@ -56,6 +56,9 @@ SETTING_KEYS = frozenset(
 _MAX_WORD_CHARS = 10  # longer words are split, as a tokenizer would
 _MAX_CACHED_PIECES = 4096
 _TEXT_PIECES: dict[str, TextPiece] = {}
+_MAX_CACHED_LINES = 2048
+_MAX_CACHED_LINE_CHARS = 1024  # bounds the cache at a few MB; longer lines are split each time
+_LINE_PIECES: dict[str, tuple[TextPiece, ...]] = {}
 _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from flooding a reply
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _WORD = re.compile(r"\w+(?:'\w+)*")
@@ -199,7 +202,9 @@ class ScriptedBackend:
                 segments = self._lengthen(segments, values, choice_rng)
             if not first and segments and isinstance(segments[0], str):
                 segments[0] = " " + segments[0]  # the space the marker stood in
-            paced = self._paced(_pieces(segments), first, pacing_rng)
+            # Only text among the segments: only text among the pieces (checked per segment).
+            text_only = all(isinstance(s, str) for s in segments)
+            paced = self._paced(_pieces(segments), first, pacing_rng, text_only)
             paced.last = tool is None
             first = first and not paced
             yield paced
@@ -208,9 +213,11 @@ class ScriptedBackend:
                 yield call
                 _learn(values, call)
 
-    def _paced(self, pieces: list[Piece], first: bool, rng: random.Random | None) -> Part:
+    def _paced(
+        self, pieces: list[Piece], first: bool, rng: random.Random | None, text_only: bool
+    ) -> Part:
         pacing = self._pacing
-        if pacing.jitter or not all(type(p) is TextPiece for p in pieces):
+        if pacing.jitter or not text_only:
             delays = []
             for piece in pieces:
                 delays.append(pacing.delay(first, piece, rng))
@@ -368,10 +375,27 @@ def _pieces(segments: Sequence[Segment]) -> list[Piece]:
     pieces: list[Piece] = []
     for segment in segments:
         if isinstance(segment, str):
-            pieces.extend(_text_pieces(_split_words(segment)))
+            pieces.extend(_line_pieces(segment))
         else:
             pieces.append(segment)
     return pieces
+
+
+def _line_pieces(text: str) -> tuple[TextPiece, ...]:
+    """The pieces of one line of a reply, from a bounded cache.
+
+    A player who asks again gets the same lines (their placeholders filled the
+    same way): a dict lookup per line instead of a split per turn.
+    """
+    cache = _LINE_PIECES
+    found = cache.get(text)
+    if found is None:
+        found = tuple(_text_pieces(_split_words(text)))
+        if len(text) <= _MAX_CACHED_LINE_CHARS:
+            if len(cache) >= _MAX_CACHED_LINES:
+                cache.clear()
+            cache[text] = found
+    return found
 
 
 def _text_pieces(texts: list[str]) -> list[TextPiece]:
