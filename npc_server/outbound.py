@@ -61,6 +61,7 @@ class _Entry:
 
 
 _QUEUED, _MERGED = PushResult.QUEUED, PushResult.MERGED
+_new_entry = object.__new__
 
 
 def text_bytes(text: str) -> int:
@@ -122,7 +123,10 @@ class OutboundQueue:
                 self._merged += 1
                 result = _MERGED
             else:
-                entry = _Entry(frame, FRAME_OVERHEAD_BYTES + size)
+                # _Entry.__init__ inlined: calling a Python class costs a frame per token.
+                entry = _new_entry(_Entry)
+                entry.frame, entry.size, entry.alive = frame, FRAME_OVERHEAD_BYTES + size, True
+                entry.turn, entry.parts = frame.turn, [text]
                 self._entries.append(entry)
                 self._depth += 1
                 self._bytes += entry.size
