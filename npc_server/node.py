@@ -180,7 +180,7 @@ class Node:
         one handed over from another node."""
         limits = self.config.limits.session_limits()
         session_id = session_id or self.new_id("s")
-        session = Session(session_id, player, limits, self.clock(), self._written)
+        session = Session(session_id, player, limits, self.clock(), self.turns.note_written)
         self.hub.add(session)
         return session
 
@@ -279,12 +279,6 @@ class Node:
         for session in stale:
             self.end_session(session)
         return len(stale)
-
-    def _written(self, frame: ServerFrame) -> None:
-        if isinstance(frame, Delta):
-            entry = self.turns.get(frame.turn)
-            if entry is not None:
-                entry[1].note_written(frame.at + len(frame.text))
 
     # --- conversations ----------------------------------------------------
 

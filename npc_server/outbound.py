@@ -60,6 +60,10 @@ class _Entry:
         return Delta(turn=self.frame.turn, text="".join(self.parts), at=self.frame.at)
 
 
+_QUEUED, _MERGED = PushResult.QUEUED, PushResult.MERGED
+_new_entry = object.__new__
+
+
 def text_bytes(text: str) -> int:
     """UTF-8 size of `text`, without encoding it when it is ASCII (O(1) check)."""
     return len(text) if text.isascii() else len(text.encode())
@@ -108,38 +112,40 @@ class OutboundQueue:
         """Queue a frame, merging or replacing where the protocol allows."""
         self._pushed += 1
         if type(frame) is Delta:
-            result = self._push_delta(frame)
+            # The push of every token: the delta's merge, sizes and append inlined.
+            text = frame.text
+            size = len(text) if text.isascii() else len(text.encode())
+            entry = self._open_delta.get(frame.turn)
+            if entry is not None and entry.parts is not None:
+                entry.parts.append(text)
+                entry.size += size
+                self._bytes += size
+                self._merged += 1
+                result = _MERGED
+            else:
+                # _Entry.__init__ inlined: calling a Python class costs a frame per token.
+                entry = _new_entry(_Entry)
+                entry.frame, entry.size, entry.alive = frame, FRAME_OVERHEAD_BYTES + size, True
+                entry.turn, entry.parts = frame.turn, [text]
+                self._entries.append(entry)
+                self._depth += 1
+                self._bytes += entry.size
+                self._open_delta[frame.turn] = entry
+                result = _QUEUED
         elif isinstance(frame, TypingNotice):
             result = self._push_typing(frame)
         else:
             self._close_delta_of(frame)
             self._append(_Entry(frame, estimate_size(frame)))
-            result = PushResult.QUEUED
-        if self._depth > self._peak_depth:
-            self._peak_depth = self._depth
-        if self._bytes > self._peak_bytes:
-            self._peak_bytes = self._bytes
-        if self._depth > self.max_frames or self._bytes > self.max_bytes:
+            result = _QUEUED
+        depth, size = self._depth, self._bytes
+        if depth > self._peak_depth:
+            self._peak_depth = depth
+        if size > self._peak_bytes:
+            self._peak_bytes = size
+        if depth > self.max_frames or size > self.max_bytes:
             return PushResult.OVERFLOW
         return result
-
-    def _push_delta(self, frame: Delta) -> PushResult:
-        # The push of every token: sizes and the append inlined.
-        text = frame.text
-        size = len(text) if text.isascii() else len(text.encode())
-        entry = self._open_delta.get(frame.turn)
-        if entry is not None and entry.parts is not None:
-            entry.parts.append(text)
-            entry.size += size
-            self._bytes += size
-            self._merged += 1
-            return PushResult.MERGED
-        entry = _Entry(frame, FRAME_OVERHEAD_BYTES + size)
-        self._entries.append(entry)
-        self._depth += 1
-        self._bytes += entry.size
-        self._open_delta[frame.turn] = entry
-        return PushResult.QUEUED
 
     def _close_delta_of(self, frame: ServerFrame) -> None:
         # A later delta must not jump ahead of this frame of the same turn.
@@ -179,11 +185,13 @@ class OutboundQueue:
 
     def pop_all_nowait(self) -> list[ServerFrame]:
         """Every queued frame, in order (one call per writer wake-up)."""
-        frames = [
-            entry.frame if entry.parts is None or len(entry.parts) == 1 else entry.materialize()
-            for entry in self._entries
-            if entry.alive
-        ]
+        frames: list[ServerFrame] = []
+        for entry in self._entries:  # a loop, not a comprehension: usually one entry
+            if entry.alive:
+                parts = entry.parts
+                frames.append(
+                    entry.frame if parts is None or len(parts) == 1 else entry.materialize()
+                )
         # Nothing stays queued, so nothing stays indexed: no per-entry bookkeeping.
         self._entries.clear()
         self._open_delta.clear()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from npc_server.turns import Conversation, Turn, TurnAction
 
+from npc_server.protocol.frames import Delta, ServerFrame
 from npc_server.turns import TurnState
 
 
@@ -55,6 +56,19 @@ class TurnRegistry:
 
     def get(self, turn_id: str) -> tuple[Conversation, Turn] | None:
         return self._turns.get(turn_id)
+
+    def note_written(self, frame: ServerFrame) -> None:
+        """A session wrote `frame`: a delta moves its turn's `written` (a session's `on_written`).
+
+        One call per written frame: the look-up and `Turn.note_written` inlined.
+        """
+        if isinstance(frame, Delta):
+            entry = self._turns.get(frame.turn)
+            if entry is not None:
+                turn = entry[1]
+                end = frame.at + len(frame.text)
+                if end > turn.written:
+                    turn.written = end
 
     def newest_started_by(self, player: str) -> tuple[Conversation, Turn] | None:
         """The newest active turn that `player` started (a bare interrupt's target)."""

@@ -33,6 +33,9 @@ class SessionState(Enum):
     EXPIRED = "expired"
 
 
+_EXPIRED, _QUEUED = SessionState.EXPIRED, PushResult.QUEUED
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     queue_frames: int = 256
@@ -181,10 +184,10 @@ class Session:
 
     def push_nowait(self, frame: ServerFrame) -> None:
         """Queue a frame for this session's socket; never waits."""
-        if self.state is SessionState.EXPIRED:
+        if self.state is _EXPIRED:
             return
         result = self.queue.push_nowait(frame)
-        if result is PushResult.QUEUED:
+        if result is _QUEUED:
             self.on_ready()
         elif result is PushResult.OVERFLOW:
             self._overflowed()
@@ -221,8 +224,7 @@ class Session:
         window = self.delta_window
         if not window:
             # Unpaced (the common case): everything, and nothing is ever held.
-            encode = self._encode
-            return [encode(frame) for frame in queue.pop_all_nowait()]
+            return self._encode_all(queue.pop_all_nowait())
         if hold and now < self._next_delta_at:
             # Held: only up to the last frame that is not a delta (FIFO keeps the order).
             frames = []
@@ -230,32 +232,39 @@ class Session:
                 frames.append(frame)
         else:
             frames = queue.pop_all_nowait()
-        out = []
-        wrote_delta = False
-        for frame in frames:
-            wrote_delta = wrote_delta or type(frame) is Delta
-            out.append(self._encode(frame))
-        if wrote_delta:
+        if any(type(frame) is Delta for frame in frames):
             # Every delta of this write counts as one: the window starts now.
             self._next_delta_at = now + window
         self.held_until = self._next_delta_at if len(queue) else None
-        return out
+        return self._encode_all(frames)
 
     def next_write_nowait(self) -> bytes | None:
         """The next frame to write, encoded with its seq and kept for replay (unpaced)."""
         frame = self.queue.pop_nowait()
         if frame is None:
             return None
-        return self._encode(frame)
+        return self._encode_all([frame])[0]
 
-    def _encode(self, frame: ServerFrame) -> bytes:
-        if not frame.SEQ:
-            return encode_server_frame(frame, None)
-        self.last_seq += 1
-        data = encode_server_frame(frame, self.last_seq)
-        self.replay.append(self.last_seq, data)
-        self.on_written(frame)
-        return data
+    def _encode_all(self, frames: list[ServerFrame]) -> list[bytes]:
+        """Each frame encoded with its seq (if it has one), kept for replay, reported written."""
+        # Every written frame passes here: one loop, ReplayBuffer.append inlined.
+        out = []
+        replay = self.replay
+        kept = replay._frames
+        on_written = self.on_written
+        for frame in frames:
+            if not frame.SEQ:
+                out.append(encode_server_frame(frame, None))
+                continue
+            seq = self.last_seq = self.last_seq + 1
+            data = encode_server_frame(frame, seq)
+            kept.append((seq, data))
+            replay._bytes += len(data)
+            if len(kept) > replay.max_frames or replay._bytes > replay.max_bytes:
+                replay._trim()
+            on_written(frame)
+            out.append(data)
+        return out
 
     def replay_after(self, seq: int) -> list[bytes] | None:
         """Frames the client missed after `seq`, or None if that gap can't be filled."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections import deque
@@ -93,6 +92,50 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RECALL_TIMEOUT = 5.0  # a store that does not answer: the turn goes on without memory
+
+
+_ACTIVE = TurnState.ACTIVE
+
+
+class _Feed:
+    """One turn's pieces into its conversation: the `take` a backend calls per piece.
+
+    A bound method rather than a `functools.partial` (the interpreter inlines a
+    call of a bound Python method; a partial re-enters it from C), with the
+    delta's lookups made once per turn: this runs for every token.
+    """
+
+    __slots__ = ("channel", "conversation", "meter", "publish", "turn")
+
+    def __init__(self, conversation: Conversation, turn: Turn) -> None:
+        self.conversation = conversation
+        self.turn = turn
+        self.channel = conversation.channel
+        self.publish = conversation.publisher.publish_nowait
+        self.meter = conversation.meter
+
+    def take(self, piece: object) -> None:
+        turn = self.turn
+        if turn.state is not _ACTIVE:
+            return
+        if not isinstance(piece, TextPiece):
+            self.conversation._take_other(turn, piece)
+            return
+        text = piece.text
+        if not text:
+            return
+        at = turn.chars
+        if not at:
+            turn.first_delta_at = self.conversation.clock()
+        turn.parts.append(text)
+        turn.chars = at + len(text)
+        self.publish(self.channel, Delta(turn.id, text, at))
+        if self.meter is not None:
+            self.meter.spend_nowait(turn.player, 1)
+
+    def finished(self) -> None:
+        """The reply is complete (see `Conversation._finished`)."""
+        self.conversation._finished(self.turn)
 
 
 class Conversation:
@@ -224,15 +267,18 @@ class Conversation:
             async with asyncio.timeout(self.turn_timeout):
                 deliver = getattr(self.backend, "deliver", None)
                 if deliver is not None:
-                    # Pieces handed over from the backend's timer, no task step per token.
-                    async for call in deliver(request, functools.partial(self._take, turn)):
+                    # Pieces handed over from the backend's timer, no task step per token;
+                    # the turn ends in the callback of its last piece (see `_finished`).
+                    feed = _Feed(self, turn)
+                    async for call in deliver(request, feed.take, feed.finished):
                         await self._ask_tool(turn, call)
                 else:
+                    take = _Feed(self, turn).take
                     async for piece in self.backend.generate(request):
                         if isinstance(piece, ToolCallPiece):
                             await self._ask_tool(turn, piece)
                         else:
-                            self._take(turn, piece)
+                            take(piece)
         except GenerationError as exc:
             reason = EndReason(exc.reason)
             self._report(turn, reason, exc.message)
@@ -248,19 +294,19 @@ class Conversation:
         if turn.state is TurnState.ACTIVE:
             self._end(turn, reason)
 
-    def _take(self, turn: Turn, piece: object) -> None:
-        if turn.state is not TurnState.ACTIVE:
-            return
-        if isinstance(piece, TextPiece) and (text := piece.text):
-            at = turn.chars
-            if not at:
-                turn.first_delta_at = self.clock()
-            turn.parts.append(text)
-            turn.chars = at + len(text)
-            self.publisher.publish_nowait(self.channel, Delta(turn.id, text, at))
-            if self.meter is not None:
-                self.meter.spend_nowait(turn.player, 1)
-        elif isinstance(piece, ActionPiece):
+    def _finished(self, turn: Turn) -> None:
+        """The reply is complete: end the turn now, from the backend's timer.
+
+        Its `turn.end` is then queued in the same callback as its last delta, so
+        both go out in one socket write; waiting for the task's next step would
+        cost a write of its own. The task has nothing left to do but return.
+        """
+        if turn.state is TurnState.ACTIVE:
+            self._end(turn, EndReason.DONE, cancel=False)
+
+    def _take_other(self, turn: Turn, piece: object) -> None:
+        """A piece that is not text (`_Feed.take` has the text)."""
+        if isinstance(piece, ActionPiece):
             self._act(turn, piece)
         elif isinstance(piece, UsagePiece):
             turn.usage = {"prompt": piece.prompt_tokens, "completion": piece.completion_tokens}
@@ -281,6 +327,8 @@ class Conversation:
         self._notify(turn, action, "taken")
 
     def _report(self, turn: Turn, reason: EndReason, message: str) -> None:
+        if turn.state is not TurnState.ACTIVE:
+            return  # ended meanwhile (its timeout fired after `_finished`): nothing failed
         failed = BackendFailed(self.npc.id, self.npc.backend, turn.id, reason.value, message)
         self.events.emit(failed)
         error = Error(code=ErrorCode.BACKEND_ERROR, message=message, id=turn.reply_to)
@@ -302,10 +350,12 @@ class Conversation:
             turn.shown = shown
         self._end(turn, EndReason.INTERRUPTED)
 
-    def _end(self, turn: Turn, reason: EndReason, *, keep_slot: bool = False) -> None:
+    def _end(
+        self, turn: Turn, reason: EndReason, *, keep_slot: bool = False, cancel: bool = True
+    ) -> None:
         turn.state = TurnState.ENDED
         cut = reason in (EndReason.INTERRUPTED, EndReason.SUPERSEDED)
-        if turn.task is not None and turn.task is not asyncio.current_task():
+        if cancel and turn.task is not None and turn.task is not asyncio.current_task():
             turn.task.cancel()
         if cut:
             self.publisher.drop_turn_nowait(self.channel, turn.id)

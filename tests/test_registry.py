@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from npc_server.contexts import ContextStore
+from npc_server.protocol.frames import Delta, TurnEnd
 from npc_server.registry import TurnRegistry
 from npc_server.turns import Audience, Conversation, Turn, TurnAction, TurnState
 
@@ -35,6 +36,21 @@ def test_newest_started_by_is_the_players_own_newest_active_turn() -> None:
     assert found is not None and found[1] is mine_new
     assert registry.newest_started_by("carol") is None
     assert registry.count_started_by("alice") == 3
+
+
+def test_a_written_delta_moves_its_turns_written_end_forward_only() -> None:
+    """`note_written` (a session's on_written): the furthest delta end; other frames change nothing."""
+    registry = TurnRegistry(on_released=lambda c: None)
+    turn = _turn("t1", "alice")
+    registry.turn_added(_conv("alice"), turn)
+    registry.note_written(Delta("t1", "One two ", 0))
+    assert turn.written == 8
+    registry.note_written(Delta("t1", "One", 0))  # another socket, further behind
+    registry.note_written(TurnEnd("t1", "done", 8, 8))
+    registry.note_written(Delta("t9", "elsewhere", 100))  # a turn not held here
+    assert turn.written == 8
+    registry.note_written(Delta("t1", "three", 8))
+    assert turn.written == 13
 
 
 def test_ending_a_turn_updates_every_index_and_releases_its_conversation() -> None:

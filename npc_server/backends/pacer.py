@@ -13,7 +13,9 @@ tick still fire on time.
 
 `play()` goes further for a reply whose pieces are all known: the tick's
 timer hands each piece to the turn itself (`take`), so no task wakes per
-piece at all; the turn's task waits once per part of the reply.
+piece at all; the turn's task waits once per part of the reply. Its `then`
+runs in the same callback as the last piece: a turn can end there, so its
+`turn.end` is queued before the socket's write of that piece.
 """
 
 from __future__ import annotations
@@ -44,13 +46,19 @@ class PacerLoop(Protocol):
 
 
 class Part:
-    """Pieces of a reply, each with the delay before it (seconds; 0: one loop iteration)."""
+    """Pieces of a reply, each with the delay before it (seconds; 0: one loop iteration).
 
-    __slots__ = ("delays", "pieces")
+    `last`: nothing of the reply comes after this part (no tool call, no other part).
+    """
 
-    def __init__(self, pieces: Sequence[Piece], delays: Sequence[float]) -> None:
+    __slots__ = ("delays", "last", "pieces")
+
+    def __init__(
+        self, pieces: Sequence[Piece], delays: Sequence[float], last: bool = False
+    ) -> None:
         self.pieces = pieces
         self.delays = delays
+        self.last = last
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -78,7 +86,7 @@ class _Tick:
 class _Play:
     """Pieces handed to `take` one by one, each after its delay, from the pacer's timers."""
 
-    __slots__ = ("finished", "next", "pacer", "part", "take")
+    __slots__ = ("finished", "next", "pacer", "part", "take", "then")
 
     def __init__(
         self,
@@ -86,11 +94,13 @@ class _Play:
         part: Part,
         take: Callable[[Piece], None],
         finished: asyncio.Future[None],
+        then: Callable[[], None] | None,
     ) -> None:
         self.pacer = pacer
         self.part = part
         self.take = take
         self.finished = finished
+        self.then = then
         self.next = 0
 
     def step(self) -> None:
@@ -100,17 +110,33 @@ class _Play:
             return
         at = self.next
         part = self.part
-        if at:
-            try:
-                self.take(part.pieces[at - 1])
-            except Exception as exc:  # the awaiting task raises it, as from a generator
-                done.set_exception(exc)
+        pieces = part.pieces
+        try:
+            if at:
+                self.take(pieces[at - 1])
+            if at == len(pieces):
+                if self.then is not None:
+                    self.then()
+                if not done.done():
+                    done.set_result(None)
                 return
-        if at == len(part.pieces):
-            done.set_result(None)
+        except Exception as exc:  # the awaiting task raises it, as from a generator
+            if not done.done():
+                done.set_exception(exc)
             return
         self.next = at + 1
-        self.pacer._schedule(part.delays[at], self)
+        # As in `Pacer.wait`, inlined: this runs once per piece of every paced turn.
+        delay = part.delays[at]
+        pacer = self.pacer
+        loop = pacer._loop
+        if delay <= 0:
+            loop.call_soon(self.step)
+            return
+        index = math.ceil((loop.time() + delay) * pacer._per_s - _EPSILON_TICKS)
+        tick = pacer._ticks.get(index)
+        if tick is None:
+            tick = pacer._new_tick(index)
+        tick.due.append(self)
 
 
 class Pacer:
@@ -124,32 +150,33 @@ class Pacer:
     def wait(self, delay: float) -> asyncio.Future[None]:
         """A future resolved at the first tick at or after `delay` seconds from now."""
         future = self._loop.create_future()
-        self._schedule(delay, future)
+        index = math.ceil((self._loop.time() + delay) * self._per_s - _EPSILON_TICKS)
+        tick = self._ticks.get(index)
+        if tick is None:
+            tick = self._new_tick(index)
+        tick.due.append(future)
         return future
 
-    def play(self, part: Part, take: Callable[[Piece], None]) -> asyncio.Future[None]:
+    def play(
+        self, part: Part, take: Callable[[Piece], None], then: Callable[[], None] | None = None
+    ) -> asyncio.Future[None]:
         """Call `take(piece)` for each piece of `part` after its delay, from the tick timers.
 
-        No task wakes per piece. The future ends after the last piece, or
-        with the exception `take` raised; cancelling it stops the play (the
-        pieces not yet taken are never taken). A delay of 0 waits one loop
+        No task wakes per piece. `then()`, if given, runs right after the last
+        piece is taken, in the same callback (for an empty part: at once).
+        The future ends after that, or with the exception `take` or `then`
+        raised; cancelling it stops the play (the pieces not yet taken are
+        never taken, `then` never runs). A delay of 0 waits one loop
         iteration, as `asyncio.sleep(0)` would.
         """
-        play = _Play(self, part, take, self._loop.create_future())
+        play = _Play(self, part, take, self._loop.create_future(), then)
         play.step()
         return play.finished
 
-    def _schedule(self, delay: float, item: asyncio.Future[None] | _Play) -> None:
-        loop = self._loop
-        if delay <= 0 and isinstance(item, _Play):
-            loop.call_soon(item.step)
-            return
-        index = math.ceil((loop.time() + delay) * self._per_s - _EPSILON_TICKS)
-        tick = self._ticks.get(index)
-        if tick is None:
-            tick = self._ticks[index] = _Tick(self, index)
-            loop.call_at(index / self._per_s, tick.fire)
-        tick.due.append(item)
+    def _new_tick(self, index: int) -> _Tick:
+        tick = self._ticks[index] = _Tick(self, index)
+        self._loop.call_at(index / self._per_s, tick.fire)
+        return tick
 
     @property
     def pending_ticks(self) -> int:

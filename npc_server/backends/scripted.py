@@ -56,6 +56,9 @@ SETTING_KEYS = frozenset(
 _MAX_WORD_CHARS = 10  # longer words are split, as a tokenizer would
 _MAX_CACHED_PIECES = 4096
 _TEXT_PIECES: dict[str, TextPiece] = {}
+_MAX_CACHED_LINES = 2048
+_MAX_CACHED_LINE_CHARS = 1024  # bounds the cache at a few MB; longer lines are split each time
+_LINE_PIECES: dict[str, tuple[TextPiece, ...]] = {}
 _MAX_VALUE_CHARS = 80  # context comes from clients; keep one value from flooding a reply
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _WORD = re.compile(r"\w+(?:'\w+)*")
@@ -151,25 +154,33 @@ class ScriptedBackend:
                 yield piece
 
     async def deliver(
-        self, request: GenerationRequest, take: Callable[[Piece], None]
+        self,
+        request: GenerationRequest,
+        take: Callable[[Piece], None],
+        finished: Callable[[], None] | None = None,
     ) -> AsyncIterator[ToolCallPiece]:
         """The same reply at the same pace, each piece handed to `take` from the pacer's timer.
 
         No task wakes per piece (the caller's waits once per part of the reply);
         tool calls are yielded for the caller to answer before the reply goes on.
+        `finished()` runs right after the reply's last piece, in the same
+        callback (a turn can end there, before its last piece is written).
         Cancelling the caller stops the pieces. With an injected `sleep` (tests)
         each piece waits through it, in the caller's task.
         """
         pacer = self._pacer or loop_pacer()
         for part in self.plan(request):
+            then = finished if isinstance(part, Part) and part.last else None
             if isinstance(part, ToolCallPiece):
                 yield part
             elif self._sleep is None:
-                await pacer.play(part, take)
+                await pacer.play(part, take, then)
             else:
                 for delay, piece in zip(part.delays, part.pieces, strict=True):
                     await (self._sleep(delay) if delay > 0 else asyncio.sleep(0))
                     take(piece)
+                if then is not None:
+                    then()
 
     def plan(self, request: GenerationRequest) -> Iterator[Part | ToolCallPiece]:
         """The reply as parts of paced pieces, each part ending at a tool call.
@@ -191,7 +202,10 @@ class ScriptedBackend:
                 segments = self._lengthen(segments, values, choice_rng)
             if not first and segments and isinstance(segments[0], str):
                 segments[0] = " " + segments[0]  # the space the marker stood in
-            paced = self._paced(_pieces(segments), first, pacing_rng)
+            # Only text among the segments: only text among the pieces (checked per segment).
+            text_only = all(isinstance(s, str) for s in segments)
+            paced = self._paced(_pieces(segments), first, pacing_rng, text_only)
+            paced.last = tool is None
             first = first and not paced
             yield paced
             if tool is not None:
@@ -199,9 +213,11 @@ class ScriptedBackend:
                 yield call
                 _learn(values, call)
 
-    def _paced(self, pieces: list[Piece], first: bool, rng: random.Random | None) -> Part:
+    def _paced(
+        self, pieces: list[Piece], first: bool, rng: random.Random | None, text_only: bool
+    ) -> Part:
         pacing = self._pacing
-        if pacing.jitter or not all(type(p) is TextPiece for p in pieces):
+        if pacing.jitter or not text_only:
             delays = []
             for piece in pieces:
                 delays.append(pacing.delay(first, piece, rng))
@@ -359,10 +375,27 @@ def _pieces(segments: Sequence[Segment]) -> list[Piece]:
     pieces: list[Piece] = []
     for segment in segments:
         if isinstance(segment, str):
-            pieces.extend(_text_pieces(_split_words(segment)))
+            pieces.extend(_line_pieces(segment))
         else:
             pieces.append(segment)
     return pieces
+
+
+def _line_pieces(text: str) -> tuple[TextPiece, ...]:
+    """The pieces of one line of a reply, from a bounded cache.
+
+    A player who asks again gets the same lines (their placeholders filled the
+    same way): a dict lookup per line instead of a split per turn.
+    """
+    cache = _LINE_PIECES
+    found = cache.get(text)
+    if found is None:
+        found = tuple(_text_pieces(_split_words(text)))
+        if len(text) <= _MAX_CACHED_LINE_CHARS:
+            if len(cache) >= _MAX_CACHED_LINES:
+                cache.clear()
+            cache[text] = found
+    return found
 
 
 def _text_pieces(texts: list[str]) -> list[TextPiece]:

@@ -12,15 +12,22 @@ _NONE: dict[str, Subscriber] = {}
 
 
 class MemoryBroker:
-    """Channels as dicts of subscribers by id; delivery is a loop over one dict."""
+    """Channels as dicts of subscribers by id; delivery is a loop over one dict.
+
+    A channel with one subscriber (a player's own channel, the common case) is
+    also indexed by itself: its publish is one lookup and one push.
+    """
 
     def __init__(self, node_id: str = "") -> None:
         self.node_id = node_id
         self._channels: dict[str, dict[str, Subscriber]] = {}
+        self._only: dict[str, Subscriber] = {}  # channels with exactly one subscriber
         self._published = 0
 
     def subscribe(self, channel: str, subscriber: Subscriber) -> None:
-        self._channels.setdefault(channel, {})[subscriber.id] = subscriber
+        subscribers = self._channels.setdefault(channel, {})
+        subscribers[subscriber.id] = subscriber
+        self._index(channel, subscribers)
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         subscribers = self._channels.get(channel)
@@ -29,10 +36,22 @@ class MemoryBroker:
         del subscribers[subscriber.id]
         if not subscribers:
             del self._channels[channel]
+        self._index(channel, subscribers)
+
+    def _index(self, channel: str, subscribers: dict[str, Subscriber]) -> None:
+        if len(subscribers) == 1:
+            self._only[channel] = next(iter(subscribers.values()))
+        else:
+            self._only.pop(channel, None)
 
     def publish_nowait(self, channel: str, frame: ServerFrame, exclude: str | None = None) -> None:
         # Hot path (every delta): iterate in place; pushing never subscribes or unsubscribes.
         self._published += 1
+        only = self._only.get(channel)
+        if only is not None:
+            if exclude is None or only.player != exclude:
+                only.push_nowait(frame)
+            return
         if exclude is None:
             for subscriber in self._channels.get(channel, _NONE).values():
                 subscriber.push_nowait(frame)
@@ -90,3 +109,4 @@ class MemoryBroker:
 
     async def aclose(self) -> None:
         self._channels.clear()
+        self._only.clear()

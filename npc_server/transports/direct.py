@@ -141,7 +141,11 @@ class ReadySignal(asyncio.Event):
             super().set()
         elif not self._scheduled:
             self._scheduled = True
-            self._round.add(self)
+            # FlushRound.add inlined: this runs once per frame queued on an idle socket.
+            flush = self._round
+            if not flush._due:
+                flush._loop.call_soon(flush._run)
+            flush._due.append(self)
 
     def flush_nowait(self) -> None:
         self._scheduled = False

@@ -34,6 +34,8 @@ def binary_header(length: int) -> bytes:
 
 def binary_frames(messages: Sequence[bytes]) -> bytes:
     """`messages` as consecutive binary frames, in order, in one buffer."""
+    if len(messages) == 1 and len(messages[0]) <= MAX_7BIT:  # one token's write
+        return _SHORT_HEADERS[len(messages[0])] + messages[0]
     parts: list[bytes] = []
     append = parts.append
     short = _SHORT_HEADERS

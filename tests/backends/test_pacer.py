@@ -303,6 +303,46 @@ def test_an_error_in_take_ends_the_play_with_it() -> None:
     asyncio.run(main())
 
 
+def test_then_runs_in_the_callback_of_the_last_piece() -> None:
+    """`then` runs right after the last `take`, before the future ends; a cancelled play skips it."""
+
+    async def main() -> None:
+        clock = FakeLoop()
+        pacer = Pacer(clock)
+        events: list[str] = []
+        part = Part([TextPiece(str(i)) for i in range(3)], [0.01] * 3)
+        done = pacer.play(part, lambda p: events.append(_text(p)), lambda: events.append("then"))
+        cut = pacer.play(part, lambda p: None, lambda: events.append("cut"))
+        clock.advance_to(0.02)
+        cut.cancel()
+        assert events == ["0", "1"]
+        clock.advance_to(0.03)  # the tick of the last piece: no loop iteration in between
+        assert events == ["0", "1", "2", "then"] and done.done()
+        empty = pacer.play(Part([], []), lambda p: None, lambda: events.append("empty"))
+        assert events[-1] == "empty" and empty.done()
+        clock.advance_to(0.1)
+        assert "cut" not in events
+
+    asyncio.run(main())
+
+
+def test_an_error_in_then_ends_the_play_with_it() -> None:
+    """The exception `then` raises is the future's, as one from `take` would be."""
+
+    async def main() -> None:
+        clock = FakeLoop()
+
+        def then() -> None:
+            raise ValueError("broken")
+
+        done = Pacer(clock).play(Part([TextPiece("a")], [0.01]), lambda p: None, then)
+        clock.advance_to(0.1)
+        with pytest.raises(ValueError, match="broken"):
+            done.result()
+
+    asyncio.run(main())
+
+
 def test_unpaced_plays_give_the_loop_a_turn_per_piece() -> None:
     """With delay 0 each piece waits one loop iteration: another task runs in between."""
 
@@ -394,6 +434,48 @@ def test_conversations_paced_by_one_pacer_interrupt_one_and_the_others_go_on() -
         assert turns[1].task is not None and turns[1].task.done()
         for c in conversations:
             await c.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_turn_ends_in_the_timer_callback_of_its_last_piece() -> None:
+    """`turn.end` is published with the last delta, before any task runs again."""
+
+    async def main() -> None:
+        clock = FakeLoop()
+        npc = _npc()
+        backend = ScriptedBackend(npc, npc.backend_settings, pacer=Pacer(clock))
+        frames = Frames(clock)
+        conversation = Conversation(
+            npc,
+            Audience(player="p0"),
+            backend=backend,
+            publisher=frames,
+            limiter=GenerationLimiter(1),
+            scheduler=_Scheduler(),
+            make_request=lambda turn, history: GenerationRequest(
+                npc, turn.player, turn.text_in, history
+            ),
+            new_id=lambda prefix: f"{prefix}1",
+            clock=clock.time,
+        )
+        turn = conversation.submit("p0", "rope?", reply_to=1).turn
+        await settle()
+        ms = 0
+        while not any(isinstance(f, TurnEnd) for _, _, f in frames.sent):
+            await settle()  # the turn's task may run only before the timers fire
+            ms += 1
+            assert ms < 10_000, "the turn never ended"
+            clock.advance_to(ms / 1000)
+        (delta_at, _, last), (end_at, _, end) = frames.sent[-2:]
+        assert isinstance(last, Delta) and isinstance(end, TurnEnd) and end.reason == "done"
+        assert delta_at == end_at == ms / 1000
+        assert conversation.active is None and turn.task is not None
+        sent = len(frames.sent)
+        await settle()
+        assert turn.task.done() and not turn.task.cancelled()
+        assert len(frames.sent) == sent, "the task publishes nothing more as it returns"
+        await conversation.aclose()
 
     asyncio.run(main())
 

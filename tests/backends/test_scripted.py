@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 
 from npc_server.backends import create_backend
 from npc_server.backends.base import ActionPiece, GenerationRequest, Piece, TextPiece
-from npc_server.backends.scripted import ScriptedBackend, _collapse, _split_words
+from npc_server.backends.scripted import (
+    ScriptedBackend,
+    _collapse,
+    _line_pieces,
+    _split_words,
+)
 from npc_server.npcs import ActionSpec, NpcConfig, load_npcs
 from tests.support.server import DEMO_NPCS
 
@@ -263,6 +268,15 @@ def _reference_split(text: str) -> list[str]:
 def test_split_words_matches_the_reference_pieces(text: str) -> None:
     """The fast split (ASCII and Unicode patterns) cuts exactly where the reference does."""
     assert _split_words(text) == _reference_split(text)
+
+
+@given(st.one_of(st.text(), _TRICKY), st.integers(min_value=0, max_value=1100))
+def test_a_line_split_again_comes_from_the_cache_unchanged(text: str, pad: int) -> None:
+    """A line's cached pieces are the reference pieces, the first time and every time after."""
+    line = text + "a" * pad  # past the cache's line bound as well
+    expected = _reference_split(line)
+    assert [p.text for p in _line_pieces(line)] == expected
+    assert [p.text for p in _line_pieces(line)] == expected
 
 
 @given(st.one_of(st.text(), _TRICKY))

@@ -69,6 +69,29 @@ async def test_publish_reaches_every_subscriber_in_order(kind: str, redis: Redis
         assert a.frames == frames and b.frames == frames
 
 
+async def test_a_channel_going_from_one_subscriber_to_two_and_back(
+    kind: str, redis: RedisServer
+) -> None:
+    """Each publish reaches whoever is subscribed then; `exclude` holds for a lone subscriber."""
+    async with started(kind, redis) as broker:
+        a, b = Sink("s1", "alice"), Sink("s2", "bob")
+        channel = room_channel("tavern")
+        broker.subscribe(channel, a)
+        broker.publish_nowait(channel, Delta("t1", "1", 0))
+        broker.publish_nowait(channel, Delta("t1", "x", 1), exclude="alice")
+        broker.subscribe(channel, b)
+        broker.publish_nowait(channel, Delta("t1", "2", 1))
+        broker.unsubscribe(channel, a)
+        broker.publish_nowait(channel, Delta("t1", "3", 2))
+        broker.publish_nowait(channel, Delta("t1", "y", 3), exclude="bob")
+        broker.unsubscribe(channel, b)
+        broker.publish_nowait(channel, Delta("t1", "4", 3))
+        broker.subscribe(channel, a)
+        broker.publish_nowait(channel, Delta("t1", "5", 3))
+        assert [f.text for f in a.frames if isinstance(f, Delta)] == ["1", "2", "5"]
+        assert [f.text for f in b.frames if isinstance(f, Delta)] == ["2", "3"]
+
+
 async def test_channels_are_separate(kind: str, redis: RedisServer) -> None:
     """A frame on one channel never reaches another channel's subscribers."""
     async with started(kind, redis) as broker:

@@ -10,7 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import pytest
@@ -139,6 +139,47 @@ async def test_pings_and_the_close_keep_their_place_among_fast_writes() -> None:
     assert seqs == list(range(1, len(seqs) + 1)), "every frame once, in order"
     assert [m.get("code") for m in messages if m["t"] == "error"] == ["bad_frame"] * 3
     assert {op for op, _ in frames} <= {OP_BINARY, OP_PONG, OP_CLOSE}
+
+
+class WriteLog:
+    """The server's transport of one socket, with every `write()` recorded before it is made."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_a_turn_end_goes_out_in_the_write_of_the_turns_last_delta() -> None:
+    """The last delta and its turn.end leave in one write: a turn costs no write of its own."""
+    config = server_config(scripted={"tokens_per_second": 100})
+    async with running_server(config) as server:
+        async with raw_websocket(server) as ws:
+            ws.send_msg({"t": "hello", "token": server.token("alice")})
+            await ws.next_frames()
+            [edge] = edges(server)
+            flush = edge.ready.direct
+            assert flush is not None, "the direct write path serves this socket"
+            log = WriteLog(flush.direct._transport)
+            cast(Any, flush.direct)._transport = log
+            ws.send_msg({"t": "say", "id": 1, "npc": "merchant", "text": "rope?"})
+            kinds: list[str] = []
+            while "turn.end" not in kinds:
+                kinds += [msgpack.unpackb(p)["t"] for op, p in await ws.next_frames()]
+    writes = [
+        [msgpack.unpackb(p)["t"] for op, p in split_frames(bytearray(data)) if op == OP_BINARY]
+        for data in log.writes
+    ]
+    assert [k for w in writes for k in w] == kinds, "every frame after the welcome was logged"
+    [ending] = [w for w in writes if "turn.end" in w]
+    assert ending[-2:] == ["delta", "turn.end"]
+    assert kinds.count("delta") > 2, "the reply streamed in several deltas"
 
 
 async def test_a_reader_that_stops_is_closed_by_the_write_stall_watchdog() -> None:
