@@ -41,6 +41,8 @@ EXTRAS = {
     "npc_server/backends/openai.py": "llm",
     "npc_server/backends/stream_reader.py": "llm",
     "npc_server/brokers/redis.py": "redis",
+    "npc_server/brokers/redis_link.py": "redis",
+    "npc_server/brokers/redis_publisher.py": "redis",
     "npc_server/memories/redis.py": "redis",
 }
 IMPORTS = re.compile(r"""(?:\bfrom\s*|\bimport\s*)["']([^"']+)["']""")
