@@ -364,8 +364,12 @@ async def _room(room: str) -> Response:
         return _json({"room": room, "members": list(node.hub.members(room))})
     gathered = await _everywhere(node, {"k": "api", "op": "room", "room": room})
     members = list(node.hub.members(room)) if node.hub.room_exists(room) else []
+    seen = set(members)  # a big room: one lookup per member, not a scan
     for _, theirs in valid(gathered, member_list):
-        members.extend(m for m in theirs if m not in members)
+        for member in theirs:
+            if member not in seen:
+                seen.add(member)
+                members.append(member)
     if not members and not gathered.missing:
         raise ApiError(404, "unknown_room", f"no room {room!r} has members")
     return _json({"room": room, "members": members, **gathered.partial()})
