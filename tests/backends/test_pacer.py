@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -382,6 +382,31 @@ class Frames:
         return [(t, f) for t, c, f in self.sent if c == f"player:{player}"]
 
 
+def paced_conversation(
+    npc: NpcConfig,
+    player: str,
+    backend: ScriptedBackend,
+    frames: Frames,
+    clock: FakeLoop,
+    ids: Iterator[int],
+    limit: int,
+) -> Conversation:
+    """A player's conversation with `npc` whose turns the fake loop's pacer plays."""
+    return Conversation(
+        npc,
+        Audience(player=player),
+        backend=backend,
+        publisher=frames,
+        limiter=GenerationLimiter(limit),
+        scheduler=_Scheduler(),
+        make_request=lambda turn, history: GenerationRequest(
+            npc, turn.player, turn.text_in, history
+        ),
+        new_id=lambda prefix: f"{prefix}{next(ids)}",
+        clock=clock.time,
+    )
+
+
 def test_conversations_paced_by_one_pacer_interrupt_one_and_the_others_go_on() -> None:
     """Deltas come at first-token then interval; an interrupted turn ends with nothing after."""
 
@@ -392,19 +417,7 @@ def test_conversations_paced_by_one_pacer_interrupt_one_and_the_others_go_on() -
         frames = Frames(clock)
         ids = itertools.count()
         conversations = [
-            Conversation(
-                npc,
-                Audience(player=f"p{n}"),
-                backend=backend,
-                publisher=frames,
-                limiter=GenerationLimiter(10),
-                scheduler=_Scheduler(),
-                make_request=lambda turn, history: GenerationRequest(
-                    npc, turn.player, turn.text_in, history
-                ),
-                new_id=lambda prefix: f"{prefix}{next(ids)}",
-                clock=clock.time,
-            )
+            paced_conversation(npc, f"p{n}", backend, frames, clock, ids, limit=10)
             for n in range(3)
         ]
         turns = [c.submit(f"p{n}", "rope?", reply_to=1).turn for n, c in enumerate(conversations)]
@@ -446,18 +459,8 @@ def test_a_turn_ends_in_the_timer_callback_of_its_last_piece() -> None:
         npc = _npc()
         backend = ScriptedBackend(npc, npc.backend_settings, pacer=Pacer(clock))
         frames = Frames(clock)
-        conversation = Conversation(
-            npc,
-            Audience(player="p0"),
-            backend=backend,
-            publisher=frames,
-            limiter=GenerationLimiter(1),
-            scheduler=_Scheduler(),
-            make_request=lambda turn, history: GenerationRequest(
-                npc, turn.player, turn.text_in, history
-            ),
-            new_id=lambda prefix: f"{prefix}1",
-            clock=clock.time,
+        conversation = paced_conversation(
+            npc, "p0", backend, frames, clock, itertools.repeat(1), limit=1
         )
         turn = conversation.submit("p0", "rope?", reply_to=1).turn
         await settle()
