@@ -428,10 +428,8 @@ class RedisBroker:
                 kind = reply[0]
                 if kind == b"message" and len(reply) == 3:
                     self._deliver(reply[1], reply[2])
-                elif kind == b"pong" and len(reply) == 2:
+                elif kind == b"pong" and len(reply) == 2:  # RESP2, subscribed: a PING's answer
                     self._ponged(reply[1])
-            elif isinstance(reply, bytes):  # a PING's answer outside subscribed mode
-                self._ponged(reply)
         except Exception:  # one publication's delivery must not end the subscription
             self._rejected += 1
             log.exception("a reply from Redis could not be delivered")
