@@ -133,6 +133,7 @@ class Session:
         self.replay = ReplayBuffer(limits.replay_frames, limits.replay_bytes)
         self.last_seq = 0
         self.state = SessionState.DETACHED
+        self.ended_with = CloseCode.GOING_AWAY  # the close code it expired with
         self.detached_at: float | None = now
         self.on_ready: Callable[[], None] = _noop
         self.on_close: Callable[[CloseCode], None] = _ignore_close
@@ -173,6 +174,7 @@ class Session:
         if self.state is SessionState.ATTACHED:
             self.on_close(code)
         self.state = SessionState.EXPIRED
+        self.ended_with = code
         self.owner = None
         self.queue.clear_nowait()
         self.on_ready = _noop

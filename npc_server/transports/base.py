@@ -19,7 +19,7 @@ from npc_server.events import AuthFailed, Closed, Limited, SessionAttached
 from npc_server.node import Node
 from npc_server.protocol.codes import CloseCode, ErrorCode
 from npc_server.protocol.frames import Ack, Error, Refresh, Resume, ServerFrame, ServerPing, Welcome
-from npc_server.session import Session
+from npc_server.session import Session, SessionState
 from npc_server.tokens import TokenClaims, TokenError, verify_token
 
 SUBSCRIBE_TIMEOUT = 2.0  # seconds a welcome waits for the session's subscriptions
@@ -202,6 +202,10 @@ class ClientLink:
         session: Session,
         replay: list[bytes] | None,
     ) -> list[bytes] | None:
+        if session.state is SessionState.EXPIRED:
+            # Ended while the hello waited (a kick, in a cluster up to SUBSCRIBE_TIMEOUT):
+            # attaching it would welcome a socket on a session no node routes to.
+            self._refuse(session.ended_with, "the session ended before it was opened")
         self.session = session
         session.attach(self, self.ready.set, self.request_close)
         self.schedule_expiry(claims)
