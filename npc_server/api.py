@@ -165,9 +165,6 @@ async def _say() -> Response:
         _check_present(node, audience)
         return _json(_game_say(node, npc.id, audience, text, event))
     if node.find_conversation(npc.id, audience) is not None:
-        # Its trusted context as Redis has it: this node may have forgotten it (the
-        # player's last session here ended while the conversation went on).
-        await node.cluster.trusted_copies.load(audience.key)
         return _json(_game_say(node, npc.id, audience, text, event))
     # In a cluster the player may be on any node (not checked), and the conversation
     # may run on another one: the turn goes there.
@@ -176,7 +173,7 @@ async def _say() -> Response:
     except Exception:
         raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
     if owner == node.node_id:
-        # As above, and this node may have started after the context was posted.
+        # Its trusted context as Redis has it: this node may have started after the post.
         await node.cluster.trusted_copies.load(audience.key)
         return _json(_game_say(node, npc.id, audience, text, event))
     message = {"k": "api", "op": "say", "npc": npc.id, "audience": audience.key}

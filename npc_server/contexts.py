@@ -43,10 +43,13 @@ class ContextStore:
     def bytes_of(self, player: str) -> int:
         return sum(n for _, n in self._data.get(player, {}).values())
 
-    def forget(self, player: str) -> None:
-        """The player's last session ended: its contexts go, the game's trusted one too."""
+    def forget(self, player: str, *, trusted: bool = True) -> None:
+        """The player's last session ended: its contexts go, and the game's trusted one
+        unless `trusted` is False (a cluster keeps every node's copy current instead:
+        a conversation of theirs may go on here, or a say come here for them)."""
         self._data.pop(player, None)
-        self.trusted.forget(f"player:{player}")
+        if trusted:
+            self.trusted.forget(f"player:{player}")
 
     def __len__(self) -> int:
         return len(self._data)

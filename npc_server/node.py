@@ -242,7 +242,7 @@ class Node:
         session.expire(code)
         if self.hub.remove(session):
             rooms = self.hub.leave_all(session.player, quiet=quiet)
-            self.contexts.forget(session.player)
+            self.contexts.forget(session.player, trusted=self.cluster is None)
             audiences = [Audience(player=session.player), *(Audience(room=r) for r in rooms)]
             for npc_id in self.npcs:
                 for audience in audiences:

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 MAX_HOPS = 2  # a say re-routed more often than this (owners changing under it) is refused
 RETRY_AFTER = 1.0
 MAX_ROOMS = 256
-MAX_AUDIENCE_KEY = 300  # "room:" or "player:" and an id
 MAX_MEMBERS = 10_000
 MAX_WAITING = 10_000
 
@@ -319,19 +318,29 @@ class Forwarder:
         except BadMessage as exc:
             self._rejected(exc)
             return
-        audience = message.get("audience")
-        if message.get("op") == "say" and _is_audience_key(audience):
-            self._spawn(self._answer_say(origin, ask, message, audience))
+        if message.get("op") == "say" and self._new_conversation(message):
+            self._spawn(self._answer_first_say(origin, ask, message))
             return
         answer = answer_forwarded(self.node, message)
         self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
 
-    async def _answer_say(self, origin: str, ask: int, message: dict[str, Any], key: str) -> None:
-        # A game say for a conversation here: its trusted context as Redis has it first,
-        # as for a say the game server sent here (this node may have forgotten the copy).
+    def _new_conversation(self, message: dict[str, Any]) -> bool:
+        """A forwarded say for a conversation this node does not run yet (checked again,
+        and answered, by `answer_forwarded`)."""
+        npc = message.get("npc")
+        try:
+            audience = _audience(_str(message, "audience"))
+        except BadMessage:
+            return False
+        return npc in self.node.npcs and self.node.find_conversation(str(npc), audience) is None
+
+    async def _answer_first_say(self, origin: str, ask: int, message: dict[str, Any]) -> None:
+        # The conversation starts here on another node's claim: this node may have no copy
+        # of the audience's trusted context (it started after the post, and the player
+        # never attached here). Read it first; later says find it kept current here.
         from npc_server.api import answer_forwarded
 
-        await self.trusted_copies.load(key)
+        await self.trusted_copies.load(str(message["audience"]))
         answer = answer_forwarded(self.node, message)
         self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
 
@@ -533,11 +542,3 @@ def _strings(
     if not all(isinstance(v, str) for v in value):
         raise BadMessage(f"{key} must hold strings")
     return value
-
-
-def _is_audience_key(value: object) -> TypeGuard[str]:
-    """`player:<id>` or `room:<id>`, of a sane length (checked again when answered)."""
-    if not isinstance(value, str) or len(value) > MAX_AUDIENCE_KEY:
-        return False
-    kind, _, name = value.partition(":")
-    return kind in ("player", "room") and bool(name)

@@ -8,10 +8,13 @@ sends it with a forwarded say). So every node keeps its own copy current:
   (`npc:trusted:<scope>`, a hash of `*` or an NPC id to msgpack data, kept
   `TRUSTED_TTL` after the last post) and sends it to every live node
   (`scatter.gather`), which sets it as its own (validated as the API validates it);
-- a node that may have missed it (started later, or it forgot the player's context
-  when their last session there ended) reads the player's copy when a session of
-  theirs attaches there (`SessionAttached`: new, resumed or handed over), and every
-  room's copy when it starts (`npc:trusted:rooms` lists them).
+- a node that may have missed it (it started later) reads the player's copy when a
+  session of theirs attaches there (`SessionAttached`: new, resumed or handed
+  over), the audience's copy before the first say of a conversation it runs for
+  another node's or its own claim, and every room's copy when it starts
+  (`npc:trusted:rooms` lists them). A node keeps a player's copy when their last
+  session there ends (within `TrustedContexts.max_scopes`): a conversation of
+  theirs may go on there.
 
 What a node reads from Redis is validated like a post; a copy that a newer post
 replaced on this node while the read was under way is not applied.

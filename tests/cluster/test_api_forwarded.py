@@ -216,3 +216,17 @@ async def test_a_forwarded_game_say_reads_the_trusted_context_from_redis_first(
             assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
     finally:
         await client.aclose()
+
+
+async def test_a_node_keeps_a_players_trusted_context_after_their_last_session_there(
+    redis: RedisServer,
+) -> None:
+    """In a cluster the trusted copy outlives the player's sessions on a node (a turn of
+    theirs may go on there, or a game say come there); their own contexts still go."""
+    async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
+        session = x.open_session("alice")
+        post: dict[str, Any] = {"op": "context", "scope": "player:alice", "npc": "merchant"}
+        post |= {"data": {"time": "night"}, "k": "api", "ask": 1}
+        assert (await answer_to(publisher, pubsub, 1, post))["result"] == {"ok": True}
+        x.end_session(session)
+        assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
