@@ -61,7 +61,6 @@ class _Entry:
 
 
 _QUEUED, _MERGED = PushResult.QUEUED, PushResult.MERGED
-_new_entry = object.__new__
 
 
 def text_bytes(text: str) -> int:
@@ -112,9 +111,9 @@ class OutboundQueue:
         """Queue a frame, merging or replacing where the protocol allows."""
         self._pushed += 1
         if type(frame) is Delta:
-            # The push of every token: the delta's merge, sizes and append inlined.
+            # The push of every token: the delta's merge inlined.
             text = frame.text
-            size = len(text) if text.isascii() else len(text.encode())
+            size = text_bytes(text)
             entry = self._open_delta.get(frame.turn)
             if entry is not None and entry.parts is not None:
                 entry.parts.append(text)
@@ -123,13 +122,8 @@ class OutboundQueue:
                 self._merged += 1
                 result = _MERGED
             else:
-                # _Entry.__init__ inlined: calling a Python class costs a frame per token.
-                entry = _new_entry(_Entry)
-                entry.frame, entry.size, entry.alive = frame, FRAME_OVERHEAD_BYTES + size, True
-                entry.turn, entry.parts = frame.turn, [text]
-                self._entries.append(entry)
-                self._depth += 1
-                self._bytes += entry.size
+                entry = _Entry(frame, FRAME_OVERHEAD_BYTES + size)
+                self._append(entry)
                 self._open_delta[frame.turn] = entry
                 result = _QUEUED
         elif isinstance(frame, TypingNotice):

@@ -58,17 +58,12 @@ class TurnRegistry:
         return self._turns.get(turn_id)
 
     def note_written(self, frame: ServerFrame) -> None:
-        """A session wrote `frame`: a delta moves its turn's `written` (a session's `on_written`).
-
-        One call per written frame: the look-up and `Turn.note_written` inlined.
-        """
+        """A session wrote `frame`: a delta moves its turn's `written` (a session's
+        `on_written`, called once per written frame)."""
         if isinstance(frame, Delta):
             entry = self._turns.get(frame.turn)
             if entry is not None:
-                turn = entry[1]
-                end = frame.at + len(frame.text)
-                if end > turn.written:
-                    turn.written = end
+                entry[1].note_written(frame.at + len(frame.text))
 
     def newest_started_by(self, player: str) -> tuple[Conversation, Turn] | None:
         """The newest active turn that `player` started (a bare interrupt's target)."""

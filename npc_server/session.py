@@ -249,10 +249,9 @@ class Session:
 
     def _encode_all(self, frames: list[ServerFrame]) -> list[bytes]:
         """Each frame encoded with its seq (if it has one), kept for replay, reported written."""
-        # Every written frame passes here: one loop, ReplayBuffer.append inlined.
+        # Every written frame passes here: one loop for the batch.
         out = []
-        replay = self.replay
-        kept = replay._frames
+        keep = self.replay.append
         on_written = self.on_written
         for frame in frames:
             if not frame.SEQ:
@@ -260,10 +259,7 @@ class Session:
                 continue
             seq = self.last_seq = self.last_seq + 1
             data = encode_server_frame(frame, seq)
-            kept.append((seq, data))
-            replay._bytes += len(data)
-            if len(kept) > replay.max_frames or replay._bytes > replay.max_bytes:
-                replay._trim()
+            keep(seq, data)
             on_written(frame)
             out.append(data)
         return out

@@ -102,10 +102,8 @@ class FlushRound:
 
     def _run(self) -> None:
         due, self._due = self._due, []
-        for ready in due:  # ReadySignal.flush_nowait inlined: one call less per token
-            ready._scheduled = False
-            if ready.direct is not None:
-                ready.direct.flush_nowait()
+        for ready in due:
+            ready.flush_nowait()
 
 
 _rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlushRound] = (
@@ -141,11 +139,7 @@ class ReadySignal(asyncio.Event):
             super().set()
         elif not self._scheduled:
             self._scheduled = True
-            # FlushRound.add inlined: this runs once per frame queued on an idle socket.
-            flush = self._round
-            if not flush._due:
-                flush._loop.call_soon(flush._run)
-            flush._due.append(self)
+            self._round.add(self)
 
     def flush_nowait(self) -> None:
         self._scheduled = False
