@@ -168,19 +168,21 @@ class ScriptedBackend:
         Cancelling the caller stops the pieces. With an injected `sleep` (tests)
         each piece waits through it, in the caller's task.
         """
+        if self._sleep is not None:  # tests: each piece waits in the caller's task
+            async for piece in self.generate(request):
+                if isinstance(piece, ToolCallPiece):
+                    yield piece
+                else:
+                    take(piece)
+            if finished is not None:
+                finished()
+            return
         pacer = self._pacer or loop_pacer()
         for part in self.plan(request):
-            then = finished if isinstance(part, Part) and part.last else None
             if isinstance(part, ToolCallPiece):
                 yield part
-            elif self._sleep is None:
-                await pacer.play(part, take, then)
             else:
-                for delay, piece in zip(part.delays, part.pieces, strict=True):
-                    await (self._sleep(delay) if delay > 0 else asyncio.sleep(0))
-                    take(piece)
-                if then is not None:
-                    then()
+                await pacer.play(part, take, finished if part.last else None)
 
     def plan(self, request: GenerationRequest) -> Iterator[Part | ToolCallPiece]:
         """The reply as parts of paced pieces, each part ending at a tool call.

@@ -480,3 +480,22 @@ async def test_demo_npcs_have_long_replies() -> None:
             req = GenerationRequest(npc=npc, player="ana", text=text, seed=seed)
             lengths.append(len(text_of(await collect(backend, req))))
         assert max(lengths) >= 300, npc_id
+
+
+async def test_deliver_with_an_injected_sleep_hands_over_what_generate_yields() -> None:
+    """`deliver` with a test's `sleep` gives `take` the same pieces at the same delays as
+    `generate` (an action marker included), and calls `finished` once, after the last."""
+    generated_sleep, delivered_sleep = FakeSleep(), FakeSleep()
+    req = request("a gift, please")
+    generated = await collect(make_backend(generated_sleep), req)
+    taken: list[Piece] = []
+    finished: list[int] = []
+    backend = make_backend(delivered_sleep)
+    calls = [
+        call
+        async for call in backend.deliver(req, taken.append, lambda: finished.append(len(taken)))
+    ]
+    assert calls == [] and taken == generated
+    assert any(isinstance(p, ActionPiece) for p in taken)
+    assert delivered_sleep.delays == generated_sleep.delays
+    assert finished == [len(taken)]

@@ -305,3 +305,18 @@ def test_delta_built_directly_is_still_a_frozen_dataclass() -> None:
         "t": "delta",
         "seq": 3,
     }
+
+
+def test_deltas_hand_written_init_sets_every_field_of_the_dataclass() -> None:
+    """`Delta.__init__` is written by hand (the frame of every token): it takes exactly the
+    dataclass's fields, so a field added later cannot be left unset."""
+    import dataclasses
+    import inspect
+
+    from npc_server.protocol.frames import Delta as DeltaFrame
+
+    names = tuple(f.name for f in dataclasses.fields(DeltaFrame))
+    assert tuple(inspect.signature(DeltaFrame.__init__).parameters)[1:] == names
+    delta = DeltaFrame("t1", "word ", 3)
+    assert dataclasses.astuple(delta) == ("t1", "word ", 3)
+    assert dataclasses.replace(delta, at=9) == DeltaFrame("t1", "word ", 9)
