@@ -125,6 +125,10 @@ async def _context() -> Response:
     return _json({"ok": True, "scope": key, "npc": npc})
 
 
+def _unreachable() -> ApiError:
+    return ApiError(503, "unavailable", "the cluster cannot be reached", 1.0)
+
+
 def _over_budget(node: Node, key: str) -> ApiError:
     budget = node.contexts.trusted.max_bytes_per_scope
     return ApiError(413, "too_large", f"'data': the contexts of {key} would be over {budget} bytes")
@@ -142,7 +146,7 @@ async def _context_everywhere(
     try:
         await copies.save(key, npc, data)
     except Exception:
-        raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
+        raise _unreachable() from None
     message = {"k": "api", "op": "context", "scope": key, "npc": npc, "data": data}
     gathered = await _everywhere(node, message)
     return {"ok": True, "scope": key, "npc": npc, **gathered.partial()}
@@ -171,7 +175,7 @@ async def _say() -> Response:
     try:
         owner = await node.cluster.leases.claim(npc.id, audience.key)
     except Exception:
-        raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
+        raise _unreachable() from None
     if owner == node.node_id:
         # Its trusted context as Redis has it: this node may have started after the post.
         await node.cluster.trusted_copies.load(audience.key)
@@ -305,7 +309,7 @@ async def _everywhere(node: Node, message: dict[str, Any]) -> Gathered:
     try:
         return await gather(node.cluster, message)
     except Exception:
-        raise ApiError(503, "unavailable", "the cluster cannot be reached", 1.0) from None
+        raise _unreachable() from None
 
 
 def _check_present(node: Node, audience: Audience) -> None:

@@ -195,10 +195,22 @@ def openapi() -> dict[str, Any]:
         ),
         "/api/interrupt": _post("Stop a turn", ["turn"], {"turn": _S}, "{turn, kept}"),
         "/api/kick": _post(
-            "Close every socket of a player (close code 4508)", ["player"], {"player": _S}, "{}"
+            "Close every socket of a player (close code 4508; in a cluster, on every node)",
+            ["player"],
+            {"player": _S},
+            "{player, sessions, sockets, partial?, nodes_missing?}",
         ),
-        "/api/rooms/{room}": _get("A room's members", "room", "{room, members}"),
-        "/api/players/{player}": _get("A player's sessions", "player", "{player, sessions}"),
+        "/api/rooms/{room}": _get(
+            "A room's members (in a cluster, from every node)",
+            "room",
+            "{room, members, partial?, nodes_missing?}",
+        ),
+        "/api/players/{player}": _get(
+            "A player's sessions and rooms (in a cluster, from every node)",
+            "player",
+            "{player, online, sessions[{session, state, last_seq, node?}], rooms, partial?, "
+            "nodes_missing?}",
+        ),
     }
     error = {
         "type": "object",

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from npc_server.api_schema import MAX_NAME_CHARS  # as a request's names are checked
 from npc_server.cluster.scatter import Gathered
 from npc_server.session import SessionState
 
 T = TypeVar("T")
-MAX_NAME_CHARS = 256
 _STATES = frozenset(s.value for s in SessionState)
 
 

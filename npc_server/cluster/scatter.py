@@ -74,8 +74,8 @@ class NodeDirectory:
         self._renewer = asyncio.create_task(self._renew_forever(), name="node-directory")
 
     async def aclose(self) -> None:
-        # Stopped, not cancelled: a redis-py command cancelled mid-way can leave the
-        # client (and whoever waits on it) hanging.
+        # Told to stop rather than cancelled: redis-py 8 can swallow a cancel that
+        # lands mid-command (tasks that cannot be told use `cancel_and_wait`).
         self._stop.set()
         if self._renewer is not None:
             await asyncio.gather(self._renewer, return_exceptions=True)
