@@ -21,6 +21,7 @@ from collections.abc import Callable
 from npc_server.backends.base import (
     ActionPiece,
     Backend,
+    DeliveringBackend,
     GenerationError,
     GenerationRequest,
     MemoryEntry,
@@ -265,12 +266,11 @@ class Conversation:
         reason = EndReason.DONE
         try:
             async with asyncio.timeout(self.turn_timeout):
-                deliver = getattr(self.backend, "deliver", None)
-                if deliver is not None:
+                if isinstance(self.backend, DeliveringBackend):
                     # Pieces handed over from the backend's timer, no task step per token;
                     # the turn ends in the callback of its last piece (see `_finished`).
                     feed = _Feed(self, turn)
-                    async for call in deliver(request, feed.take, feed.finished):
+                    async for call in self.backend.deliver(request, feed.take, feed.finished):
                         await self._ask_tool(turn, call)
                 else:
                     take = _Feed(self, turn).take

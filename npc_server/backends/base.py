@@ -9,9 +9,9 @@ let `CancelledError` through and release what it holds (HTTP streams) in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from npc_server.npcs import NpcConfig
 
@@ -136,4 +136,19 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release shared resources (connection pools)."""
+        ...
+
+
+@runtime_checkable
+class DeliveringBackend(Backend, Protocol):
+    """A backend that can hand a turn's pieces to the turn itself (no task step each)."""
+
+    def deliver(
+        self,
+        request: GenerationRequest,
+        take: Callable[[Piece], None],
+        finished: Callable[[], None] | None = None,
+    ) -> AsyncIterator[ToolCallPiece]:
+        """The pieces of one turn to `take`, `finished()` after the last; tool calls are
+        yielded for the caller to answer before the reply goes on."""
         ...
