@@ -257,6 +257,8 @@ def _forwarded_say(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(text, str) or not (event is None or isinstance(event, str)):
         raise ApiError(400, "invalid", "a forwarded say has no text")
     kind, _, name = key.partition(":")
+    if kind not in ("room", "player") or not name:
+        raise ApiError(400, "invalid", "a forwarded say's audience is not player:<id> or room:<id>")
     audience = Audience(room=name) if kind == "room" else Audience(player=name)
     return _game_say(node, npc_id, audience, text, event)
 

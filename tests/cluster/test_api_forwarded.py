@@ -76,6 +76,7 @@ FORGED: list[tuple[dict[str, Any], int]] = [
     ({"op": "context", "scope": "player:alice", "data": [1]}, 400),
     ({"op": "context", "scope": "player:alice", "data": {"x": "y" * 70_000}}, 413),
     ({"op": "say", "npc": "merchant", "audience": 3, "text": "hi"}, 400),
+    ({"op": "say", "npc": "merchant", "audience": "guild:alice", "text": "hi"}, 400),
     ({"op": "drop-everything"}, 400),
     ({"op": ["kick"]}, 400),
 ]
