@@ -166,6 +166,8 @@ class Conversation:
         self.audience = audience
         self.channel = audience.key
         self.backend = backend
+        # Checked once: isinstance against a runtime-checkable protocol walks its members.
+        self._deliverer = backend if isinstance(backend, DeliveringBackend) else None
         self.publisher = publisher
         self.limiter = limiter
         self.scheduler = scheduler
@@ -266,11 +268,11 @@ class Conversation:
         reason = EndReason.DONE
         try:
             async with asyncio.timeout(self.turn_timeout):
-                if isinstance(self.backend, DeliveringBackend):
+                if (deliverer := self._deliverer) is not None:
                     # Pieces handed over from the backend's timer, no task step per token;
                     # the turn ends in the callback of its last piece (see `_finished`).
                     feed = _Feed(self, turn)
-                    async for call in self.backend.deliver(request, feed.take, feed.finished):
+                    async for call in deliverer.deliver(request, feed.take, feed.finished):
                         await self._ask_tool(turn, call)
                 else:
                     take = _Feed(self, turn).take

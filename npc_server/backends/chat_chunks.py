@@ -13,10 +13,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from npc_server.backends.base import ActionPiece, Piece, TextPiece, ToolCallPiece, UsagePiece
+from npc_server.backends.base import (
+    ActionPiece,
+    GenerationError,
+    Piece,
+    TextPiece,
+    ToolCallPiece,
+    UsagePiece,
+)
 from npc_server.npcs import NpcConfig
 
 log = logging.getLogger(__name__)
+
+UNFINISHED = "the model server ended the reply without finishing it"
 
 
 class MalformedChunk(ValueError):
@@ -69,6 +78,13 @@ class StreamAssembler:
         if usage is not None:
             self._read_usage(_typed(usage, dict, "usage"))
         return pieces
+
+    def end(self) -> list[Piece]:
+        """The reply's pending tool calls once its stream is over; `GenerationError` if
+        no `finish_reason` came (usage is read from `usage`)."""
+        if not self.finished:
+            raise GenerationError(UNFINISHED)
+        return self.flush()
 
     def flush(self) -> list[Piece]:
         """Emit every pending tool call, in index order."""

@@ -18,6 +18,7 @@ keeps these connections.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -96,6 +97,8 @@ class H1Connection(asyncio.Protocol):
         self._got_bytes = False  # a byte of the current response arrived
         self._error: ProtocolError | OSError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # Called where a waiter would be woken (bytes, end, failure), in the callback itself.
+        self._listener: Callable[[], None] | None = None
         self.closed = False
         self.idle_since = 0.0
         self.pooled = False  # waiting in its pool's idle list
@@ -152,6 +155,7 @@ class H1Connection(asyncio.Protocol):
         """Write a whole request; its response is read from here on."""
         assert self.transport is not None
         self._parser = ResponseParser()
+        self._listener = None
         self._got_bytes = False
         self.transport.write(data)
 
@@ -192,6 +196,13 @@ class H1Connection(asyncio.Protocol):
         waiter = self._waiter = self._loop.create_future()
         return waiter
 
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call `listener()` whenever a waiter would be woken (None: stop).
+
+        It runs inside `data_received` and the other callbacks, so it must not raise.
+        """
+        self._listener = listener
+
     @property
     def complete(self) -> bool:
         """The current response was read to its end."""
@@ -211,6 +222,9 @@ class H1Connection(asyncio.Protocol):
             self.transport.close()
 
     def _wake(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 from npc_server.backends.http1 import ResponseHead
 from npc_server.backends.http_connection import (
@@ -62,6 +63,12 @@ class StreamResponse:
         assert self._conn is not None, "read after close"
         return self._conn.readable()
 
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Have `listener()` called in the connection's callbacks when more of the body
+        (or its end, or a failure) has arrived; None stops it. It must not raise."""
+        assert self._conn is not None, "read after close"
+        self._conn.listen(listener)
+
     @property
     def complete(self) -> bool:
         """The body was read to its end."""
@@ -83,6 +90,7 @@ class StreamResponse:
         """Back to the pool when read to the end; otherwise the connection is dropped."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.listen(None)
             self._pool.release_nowait(conn)
 
 

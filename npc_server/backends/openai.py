@@ -27,6 +27,7 @@ import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -55,6 +56,7 @@ from npc_server.backends.http_pool import (
     StreamResponse,
     TransportError,
 )
+from npc_server.backends.live_round import PAST_LAST_ROUND, LiveRound
 from npc_server.backends.stream_reader import MALFORMED, EventReader, TurnLimits
 from npc_server.backends.upstream_errors import UpstreamStatus, retry_delay, upstream_message
 from npc_server.npcs import NpcConfig
@@ -218,9 +220,7 @@ class OpenAIBackend:
                     continue
                 if isinstance(piece, ToolCallPiece):
                     if round_ == MAX_TOOL_ROUNDS:
-                        log.warning(
-                            "NPC %r: tool call past %d rounds; skipped", self.npc.id, round_
-                        )
+                        log.warning(PAST_LAST_ROUND, self.npc.id)
                         continue
                     calls.append(piece)
                 elif isinstance(piece, TextPiece):
@@ -231,6 +231,65 @@ class OpenAIBackend:
             messages = [*messages, *tool_round("".join(said), calls)]
         if usage:
             yield UsagePiece(prompt, completion)
+
+    async def deliver(
+        self,
+        request: GenerationRequest,
+        take: Callable[[Piece], None],
+        finished: Callable[[], None] | None = None,
+    ) -> AsyncIterator[ToolCallPiece]:
+        """What `generate()` streams, each piece handed to `take` as its bytes arrive.
+
+        The pieces are parsed in the connection's callbacks (live_round.py), so no
+        task wakes per chunk; tool calls are yielded for the caller to answer, and
+        the requests, rounds, limits and errors are `generate()`'s. `finished()`
+        runs right after the reply's last piece (usage included), in the callback
+        of the chunk that completed it.
+        """
+        messages = build_messages(request, self.settings.max_prompt_chars)
+        usage: list[UsagePiece] = []  # each round's, once reported
+
+        for round_ in range(MAX_TOOL_ROUNDS + 1):
+            assembler = StreamAssembler(self.npc)
+
+            def last(assembler: StreamAssembler = assembler) -> None:
+                if assembler.usage is not None:
+                    usage.append(assembler.usage)
+                if usage:
+                    take(_summed(usage))
+                if finished is not None:
+                    finished()
+
+            limits = TurnLimits(self.settings)
+            deadline = Deadline()
+            response: StreamResponse | None = None
+            live: LiveRound | None = None
+            try:
+                response = await self._open(messages, limits, deadline)
+                live = LiveRound(
+                    response,
+                    limits,
+                    assembler,
+                    partial(self._feed, assembler),
+                    take,
+                    last,
+                    calls_allowed=round_ < MAX_TOOL_ROUNDS,
+                    npc_id=self.npc.id,
+                )
+                while (call := await live.next_call()) is not None:
+                    yield call
+                    live.resume()
+            finally:
+                deadline.close()
+                if live is not None:
+                    live.close()
+                if response is not None:
+                    response.close()
+            if not live.calls:
+                return
+            if assembler.usage is not None:
+                usage.append(assembler.usage)
+            messages = [*messages, *tool_round("".join(live.said), live.calls)]
 
     async def _round(self, messages: list[Message]) -> AsyncIterator[Piece]:
         """One completion request and its stream."""
@@ -367,11 +426,13 @@ class OpenAIBackend:
         return text[:UPSTREAM_MESSAGE_CHARS]
 
 
+def _summed(usage: list[UsagePiece]) -> UsagePiece:
+    return UsagePiece(sum(u.prompt_tokens for u in usage), sum(u.completion_tokens for u in usage))
+
+
 def _finish(assembler: StreamAssembler) -> list[Piece]:
     """The pieces after the last chunk: pending tool calls, then usage."""
-    if not assembler.finished:
-        raise GenerationError("the model server ended the reply without finishing it")
-    pieces = assembler.flush()
+    pieces = assembler.end()
     if assembler.usage is not None:
         pieces.append(assembler.usage)
     return pieces

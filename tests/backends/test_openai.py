@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -17,12 +18,14 @@ from npc_server.backends.base import (
     ActionPiece,
     Piece,
     TextPiece,
+    ToolCallPiece,
     UsagePiece,
 )
 from npc_server.backends.openai import OpenAIBackend
-from npc_server.npcs import NpcConfig
+from npc_server.npcs import NpcConfig, ToolSpec
 
 from .openai_stub import (
+    Bytes,
     Chunk,
     Done,
     EndlessScenario,
@@ -43,9 +46,13 @@ from .openai_support import (
     REQUEST,
     SECRET,
     MakeBackend,
+    Reading,
     collect,
     text_of,
 )
+
+# Every test reads its turns both ways (see `Reading`).
+pytestmark = pytest.mark.usefixtures("reading")
 
 # Streaming and request shape
 
@@ -188,6 +195,76 @@ async def test_whole_tool_call_without_index_is_accepted(
     pieces, error = await collect(make_backend())
     assert error is None
     assert pieces == [TextPiece("Come in."), ActionPiece("open_shop", {})]
+
+
+PURSE_REQUEST = dataclasses.replace(
+    REQUEST, npc=dataclasses.replace(NPC, tools=(ToolSpec("check_purse", "The player's gold"),))
+)
+PURSE_CALL = {"index": 0, "id": "call_purse", "type": "function"}
+PURSE_CALL["function"] = {"name": "check_purse", "arguments": "{}"}
+
+
+def sse(*chunks: dict[str, Any]) -> bytes:
+    """A whole stream body: one event per chunk, then [DONE]."""
+    events = (b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+    return b"".join(events) + b"data: [DONE]\n\n"
+
+
+def delta(finish: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": fields, "finish_reason": finish}]}
+
+
+async def test_a_tool_call_holds_the_reply_until_answered_and_the_answer_goes_back(
+    stub: OpenAIStub, make_backend: MakeBackend
+) -> None:
+    """Text after a call, sent in the same write, is handed over only once the call is
+    answered; the answer goes back in a second request whose stream continues the turn."""
+    first = sse(
+        delta(content="Let me see. "),
+        delta(tool_calls=[PURSE_CALL]),
+        delta(content="Hm, "),  # completes the call
+        delta("stop"),
+        {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 5}},
+    )
+    stub.script(StreamScenario((Bytes(first),)), reply("seven gold."))
+    seen_at_call: list[list[Piece]] = []
+
+    def answer(call: ToolCallPiece, before: list[Piece]) -> None:
+        seen_at_call.append(before)
+        call.answer.status, call.answer.content = "answered", '{"gold":7}'
+
+    pieces, error = await collect(make_backend(npc=PURSE_REQUEST.npc), PURSE_REQUEST, answer)
+    assert error is None
+    assert seen_at_call == [[TextPiece("Let me see. ")]]
+    assert [p for p in pieces if not isinstance(p, ToolCallPiece)] == [
+        TextPiece("Let me see. "),
+        TextPiece("Hm, "),
+        TextPiece("seven gold."),
+        UsagePiece(24, 10),  # both requests
+    ]
+    assert [(p.name, p.call) for p in pieces if isinstance(p, ToolCallPiece)] == [
+        ("check_purse", "call_purse")
+    ]
+    assert isinstance(pieces[1], ToolCallPiece)
+    *_, assistant, tool = stub.requests[1].body["messages"]
+    assert assistant["content"] == "Let me see. Hm, "
+    assert tool == {"role": "tool", "tool_call_id": "call_purse", "content": '{"gold":7}'}
+
+
+async def test_a_tool_call_past_the_last_round_is_skipped(
+    stub: OpenAIStub, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three rounds of calls go back to the model; a fourth call is logged and dropped."""
+    calls = [reply(f"{n}. ", ToolCall("check_purse", ("{}",), id=f"c{n}")) for n in range(4)]
+    stub.script(*calls)
+    with caplog.at_level(logging.WARNING):
+        backend = make_backend(npc=PURSE_REQUEST.npc, include_usage=False)
+        pieces, error = await collect(backend, PURSE_REQUEST)
+    assert error is None
+    assert [p.call for p in pieces if isinstance(p, ToolCallPiece)] == ["c0", "c1", "c2"]
+    assert "".join(p.text for p in pieces if isinstance(p, TextPiece)) == "0. 1. 2. 3. "
+    assert len(stub.requests) == 4
+    assert "tool call past the last round; skipped" in caplog.text
 
 
 # Errors
@@ -336,7 +413,9 @@ async def test_hang_before_first_token_times_out(
 async def test_idle_hang_mid_stream_times_out(stub: OpenAIStub, make_backend: MakeBackend) -> None:
     """A pause longer than idle_timeout_s between tokens is a timeout; earlier text is kept."""
     stub.script(partial("Well", then=Hang()))
-    pieces, error = await collect(make_backend(idle_timeout_s=150 * MS))
+    # Bounded well below the first-token wait: the idle limit, not that one, must end it.
+    backend = make_backend(first_token_timeout_s=60.0, idle_timeout_s=150 * MS)
+    pieces, error = await asyncio.wait_for(collect(backend), 5.0)
     assert pieces == [TextPiece("Well")]
     assert error is not None
     assert (error.reason, error.message) == ("timeout", "the model server stalled for over 0.15 s")
@@ -348,7 +427,8 @@ async def test_reasoning_tokens_count_as_the_first_token(
 ) -> None:
     """Streamed reasoning ends the first-token wait; a later stall is an idle timeout."""
     stub.script(StreamScenario((Chunk({"role": "assistant", "reasoning_content": "Hm"}), Hang())))
-    _, error = await collect(make_backend(first_token_timeout_s=5.0, idle_timeout_s=100 * MS))
+    backend = make_backend(first_token_timeout_s=60.0, idle_timeout_s=100 * MS)
+    _, error = await asyncio.wait_for(collect(backend), 5.0)  # the idle limit ends it
     assert error is not None
     assert (error.reason, error.message) == ("timeout", "the model server stalled for over 0.1 s")
 
@@ -426,6 +506,10 @@ async def cancel_after_first_piece(backend: OpenAIBackend) -> float:
     first = asyncio.Event()
 
     async def consume() -> None:
+        if Reading.mode == "deliver":
+            async for _ in backend.deliver(REQUEST, lambda piece: first.set()):
+                pass
+            return
         async for _ in backend.generate(REQUEST):
             first.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -21,6 +22,9 @@ from .openai_stub import (
     reply,
 )
 from .openai_support import MS, MakeBackend, collect
+
+# Every test reads its turns both ways (see `Reading`).
+pytestmark = pytest.mark.usefixtures("reading")
 
 # A compact body with every framing a server may use: a comment, CRLF and lone
 # CR line ends, reasoning before content, a tool call split into fragments, a
@@ -144,7 +148,9 @@ async def test_a_stall_inside_an_event_is_an_idle_timeout(
     """Half an event then silence: the idle deadline fires, and the upstream is closed."""
     scenario = StreamScenario((*partial("Well", then=Bytes(b'data: {"choi')).steps, Hang()))
     stub.script(scenario)
-    pieces, error = await collect(make_backend(idle_timeout_s=100 * MS))
+    # Bounded well below the first-token wait: the idle limit, not that one, must end it.
+    backend = make_backend(first_token_timeout_s=60.0, idle_timeout_s=100 * MS)
+    pieces, error = await asyncio.wait_for(collect(backend), 5.0)
     assert pieces == [TextPiece("Well")]
     assert error is not None
     assert (error.reason, error.message) == ("timeout", "the model server stalled for over 0.1 s")
