@@ -137,17 +137,21 @@ def _over_budget(node: Node, key: str) -> ApiError:
 async def _context_everywhere(
     node: Node, key: str, npc: str | None, data: dict[str, Any]
 ) -> dict[str, Any]:
-    """Set here, in Redis (for nodes that come later) and on every live node; the answer
-    comes once each node has it (or did not answer in time: `partial`)."""
+    """Set in Redis (for nodes that come later), then here and on every live node, with
+    the version Redis gave it; the answer comes once each node has it (or did not
+    answer in time: `partial`). Without Redis, no node's copy changes (503)."""
     assert node.cluster is not None
     copies = node.cluster.trusted_copies
-    if not copies.set_nowait(key, npc, data):
+    if not copies.fits(key, npc, data):
         raise _over_budget(node, key)
     try:
-        await copies.save(key, npc, data)
+        version = await copies.save(key, npc, data)
     except Exception:
         raise _unreachable() from None
-    message = {"k": "api", "op": "context", "scope": key, "npc": npc, "data": data}
+    if not copies.set_nowait(key, npc, data, version):  # another copy grew meanwhile
+        raise _over_budget(node, key)
+    message: dict[str, Any] = {"k": "api", "op": "context", "scope": key, "npc": npc}
+    message |= {"data": data, "v": version}
     gathered = await _everywhere(node, message)
     return {"ok": True, "scope": key, "npc": npc, **gathered.partial()}
 
@@ -290,7 +294,10 @@ def _forwarded_context(node: Node, message: Mapping[str, Any]) -> dict[str, Any]
         raise ApiError(400, "invalid", "a forwarded context reached a node not in a cluster")
     copies = node.cluster.trusted_copies
     scope, npc, data = copies.check(message.get("scope"), message.get("npc"), message.get("data"))
-    if not copies.set_nowait(scope, npc, data):
+    version = message.get("v")  # None from a node of an earlier release
+    if version is not None and (type(version) is not int or version < 1):
+        raise ApiError(400, "invalid", "a forwarded context's version is not a positive integer")
+    if not copies.set_nowait(scope, npc, data, version):
         raise _over_budget(node, scope)
     return {"ok": True}
 

@@ -72,14 +72,18 @@ class TrustedContexts:
         self.max_scopes = max_scopes
         self._data: dict[str, dict[str, tuple[Mapping[str, Any], int]]] = {}
 
+    def fits(self, scope: str, npc: str | None, size: int) -> bool:
+        """Whether `size` bytes for `npc` would stay within the scope's budget."""
+        key = ALL_NPCS if npc is None else npc
+        scopes = self._data.get(scope, {})
+        return sum(n for k, (_, n) in scopes.items() if k != key) + size <= self.max_bytes_per_scope
+
     def set_nowait(self, scope: str, npc: str | None, data: Mapping[str, Any], size: int) -> bool:
         """Replace the trusted context of `scope` (`player:<id>` or `room:<id>`) for `npc`."""
+        if not self.fits(scope, npc, size):
+            return False
         scopes = self._data.pop(scope, {})
         key = ALL_NPCS if npc is None else npc
-        others = sum(n for k, (_, n) in scopes.items() if k != key)
-        if others + size > self.max_bytes_per_scope:
-            self._data[scope] = scopes
-            return False
         scopes[key] = (dict(data), size)
         self._data[scope] = scopes  # newest last: the oldest scope goes first
         while len(self._data) > self.max_scopes:

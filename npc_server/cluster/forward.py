@@ -125,12 +125,15 @@ class Forwarder:
 
     def statistics(self) -> dict[str, int]:
         """For /healthz: turns relayed from other nodes now, requests waiting on
-        other nodes, and messages from them that were dropped as malformed."""
+        other nodes, messages from them that were dropped as malformed, and trusted
+        contexts dropped as malformed (read from Redis) or not applied as older."""
         return {
             "relayed_turns": len(self.remote),
             "waiting": len(self._waiting),
             "rejected": self.rejected + self.late.rejected,
             "late_starts": self.late.asked,
+            "trusted_rejected": self.trusted_copies.rejected,
+            "trusted_stale": self.trusted_copies.stale,
         }
 
     # --- this node's requests ---------------------------------------------------

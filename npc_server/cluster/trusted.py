@@ -16,8 +16,15 @@ sends it with a forwarded say). So every node keeps its own copy current:
   session there ends (within `TrustedContexts.max_scopes`): a conversation of
   theirs may go on there.
 
-What a node reads from Redis is validated like a post; a copy that a newer post
-replaced on this node while the read was under way is not applied.
+Every post gets a version from Redis (`SAVE_SCRIPT`: Redis's clock in µs, kept
+rising by `npc:trusted-clock`), written beside the copy in `npc:trusted-v:<scope>`
+(the same fields, to versions) by the script that writes the copy, and each copy
+carries it: a node applies a copy only if it is newer than the one it has, so two
+posts to two nodes at once, or a copy delayed on its way, leave every node with the
+later one. The posting node sets its own copy only once Redis has it: a post that
+Redis did not take (503) changes no node. What a node reads from Redis is validated
+like a post; a copy without a version (written by an earlier release) is applied
+only where no versioned copy is known.
 """
 
 from __future__ import annotations
@@ -45,8 +52,32 @@ ROOMS_KEY = f"{PREFIX}trusted:rooms"
 MAX_ROOMS_LOADED = 10_000  # as many scopes as one node keeps (`TrustedContexts.max_scopes`)
 
 
+CLOCK_KEY = f"{PREFIX}trusted-clock"
+# A version is Redis's clock in microseconds, never below the last one it gave: later
+# posts get higher versions, also after Redis restarts empty (its clock went on).
+SAVE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local version = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0') + 1)
+redis.call('SET', KEYS[3], string.format('%d', version))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', version))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+return string.format('%d', version)
+"""
+
+
 def trusted_key(scope: str) -> str:
     return f"{PREFIX}trusted:{scope}"
+
+
+def versions_key(scope: str) -> str:
+    return f"{PREFIX}trusted-v:{scope}"
 
 
 def scope_audience(scope: str) -> dict[str, str]:
@@ -55,15 +86,21 @@ def scope_audience(scope: str) -> dict[str, str]:
     return {kind: name} if kind in ("player", "room") and name else {}
 
 
+def _field(npc: str | None) -> str:
+    return ALL_NPCS if npc is None else npc
+
+
 class TrustedCopies:
     """This node's part in keeping every node's trusted contexts current."""
 
     def __init__(self, node: Node, client: Any) -> None:
         self.node = node
         self.client = client
-        self._versions: dict[str, int] = {}  # scope -> sets here; a read checks it did not move
+        # scope -> field -> version of the copy this node has (0: one without a version)
+        self._known: dict[str, dict[str, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.rejected = 0
+        self.stale = 0  # copies older than the one this node had: not applied
         self._unsubscribe = node.events.subscribe(self._on_event)
 
     async def start(self) -> None:
@@ -86,53 +123,77 @@ class TrustedCopies:
         self._unsubscribe()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def set_nowait(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> bool:
-        """Set on this node (False: over the scope's byte budget)."""
-        self._versions[scope] = self._versions.get(scope, 0) + 1
-        if len(self._versions) > 2 * self.node.contexts.trusted.max_scopes:
-            del self._versions[next(iter(self._versions))]
-        size = len(msgpack.packb(data))
-        return self.node.contexts.trusted.set_nowait(scope, npc, data, size)
+    def fits(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> bool:
+        """Whether this node could take the copy (within the scope's byte budget)."""
+        return self.node.contexts.trusted.fits(scope, npc, len(msgpack.packb(data)))
 
-    async def save(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> None:
-        """Write the copy in Redis; raises if Redis does not answer."""
-        key = trusted_key(scope)
+    def set_nowait(
+        self, scope: str, npc: str | None, data: Mapping[str, Any], version: int | None
+    ) -> bool:
+        """Set on this node unless it has a newer copy (False: over the scope's budget).
+
+        `version` None: a copy from a node of an earlier release, which sends none."""
+        return self._set(scope, npc, data, len(msgpack.packb(data)), version)
+
+    async def save(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> int:
+        """Write the copy and its version in Redis; the version. Raises if Redis does not answer."""
+        room = scope.removeprefix("room:") if scope.startswith("room:") else ""
+        keys = (trusted_key(scope), versions_key(scope), CLOCK_KEY, ROOMS_KEY)
         ttl = int(TRUSTED_TTL * 1000)
         async with asyncio.timeout(TIMEOUT):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hset(key, ALL_NPCS if npc is None else npc, msgpack.packb(data))
-            pipe.pexpire(key, ttl)
-            if scope.startswith("room:"):
-                pipe.sadd(ROOMS_KEY, scope.removeprefix("room:"))
-                pipe.pexpire(ROOMS_KEY, ttl)
-            await pipe.execute()
+            version = await self.client.eval(
+                SAVE_SCRIPT, len(keys), *keys, _field(npc), msgpack.packb(data), ttl, room
+            )
+        return int(version)
 
     async def load(self, scope: str) -> bool:
-        """Set this node's copy of `scope` from Redis (unless a post set it meanwhile);
+        """Set this node's copy of `scope` from Redis (what is newer than its own);
         whether Redis has one (True if it cannot say)."""
-        before = self._versions.get(scope, 0)
         try:
             async with asyncio.timeout(TIMEOUT):
-                fields = await self.client.hgetall(trusted_key(scope))
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hgetall(trusted_key(scope))
+                pipe.hgetall(versions_key(scope))
+                fields, versions = await pipe.execute()
         except Exception as exc:
             log.warning("the trusted context of %s was not read: %s", scope, exc)
             return True
-        if not isinstance(fields, dict) or self._versions.get(scope, 0) != before:
+        if not isinstance(fields, dict):
             return True
+        if not isinstance(versions, dict):
+            versions = {}
         for raw_npc, raw in fields.items():
-            self._apply(scope, raw_npc, raw)
+            self._apply(scope, raw_npc, raw, versions.get(raw_npc))
         return bool(fields)
 
-    def _apply(self, scope: str, raw_npc: Any, raw: Any) -> None:
+    def _set(
+        self, scope: str, npc: str | None, data: Mapping[str, Any], size: int, version: int | None
+    ) -> bool:
+        known = self._known.pop(scope, {})
+        self._known[scope] = known  # newest last, as the contexts themselves
+        field = _field(npc)
+        if version is not None:
+            if version < known.get(field, 0) or (version == 0 and field in known):
+                self.stale += 1
+                return True
+            known[field] = version
+        if len(self._known) > 2 * self.node.contexts.trusted.max_scopes:
+            del self._known[next(iter(self._known))]
+        return self.node.contexts.trusted.set_nowait(scope, npc, data, size)
+
+    def _apply(self, scope: str, raw_npc: Any, raw: Any, raw_version: Any) -> None:
         try:
             npc = raw_npc.decode() if isinstance(raw_npc, bytes) else None
             data = msgpack.unpackb(raw) if isinstance(raw, bytes) else None
             scope, npc, data = self.check(scope, None if npc == ALL_NPCS else npc, data)
+            version = 0 if raw_version is None else int(raw_version)
+            if version < 0:
+                raise ValueError(f"a version of {version}")
         except (ApiError, ValueError, TypeError, msgpack.UnpackException) as exc:
             self.rejected += 1
             log.warning("dropped a trusted context of %s in Redis: %s", scope, exc)
             return
-        if not self.node.contexts.trusted.set_nowait(scope, npc, data, len(raw)):
+        if not self._set(scope, npc, data, len(raw), version):
             log.warning("the trusted context of %s in Redis is over the budget here", scope)
 
     def check(self, scope: Any, npc: Any, data: Any) -> tuple[str, str | None, dict[str, Any]]:

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
+import pytest
 import redis.asyncio as aioredis
 
+from npc_server.api import _context_everywhere
+from npc_server.api_schema import ApiError
 from npc_server.brokers import wire
 from npc_server.brokers.redis import RedisBroker
 from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
@@ -75,6 +78,9 @@ FORGED: list[tuple[dict[str, Any], int]] = [
     ({"op": "context", "scope": "guild:alice", "data": {"time": "night"}}, 400),
     ({"op": "context", "scope": "player:alice", "data": [1]}, 400),
     ({"op": "context", "scope": "player:alice", "data": {"x": "y" * 70_000}}, 413),
+    ({"op": "context", "scope": "player:alice", "data": {}, "v": "2"}, 400),
+    ({"op": "context", "scope": "player:alice", "data": {}, "v": 0}, 400),
+    ({"op": "context", "scope": "player:alice", "data": {}, "v": True}, 400),
     ({"op": "say", "npc": "merchant", "audience": 3, "text": "hi"}, 400),
     ({"op": "say", "npc": "merchant", "audience": "guild:alice", "text": "hi"}, 400),
     ({"op": "drop-everything"}, 400),
@@ -154,6 +160,64 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
         assert await client.smembers("npc:trusted:rooms") == {b"inn"}  # "gone" has no copy
     finally:
         await client.aclose()
+
+
+async def test_a_copy_older_than_the_nodes_is_not_applied(redis: RedisServer) -> None:
+    """Copies carry their version: one sent or read later but older than the node's
+    (two posts to two nodes at once, a delayed message) leaves the newer one; a copy
+    from a node of an earlier release (no version) is applied."""
+    async with started(redis, "x") as (x,), forger(redis) as (client, pubsub):
+        copies = cluster(x).trusted_copies
+        post: dict[str, Any] = {"k": "api", "op": "context", "scope": "player:alice"}
+
+        async def send(number: int, data: dict[str, Any], **version: int) -> None:
+            message = {**post, "data": data, "ask": number, **version}
+            assert (await answer_to(client, pubsub, number, message))["result"] == {"ok": True}
+
+        def alices() -> dict[str, Any]:
+            return x.contexts.trusted.for_npc("alice", None, "merchant")
+
+        newest = 10**17  # above any version Redis's clock gives
+        await send(1, {"time": "night"}, v=newest)
+        await send(2, {"time": "day"}, v=newest - 1)
+        assert alices() == {"time": "night"} and copies.stale == 1
+        await client.hset("npc:trusted:player:alice", "*", msgpack.packb({"time": "noon"}))
+        await client.hset("npc:trusted-v:player:alice", "*", str(newest - 5))
+        await copies.load("player:alice")
+        assert alices() == {"time": "night"} and copies.stale == 2
+        await send(3, {"time": "dawn"})
+        assert alices() == {"time": "dawn"}
+        assert cluster(x).statistics()["trusted_stale"] == 2  # /healthz routing
+
+
+async def test_versions_rise_also_after_redis_restarts_empty(redis: RedisServer) -> None:
+    """Each save gets a higher version than the last, also once Redis lost every key."""
+    async with started(redis, "x") as (x,):
+        copies = cluster(x).trusted_copies
+        first = await copies.save("player:alice", None, {"time": "night"})
+        second = await copies.save("room:inn", "merchant", {"weather": "rain"})
+        client = aioredis.from_url(redis.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+        third = await copies.save("player:alice", None, {"time": "day"})
+        assert 0 < first < second < third
+
+
+async def test_a_post_redis_does_not_take_changes_no_copy(redis: RedisServer) -> None:
+    """`POST /api/context` in a cluster (`api._context_everywhere`) without Redis: 503
+    `unavailable`, and the node's copy is the one it had."""
+    async with started(redis, "x") as (x,):
+        await _context_everywhere(x, "player:alice", None, {"time": "night"})
+        redis.stop()
+        try:
+            with pytest.raises(ApiError) as refused:
+                await _context_everywhere(x, "player:alice", None, {"time": "day"})
+            assert (refused.value.status, refused.value.code) == (503, "unavailable")
+            assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
+        finally:
+            redis.start()
 
 
 def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
