@@ -266,7 +266,15 @@ async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:
 
 
 async def _park_sessions(node: Node) -> None:
-    # Sessions still held when this node exits wait in Redis for their resume elsewhere.
+    # Sessions still held when this node exits go to live nodes, which go on receiving
+    # their frames; what none took waits in Redis for its resume elsewhere.
+    try:
+        taken = await node.handover.hand_over_all()
+    except Exception as exc:
+        log.warning("could not hand the sessions still held to other nodes: %s", exc)
+        taken = 0
+    if taken:
+        log.info("handed %d sessions to other nodes", taken)
     try:
         async with asyncio.timeout(CLOSE_WAIT):
             parked = await node.handover.park_all()

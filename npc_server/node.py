@@ -135,6 +135,7 @@ class Node:
 
     async def aclose(self) -> None:
         """After the conversations closed (their memory saves are written): disconnect."""
+        await self.handover.aclose()
         if self.cluster is not None:
             await self.cluster.aclose()
         await self.memories.aclose()

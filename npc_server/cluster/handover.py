@@ -22,11 +22,20 @@ The new node (B) and the node holding the session (X) talk through the broker:
 
 No answer within `TIMEOUT`, a refusal or a state that does not validate: a new
 session and a snapshot, as before.
+
+A node that drains hands the sessions it still holds (their players away) to
+live nodes before it exits (`hand_over_all`): it sends each live node a
+`handover.adopt` naming some of them, and that node takes each as a resume
+would (steps 1-5, its stand-in subscribed before it asks), so the session goes
+on receiving what is published for it, and the player's resume, anywhere,
+finds it held. What no node took within `ADOPT_WAIT` is parked in Redis
+(`park_all`), where frames published meanwhile have no subscriber.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -41,6 +50,7 @@ from npc_server.cluster.handover_state import (
     BadState,
     SessionExport,
     StandIn,
+    check_adopted,
     check_rooms,
     decode_state,
     encode_state,
@@ -58,6 +68,10 @@ log = logging.getLogger(__name__)
 
 # The bound on a handover: past it, the player gets a new session and a snapshot.
 TIMEOUT = 1.5
+# How long a draining node waits for live nodes to take its sessions (each takes
+# its share at once, every handover bounded by TIMEOUT), and how many one message names.
+ADOPT_WAIT = 4 * TIMEOUT
+ADOPT_BATCH = 100
 PREFIX = "npc:"
 PARKED = "npc:handover:"
 MAX_OFFERS = 1024
@@ -71,6 +85,7 @@ class HandoverStatistics:
     timeouts: int = 0  # ... because no node answered in time
     handed: int = 0  # sessions this node handed to another
     parked: int = 0  # sessions written to Redis when this node drained
+    adopted: int = 0  # sessions a draining node handed here with no socket on them
     rejected: int = 0  # messages or parked states from another node that did not validate
 
 
@@ -107,7 +122,11 @@ class SessionHandover:
         self._pending: dict[str, _Pending] = {}
         self._offers: dict[str, _Offer] = {}
         self._resuming: list[_Pending] = []
+        self._adopting: set[str] = set()  # sessions offered to live nodes as this one drains
+        self._all_adopted = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         for kind, handler in (
+            ("handover.adopt", self._on_adopt),
             ("handover.ask", self._on_ask),
             ("handover.offer", self._on_offer),
             ("handover.take", self._on_take),
@@ -351,6 +370,10 @@ class SessionHandover:
         self.node.end_session(session, CloseCode.REPLACED, quiet=True)
         self.broker.send_nowait(origin, answer)
         self.stats.handed += 1
+        if session.id in self._adopting:
+            self._adopting.discard(session.id)
+            if not self._adopting:
+                self._all_adopted.set()
 
     def _export(self, request: str, session: Session, after: int) -> dict[str, Any] | None:
         """The state message, or None (the session keeps its queue) if it cannot go."""
@@ -366,6 +389,72 @@ class SessionHandover:
             for frame in state.queued:
                 session.push_nowait(frame)
         return message
+
+    # --- draining: hand what is still held to live nodes, park the rest -------
+
+    async def hand_over_all(self) -> int:
+        """Have live nodes take the sessions still held here (see the module docstring);
+        how many they took within `ADOPT_WAIT`."""
+        cluster = self.node.cluster
+        sessions = [s for s in self.node.hub.all_sessions() if self._park_message_ok(s)]
+        if cluster is None or not sessions or not self.broker.available:
+            return 0
+        try:
+            others = [n for n in await cluster.directory.live() if n != cluster.node_id]
+        except Exception as exc:
+            log.warning("no live node found to take the sessions: %s", exc)
+            return 0
+        if not others:
+            return 0
+        self._adopting = {s.id for s in sessions}
+        self._all_adopted.clear()
+        for start in range(0, len(sessions), ADOPT_BATCH):
+            batch = sessions[start : start + ADOPT_BATCH]
+            entries = [[s.id, s.player, s.last_seq - len(s.replay)] for s in batch]
+            target = others[(start // ADOPT_BATCH) % len(others)]
+            self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ADOPT_WAIT):
+                await self._all_adopted.wait()
+        taken = len(sessions) - len(self._adopting)
+        self._adopting = set()
+        return taken
+
+    def _on_adopt(self, origin: str, message: dict[str, Any]) -> None:
+        if self.node.draining:
+            return  # it drains too: the other node parks what it does not hand over
+        entries = message.get("sessions")
+        try:
+            adopted = check_adopted(entries)
+        except BadState as exc:
+            self._reject(f"an adopt from node {origin}", exc)
+            return
+        for session_id, player, seq in adopted:
+            task = asyncio.get_running_loop().create_task(self._adopt(player, session_id, seq))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, player: str, session_id: str, seq: int) -> None:
+        """Take a session a draining node holds, as a resume with no socket would."""
+        try:
+            installed = await self.resume(player, Resume(session_id, seq))
+        except Exception as exc:  # the resume's own failures fall back; this is a fault
+            log.warning("session %s was not taken over: %s", session_id, exc)
+            return
+        if installed is not None:
+            self.stats.adopted += 1
+
+    async def aclose(self) -> None:
+        """Stop the adoptions under way (their sessions stay with the draining node)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _park_message_ok(self, session: Session) -> bool:
+        left = self.node.config.limits.resume_window
+        if session.detached_at is not None:
+            left -= self.node.clock() - session.detached_at
+        return session.state is not SessionState.EXPIRED and session.owner is None and left > 0
 
     # --- draining: leave what is still held in Redis -------------------------
 

@@ -198,6 +198,20 @@ def _queued(value: Any) -> list[ServerFrame]:
     return frames
 
 
+def check_adopted(value: Any) -> list[tuple[str, str, int]]:
+    """The sessions a draining node asks this one to take: `[session, player, seq]`s."""
+    adopted: list[tuple[str, str, int]] = []
+    for entry in _list(value, "sessions", 1000):
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise BadState(f"{entry!r} is not [session, player, seq]")
+        session, player, seq = entry
+        for name, what in ((session, "session"), (player, "player")):
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_ID:
+                raise BadState(f"{what} {name!r} is not an id")
+        adopted.append((session, player, _int(seq, "seq")))
+    return adopted
+
+
 def check_rooms(value: Any) -> list[str]:
     """Room names from another node, checked as a client's `join` is."""
     rooms = _list(value, "rooms", 256)

@@ -199,21 +199,61 @@ async def test_a_turn_longer_than_the_drain_ends_with_turn_end_on_the_new_node(
 
 
 async def test_a_session_a_node_held_when_it_drained_resumes_from_redis(tmp_path: Path) -> None:
-    """Away while A drains and exits: alice resumes on B from the state A left in Redis."""
-    with cluster(tmp_path, 2) as (_, (a, b)):
+    """Away while A, the only node, drains and exits (no node to hand it to): alice
+    resumes on B, started later, from the state A left in Redis."""
+    with cluster(tmp_path, 1) as (redis, (a,)):
         async with connect(a.url) as first:
             await first.hello(a.token("alice"))
             await first.send({"t": "say", "id": 1, "npc": "guard", "text": "hello"})
             await first.recv_until(lambda f: f["t"] == "turn.start")
             drop(first)
         assert await asyncio.to_thread(a.terminate, signal.SIGTERM, 30.0) == 0
+        b = start_server_process(env={"NPC_SERVER_CONFIG": str(write_config(tmp_path, redis))})
+        try:
+            await resume_parked(b, first)
+        finally:
+            b.kill()
+        assert any("parked 1 sessions" in line for line in a.output)
+
+
+async def resume_parked(b: ServerProcess, first: RawClient) -> None:
+    async with connect(b.url) as second:
+        welcome = await second.hello(b.token("alice"), resume=resume_of(first))
+        assert welcome["resumed"] is True and welcome["session"] == first.session
+        frames = await second.recv_until(lambda f: f["t"] == "turn.end")
+        turn = frames[-1]["turn"]
+        assert len(turn_text(first.received + frames, turn)) == frames[-1]["chars"]
+
+
+async def test_a_drained_node_hands_an_away_session_to_a_live_node_which_keeps_its_frames(
+    tmp_path: Path,
+) -> None:
+    """Away while A drains: A hands alice's session to B, so what bob says in their room
+    after A exited is in alice's replay when she resumes (parked, it had no subscriber)."""
+    with cluster(tmp_path, 2) as (_, (a, b)):
+        async with connect(a.url) as first, connect(b.url) as bob:
+            await first.hello(a.token("alice"))
+            await bob.hello(b.token("bob"))
+            await join(first, "inn")
+            await join(bob, "inn")
+            await first.recv_until(lambda f: f["t"] == "presence" and f["player"] == "bob")
+            drop(first)
+            assert await asyncio.to_thread(a.terminate, signal.SIGTERM, 30.0) == 0
+            assert (await health(b))["cluster"]["handover"]["adopted"] == 1
+            await bob.send(
+                {"t": "say", "id": 2, "npc": "questgiver", "text": "any quests?", "room": "inn"}
+            )
+            await bob.recv_until(lambda f: f["t"] == "turn.end")
         async with connect(b.url) as second:
             welcome = await second.hello(b.token("alice"), resume=resume_of(first))
             assert welcome["resumed"] is True and welcome["session"] == first.session
             frames = await second.recv_until(lambda f: f["t"] == "turn.end")
-            turn = frames[-1]["turn"]
-            assert len(turn_text(first.received + frames, turn)) == frames[-1]["chars"]
-        assert any("parked 1 sessions" in line for line in a.output)
+        said = [f for f in frames if f["t"] == "said"]
+        assert [(f["player"], f["text"]) for f in said] == [("bob", "any quests?")]
+        seqs = [f["seq"] for f in frames if "seq" in f]
+        assert seqs == list(range(first.last_seq + 1, first.last_seq + 1 + len(seqs)))
+        assert any("handed 1 sessions to other nodes" in line for line in a.output)
+        assert not any("parked" in line for line in a.output)
 
 
 async def test_the_socket_cap_refuses_across_nodes(tmp_path: Path) -> None:

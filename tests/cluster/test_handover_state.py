@@ -13,6 +13,7 @@ from npc_server.cluster.handover_state import (
     MAX_STATE_BYTES,
     BadState,
     StandIn,
+    check_adopted,
     decode_state,
     encode_state,
     export_state,
@@ -275,3 +276,24 @@ def test_quiet_joins_and_leaves_publish_no_presence() -> None:
     node.hub.leave("hall", "alice", quiet=True)
     assert broker.frames == [] and node.hub.rooms_of("alice") == {"inn"}
     assert broker.subscriber_count(room_channel("hall")) == 0
+
+
+def test_the_sessions_a_draining_node_names_are_checked_like_input() -> None:
+    """`handover.adopt` names `[session, player, seq]`s: anything else is refused whole."""
+    assert check_adopted([["s-a-1", "alice", 3], ["s-a-2", "bob", 0]]) == [
+        ("s-a-1", "alice", 3),
+        ("s-a-2", "bob", 0),
+    ]
+    for bad in (
+        None,
+        "s-a-1",
+        [["s-a-1", "alice"]],
+        [["s-a-1", "alice", -1]],
+        [["s-a-1", "alice", True]],
+        [["", "alice", 1]],
+        [["s-a-1", "x" * 201, 1]],
+        [[7, "alice", 1]],
+        [["s-a-1", "alice", 1]] * 1001,
+    ):
+        with pytest.raises(BadState):
+            check_adopted(bad)
