@@ -342,7 +342,8 @@ async def _interrupt() -> Response:
 
 async def _kick() -> Response:
     """POST /api/kick {player}: close every socket of the player with 4508 (in a
-    cluster: on every node, counted together)."""
+    cluster: on every node, and the sessions a drained node parked in Redis, counted
+    together)."""
     node = _node()
     body = await _body()
     player = body.player("player")
@@ -351,7 +352,12 @@ async def _kick() -> Response:
     if node.cluster is None:
         return _json({"player": player, **here})
     gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
-    counts = [here, *(c for _, c in valid(gathered, kick_counts))]
+    try:  # sessions a drained node left in Redis would resume without it
+        parked = await node.handover.forget_parked(player)
+    except Exception:
+        raise _unreachable() from None
+    counts = [here, {"sessions": parked, "sockets": 0}]
+    counts += [c for _, c in valid(gathered, kick_counts)]
     sessions = sum(c["sessions"] for c in counts)
     sockets = sum(c["sockets"] for c in counts)
     return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})

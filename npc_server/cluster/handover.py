@@ -74,6 +74,7 @@ ADOPT_WAIT = 4 * TIMEOUT
 ADOPT_BATCH = 100
 PREFIX = "npc:"
 PARKED = "npc:handover:"
+PARKED_OF = "npc:parked:"  # + player: the ids of the player's parked sessions
 MAX_OFFERS = 1024
 
 
@@ -471,11 +472,30 @@ class SessionHandover:
             message = self._park_message(session)
             if message is not None and left > 0:
                 pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
+                # A kick finds them here (the window is the longest a parked state lasts).
+                pipe.sadd(PARKED_OF + session.player, session.id)
+                pipe.pexpire(PARKED_OF + session.player, int(window * 1000))
                 parked += 1
         if parked:
             await pipe.execute()
         self.stats.parked += parked
         return parked
+
+    async def forget_parked(self, player: str) -> int:
+        """Drop the player's parked sessions (a kick): how many there were. Raises if
+        Redis does not answer."""
+        client = self._client()
+        if client is None:
+            return 0
+        async with asyncio.timeout(TIMEOUT):
+            ids = await client.smembers(PARKED_OF + player)
+            keys = [PARKED + i.decode(errors="replace") for i in ids if isinstance(i, bytes)]
+            pipe = client.pipeline(transaction=True)
+            for key in keys:
+                pipe.delete(key)
+            pipe.delete(PARKED_OF + player)
+            dropped = await pipe.execute()
+        return sum(1 for n in dropped[: len(keys)] if n)
 
     def _park_message(self, session: Session) -> dict[str, Any] | None:
         if session.state is SessionState.EXPIRED:

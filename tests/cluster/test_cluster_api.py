@@ -3,6 +3,8 @@ npc-server processes on loopback, WebSocket clients, the API over HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
 import httpx
@@ -69,6 +71,35 @@ async def test_a_kick_sent_to_one_node_closes_sockets_on_every_node(tmp_path: Pa
                 assert alice["sessions"] == [] and alice["online"] is False
         finally:
             a.kill()
+            b.kill()
+
+
+async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -> None:
+    """Alice is away when A, the only node, drains and parks her session in Redis; a kick
+    sent to B, started after, counts it and drops it: her resume gets a new session."""
+    with redis_server() as redis:
+        config = cluster_config(tmp_path, redis)
+        a = api_node(config)
+        try:
+            async with connect(a.url) as first:
+                await first.hello(a.token("alice"))
+                await join(first, "inn")
+                drop(first)
+            assert await asyncio.to_thread(a.terminate, signal.SIGTERM, 30.0) == 0
+            assert any("parked 1 sessions" in line for line in a.output)
+        finally:
+            a.kill()
+        b = api_node(config)
+        try:
+            async with httpx.AsyncClient(base_url=b.http_url) as game:
+                answer = await game.post("/api/kick", json={"player": "alice"}, headers=AUTH)
+                assert answer.json() == {"player": "alice", "sessions": 1, "sockets": 0}
+                again = await game.post("/api/kick", json={"player": "alice"}, headers=AUTH)
+                assert again.json()["sessions"] == 0
+            async with connect(b.url) as second:
+                welcome = await second.hello(b.token("alice"), resume=resume_of(first))
+                assert welcome["resumed"] is False and welcome["session"] != first.session
+        finally:
             b.kill()
 
 
