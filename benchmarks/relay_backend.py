@@ -1,6 +1,7 @@
 """CPU per streamed piece of the `openai` backend alone, under relay-like load, in-process.
 
     python -m benchmarks.relay_backend [--turns 50] [--seconds 8] [--rate 20] [--uvloop]
+        [--deliver]
 
 The paced fake model server (benchmarks/fake_openai.py: 50 ms to the first
 token, then `--rate` pieces a second, 20 a reply) runs in a child process on
@@ -9,7 +10,9 @@ streaming one turn after another through one `OpenAIBackend` (as players
 saying again at each turn end). After a warm-up it counts pieces and this
 process's CPU time (`time.process_time`) for `--seconds`: CPU per piece and
 per turn is what the backend (request, reads, decoding) costs, without the
-server's socket path. `other_cpu_pct` is what other processes (neither this
+server's socket path. `--deliver` reads each turn as the server does (pieces
+handed over in the connection's callbacks), else through `generate()` (a task
+step per piece). `other_cpu_pct` is what other processes (neither this
 one nor the fake server) used meanwhile, in % of one core. Run it against
 another checkout with PYTHONPATH to compare before and after in the same
 session.
@@ -30,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from npc_server.backends.base import GenerationRequest, TextPiece
+from npc_server.backends.base import GenerationRequest, Piece, TextPiece
 from npc_server.backends.openai import OpenAIBackend
 from npc_server.npcs import NpcConfig
 
@@ -48,13 +51,23 @@ class Counter:
         self.errors = 0
 
 
-async def player(backend: OpenAIBackend, counter: Counter, stop: asyncio.Event) -> None:
+async def player(
+    backend: OpenAIBackend, counter: Counter, stop: asyncio.Event, deliver: bool
+) -> None:
     """One turn after another until `stop`."""
+
+    def take(piece: Piece) -> None:
+        if isinstance(piece, TextPiece):
+            counter.pieces += 1
+
     while not stop.is_set():
         try:
-            async for piece in backend.generate(REQUEST):
-                if isinstance(piece, TextPiece):
-                    counter.pieces += 1
+            if deliver:
+                async for _ in backend.deliver(REQUEST, take):
+                    pass
+            else:
+                async for piece in backend.generate(REQUEST):
+                    take(piece)
             counter.turns += 1
         except Exception:
             counter.errors += 1
@@ -75,11 +88,13 @@ def tree_cpu_s(model_pid: int) -> float:
     return total
 
 
-async def measure(base_url: str, turns: int, seconds: float, model_pid: int) -> dict[str, Any]:
+async def measure(
+    base_url: str, turns: int, seconds: float, model_pid: int, deliver: bool
+) -> dict[str, Any]:
     """Run `turns` players; CPU per piece and per turn over `seconds` after a warm-up."""
     backend = OpenAIBackend(NPC, {"base_url": base_url, "model": "bench"})
     counter, stop = Counter(), asyncio.Event()
-    tasks = [asyncio.create_task(player(backend, counter, stop)) for _ in range(turns)]
+    tasks = [asyncio.create_task(player(backend, counter, stop, deliver)) for _ in range(turns)]
     await asyncio.sleep(WARMUP_S)
     counter.pieces = counter.turns = counter.errors = 0
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -122,13 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as the server does")
+    parser.add_argument(
+        "--deliver", action="store_true", help="read as the server does (deliver, not generate)"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {1})
     child, base_url = start_model(args.rate)
     try:
         work: Coroutine[Any, Any, dict[str, Any]] = measure(
-            base_url, args.turns, args.seconds, child.pid
+            base_url, args.turns, args.seconds, child.pid, args.deliver
         )
         if args.uvloop:
             import uvloop
@@ -140,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         child.terminate()
         child.wait(10)
     result["loop"] = "uvloop" if args.uvloop else "asyncio"
+    result["read"] = "deliver" if args.deliver else "generate"
     print(json.dumps(result), flush=True)
     return 0
 
