@@ -143,6 +143,9 @@ class Session:
         # When held deltas may go (None: nothing is held back).
         self.held_until: float | None = None
         self._next_delta_at = 0.0
+        # Frames for the session may have been lost before this seq (Redis was away):
+        # a resume from an earlier seq would replay across the hole (`mark_hole`).
+        self.holed_at = 0
 
     def attach(
         self, owner: object, on_ready: Callable[[], None], on_close: Callable[[CloseCode], None]
@@ -266,7 +269,19 @@ class Session:
 
     def replay_after(self, seq: int) -> list[bytes] | None:
         """Frames the client missed after `seq`, or None if that gap can't be filled."""
+        if seq < self.holed_at:
+            return None
         return self.replay.after(seq, self.last_seq)
+
+    def mark_hole(self) -> None:
+        """Frames meant for this session may be lost from here on (Redis is or was away).
+
+        A client that has not received every frame written or queued so far would
+        resume across the hole: it gets a new session and a snapshot instead. A
+        detached session's hole is in its queue, so no resume of it is served.
+        """
+        hole = self.last_seq + len(self.queue) + (self.state is not SessionState.ATTACHED)
+        self.holed_at = max(self.holed_at, hole)
 
     # --- handover to another node (npc_server/cluster/handover.py) ----------
 

@@ -61,6 +61,25 @@ def test_replay_after_returns_missed_frames_in_order() -> None:
     assert session.replay_after(5) == []
 
 
+def test_a_resume_across_a_hole_is_not_served() -> None:
+    """After `mark_hole` (frames for the session may be lost), a resume from before what
+    was written or queued then is refused; from after it, served. Detached, none is."""
+    session, _ = attached()
+    for i in range(5):
+        session.push_nowait(Ack(i))
+        session.next_write_nowait()
+    session.push_nowait(Ack(5))  # queued, written later as seq 6
+    session.mark_hole()
+    session.next_write_nowait()
+    assert session.replay_after(5) is None  # it lacked what was queued when the hole began
+    assert session.replay_after(6) == []
+    session.detach(now=1.0)
+    session.push_nowait(Ack(6))
+    session.mark_hole()  # away: the hole is in its queue
+    assert session.replay_after(6) is None
+    assert session.holed_at == 8
+
+
 def test_replay_gap_or_future_seq_is_none() -> None:
     """A seq older than the window, or ahead of the server, cannot resume."""
     buffer = ReplayBuffer(max_frames=3, max_bytes=10_000)

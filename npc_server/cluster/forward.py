@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -421,6 +421,21 @@ class Forwarder:
             self._rejected(exc)
             return
         self.remote.end_on(origin, channel, upto)
+        if channel.startswith("room:"):  # its talk too: the members here missed some
+            self._mark_holes(self.node.hub.members(channel.removeprefix("room:")))
+
+    def _mark_holes(self, players: Iterable[str] | None = None) -> None:
+        """Sessions in rooms (of `players`, or all) may miss what other nodes publish:
+        a resume that would replay across that gets a new session and a snapshot."""
+        hub = self.node.hub
+        sessions = (
+            hub.all_sessions()
+            if players is None
+            else [s for player in players for s in hub.sessions_of(player)]
+        )
+        for session in sessions:
+            if hub.rooms_of(session.player):
+                session.mark_hole()
 
     def _rejected(self, exc: BadMessage) -> None:
         self.rejected += 1
@@ -429,6 +444,8 @@ class Forwarder:
     # --- watching the nodes whose turns this node relays ----------------------------
 
     def _link_changed(self, connected: bool) -> None:
+        # Room talk from other nodes may be lost while the link is down (turns end).
+        self._mark_holes()
         if not connected:  # frames of every remote turn may be lost from now on
             self.remote.end_all()
             return

@@ -411,7 +411,7 @@ class SessionHandover:
         self._all_adopted.clear()
         for start in range(0, len(sessions), ADOPT_BATCH):
             batch = sessions[start : start + ADOPT_BATCH]
-            entries = [[s.id, s.player, s.last_seq - len(s.replay)] for s in batch]
+            entries = [[s.id, s.player, _window_start(s)] for s in batch]
             target = others[(start // ADOPT_BATCH) % len(others)]
             self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
         with contextlib.suppress(TimeoutError):
@@ -455,6 +455,8 @@ class SessionHandover:
         left = self.node.config.limits.resume_window
         if session.detached_at is not None:
             left -= self.node.clock() - session.detached_at
+        if session.holed_at > session.last_seq:  # frames may be lost from its queue on
+            return False
         return session.state is not SessionState.EXPIRED and session.owner is None and left > 0
 
     # --- draining: leave what is still held in Redis -------------------------
@@ -500,8 +502,12 @@ class SessionHandover:
     def _park_message(self, session: Session) -> dict[str, Any] | None:
         if session.state is SessionState.EXPIRED:
             return None
-        first = session.last_seq - len(session.replay)
-        return self._export("parked", session, first)
+        return self._export("parked", session, _window_start(session))
+
+
+def _window_start(session: Session) -> int:
+    """The seq after which a resume may start: the replay window, not across a hole."""
+    return max(session.last_seq - len(session.replay), session.holed_at)
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:

@@ -22,7 +22,7 @@ from npc_server.memories import codec
 from npc_server.memories.base import Lines
 from npc_server.memories.redis import memory_key
 from tests.cluster.test_cluster import join, wait_for_cluster
-from tests.cluster.test_handover import health
+from tests.cluster.test_handover import drop, health
 from tests.cluster.test_ownership import say, settle, slow_config
 from tests.support.client import RawClient, connect
 from tests.support.redis import RedisServer, redis_server
@@ -126,6 +126,26 @@ async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path
                 lambda f: f["t"] == "turn.end" and f["turn"] == again["turn"]
             )
             assert frames[-1]["reason"] == "done"
+        assert (await settle(carol, 10))[-1]["t"] == "pong"
+
+
+async def test_a_room_member_away_while_redis_was_away_resumes_with_a_snapshot(
+    tmp_path: Path,
+) -> None:
+    """Alice (on B) is away while Redis is: room talk from A may be lost meanwhile, so her
+    resume afterwards gets a new session and a snapshot, not a replay with a hole; Carol,
+    connected throughout, goes on."""
+    async with a_room_across_two_nodes(tmp_path) as (redis, a, b, carol, alice):
+        resume = {"session": alice.session, "seq": alice.last_seq}
+        drop(alice)  # a lost network: the session waits for a resume
+        redis.stop()
+        await wait_for_cluster(b, available=False)
+        redis.start()
+        await wait_for_cluster(a, available=True)
+        await wait_for_cluster(b, available=True)
+        async with connect(b.url) as again:
+            welcome = await again.hello(b.token("alice"), resume=resume)
+            assert welcome["resumed"] is False and welcome["session"] != resume["session"]
         assert (await settle(carol, 10))[-1]["t"] == "pong"
 
 
