@@ -100,6 +100,7 @@ class _Pending:
     answer: asyncio.Future[SessionExport | None]
     channels: list[str] = field(default_factory=list)
     origin: str | None = None
+    adopt: bool = False  # taken for a draining node (no socket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class _Offer:
     node: str
     after: int
     at: float
+    adopt: bool = False  # to a node taking it for a drain, not for a player's resume
 
 
 class SessionHandover:
@@ -126,6 +128,9 @@ class SessionHandover:
         self._adopting: set[str] = set()  # sessions offered to live nodes as this one drains
         self._all_adopted = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Sessions this node is taking from a draining node, and asks for them meanwhile.
+        self._adoptions: dict[str, asyncio.Task[None]] = {}
+        self._deferred: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for kind, handler in (
             ("handover.adopt", self._on_adopt),
             ("handover.ask", self._on_ask),
@@ -143,8 +148,18 @@ class SessionHandover:
 
     # --- the new node: resume a session held elsewhere ------------------------
 
-    async def resume(self, player: str, resume: Resume) -> tuple[Session, list[bytes]] | None:
-        """Continue `resume.session` here with the frames to replay; None: snapshot path."""
+    async def resume(
+        self, player: str, resume: Resume, *, adopt: bool = False
+    ) -> tuple[Session, list[bytes]] | None:
+        """Continue `resume.session` here with the frames to replay; None: the caller's
+        own path (the session here, or a new one and a snapshot). `adopt`: for a
+        draining node, with no socket (not counted as a player's resume)."""
+        adoption = self._adoptions.get(resume.session)
+        if adoption is not None and not adopt:
+            # This node is taking it from a draining node: once that is done, the
+            # caller resumes it here.
+            await asyncio.wait({adoption}, timeout=self.timeout)
+            return None
         client = self._client()
         if client is None or not self.broker.available:
             return None
@@ -152,11 +167,12 @@ class SessionHandover:
         busy = {p.resume.session for p in self._resuming}
         if resume.session in busy or self.node.hub.get(resume.session) is not None:
             return None
-        self.stats.asked += 1
+        stats = self.stats if not adopt else HandoverStatistics()  # adoptions count apart
+        stats.asked += 1
         limits = self.node.config.limits
         standin = StandIn(resume.session, player, lambda: self.broker.delivering, 4096)
         loop = asyncio.get_running_loop()
-        pending = _Pending(secrets.token_hex(8), standin, resume, loop.create_future())
+        pending = _Pending(secrets.token_hex(8), standin, resume, loop.create_future(), adopt=adopt)
         self._resuming.append(pending)
         self._listen(pending, [session_channel(resume.session), player_channel(player)])
         state: SessionExport | None = None
@@ -164,7 +180,7 @@ class SessionHandover:
             async with asyncio.timeout(self.timeout):
                 state = await self._ask(client, pending)
         except TimeoutError:
-            self.stats.timeouts += 1
+            stats.timeouts += 1
             log.info("no node handed over session %s within %g s", resume.session, self.timeout)
         except Exception as exc:  # Redis went away meanwhile: the snapshot path
             log.warning("handover of session %s failed: %s", resume.session, exc)
@@ -176,8 +192,8 @@ class SessionHandover:
                 if self.node.cluster is not None:
                     self.node.cluster.remote.release(channel)
         installed = self._install(pending, state, limits.rooms_per_player)
-        self.stats.resumed += installed is not None
-        self.stats.snapshots += installed is None
+        stats.resumed += installed is not None
+        stats.snapshots += installed is None
         return installed
 
     def _listen(self, pending: _Pending, channels: list[str]) -> None:
@@ -205,6 +221,7 @@ class SessionHandover:
             "session": session_id,
             "player": pending.standin.player,
             "seq": pending.resume.seq,
+            "adopt": pending.adopt,
         }
         self.broker.signal_nowait(session_channel(session_id), ask)
         return await pending.answer
@@ -329,6 +346,10 @@ class SessionHandover:
             self._reject(f"an ask from node {origin}", BadState("req and seq are required"))
             return
         session_id = message.get("session")
+        if isinstance(session_id, str) and session_id in self._adoptions:
+            # Being taken here from a draining node: answered once it is.
+            self._deferred.setdefault(session_id, []).append((origin, message))
+            return
         if not isinstance(session_id, str) or self.node.hub.get(session_id) is None:
             return  # not held here (a node resuming it at the same time hears the ask too)
         session = self._held(session_id, message.get("player"))
@@ -338,7 +359,8 @@ class SessionHandover:
         if session.replay_after(seq) is None:  # the window no longer covers the client
             self._refuse(origin, request, session)
             return
-        self._remember(request, _Offer(session.id, origin, seq, self.node.clock()))
+        adopt = message.get("adopt") is True
+        self._remember(request, _Offer(session.id, origin, seq, self.node.clock(), adopt))
         rooms = sorted(self.node.hub.rooms_of(session.player))
         self.broker.send_nowait(origin, {"k": "handover.offer", "req": request, "rooms": rooms})
 
@@ -354,12 +376,18 @@ class SessionHandover:
         self.broker.send_nowait(origin, refusal(request))
         if session.owner is None:
             self.node.end_session(session)
+            self._let_go(session.id)
 
     def _on_take(self, origin: str, message: dict[str, Any]) -> None:
         offer = self._offers.pop(str(message.get("req")), None)
         if offer is None or offer.node != origin:
             return  # not offered to that node (or offered too long ago)
         request = str(message["req"])
+        if offer.adopt and any(
+            o.session == offer.session and not o.adopt for o in self._offers.values()
+        ):  # the player is resuming it elsewhere: that resume takes it
+            self.broker.send_nowait(origin, refusal(request))
+            return
         session = self.node.hub.get(offer.session)
         if session is None or session.state is SessionState.EXPIRED:
             self.broker.send_nowait(origin, refusal(request))
@@ -371,8 +399,12 @@ class SessionHandover:
         self.node.end_session(session, CloseCode.REPLACED, quiet=True)
         self.broker.send_nowait(origin, answer)
         self.stats.handed += 1
-        if session.id in self._adopting:
-            self._adopting.discard(session.id)
+        self._let_go(session.id)
+
+    def _let_go(self, session_id: str) -> None:
+        """A session of the drain's is no longer held here (handed over, or ended)."""
+        if session_id in self._adopting:
+            self._adopting.discard(session_id)
             if not self._adopting:
                 self._all_adopted.set()
 
@@ -396,6 +428,8 @@ class SessionHandover:
     async def hand_over_all(self) -> int:
         """Have live nodes take the sessions still held here (see the module docstring);
         how many they took within `ADOPT_WAIT`."""
+        if self._tasks:  # sessions this node is taking from another: they go on with it
+            await asyncio.wait(set(self._tasks), timeout=2 * self.timeout)
         cluster = self.node.cluster
         sessions = [s for s in self.node.hub.all_sessions() if self._park_message_ok(s)]
         if cluster is None or not sessions or not self.broker.available:
@@ -431,22 +465,30 @@ class SessionHandover:
             self._reject(f"an adopt from node {origin}", exc)
             return
         for session_id, player, seq in adopted:
+            if session_id in self._adoptions or self.node.hub.get(session_id) is not None:
+                continue
             task = asyncio.get_running_loop().create_task(self._adopt(player, session_id, seq))
             self._tasks.add(task)
+            self._adoptions[session_id] = task
             task.add_done_callback(self._tasks.discard)
 
     async def _adopt(self, player: str, session_id: str, seq: int) -> None:
-        """Take a session a draining node holds, as a resume with no socket would."""
+        """Take a session a draining node holds, as a resume with no socket would; then
+        answer the asks for it that came meanwhile."""
         try:
-            installed = await self.resume(player, Resume(session_id, seq))
+            installed = await self.resume(player, Resume(session_id, seq), adopt=True)
         except Exception as exc:  # the resume's own failures fall back; this is a fault
             log.warning("session %s was not taken over: %s", session_id, exc)
-            return
+            installed = None
+        finally:
+            self._adoptions.pop(session_id, None)
+            for origin, message in self._deferred.pop(session_id, []):
+                self._on_ask(origin, message)
         if installed is not None:
             self.stats.adopted += 1
 
     async def aclose(self) -> None:
-        """Stop the adoptions under way (their sessions stay with the draining node)."""
+        """Stop the adoptions still under way (a drain of this node waited for them)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -70,3 +71,114 @@ async def test_frames_around_the_export_reach_the_new_session_once(redis: RedisS
         queued = moved.take_queued_nowait()
         assert all(isinstance(f, Delta) for f in queued)
         assert "".join(f.text for f in queued if isinstance(f, Delta)) == "before after"
+
+
+@asynccontextmanager
+async def nodes(redis: RedisServer, *names: str) -> AsyncIterator[tuple[Node, ...]]:
+    """Nodes in this process whose brokers are on Redis (their handovers talk there)."""
+    config, npcs = server_config(), load_npcs(DEMO_NPCS)
+    made = tuple(Node(config, npcs, broker=RedisBroker(redis.url, n)) for n in names)
+    for node in made:
+        await node.broker.start()
+    try:
+        yield made
+    finally:
+        for node in made:
+            await node.broker.wait_subscribed()  # type: ignore[attr-defined]
+            await node.broker.aclose()
+
+
+def adopt(node: Node, session: Session) -> None:
+    """As if a draining node "x" named `session` to `node`."""
+    message = {"k": "handover.adopt", "sessions": [[session.id, session.player, 0]]}
+    node.handover._on_adopt("x", message)
+
+
+def hold(node: Node, kind: str, origin: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Hold back `node`'s handover messages of `kind` (from `origin`); release them by
+    calling the handler the test kept."""
+    held: list[tuple[str, dict[str, Any]]] = []
+    handler = getattr(node.handover, f"_on_{kind.removeprefix('handover.')}")
+
+    def holding(sender: str, message: dict[str, Any]) -> None:
+        if origin is None or sender == origin:
+            held.append((sender, message))
+        else:
+            handler(sender, message)
+
+    node.broker.on_message(kind, holding)
+    return held
+
+
+async def test_a_players_resume_on_the_adopting_node_waits_for_the_adoption(
+    redis: RedisServer,
+) -> None:
+    """Alice reconnects to C while C takes her session from draining X: her resume waits
+    for it and then finds it held on C (the caller's own resume replays it)."""
+    async with nodes(redis, "x", "c") as (x, c):
+        session = detached_with_written(x, 3)
+        adopt(c, session)
+        assert await c.handover.resume("alice", Resume(session.id, 3)) is None
+        held = c.find_resumable("alice", session.id)
+        assert held is not None and held.replay_after(3) == []
+        assert x.hub.get(session.id) is None
+
+
+async def test_a_players_resume_elsewhere_beats_an_adoption_for_the_same_session(
+    redis: RedisServer,
+) -> None:
+    """Alice's resume on B got X's offer first: C's take for the drain is refused, and B's
+    take gets the session."""
+    async with nodes(redis, "x", "b", "c") as (x, b, c):
+        session = detached_with_written(x, 3)
+        takes = hold(x, "handover.take", origin="b")
+        resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
+        await wait_until(lambda: bool(takes), what="B's take")
+        adopt(c, session)
+        await wait_until(lambda: not c.handover._tasks, what="C's adoption")
+        assert c.hub.get(session.id) is None and x.hub.get(session.id) is not None
+        x.handover._on_take(*takes[0])
+        handed = await resuming
+        assert handed is not None and handed[0].id == session.id
+
+
+async def test_an_ask_for_a_session_being_adopted_is_answered_once_it_is(
+    redis: RedisServer,
+) -> None:
+    """X has handed alice's session to C, whose state is on its way, when alice's resume
+    reaches B: C answers B's ask once the session is installed, and B gets it."""
+    async with nodes(redis, "x", "b", "c") as (x, b, c):
+        session = detached_with_written(x, 3)
+        states = hold(c, "handover.state")
+        adopt(c, session)
+        await wait_until(lambda: bool(states), what="X's state for C")
+        resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
+        await wait_until(lambda: bool(c.handover._deferred), what="B's ask, deferred by C")
+        c.handover._on_state(*states[0])
+        handed = await resuming
+        assert handed is not None and handed[0].id == session.id
+        assert c.hub.get(session.id) is None  # C handed it on
+
+
+async def test_a_node_that_drains_mid_adoption_keeps_the_session_it_takes(
+    redis: RedisServer,
+) -> None:
+    """C starts draining while it takes alice's session: its own drain waits for that,
+    then parks it in Redis (no node to hand it to): it is never on no node."""
+    async with nodes(redis, "x", "c") as (x, c):
+        session = detached_with_written(x, 3)
+        states = hold(c, "handover.state")
+        adopt(c, session)
+        await wait_until(lambda: bool(states), what="X's state for C")
+        c.draining = True
+
+        async def drain() -> int:  # as the drain's end does: hand over, then park
+            await c.handover.hand_over_all()
+            return await c.handover.park_all()
+
+        draining = asyncio.create_task(drain())
+        # Runs after the drain's first step: the state arrives while it is under way.
+        asyncio.get_running_loop().call_soon(c.handover._on_state, *states[0])
+        assert await draining == 1
+        client = c.handover._client()
+        assert await client.exists(f"npc:handover:{session.id}") == 1
