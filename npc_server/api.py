@@ -148,7 +148,9 @@ async def _context_everywhere(
         version = await copies.save(key, npc, data)
     except Exception:
         raise _unreachable() from None
-    if not copies.set_nowait(key, npc, data, version):  # another copy grew meanwhile
+    if version is None:  # the scope's other copies, as Redis has them, leave no room
+        raise _over_budget(node, key)
+    if not copies.set_nowait(key, npc, data, version):  # this node's copies grew meanwhile
         raise _over_budget(node, key)
     message: dict[str, Any] = {"k": "api", "op": "context", "scope": key, "npc": npc}
     message |= {"data": data, "v": version}

@@ -23,8 +23,9 @@ carries it: a node applies a copy only if it is newer than the one it has, so tw
 posts to two nodes at once, or a copy delayed on its way, leave every node with the
 later one. The posting node sets its own copy only once Redis has it: a post that
 Redis did not take (503) changes no node. What a node reads from Redis is validated
-like a post; a copy without a version (written by an earlier release) is applied
-only where no versioned copy is known.
+like a post; a copy without a version in Redis (written by an earlier release) is
+applied only where no versioned copy is known, while one that a node of an earlier
+release sends is applied (it is that release's latest post).
 """
 
 from __future__ import annotations
@@ -55,7 +56,15 @@ MAX_ROOMS_LOADED = 10_000  # as many scopes as one node keeps (`TrustedContexts.
 CLOCK_KEY = f"{PREFIX}trusted-clock"
 # A version is Redis's clock in microseconds, never below the last one it gave: later
 # posts get higher versions, also after Redis restarts empty (its clock went on).
+# The copy is refused (nil) when the scope's fields would be over the byte budget
+# (ARGV[5]): Redis, which every node reads, never holds a copy a post was refused for.
 SAVE_SCRIPT = """
+local size = string.len(ARGV[2])
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] ~= ARGV[1] then size = size + string.len(fields[i + 1]) end
+end
+if size > tonumber(ARGV[5]) then return false end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local version = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0') + 1)
@@ -135,16 +144,19 @@ class TrustedCopies:
         `version` None: a copy from a node of an earlier release, which sends none."""
         return self._set(scope, npc, data, len(msgpack.packb(data)), version)
 
-    async def save(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> int:
-        """Write the copy and its version in Redis; the version. Raises if Redis does not answer."""
+    async def save(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> int | None:
+        """Write the copy and its version in Redis; the version, or None when the scope
+        in Redis would be over its byte budget. Raises if Redis does not answer."""
         room = scope.removeprefix("room:") if scope.startswith("room:") else ""
         keys = (trusted_key(scope), versions_key(scope), CLOCK_KEY, ROOMS_KEY)
         ttl = int(TRUSTED_TTL * 1000)
+        budget = self.node.contexts.trusted.max_bytes_per_scope
+        packed = msgpack.packb(data)
         async with asyncio.timeout(TIMEOUT):
             version = await self.client.eval(
-                SAVE_SCRIPT, len(keys), *keys, _field(npc), msgpack.packb(data), ttl, room
+                SAVE_SCRIPT, len(keys), *keys, _field(npc), packed, ttl, room, budget
             )
-        return int(version)
+        return None if version is None else int(version)
 
     async def load(self, scope: str) -> bool:
         """Set this node's copy of `scope` from Redis (what is newer than its own);
@@ -172,14 +184,18 @@ class TrustedCopies:
         known = self._known.pop(scope, {})
         self._known[scope] = known  # newest last, as the contexts themselves
         field = _field(npc)
-        if version is not None:
-            if version < known.get(field, 0) or (version == 0 and field in known):
-                self.stale += 1
-                return True
-            known[field] = version
+        if version is not None and (
+            version < known.get(field, 0) or (version == 0 and field in known)
+        ):
+            self.stale += 1
+            return True
         if len(self._known) > 2 * self.node.contexts.trusted.max_scopes:
             del self._known[next(iter(self._known))]
-        return self.node.contexts.trusted.set_nowait(scope, npc, data, size)
+        if not self.node.contexts.trusted.set_nowait(scope, npc, data, size):
+            return False
+        if version is not None:  # only what this node applied
+            known[field] = version
+        return True
 
     def _apply(self, scope: str, raw_npc: Any, raw: Any, raw_version: Any) -> None:
         try:

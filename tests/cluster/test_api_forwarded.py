@@ -4,6 +4,7 @@ contexts read back from Redis; and the checks of other nodes' answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -218,6 +219,28 @@ async def test_a_post_redis_does_not_take_changes_no_copy(redis: RedisServer) ->
             assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
         finally:
             redis.start()
+
+
+async def test_a_post_refused_for_the_budget_is_not_kept_in_redis(redis: RedisServer) -> None:
+    """Two posts for one player at once (all NPCs, and one NPC), each within the scope's
+    byte budget alone, not together: one is answered 413, and Redis holds only the other
+    (the save script checks the budget against what Redis has)."""
+    async with started(redis, "x") as (x,):
+        big = {"x": "y" * 20_000}
+        results = await asyncio.gather(
+            _context_everywhere(x, "player:alice", None, big),
+            _context_everywhere(x, "player:alice", "merchant", big),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, ApiError)]
+        assert [r.status for r in refused] == [413]
+        client = aioredis.from_url(redis.url)
+        try:
+            fields = await client.hkeys("npc:trusted:player:alice")
+            versions = await client.hkeys("npc:trusted-v:player:alice")
+        finally:
+            await client.aclose()
+        assert len(fields) == 1 and fields == versions
 
 
 def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
