@@ -203,6 +203,7 @@ async def test_versions_rise_also_after_redis_restarts_empty(redis: RedisServer)
         finally:
             await client.aclose()
         third = await copies.save("player:alice", None, {"time": "day"})
+        assert first is not None and second is not None and third is not None
         assert 0 < first < second < third
 
 
