@@ -65,6 +65,21 @@ class StreamAssembler:
 
     def feed(self, chunk: dict[str, Any]) -> list[Piece]:
         """The pieces this chunk completes; raise `MalformedChunk` on a wrong shape."""
+        choices = chunk.get("choices")
+        if type(choices) is list and len(choices) == 1 and not self._pending:
+            # The common chunk: one choice whose delta is only text, nothing finished.
+            choice = choices[0]
+            delta = choice.get("delta") if type(choice) is dict else None
+            if type(delta) is dict and len(delta) == 1:
+                content = delta.get("content")
+                if (
+                    type(content) is str
+                    and content
+                    and choice.get("finish_reason") is None
+                    and chunk.get("usage") is None
+                ):
+                    self.started = True
+                    return [TextPiece(content)]
         pieces: list[Piece] = []
         choices = _typed(chunk.get("choices"), list, "choices")
         if choices:

@@ -22,6 +22,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 4096  # a chunk-size or trailer line
 _SIZE_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,15})[ \t]*(?:;.*)?")  # size, extensions
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_HEX = b"0123456789abcdefABCDEF"
 _STATUS = re.compile(r"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: (.*))?")
 
 
@@ -119,6 +120,14 @@ class ResponseParser:
         if self.error is not None:
             raise self.error
         state = self._state
+        if state is _SIZE and not self._buffer and self._decoder is None:
+            # The common read of a stream: exactly one whole chunk, "<hex>\r\n<data>\r\n".
+            end = data.find(b"\r\n", 0, 17)
+            if end > 0 and not data[:end].strip(_HEX):
+                size = int(data[:end], 16)
+                start = end + 2
+                if size and len(data) == start + size + 2 and data.endswith(b"\r\n"):
+                    return data[start : start + size]
         if state is _DATA and not self._buffer and len(data) < self._remaining:
             self._remaining -= len(data)  # the middle of a long chunk: no copy
             return self._decode(data)

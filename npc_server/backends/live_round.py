@@ -195,8 +195,11 @@ class LiveRound:
             except EventTooLarge:
                 raise GenerationError(MALFORMED) from None
             if events:
-                self._queued.extend(events)
-                self._hand_over()
+                if len(events) == 1 and not self._held and not self._queued:
+                    self._one_event(events[0])
+                else:
+                    self._queued.extend(events)
+                    self._hand_over()
                 if self._paused:
                     return
                 if not self._replied:
@@ -221,6 +224,19 @@ class LiveRound:
                 break
         if self._replied and not self._paused and not self._done:
             self._reply_done()
+
+    def _one_event(self, event: bytes) -> None:
+        """`_hand_over` of one event with nothing waiting: a text piece goes at once."""
+        if not event.startswith(b"[DONE]"):
+            pieces = self._parse(event)
+            if len(pieces) == 1 and type(piece := pieces[0]) is TextPiece:
+                self.said.append(piece.text)
+                self._take(piece)
+                return
+            self._held.extend(pieces)
+        else:
+            self._queued.append(event)
+        self._hand_over()
 
     def _piece(self, piece: Piece) -> None:
         if isinstance(piece, TextPiece):

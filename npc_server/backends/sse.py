@@ -39,6 +39,18 @@ class SSEDecoder:
         """Decode the next bytes of the body; return the data of the events they complete."""
         if not data:
             return []  # an empty read must not forget a CR still waiting for its LF
+        if (
+            not self._buffer
+            and not self._data
+            and self._started
+            and not self._cr_pending
+            and data.startswith(b"data: ")
+            and data.find(b"\n") == len(data) - 2
+            and data.endswith(b"\n\n")
+            and b"\r" not in data
+            and len(data) <= self._max
+        ):  # the common read of a stream: exactly one event of one data line
+            return [data[6:-2]]
         if not self._started:
             data = self._strip_bom(data)
         if self._cr_pending:

@@ -189,3 +189,28 @@ def test_request_bytes() -> None:
     assert with_length(prefix, b"{}") == (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: h:1\r\na: b\r\ncontent-length: 2\r\n\r\n{}"
     )
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b"5\r\nhello\r\n",
+        b"5;ext=1\r\nhello\r\n",
+        b" 5\r\nhello\r\n",
+        b"0005\r\nhello\r\n",
+        b"A\r\nhello hell\r\n",
+        b"5\r\nhello\r\n3\r\nabc\r\n",
+        b"5\r\nhel",
+        b"0\r\n\r\n",
+    ],
+)
+def test_a_read_of_one_whole_chunk_parses_as_a_split_one(chunk: bytes) -> None:
+    """A read holding just one chunk (the common read, taken without the general loop)
+    gives the body and state the same bytes give fed one at a time."""
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    whole, split = ResponseParser(), ResponseParser()
+    whole.feed(head)
+    split.feed(head)
+    assert whole.feed(chunk) == read(split, *(chunk[i : i + 1] for i in range(len(chunk))))
+    assert whole.complete == split.complete
+    assert read(whole, b"0\r\n\r\n") == read(split, b"0\r\n\r\n")

@@ -93,3 +93,26 @@ def test_an_empty_read_between_cr_and_lf_keeps_them_one_line_end() -> None:
     assert decoder.feed(b"") == []
     assert decoder.feed(b"\ndata: 5}\r\n") == []
     assert decoder.feed(b"\r\n") == [b'{"e":\n5}']
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"x": 1}\n\n',
+        b"data: \n\n",
+        b"data: [DONE]\n\n",
+        b'data:{"x": 1}\n\n',
+        b'data: {"x": 1}\r\n\r\n',
+        b'data: {"x":\ndata: 1}\n\n',
+        b'data: {"x": 1}\n',
+        b": ping\n\n",
+        b'data: {"x": 1}\n\ndata: {"y": 2}\n\n',
+    ],
+)
+def test_a_read_of_one_whole_event_decodes_as_a_split_one(event: bytes) -> None:
+    """A read holding just one event (the common read, decoded without splitting lines)
+    gives what the same bytes give in two reads, after a first event and alone."""
+    first = b'data: {"first": true}\n\n'
+    whole = decode([first, event])
+    assert whole == decode([first, event[:1], event[1:]]) == decode([first + event])
+    assert whole[0] == b'{"first": true}'
