@@ -231,6 +231,8 @@ class Node:
             return  # another socket took the session over
         if resumable and session.state is not SessionState.EXPIRED:
             session.detach(self.clock())
+            if self.cluster is not None:
+                self.cluster.session_detached(session)
         else:
             self.end_session(session)
 

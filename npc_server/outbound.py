@@ -98,6 +98,10 @@ class OutboundQueue:
     def __len__(self) -> int:
         return self._depth
 
+    def sequenced(self) -> int:
+        """How many of the queued frames will take a seq when written (not pings)."""
+        return sum(1 for entry in self._entries if entry.alive and entry.frame.SEQ)
+
     @property
     def urgent(self) -> bool:
         """Whether a frame other than a delta is queued (pacing must not delay it)."""

@@ -280,7 +280,8 @@ class Session:
         resume across the hole: it gets a new session and a snapshot instead. A
         detached session's hole is in its queue, so no resume of it is served.
         """
-        hole = self.last_seq + len(self.queue) + (self.state is not SessionState.ATTACHED)
+        queued = self.queue.sequenced()
+        hole = self.last_seq + queued + (self.state is not SessionState.ATTACHED)
         self.holed_at = max(self.holed_at, hole)
 
     # --- handover to another node (npc_server/cluster/handover.py) ----------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 
 from npc_server.protocol.codes import CloseCode
-from npc_server.protocol.frames import Ack, Delta, ServerFrame, ServerPing
+from npc_server.protocol.frames import Ack, Delta, ServerFrame, ServerPing, ServerPong
 from npc_server.session import ReplayBuffer, Session, SessionLimits, SessionState
 
 
@@ -78,6 +78,18 @@ def test_a_resume_across_a_hole_is_not_served() -> None:
     session.mark_hole()  # away: the hole is in its queue
     assert session.replay_after(6) is None
     assert session.holed_at == 8
+
+
+def test_a_hole_counts_only_the_queued_frames_that_take_a_seq() -> None:
+    """A pong queued at the mark takes no seq: a client with every written frame resumes."""
+    session, _ = attached()
+    session.push_nowait(Ack(1))
+    session.next_write_nowait()
+    session.push_nowait(ServerPong(ts=1))
+    session.mark_hole()
+    session.next_write_nowait()
+    session.detach(now=1.0)
+    assert session.replay_after(1) == []
 
 
 def test_replay_gap_or_future_seq_is_none() -> None:

@@ -417,6 +417,8 @@ class RedisBroker:
                 if not self.connected and await self._reachable():
                     self._set_connected(True)  # a publish failed, but Redis answers again
                     self._report_gaps()
+                elif self.connected and self._gaps:  # lost with the link up (refused, full)
+                    self._report_gaps()
         finally:
             await cancel_and_wait([syncer])
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from npc_server.brokers.redis import RedisBroker
     from npc_server.node import Node
     from npc_server.npcs import NpcConfig
+    from npc_server.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +424,12 @@ class Forwarder:
         self.remote.end_on(origin, channel, upto)
         if channel.startswith("room:"):  # its talk too: the members here missed some
             self._mark_holes(self.node.hub.members(channel.removeprefix("room:")))
+
+    def session_detached(self, session: Session) -> None:
+        """A socket left while the link to Redis is down: what other nodes publish for
+        the session's rooms meanwhile is lost from its queue."""
+        if not self.broker.connected and self.node.hub.rooms_of(session.player):
+            session.mark_hole()
 
     def _mark_holes(self, players: Iterable[str] | None = None) -> None:
         """Sessions in rooms (of `players`, or all) may miss what other nodes publish:

@@ -75,6 +75,15 @@ ADOPT_BATCH = 100
 PREFIX = "npc:"
 PARKED = "npc:handover:"
 PARKED_OF = "npc:parked:"  # + player: the ids of the player's parked sessions
+# Drop a player's parked states and their list in one step (a kick): how many there were.
+FORGET_PARKED = """
+local dropped = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  dropped = dropped + redis.call('DEL', ARGV[1] .. id)
+end
+redis.call('DEL', KEYS[1])
+return dropped
+"""
 MAX_OFFERS = 1024
 
 
@@ -383,8 +392,10 @@ class SessionHandover:
         if offer is None or offer.node != origin:
             return  # not offered to that node (or offered too long ago)
         request = str(message["req"])
+        fresh = self.node.clock() - self.timeout  # an older offer's resume has given up
         if offer.adopt and any(
-            o.session == offer.session and not o.adopt for o in self._offers.values()
+            o.session == offer.session and not o.adopt and o.at >= fresh
+            for o in self._offers.values()
         ):  # the player is resuming it elsewhere: that resume takes it
             self.broker.send_nowait(origin, refusal(request))
             return
@@ -441,19 +452,24 @@ class SessionHandover:
             return 0
         if not others:
             return 0
-        self._adopting = {s.id for s in sessions}
-        self._all_adopted.clear()
-        for start in range(0, len(sessions), ADOPT_BATCH):
-            batch = sessions[start : start + ADOPT_BATCH]
-            entries = [[s.id, s.player, _window_start(s)] for s in batch]
-            target = others[(start // ADOPT_BATCH) % len(others)]
-            self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ADOPT_WAIT):
-                await self._all_adopted.wait()
-        taken = len(sessions) - len(self._adopting)
+        # Twice: a take refused for a player's resume under way is asked again once that
+        # resume has had its time (it took the session, or it gave up).
+        for _ in range(2):
+            remaining = [s for s in sessions if self.node.hub.get(s.id) is s]
+            if not remaining:
+                break
+            self._adopting = {s.id for s in remaining}
+            self._all_adopted.clear()
+            for start in range(0, len(remaining), ADOPT_BATCH):
+                batch = remaining[start : start + ADOPT_BATCH]
+                entries = [[s.id, s.player, _window_start(s)] for s in batch]
+                target = others[(start // ADOPT_BATCH) % len(others)]
+                self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ADOPT_WAIT / 2):
+                    await self._all_adopted.wait()
         self._adopting = set()
-        return taken
+        return sum(self.node.hub.get(s.id) is not s for s in sessions)
 
     def _on_adopt(self, origin: str, message: dict[str, Any]) -> None:
         if self.node.draining:
@@ -509,12 +525,14 @@ class SessionHandover:
         if client is None or not self.broker.available:
             return 0
         now, window = self.node.clock(), self.node.config.limits.resume_window
-        pipe = client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=True)  # a kick's script sees all of them or none
         parked = 0
+        held: list[Session] = []
         for session in self.node.hub.all_sessions():
             left = window - (0.0 if session.detached_at is None else now - session.detached_at)
             message = self._park_message(session)
             if message is not None and left > 0:
+                held.append(session)
                 pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
                 # A kick finds them here (the window is the longest a parked state lasts).
                 pipe.sadd(PARKED_OF + session.player, session.id)
@@ -522,6 +540,8 @@ class SessionHandover:
                 parked += 1
         if parked:
             await pipe.execute()
+        for session in held:  # they are in Redis now, for whichever node the player reaches
+            self.node.end_session(session, quiet=True)
         self.stats.parked += parked
         return parked
 
@@ -532,14 +552,8 @@ class SessionHandover:
         if client is None:
             return 0
         async with asyncio.timeout(TIMEOUT):
-            ids = await client.smembers(PARKED_OF + player)
-            keys = [PARKED + i.decode(errors="replace") for i in ids if isinstance(i, bytes)]
-            pipe = client.pipeline(transaction=True)
-            for key in keys:
-                pipe.delete(key)
-            pipe.delete(PARKED_OF + player)
-            dropped = await pipe.execute()
-        return sum(1 for n in dropped[: len(keys)] if n)
+            dropped = await client.eval(FORGET_PARKED, 1, PARKED_OF + player, PARKED)
+        return int(dropped)
 
     def _park_message(self, session: Session) -> dict[str, Any] | None:
         if session.state is SessionState.EXPIRED:

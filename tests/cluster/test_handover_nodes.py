@@ -9,11 +9,13 @@ from typing import Any
 
 import msgpack
 
+from npc_server.api import _kick_here
 from npc_server.brokers.redis import RedisBroker
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
 from npc_server.protocol.frames import Ack, Delta, Resume
 from npc_server.session import Session
+from tests.cluster.test_api_forwarded import started
 from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
 from tests.support.wait import wait_until
@@ -182,3 +184,35 @@ async def test_a_node_that_drains_mid_adoption_keeps_the_session_it_takes(
         assert await draining == 1
         client = c.handover._client()
         assert await client.exists(f"npc:handover:{session.id}") == 1
+
+
+async def test_a_players_resume_that_gave_up_does_not_keep_the_drain_from_handing_over(
+    redis: RedisServer,
+) -> None:
+    """Alice's resume on B got X's offer and then gave up: the drain's first take is
+    refused for it, and its second, once that offer is stale, hands her session on."""
+    async with started(redis, "x", "b", "c") as (x, b, c):
+        session = detached_with_written(x, 3)
+        offers = hold(b, "handover.offer")
+        resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
+        await wait_until(lambda: bool(offers), what="X's offer to B")
+        resuming.cancel()
+        await asyncio.gather(resuming, return_exceptions=True)
+        b.broker.on_message("handover.offer", b.handover._on_offer)  # offers reach B again
+        assert await x.handover.hand_over_all() == 1
+        assert x.hub.get(session.id) is None
+        await wait_until(  # the state is on its way to the node that took it
+            lambda: (b.hub.get(session.id) or c.hub.get(session.id)) is not None,
+            what="the session on B or C",
+        )
+        assert b.handover.stats.adopted + c.handover.stats.adopted == 1
+
+
+async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:
+    """Once parked, a drained node's sessions are only in Redis: a kick there counts them
+    once (the node's own count and the parked ones together)."""
+    async with nodes(redis, "x") as (x,):
+        detached_with_written(x, 3)
+        assert await x.handover.park_all() == 1
+        here = _kick_here(x, "alice")
+        assert here["sessions"] + await x.handover.forget_parked("alice") == 1
