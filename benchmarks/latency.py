@@ -74,7 +74,9 @@ async def echo_rtt(probe: ServerProbe, tokens: Tokens, params: Params) -> Result
             if i >= params["warmup"]:
                 samples.append(at - sent)
         other = window.close()["other_cpu_pct"]
-        push = await _push(client, probe, params, arrivals, ready)
+        push = (
+            await _push(client, probe, params, arrivals, ready) if params["push_frames"] else None
+        )
     finally:
         client.close()
     return {"rtt": summarize(samples), "push": push, "other_cpu_pct": other}

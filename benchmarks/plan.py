@@ -15,6 +15,8 @@ class Plan:
     # 1. ping RTT and the bare servers' push rate
     rtt_samples: int = 5000
     rtt_warmup: int = 500
+    # npc-server and bare Quart ping in alternating rounds, rtt_samples over all of them
+    rtt_rounds: int = 5
     push_frames: int = 100_000
     push_size: int = 40
     # 2. say -> ack / first delta
@@ -92,6 +94,7 @@ QUICK = Plan(
     retry_contaminated=False,
     rtt_samples=1000,
     rtt_warmup=100,
+    rtt_rounds=2,
     push_frames=20_000,
     say_samples=30,
     interrupt_levels=(1, 50),
@@ -129,6 +132,7 @@ TINY = replace(
     cluster_idle_window_s=0.5,
     rtt_samples=100,
     rtt_warmup=20,
+    rtt_rounds=2,
     push_frames=2000,
     say_samples=5,
     interrupt_levels=(1, 4),
