@@ -370,7 +370,9 @@ def _kick_here(node: Node, player: str) -> dict[str, int]:
     sockets = sum(s.state is SessionState.ATTACHED for s in sessions)
     for session in sessions:
         node.end_session(session, CloseCode.KICKED)
-    return {"sessions": len(sessions), "sockets": sockets}
+    # Sessions on their way here from another node (a resume, a drain's hand-over).
+    coming = node.handover.kick_pending(player)
+    return {"sessions": len(sessions) + coming, "sockets": sockets}
 
 
 async def _room(room: str) -> Response:

@@ -110,6 +110,7 @@ class _Pending:
     channels: list[str] = field(default_factory=list)
     origin: str | None = None
     adopt: bool = False  # taken for a draining node (no socket)
+    kicked: bool = False  # the player was kicked meanwhile: the socket is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +204,25 @@ class SessionHandover:
         installed = self._install(pending, state, limits.rooms_per_player)
         stats.resumed += installed is not None
         stats.snapshots += installed is None
+        if pending.kicked:  # the kick reached this node before the session did
+            return self._kicked(player, installed)
         return installed
+
+    def kick_pending(self, player: str) -> int:
+        """A kick: the player's resumes under way here end refused (4508), whatever
+        the other node hands over; how many there were."""
+        pending = [p for p in self._resuming if p.standin.player == player]
+        for each in pending:
+            each.kicked = True
+        return len(pending)
+
+    def _kicked(
+        self, player: str, installed: tuple[Session, list[bytes]] | None
+    ) -> tuple[Session, list[bytes]]:
+        """An ended session for the caller, which refuses the socket with its code."""
+        session = installed[0] if installed is not None else self.node.open_session(player)
+        self.node.end_session(session, CloseCode.KICKED)
+        return session, []
 
     def _listen(self, pending: _Pending, channels: list[str]) -> None:
         for channel in channels:
@@ -500,7 +519,7 @@ class SessionHandover:
             self._adoptions.pop(session_id, None)
             for origin, message in self._deferred.pop(session_id, []):
                 self._on_ask(origin, message)
-        if installed is not None:
+        if installed is not None and installed[0].state is not SessionState.EXPIRED:
             self.stats.adopted += 1
 
     async def aclose(self) -> None:

@@ -13,8 +13,9 @@ from npc_server.api import _kick_here
 from npc_server.brokers.redis import RedisBroker
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
+from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Ack, Delta, Resume
-from npc_server.session import Session
+from npc_server.session import Session, SessionState
 from tests.cluster.test_api_forwarded import started
 from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
@@ -216,3 +217,20 @@ async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:
         assert await x.handover.park_all() == 1
         here = _kick_here(x, "alice")
         assert here["sessions"] + await x.handover.forget_parked("alice") == 1
+
+
+async def test_a_kick_ends_a_session_on_its_way_to_this_node(redis: RedisServer) -> None:
+    """Alice's session is being handed from X to B when a kick reaches B (X had already
+    let it go): B counts it, and the resume ends refused with the kick's code, 4508."""
+    async with nodes(redis, "x", "b") as (x, b):
+        session = detached_with_written(x, 3)
+        states = hold(b, "handover.state")
+        resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
+        await wait_until(lambda: bool(states), what="X's state for B")
+        assert _kick_here(b, "alice") == {"sessions": 1, "sockets": 0}
+        b.handover._on_state(*states[0])
+        handed = await resuming
+        assert handed is not None
+        ended, _ = handed
+        assert ended.state is SessionState.EXPIRED and ended.ended_with is CloseCode.KICKED
+        assert b.hub.get(session.id) is None and x.hub.get(session.id) is None
