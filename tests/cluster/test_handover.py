@@ -239,7 +239,7 @@ async def test_a_drained_node_hands_an_away_session_to_a_live_node_which_keeps_i
             await first.recv_until(lambda f: f["t"] == "presence" and f["player"] == "bob")
             drop(first)
             assert await asyncio.to_thread(a.terminate, signal.SIGTERM, 30.0) == 0
-            assert (await health(b))["cluster"]["handover"]["adopted"] == 1
+            await adopted_on(b, 1)  # A sent the state before it exited; B installs it
             await bob.send(
                 {"t": "say", "id": 2, "npc": "questgiver", "text": "any quests?", "room": "inn"}
             )
@@ -254,6 +254,15 @@ async def test_a_drained_node_hands_an_away_session_to_a_live_node_which_keeps_i
         assert seqs == list(range(first.last_seq + 1, first.last_seq + 1 + len(seqs)))
         assert any("handed 1 sessions to other nodes" in line for line in a.output)
         assert not any("parked" in line for line in a.output)
+
+
+async def adopted_on(node: ServerProcess, count: int) -> None:
+    """Until the node's /healthz counts `count` sessions taken from a draining node."""
+    for _ in range(200):  # 10 s: polling the server's own report, with a deadline
+        if (await health(node))["cluster"]["handover"]["adopted"] == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the node never counted {count} adopted sessions")
 
 
 async def test_the_socket_cap_refuses_across_nodes(tmp_path: Path) -> None:
