@@ -99,6 +99,10 @@ class HandoverStatistics:
     rejected: int = 0  # messages or parked states from another node that did not validate
 
 
+class Kicked(Exception):
+    """The player was kicked while their session was on its way here (refuse 4508)."""
+
+
 @dataclass(slots=True)
 class _Pending:
     """A resume waiting on this node for another node's answer."""
@@ -205,24 +209,18 @@ class SessionHandover:
         stats.resumed += installed is not None
         stats.snapshots += installed is None
         if pending.kicked:  # the kick reached this node before the session did
-            return self._kicked(player, installed)
+            if installed is not None:
+                self.node.end_session(installed[0], CloseCode.KICKED)
+            raise Kicked(player)
         return installed
 
     def kick_pending(self, player: str) -> int:
-        """A kick: the player's resumes under way here end refused (4508), whatever
-        the other node hands over; how many there were."""
+        """A kick: the player's resumes under way here raise `Kicked`, whatever the
+        other node hands over; how many there were."""
         pending = [p for p in self._resuming if p.standin.player == player]
         for each in pending:
             each.kicked = True
         return len(pending)
-
-    def _kicked(
-        self, player: str, installed: tuple[Session, list[bytes]] | None
-    ) -> tuple[Session, list[bytes]]:
-        """An ended session for the caller, which refuses the socket with its code."""
-        session = installed[0] if installed is not None else self.node.open_session(player)
-        self.node.end_session(session, CloseCode.KICKED)
-        return session, []
 
     def _listen(self, pending: _Pending, channels: list[str]) -> None:
         for channel in channels:
@@ -512,6 +510,8 @@ class SessionHandover:
         answer the asks for it that came meanwhile."""
         try:
             installed = await self.resume(player, Resume(session_id, seq), adopt=True)
+        except Kicked:
+            installed = None  # the kick ended it here
         except Exception as exc:  # the resume's own failures fall back; this is a fault
             log.warning("session %s was not taken over: %s", session_id, exc)
             installed = None
@@ -519,7 +519,7 @@ class SessionHandover:
             self._adoptions.pop(session_id, None)
             for origin, message in self._deferred.pop(session_id, []):
                 self._on_ask(origin, message)
-        if installed is not None and installed[0].state is not SessionState.EXPIRED:
+        if installed is not None:
             self.stats.adopted += 1
 
     async def aclose(self) -> None:

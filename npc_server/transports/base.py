@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
+from npc_server.cluster.handover import Kicked
 from npc_server.cluster.sockets import Claim
 from npc_server.events import AuthFailed, Closed, Limited, SessionAttached
 from npc_server.node import Node
@@ -158,7 +159,10 @@ class ClientLink:
         raises `Refusal` over the cap. One process: exactly `attach`."""
         handed = None
         if resume is not None and self.node.find_resumable(claims.player, resume.session) is None:
-            handed = await self.node.handover.resume(claims.player, resume)
+            try:
+                handed = await self.node.handover.resume(claims.player, resume)
+            except Kicked:
+                self._refuse(CloseCode.KICKED, "kicked")
         session, replay = handed or self._open_session(claims.player, resume)
         if self.node.socket_claims.enabled:
             await self._claim_socket(session, replay)
