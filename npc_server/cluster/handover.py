@@ -145,6 +145,7 @@ class SessionHandover:
         # Sessions this node is taking from a draining node, and asks for them meanwhile.
         self._adoptions: dict[str, asyncio.Task[None]] = {}
         self._deferred: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._kicked_adoptions: set[str] = set()  # dropped for a kick while adopted
         for kind, handler in (
             ("handover.adopt", self._on_adopt),
             ("handover.ask", self._on_ask),
@@ -173,6 +174,9 @@ class SessionHandover:
             # This node is taking it from a draining node: once that is done, the
             # caller resumes it here.
             await asyncio.wait({adoption}, timeout=self.timeout)
+            if resume.session in self._kicked_adoptions:  # the player was kicked meanwhile
+                self._kicked_adoptions.discard(resume.session)
+                raise Kicked(player)
             return None
         client = self._client()
         if client is None or not self.broker.available:
@@ -205,13 +209,11 @@ class SessionHandover:
                 self.broker.unsubscribe(channel, standin)
                 if self.node.cluster is not None:
                     self.node.cluster.remote.release(channel)
+        if pending.kicked:  # the kick reached this node before the session did: drop it
+            raise Kicked(player)
         installed = self._install(pending, state, limits.rooms_per_player)
         stats.resumed += installed is not None
         stats.snapshots += installed is None
-        if pending.kicked:  # the kick reached this node before the session did
-            if installed is not None:
-                self.node.end_session(installed[0], CloseCode.KICKED)
-            raise Kicked(player)
         return installed
 
     def kick_pending(self, player: str) -> int:
@@ -511,7 +513,8 @@ class SessionHandover:
         try:
             installed = await self.resume(player, Resume(session_id, seq), adopt=True)
         except Kicked:
-            installed = None  # the kick ended it here
+            installed = None  # dropped here; a resume waiting for it is refused too
+            self._kicked_adoptions.add(session_id)
         except Exception as exc:  # the resume's own failures fall back; this is a fault
             log.warning("session %s was not taken over: %s", session_id, exc)
             installed = None

@@ -233,3 +233,21 @@ async def test_a_kick_ends_a_session_on_its_way_to_this_node(redis: RedisServer)
         with pytest.raises(Kicked):  # the socket's hello refuses it with 4508
             await resuming
         assert b.hub.get(session.id) is None and x.hub.get(session.id) is None
+
+
+async def test_a_kick_during_an_adoption_refuses_the_resume_that_waited_for_it(
+    redis: RedisServer,
+) -> None:
+    """Alice's resume on C waits for C's adoption of her session when a kick reaches C:
+    the adoption drops it and her resume is refused (4508), not given a new session."""
+    async with nodes(redis, "x", "c") as (x, c):
+        session = detached_with_written(x, 3)
+        states = hold(c, "handover.state")
+        adopt(c, session)
+        await wait_until(lambda: bool(states), what="X's state for C")
+        waiting = asyncio.create_task(c.handover.resume("alice", Resume(session.id, 3)))
+        _kick_here(c, "alice")
+        c.handover._on_state(*states[0])
+        with pytest.raises(Kicked):
+            await waiting
+        assert c.hub.get(session.id) is None and x.hub.get(session.id) is None
