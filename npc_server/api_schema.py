@@ -185,7 +185,7 @@ def openapi() -> dict[str, Any]:
             "Set trusted game state for a player or a room (wins over the client's)",
             ["data"],
             {**_AUDIENCE, "npc": _S, "data": {"type": "object"}},
-            "{ok, scope, npc}",
+            "{ok, scope, npc} (in a cluster also partial, nodes_missing)",
         ),
         "/api/say": _post(
             "Make an NPC speak on a game event (a turn with no player utterance)",
