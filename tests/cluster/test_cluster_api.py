@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from npc_server.cluster.forward import owner_of
 from npc_server.protocol.codes import CloseCode
 from tests.cluster.test_cluster import cluster_config, join, turn_text
-from tests.cluster.test_handover import drop, resume_of
+from tests.cluster.test_handover import drop, health, resume_of
 from tests.cluster.test_ownership import say
 from tests.support.client import connect
 from tests.support.redis import RedisServer, redis_server
@@ -178,6 +178,12 @@ async def test_a_context_posted_to_one_node_is_used_on_others(tmp_path: Path) ->
                 # B still runs the conversation: C sends its own copy of the context with
                 # the say, as it would run the turn with it.
                 assert any(line in turn_text(frames, ack["turn"]) for line in NIGHT), frames
+            async with httpx.AsyncClient(base_url=c.http_url) as game:
+                big = {"player": "alice", "data": {"x": "y" * 70_000}}
+                refused = await game.post("/api/context", json=big, headers=AUTH)
+                assert refused.status_code == 413, refused.text
+                routing = (await health(a))["cluster"]["routing"]
+                assert (routing["trusted_rejected"], routing["trusted_stale"]) == (0, 0)
         finally:
             for node in (a, b, c):
                 if node is not None:
