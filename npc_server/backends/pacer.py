@@ -16,6 +16,14 @@ timer hands each piece to the turn itself (`take`), so no task wakes per
 piece at all; the turn's task waits once per part of the reply. Its `then`
 runs in the same callback as the last piece: a turn can end there, so its
 `turn.end` is queued before the socket's write of that piece.
+
+A play keeps to its own schedule, as a model server streams at its own
+rate: piece k is due `sum(delays[:k + 1])` after the play started, not
+`delays[k]` after the previous piece was handed over. A busy loop that
+runs a tick late delays that tick's pieces only; the pieces behind them are
+still due when they were (a piece already due is handed over in the next
+loop iteration, with the others already due), so lateness does not add up
+over a reply.
 """
 
 from __future__ import annotations
@@ -86,7 +94,7 @@ class _Tick:
 class _Play:
     """Pieces handed to `take` one by one, each after its delay, from the pacer's timers."""
 
-    __slots__ = ("finished", "next", "pacer", "part", "take", "then")
+    __slots__ = ("due", "finished", "next", "pacer", "part", "take", "then")
 
     def __init__(
         self,
@@ -102,6 +110,7 @@ class _Play:
         self.finished = finished
         self.then = then
         self.next = 0
+        self.due = pacer._loop.time()  # when the piece waited for is due (the schedule's clock)
 
     def step(self) -> None:
         """Hand over the piece waited for, then wait for the next (or end the play)."""
@@ -132,7 +141,12 @@ class _Play:
         if delay <= 0:
             loop.call_soon(self.step)
             return
-        index = math.ceil((loop.time() + delay) * pacer._per_s - _EPSILON_TICKS)
+        self.due = due = self.due + delay
+        per_s = pacer._per_s
+        index = math.ceil(due * per_s - _EPSILON_TICKS)
+        passed = int(loop.time() * per_s)  # the tick just passed (its timer runs at once)
+        if index < passed:  # already due (the loop ran late): with the others due, at once
+            index = passed
         tick = pacer._ticks.get(index)
         if tick is None:
             tick = pacer._new_tick(index)
@@ -167,7 +181,9 @@ class Pacer:
         The future ends after that, or with the exception `take` or `then`
         raised; cancelling it stops the play (the pieces not yet taken are
         never taken, `then` never runs). A delay of 0 waits one loop
-        iteration, as `asyncio.sleep(0)` would.
+        iteration, as `asyncio.sleep(0)` would. Delays count from the play's
+        start (see the module's docstring): a late tick does not push back
+        the pieces after it.
         """
         play = _Play(self, part, take, self._loop.create_future(), then)
         play.step()

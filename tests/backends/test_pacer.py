@@ -53,6 +53,12 @@ class FakeLoop:
             callback()
         self.now = end
 
+    def fire_late(self, late: float) -> None:
+        """Run the next timer `late` seconds after it was due, as a busy loop would."""
+        when, _, callback = heapq.heappop(self.timers)
+        self.now = max(self.now, when + late)
+        callback()
+
 
 async def settle() -> None:
     """Let every task woken so far run up to its next wait (yields, no time passes)."""
@@ -257,6 +263,35 @@ def test_a_play_hands_each_piece_over_after_its_delay() -> None:
         assert done.done() and done.result() is None
 
     asyncio.run(main())
+
+
+def _late_play(late: float) -> list[tuple[float, str]]:
+    """A five-piece play (0.1 s, then 0.05 s each) whose first tick runs `late` s late."""
+
+    async def main() -> list[tuple[float, str]]:
+        clock = FakeLoop()
+        taken: list[tuple[float, str]] = []
+        pieces = [TextPiece(t) for t in "abcde"]
+        done = Pacer(clock).play(
+            Part(pieces, [0.1, 0.05, 0.05, 0.05, 0.05]),
+            lambda p: taken.append((round(clock.now, 6), _text(p))),
+        )
+        clock.fire_late(late)
+        clock.advance_to(1.0)
+        assert done.done() and done.result() is None
+        return taken
+
+    return asyncio.run(main())
+
+
+def test_a_tick_run_late_delays_its_own_piece_only() -> None:
+    """The schedule counts from the play's start: after a late tick the rest stay on time."""
+    assert _late_play(0.007) == [(0.107, "a"), (0.15, "b"), (0.2, "c"), (0.25, "d"), (0.3, "e")]
+
+
+def test_pieces_that_fell_due_while_the_loop_was_busy_come_at_once_and_in_order() -> None:
+    """Pieces due during a stall are handed over as soon as it ends; the next keeps its time."""
+    assert _late_play(0.13) == [(0.23, "a"), (0.23, "b"), (0.23, "c"), (0.25, "d"), (0.3, "e")]
 
 
 def test_cancelling_a_play_stops_its_pieces_and_not_the_others() -> None:
