@@ -7,12 +7,13 @@ configured rate, and at `turn.end` the player says the next thing.
 Delivery lag of one token = when it arrived - when the NPC was due to
 produce it. The NPC has no jitter, so token k of a turn is due at
 `say sent + first_token_ms + k / tokens_per_second` on the client's clock.
-That due time is a lower bound of when the server really produced the
-token: the scripted backend sleeps the interval *after* each token, so it
-falls slightly behind its nominal rate (about 0.45 ms a token on uvloop
-when idle, more when the loop is busy). Short turns keep that idle drift
-under about 10 ms; the 1-player step shows the floor. Load that slows the
-generator itself counts as lag, as it would slow a player's stream.
+That due time is a lower bound of when the server could produce the
+token: the say still has to reach the server, and the scripted backend's
+pacer hands each piece over at the first 1 ms tick at or after its due
+time, counted from the turn's start (it keeps to the reply's schedule: a
+tick run late delays its own pieces, not the ones after them). The
+1-player step shows the floor. Load that delays the pacer's ticks counts
+as lag, as it would slow a player's stream.
 A delta that merged several queued pieces is split the way the backend
 splits text, and each piece gets its own lag.
 """
