@@ -109,6 +109,9 @@ class Forwarder:
         # The game server's API across nodes: who is alive, and its trusted contexts.
         self.directory = NodeDirectory(broker.client, self.node_id)
         self.trusted_copies = TrustedCopies(node, broker.client)
+        # Conversations whose first forwarded say waits for their trusted context: the
+        # says forwarded for them meanwhile, run after it in the order they came.
+        self._starting: dict[tuple[str, str], list[tuple[str, int, dict[str, Any]]]] = {}
 
     async def start(self) -> None:
         await self.leases.start()
@@ -322,11 +325,25 @@ class Forwarder:
         except BadMessage as exc:
             self._rejected(exc)
             return
-        if message.get("op") == "say" and self._new_conversation(message):
-            self._spawn(self._answer_first_say(origin, ask, message))
+        if message.get("op") == "say":
+            self._api_say(origin, ask, message)
             return
         answer = answer_forwarded(self.node, message)
         self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+
+    def _api_say(self, origin: str, ask: int, message: dict[str, Any]) -> None:
+        from npc_server.api import answer_forwarded
+
+        key = (str(message.get("npc")), str(message.get("audience")))
+        behind = self._starting.get(key)
+        if behind is not None:
+            behind.append((origin, ask, message))
+        elif self._new_conversation(message):
+            self._starting[key] = []
+            self._spawn(self._answer_first_say(origin, ask, message, key))
+        else:
+            answer = answer_forwarded(self.node, message)
+            self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
 
     def _new_conversation(self, message: dict[str, Any]) -> bool:
         """A forwarded say for a conversation this node does not run yet (checked again,
@@ -338,15 +355,24 @@ class Forwarder:
             return False
         return npc in self.node.npcs and self.node.find_conversation(str(npc), audience) is None
 
-    async def _answer_first_say(self, origin: str, ask: int, message: dict[str, Any]) -> None:
+    async def _answer_first_say(
+        self, origin: str, ask: int, message: dict[str, Any], key: tuple[str, str]
+    ) -> None:
         # The conversation starts here on another node's claim: this node may have no copy
         # of the audience's trusted context (it started after the post, and the player
         # never attached here). Read it first; later says find it kept current here.
+        # Says forwarded for the conversation meanwhile wait, and go in their order after
+        # it (one of them starts the conversation again if this say did not).
         from npc_server.api import answer_forwarded
 
-        await self.trusted_copies.load(str(message["audience"]))
-        answer = answer_forwarded(self.node, message)
-        self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+        try:
+            await self.trusted_copies.load(str(message["audience"]))
+            answer = answer_forwarded(self.node, message)
+            self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+        finally:
+            behind = self._starting.pop(key, [])
+        for later in behind:
+            self._api_say(*later)
 
     # --- what other nodes route here ----------------------------------------------
 

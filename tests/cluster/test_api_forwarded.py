@@ -22,6 +22,7 @@ from npc_server.cluster.forward import Forwarder
 from npc_server.cluster.scatter import Gathered, gather
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
+from npc_server.turns import Audience
 from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
 
@@ -319,3 +320,49 @@ async def test_a_node_keeps_a_players_trusted_context_after_their_last_session_t
         assert (await answer_to(publisher, pubsub, 1, post))["result"] == {"ok": True}
         x.end_session(session)
         assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
+
+
+async def test_game_says_forwarded_for_a_conversation_not_started_yet_run_in_their_order(
+    redis: RedisServer,
+) -> None:
+    """The first forwarded say of a conversation reads its trusted context from Redis
+    first; a say forwarded for it meanwhile waits behind it instead of overtaking."""
+    async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
+        copies = cluster(x).trusted_copies
+        read = copies.load
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def held_first(scope: str) -> bool:  # the first read waits for the test
+            if not entered.is_set():
+                entered.set()
+                await release.wait()
+            return await read(scope)
+
+        copies.load = held_first  # type: ignore[method-assign]
+        say = {"k": "api", "op": "say", "npc": "merchant", "audience": "player:alice"}
+        messages = [
+            {**say, "text": "first", "ask": 1},
+            {**say, "text": "second", "ask": 2},
+            {"k": "api", "op": "kick", "ask": 3},  # answered at once: x has read the others
+        ]
+        async with publisher.pipeline(transaction=False) as pipe:
+            for number, message in enumerate(messages, 1):
+                pipe.publish("npc:node:x", wire.encode_message("forger", message, number))
+            await pipe.execute()
+        answers: list[dict[str, Any]] = []
+        for _ in messages:
+            got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert got is not None, f"answers so far: {answers}"
+            answer = wire.decode(got["data"]).message
+            assert answer is not None
+            answers.append(answer)
+            if len(answers) == 1:
+                assert entered.is_set()
+                release.set()
+        assert [a["ask"] for a in answers] == [3, 1, 2]
+        first, second = answers[1]["result"], answers[2]["result"]
+        assert "turn" in first and "turn" in second and first["turn"] != second["turn"]
+        conversation = x.find_conversation("merchant", Audience(player="alice"))
+        assert conversation is not None
+        said = [entry.text for entry in conversation.memory.lines() if entry.role == "player"]
+        assert said and "first" in said[0]  # the first say started the conversation
