@@ -262,10 +262,9 @@ def _forwarded_say(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "invalid", "a forwarded say names no NPC or audience")
     if not isinstance(text, str) or not (event is None or isinstance(event, str)):
         raise ApiError(400, "invalid", "a forwarded say has no text")
-    kind, _, name = key.partition(":")
-    if kind not in ("room", "player") or not name:
+    audience = Audience.from_key(key)
+    if audience is None:
         raise ApiError(400, "invalid", "a forwarded say's audience is not player:<id> or room:<id>")
-    audience = Audience(room=name) if kind == "room" else Audience(player=name)
     return _game_say(node, npc_id, audience, text, event)
 
 

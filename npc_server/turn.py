@@ -38,6 +38,16 @@ class Audience:
         assert self.player is not None
         return player_channel(self.player)
 
+    @classmethod
+    def from_key(cls, key: str) -> Audience | None:
+        """The audience whose `key` this is (`player:<id>` or `room:<id>`), else None."""
+        kind, _, name = key.partition(":")
+        if not name:
+            return None
+        if kind == "room":
+            return cls(room=name)
+        return cls(player=name) if kind == "player" else None
+
 
 class Publisher(Protocol):
     """How frames reach sockets: the broker's publishing half."""

@@ -432,3 +432,22 @@ async def test_history_excludes_the_new_utterance() -> None:
     request = rig.backend.requests[-1]
     assert request.text == "second"
     assert [e.text for e in request.history] == ["first", "one"]
+
+
+@pytest.mark.parametrize(
+    ("key", "audience"),
+    [
+        ("player:alice", Audience(player="alice")),
+        ("room:hall", Audience(room="hall")),
+        ("room:a:b", Audience(room="a:b")),
+        ("player:", None),
+        ("room", None),
+        ("guild:x", None),
+        ("", None),
+    ],
+)
+def test_an_audience_is_read_back_from_its_key(key: str, audience: Audience | None) -> None:
+    """`Audience.from_key` undoes `key` (what nodes send each other), and nothing else."""
+    assert Audience.from_key(key) == audience
+    if audience is not None:
+        assert audience.key == key

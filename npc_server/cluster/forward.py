@@ -564,12 +564,10 @@ def _str(message: Mapping[str, Any], key: str) -> str:
 
 
 def _audience(key: str) -> Audience:
-    kind, _, name = key.partition(":")
-    if kind == "room" and name:
-        return Audience(room=name)
-    if kind == "player" and name:
-        return Audience(player=name)
-    raise BadMessage(f"not an audience: {key!r:.80}")
+    audience = Audience.from_key(key)
+    if audience is None:
+        raise BadMessage(f"not an audience: {key!r:.80}")
+    return audience
 
 
 def _int(message: Mapping[str, Any], key: str) -> int:

@@ -42,6 +42,7 @@ from npc_server.api_schema import ApiError, Body
 from npc_server.cluster.leases import PREFIX, TIMEOUT
 from npc_server.contexts import ALL_NPCS
 from npc_server.events import NodeEvent, SessionAttached
+from npc_server.turn import Audience
 
 if TYPE_CHECKING:
     from npc_server.node import Node
@@ -91,8 +92,12 @@ def versions_key(scope: str) -> str:
 
 def scope_audience(scope: str) -> dict[str, str]:
     """`player:<id>` or `room:<id>` as the API's body field (`{"player": id}`); else {}."""
-    kind, _, name = scope.partition(":")
-    return {kind: name} if kind in ("player", "room") and name else {}
+    audience = Audience.from_key(scope)
+    if audience is None:
+        return {}
+    return (
+        {"room": audience.room} if audience.room is not None else {"player": str(audience.player)}
+    )
 
 
 def _field(npc: str | None) -> str:
