@@ -12,6 +12,7 @@ from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from tests.support.client import Frame, RawClient, connect
+from tests.support.healthz import undocumented
 from tests.support.server import DEMO_NPCS, conversation_of, running_server, server_config
 from tests.support.wait import wait_until
 
@@ -278,6 +279,7 @@ async def test_healthz() -> None:
         health = json.loads(body)
         assert health["status"] == "ok" and health["npcs"] == ["guard", "merchant", "questgiver"]
         assert health["sessions"] == 0 and health["generations"] == 0
+        assert undocumented(health) == set()  # every field is in docs/protocol.md
 
 
 @pytest.mark.parametrize("enabled", [False, True])
