@@ -28,7 +28,7 @@ class Plan:
     interrupt_grace_s: float = 0.15
     # 4 + 7. delivery lag, tokens/s and CPU per token as players grow
     lag_levels: tuple[int, ...] = (100, 500, 1000, 2000)
-    lag_refine: int = 2  # extra steps bisecting the knee
+    lag_refine: int = 3  # extra steps bisecting the knee (1,000-2,000 down to an eighth)
     lag_duration_s: float = 10.0
     lag_ramp_s: float = 2.0
     lag_knee_ms: float = 100.0
