@@ -340,7 +340,9 @@ class Forwarder:
             behind.append((origin, ask, message))
         elif self._new_conversation(message):
             self._starting[key] = []
-            self._spawn(self._answer_first_say(origin, ask, message, key))
+            task = self._spawn(self._answer_first_say(origin, ask, message))
+            # Also if the first say failed, or its task never ran: the others go on.
+            task.add_done_callback(lambda done: self._after_first_say(key, done))
         else:
             answer = answer_forwarded(self.node, message)
             self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
@@ -355,22 +357,26 @@ class Forwarder:
             return False
         return npc in self.node.npcs and self.node.find_conversation(str(npc), audience) is None
 
-    async def _answer_first_say(
-        self, origin: str, ask: int, message: dict[str, Any], key: tuple[str, str]
-    ) -> None:
+    async def _answer_first_say(self, origin: str, ask: int, message: dict[str, Any]) -> None:
         # The conversation starts here on another node's claim: this node may have no copy
         # of the audience's trusted context (it started after the post, and the player
         # never attached here). Read it first; later says find it kept current here.
-        # Says forwarded for the conversation meanwhile wait, and go in their order after
-        # it (one of them starts the conversation again if this say did not).
         from npc_server.api import answer_forwarded
 
-        try:
-            await self.trusted_copies.load(str(message["audience"]))
-            answer = answer_forwarded(self.node, message)
-            self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
-        finally:
-            behind = self._starting.pop(key, [])
+        await self.trusted_copies.load(str(message["audience"]))
+        answer = answer_forwarded(self.node, message)
+        self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+
+    def _after_first_say(self, key: tuple[str, str], done: asyncio.Task[None]) -> None:
+        """The says forwarded while a conversation's first say read its trusted context,
+        in the order they came (one starts the conversation if the first did not). A
+        node closing drops them: their nodes answer their callers 503 after the wait."""
+        behind = self._starting.pop(key, [])
+        if done.cancelled():
+            return
+        failed = done.exception()
+        if failed is not None:  # its caller's node answers 503 after the wait
+            log.error("a forwarded say for %s failed", key, exc_info=failed)
         for later in behind:
             self._api_say(*later)
 
@@ -544,10 +550,11 @@ class Forwarder:
                 "the cut of %s was not remembered: the memory store did not answer", turn.id
             )
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _frame_map(frame: ClientFrame) -> dict[str, Any]:

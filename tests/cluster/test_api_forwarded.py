@@ -322,12 +322,13 @@ async def test_a_node_keeps_a_players_trusted_context_after_their_last_session_t
         assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
 
 
-async def test_game_says_forwarded_for_a_conversation_not_started_yet_run_in_their_order(
-    redis: RedisServer,
-) -> None:
-    """The first forwarded say of a conversation reads its trusted context from Redis
-    first; a say forwarded for it meanwhile waits behind it instead of overtaking."""
-    async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
+async def says_behind_a_held_first(
+    x: Node, redis: RedisServer, texts: list[Any], unanswered: int = 0
+) -> list[Any]:
+    """Forwarded game says to alice's merchant conversation (not started on x), sent in
+    one write while x's first trusted-context read waits, then a kick; the answers in
+    the order they came (all but `unanswered` of the says get one)."""
+    async with forger(redis) as (publisher, pubsub):
         copies = cluster(x).trusted_copies
         read = copies.load
         entered, release = asyncio.Event(), asyncio.Event()
@@ -340,29 +341,77 @@ async def test_game_says_forwarded_for_a_conversation_not_started_yet_run_in_the
 
         copies.load = held_first  # type: ignore[method-assign]
         say = {"k": "api", "op": "say", "npc": "merchant", "audience": "player:alice"}
-        messages = [
-            {**say, "text": "first", "ask": 1},
-            {**say, "text": "second", "ask": 2},
-            {"k": "api", "op": "kick", "ask": 3},  # answered at once: x has read the others
-        ]
+        messages = [{**say, "text": text, "ask": ask} for ask, text in enumerate(texts, 1)]
+        messages.append({"k": "api", "op": "kick", "ask": 0})  # answered at once
         async with publisher.pipeline(transaction=False) as pipe:
             for number, message in enumerate(messages, 1):
                 pipe.publish("npc:node:x", wire.encode_message("forger", message, number))
             await pipe.execute()
         answers: list[dict[str, Any]] = []
-        for _ in messages:
+        for _ in range(len(messages) - unanswered):
             got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
             assert got is not None, f"answers so far: {answers}"
             answer = wire.decode(got["data"]).message
             assert answer is not None
             answers.append(answer)
-            if len(answers) == 1:
-                assert entered.is_set()
+            if len(answers) == 1:  # the kick's: x has read every say by now
+                assert entered.is_set() and answer["ask"] == 0
                 release.set()
-        assert [a["ask"] for a in answers] == [3, 1, 2]
-        first, second = answers[1]["result"], answers[2]["result"]
+        return answers[1:]
+
+
+def player_lines(x: Node) -> list[str]:
+    conversation = x.find_conversation("merchant", Audience(player="alice"))
+    assert conversation is not None
+    return [entry.text for entry in conversation.memory.lines() if entry.role == "player"]
+
+
+async def test_game_says_forwarded_for_a_conversation_not_started_yet_run_in_their_order(
+    redis: RedisServer,
+) -> None:
+    """The first forwarded say of a conversation reads its trusted context from Redis
+    first; a say forwarded for it meanwhile waits behind it instead of overtaking."""
+    async with started(redis, "x") as (x,):
+        answers = await says_behind_a_held_first(x, redis, ["first", "second"])
+        assert [a["ask"] for a in answers] == [1, 2]
+        first, second = answers[0]["result"], answers[1]["result"]
         assert "turn" in first and "turn" in second and first["turn"] != second["turn"]
-        conversation = x.find_conversation("merchant", Audience(player="alice"))
-        assert conversation is not None
-        said = [entry.text for entry in conversation.memory.lines() if entry.role == "player"]
+        said = player_lines(x)
         assert said and "first" in said[0]  # the first say started the conversation
+
+
+async def test_a_say_behind_a_refused_first_say_starts_the_conversation(
+    redis: RedisServer,
+) -> None:
+    """The first say is refused (400): the one that waited behind it is still answered,
+    in its turn, and starts the conversation itself."""
+    async with started(redis, "x") as (x,):
+        answers = await says_behind_a_held_first(x, redis, [5, "second", "third"])
+        assert [a["ask"] for a in answers] == [1, 2, 3]
+        assert answers[0]["error"]["status"] == 400
+        assert "turn" in answers[1]["result"] and "turn" in answers[2]["result"]
+        said = player_lines(x)
+        assert said and "second" in said[0]
+        assert not cluster(x)._starting  # nothing left waiting
+
+
+@pytest.mark.server_errors("the first say fails on purpose")
+async def test_a_say_behind_a_first_say_that_failed_is_still_answered(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first say's task fails unexpectedly (no answer for it: its node answers its
+    caller 503 after the wait): the says behind it still run, in order."""
+    from npc_server import api
+
+    say = api._FORWARDED["say"]
+
+    def failing(node: Node, message: Any) -> dict[str, Any]:
+        if message.get("text") == "boom":
+            raise RuntimeError("a bug in the first say")
+        return say(node, message)
+
+    monkeypatch.setitem(api._FORWARDED, "say", failing)
+    async with started(redis, "x") as (x,):
+        answers = await says_behind_a_held_first(x, redis, ["boom", "second"], unanswered=1)
+        assert [a["ask"] for a in answers] == [2] and "turn" in answers[0]["result"]
+        assert "second" in player_lines(x)[0] and not cluster(x)._starting
