@@ -161,10 +161,23 @@ class Pacer:
         self._per_s = 1 / tick_s
         self._ticks: dict[int, _Tick] = {}
 
+    def time(self) -> float:
+        """The pacer's clock (its loop's)."""
+        return self._loop.time()
+
     def wait(self, delay: float) -> asyncio.Future[None]:
         """A future resolved at the first tick at or after `delay` seconds from now."""
+        return self.wait_until(self._loop.time() + delay)
+
+    def wait_until(self, when: float) -> asyncio.Future[None]:
+        """A future resolved at the first tick at or after `when` on the pacer's clock
+        (in the next loop iteration if that has passed)."""
         future = self._loop.create_future()
-        index = math.ceil((self._loop.time() + delay) * self._per_s - _EPSILON_TICKS)
+        per_s = self._per_s
+        index = math.ceil(when * per_s - _EPSILON_TICKS)
+        passed = int(self._loop.time() * per_s)
+        if index < passed:
+            index = passed
         tick = self._ticks.get(index)
         if tick is None:
             tick = self._new_tick(index)

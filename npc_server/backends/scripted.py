@@ -142,15 +142,24 @@ class ScriptedBackend:
         fields become placeholders. Unanswered (no game server, a timeout, an
         error), those placeholders take the NPC's `defaults`: the fallback.
         """
-        wait = self._sleep or (self._pacer or loop_pacer()).wait  # looked up once per turn
+        sleep = self._sleep  # tests: each delay waited as it comes
+        pacer = None if sleep is not None else (self._pacer or loop_pacer())
         for part in self.plan(request):
             if isinstance(part, ToolCallPiece):
                 yield part
                 continue
+            due = 0.0 if pacer is None else pacer.time()  # kept from the part's start, as play()
             for delay, piece in zip(part.delays, part.pieces, strict=True):
-                # Unpaced, still give the loop a turn per piece: a generator that
-                # never awaits would starve every socket's writer until it ends.
-                await (wait(delay) if delay > 0 else asyncio.sleep(0))
+                if delay <= 0:
+                    # Unpaced, still give the loop a turn per piece: a generator that
+                    # never awaits would starve every socket's writer until it ends.
+                    await asyncio.sleep(0)
+                elif pacer is None:
+                    assert sleep is not None
+                    await sleep(delay)
+                else:
+                    due += delay
+                    await pacer.wait_until(due)
                 yield piece
 
     async def deliver(
@@ -159,7 +168,9 @@ class ScriptedBackend:
         take: Callable[[Piece], None],
         finished: Callable[[], None] | None = None,
     ) -> AsyncIterator[ToolCallPiece]:
-        """The same reply at the same pace, each piece handed to `take` from the pacer's timer.
+        """The same reply at the same pace as `generate()` (each part's pieces kept to
+        its schedule from the part's start), each piece handed to `take` from the
+        pacer's timer.
 
         No task wakes per piece (the caller's waits once per part of the reply);
         tool calls are yielded for the caller to answer before the reply goes on.

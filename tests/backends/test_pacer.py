@@ -199,6 +199,36 @@ def test_many_turns_on_one_pacer_keep_their_timing_and_order() -> None:
     asyncio.run(main())
 
 
+def test_generate_keeps_to_the_replys_schedule_as_play_does() -> None:
+    """On the pacer (no injected sleep), a generated reply's pieces are due from its
+    start too: a tick run late delays its own piece, not the ones after it."""
+
+    async def main() -> None:
+        clock = FakeLoop()
+        npc = _npc()
+        backend = ScriptedBackend(npc, npc.backend_settings, pacer=Pacer(clock))
+        times: list[float] = []
+
+        async def turn() -> None:
+            request = GenerationRequest(npc=npc, player="p", text="rope?", seed=0)
+            async for piece in backend.generate(request):
+                if isinstance(piece, TextPiece):
+                    times.append(round(clock.now, 6))
+
+        task = asyncio.create_task(turn())
+        await settle()
+        clock.fire_late(0.007)  # the first piece's tick runs 7 ms late
+        await settle()
+        for ms in range(108, 400):
+            clock.advance_to(ms / 1000)
+            await settle()
+        assert times[:5] == [0.107, 0.15, 0.2, 0.25, 0.3]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
 def test_an_interrupted_turn_stops_and_the_others_go_on() -> None:
     """Cancelling one paced turn stops its pieces; the turns sharing its ticks keep theirs."""
 
@@ -292,6 +322,26 @@ def test_a_tick_run_late_delays_its_own_piece_only() -> None:
 def test_pieces_that_fell_due_while_the_loop_was_busy_come_at_once_and_in_order() -> None:
     """Pieces due during a stall are handed over as soon as it ends; the next keeps its time."""
     assert _late_play(0.13) == [(0.23, "a"), (0.23, "b"), (0.23, "c"), (0.25, "d"), (0.3, "e")]
+
+
+def test_pieces_that_fell_due_in_a_stall_share_one_timer() -> None:
+    """After a stall the pieces already due of every play go in one tick, not in a
+    timer each for the ticks they missed."""
+
+    async def main() -> None:
+        clock = FakeLoop()
+        pacer = Pacer(clock)
+        taken: list[str] = []
+        for name, second in (("a", 0.05), ("b", 0.07)):
+            pieces = [TextPiece(name + "1"), TextPiece(name + "2")]
+            pacer.play(Part(pieces, [0.1, second]), lambda p: taken.append(_text(p)))
+        assert clock.scheduled == 1  # both first pieces are due at 0.1
+        clock.fire_late(0.13)  # the loop was busy until 0.23: a2 and b2 are due already
+        assert taken == ["a1", "b1"] and clock.scheduled == 2
+        clock.advance_to(0.23)
+        assert taken == ["a1", "b1", "a2", "b2"]
+
+    asyncio.run(main())
 
 
 def test_cancelling_a_play_stops_its_pieces_and_not_the_others() -> None:
