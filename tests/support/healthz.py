@@ -12,10 +12,14 @@ def undocumented(health: dict[str, Any]) -> set[str]:
     """The fields of a /healthz answer (its own, `cluster`'s, `routing`'s, `broker`'s)
     that the `GET /healthz` row of the protocol reference does not name in backticks."""
     row = next(
-        line
-        for line in PROTOCOL.read_text(encoding="utf-8").splitlines()
-        if line.startswith("| `GET /healthz` |")
+        (
+            line
+            for line in PROTOCOL.read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `GET /healthz` |")
+        ),
+        None,
     )
+    assert row is not None, f"no `GET /healthz` row in {PROTOCOL}"
     cluster = health.get("cluster") or {}
     fields = {*health, *cluster, *(cluster.get("routing") or {}), *(cluster.get("broker") or {})}
     assert fields, "an empty /healthz answer"
