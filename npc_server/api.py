@@ -396,17 +396,23 @@ async def _room(room: str) -> Response:
 
 async def _player(player: str) -> Response:
     """GET /api/players/<player> -> {player, online, sessions, rooms} (in a cluster: from
-    every node, each session naming its node)."""
+    every node, each session naming its node, and the sessions a drained node parked in
+    Redis, with `state: "parked"` and `node: null`)."""
     node = _node()
     here = _player_here(node, player)
     if node.cluster is None or not _is_player_id(player):
         return _json({"player": player, **here})
     gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
+    try:
+        parked = await node.handover.list_parked(player)
+    except Exception:
+        raise _unreachable() from None
     sessions = [{**s, "node": node.node_id} for s in here["sessions"]]
     online, rooms = here["online"], set(here["rooms"])
     for origin, parsed in valid(gathered, player_part):
         sessions.extend({**s, "node": origin} for s in parsed["sessions"])
         online, rooms = online or parsed["online"], rooms | set(parsed["rooms"])
+    sessions += [{**s, "node": None} for s in parked]  # in Redis until a node resumes them
     return _json(
         {
             "player": player,

@@ -206,7 +206,8 @@ def openapi() -> dict[str, Any]:
             "{room, members, partial?, nodes_missing?}",
         ),
         "/api/players/{player}": _get(
-            "A player's sessions and rooms (in a cluster, from every node)",
+            "A player's sessions and rooms (in a cluster, from every node, and the sessions "
+            "a drained node parked in Redis: state parked, node null)",
             "player",
             "{player, online, sessions[{session, state, last_seq, node?}], rooms, partial?, "
             "nodes_missing?}",

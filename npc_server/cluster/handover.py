@@ -74,15 +74,27 @@ ADOPT_WAIT = 4 * TIMEOUT
 ADOPT_BATCH = 100
 PREFIX = "npc:"
 PARKED = "npc:handover:"
-PARKED_OF = "npc:parked:"  # + player: the ids of the player's parked sessions
+PARKED_OF = "npc:parked:"  # + player: hash, the player's parked sessions' ids -> last seq
 # Drop a player's parked states and their list in one step (a kick): how many there were.
 FORGET_PARKED = """
 local dropped = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
   dropped = dropped + redis.call('DEL', ARGV[1] .. id)
 end
 redis.call('DEL', KEYS[1])
 return dropped
+"""
+# The player's parked sessions still waiting for a resume: id, last seq, id, last seq, ...
+LIST_PARKED = """
+local found = {}
+local listed = redis.call('HGETALL', KEYS[1])
+for i = 1, #listed, 2 do
+  if redis.call('EXISTS', ARGV[1] .. listed[i]) == 1 then
+    found[#found + 1] = listed[i]
+    found[#found + 1] = listed[i + 1]
+  end
+end
+return found
 """
 MAX_OFFERS = 1024
 
@@ -557,7 +569,7 @@ class SessionHandover:
                 held.append(session)
                 pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
                 # A kick finds them here (the window is the longest a parked state lasts).
-                pipe.sadd(PARKED_OF + session.player, session.id)
+                pipe.hset(PARKED_OF + session.player, session.id, session.last_seq)
                 pipe.pexpire(PARKED_OF + session.player, int(window * 1000))
                 parked += 1
         if parked:
@@ -577,10 +589,33 @@ class SessionHandover:
             dropped = await client.eval(FORGET_PARKED, 1, PARKED_OF + player, PARKED)
         return int(dropped)
 
+    async def list_parked(self, player: str) -> list[dict[str, Any]]:
+        """The player's parked sessions no node has resumed yet, as a listing shows
+        them. Raises if Redis does not answer."""
+        client = self._client()
+        if client is None:
+            return []
+        async with asyncio.timeout(TIMEOUT):
+            found = await client.eval(LIST_PARKED, 1, PARKED_OF + player, PARKED)
+        if not isinstance(found, list) or len(found) % 2:
+            return []
+        listed = []
+        for raw_id, raw_seq in zip(found[::2], found[1::2], strict=True):
+            session, seq = _text(raw_id), _text(raw_seq)
+            if 0 < len(session) <= 64 and seq.isdigit():  # else not ours: left out
+                listed.append({"session": session, "state": "parked", "last_seq": int(seq)})
+        return listed
+
     def _park_message(self, session: Session) -> dict[str, Any] | None:
         if session.state is SessionState.EXPIRED:
             return None
         return self._export("parked", session, _window_start(session))
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return raw if isinstance(raw, str) else ""
 
 
 def _window_start(session: Session) -> int:

@@ -75,8 +75,9 @@ async def test_a_kick_sent_to_one_node_closes_sockets_on_every_node(tmp_path: Pa
 
 
 async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -> None:
-    """Alice is away when A, the only node, drains and parks her session in Redis; a kick
-    sent to B, started after, counts it and drops it: her resume gets a new session."""
+    """Alice is away when A, the only node, drains and parks her session in Redis; B,
+    started after, lists it (parked, on no node); a kick sent to B counts it and drops
+    it: her resume gets a new session."""
     with redis_server() as redis:
         config = cluster_config(tmp_path, redis)
         a = api_node(config)
@@ -92,10 +93,17 @@ async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -
         b = api_node(config)
         try:
             async with httpx.AsyncClient(base_url=b.http_url) as game:
+                info = (await game.get("/api/players/alice", headers=AUTH)).json()
+                assert info["online"] is False
+                [parked] = info["sessions"]
+                assert parked["session"] == first.session and parked["state"] == "parked"
+                assert parked["node"] is None and parked["last_seq"] > 0
                 answer = await game.post("/api/kick", json={"player": "alice"}, headers=AUTH)
                 assert answer.json() == {"player": "alice", "sessions": 1, "sockets": 0}
                 again = await game.post("/api/kick", json={"player": "alice"}, headers=AUTH)
                 assert again.json()["sessions"] == 0
+                after = (await game.get("/api/players/alice", headers=AUTH)).json()
+                assert after["sessions"] == []
             async with connect(b.url) as second:
                 welcome = await second.hello(b.token("alice"), resume=resume_of(first))
                 assert welcome["resumed"] is False and welcome["session"] != first.session

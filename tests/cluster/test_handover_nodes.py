@@ -220,6 +220,30 @@ async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:
         assert here["sessions"] + await x.handover.forget_parked("alice") == 1
 
 
+async def test_a_parked_session_is_listed_until_a_node_resumes_it(redis: RedisServer) -> None:
+    """Once X drained and parked alice's session, a listing shows it (its id and last seq)
+    until B resumes it; a kick's drop also ends the listing."""
+    async with nodes(redis, "x", "b") as (x, b):
+        first = detached_with_written(x, 3)
+        assert await x.handover.park_all() == 1
+        parked = [{"session": first.id, "state": "parked", "last_seq": 3}]
+        assert await b.handover.list_parked("alice") == parked
+        assert await b.handover.list_parked("bob") == []
+        assert await b.handover.resume("alice", Resume(first.id, 3)) is not None
+        assert await b.handover.list_parked("alice") == []  # its state left Redis with it
+        b.end_session(b.hub.get(first.id))  # type: ignore[arg-type]
+        second = detached_with_written(x, 2)
+        assert await x.handover.park_all() == 1
+        assert [s["session"] for s in await b.handover.list_parked("alice")] == [second.id]
+        assert await b.handover.forget_parked("alice") == 1
+        assert await b.handover.list_parked("alice") == []
+        # Another version's or a stray entry is left out, never a crash.
+        client = b.broker.client  # type: ignore[attr-defined]
+        await client.set("npc:handover:odd", b"x")
+        await client.hset("npc:parked:alice", mapping={"odd": "not a seq", "gone": "4"})
+        assert await b.handover.list_parked("alice") == []
+
+
 async def test_a_kick_ends_a_session_on_its_way_to_this_node(redis: RedisServer) -> None:
     """Alice's session is being handed from X to B when a kick reaches B (X had already
     let it go): B counts it, and the resume ends refused with the kick's code, 4508."""
