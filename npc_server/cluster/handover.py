@@ -74,24 +74,26 @@ ADOPT_WAIT = 4 * TIMEOUT
 ADOPT_BATCH = 100
 PREFIX = "npc:"
 PARKED = "npc:handover:"
-PARKED_OF = "npc:parked:"  # + player: hash, the player's parked sessions' ids -> last seq
-# Drop a player's parked states and their list in one step (a kick): how many there were.
+PARKED_OF = "npc:parked:"  # + player: the ids of the player's parked sessions
+SEQS_OF = "npc:parked-seq:"  # + player: hash, their ids -> last seq (for listings)
+# Drop a player's parked states and their lists in one step (a kick): how many there were.
 FORGET_PARKED = """
 local dropped = 0
-for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   dropped = dropped + redis.call('DEL', ARGV[1] .. id)
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return dropped
 """
 # The player's parked sessions still waiting for a resume: id, last seq, id, last seq, ...
+# (a session parked without a seq, by an older node, is left out).
 LIST_PARKED = """
 local found = {}
-local listed = redis.call('HGETALL', KEYS[1])
-for i = 1, #listed, 2 do
-  if redis.call('EXISTS', ARGV[1] .. listed[i]) == 1 then
-    found[#found + 1] = listed[i]
-    found[#found + 1] = listed[i + 1]
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local seq = redis.call('HGET', KEYS[2], id)
+  if seq and redis.call('EXISTS', ARGV[1] .. id) == 1 then
+    found[#found + 1] = id
+    found[#found + 1] = seq
   end
 end
 return found
@@ -569,8 +571,10 @@ class SessionHandover:
                 held.append(session)
                 pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
                 # A kick finds them here (the window is the longest a parked state lasts).
-                pipe.hset(PARKED_OF + session.player, session.id, session.last_seq)
+                pipe.sadd(PARKED_OF + session.player, session.id)
                 pipe.pexpire(PARKED_OF + session.player, int(window * 1000))
+                pipe.hset(SEQS_OF + session.player, session.id, session.last_seq)
+                pipe.pexpire(SEQS_OF + session.player, int(window * 1000))
                 parked += 1
         if parked:
             await pipe.execute()
@@ -586,7 +590,9 @@ class SessionHandover:
         if client is None:
             return 0
         async with asyncio.timeout(TIMEOUT):
-            dropped = await client.eval(FORGET_PARKED, 1, PARKED_OF + player, PARKED)
+            dropped = await client.eval(
+                FORGET_PARKED, 2, PARKED_OF + player, SEQS_OF + player, PARKED
+            )
         return int(dropped)
 
     async def list_parked(self, player: str) -> list[dict[str, Any]]:
@@ -596,7 +602,7 @@ class SessionHandover:
         if client is None:
             return []
         async with asyncio.timeout(TIMEOUT):
-            found = await client.eval(LIST_PARKED, 1, PARKED_OF + player, PARKED)
+            found = await client.eval(LIST_PARKED, 2, PARKED_OF + player, SEQS_OF + player, PARKED)
         if not isinstance(found, list) or len(found) % 2:
             return []
         listed = []

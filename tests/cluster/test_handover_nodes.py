@@ -239,9 +239,14 @@ async def test_a_parked_session_is_listed_until_a_node_resumes_it(redis: RedisSe
         assert await b.handover.list_parked("alice") == []
         # Another version's or a stray entry is left out, never a crash.
         client = b.broker.client  # type: ignore[attr-defined]
-        await client.set("npc:handover:odd", b"x")
-        await client.hset("npc:parked:alice", mapping={"odd": "not a seq", "gone": "4"})
+        for session in ("odd", "old", "gone"):  # old: parked by an older node (no seq)
+            await client.sadd("npc:parked:alice", session)
+        for session in ("odd", "old"):
+            await client.set(f"npc:handover:{session}", b"x")
+        await client.hset("npc:parked-seq:alice", mapping={"odd": "not a seq", "gone": "4"})
         assert await b.handover.list_parked("alice") == []
+        assert await b.handover.forget_parked("alice") == 2  # the kick drops them all
+        assert await client.exists("npc:parked:alice", "npc:parked-seq:alice") == 0
 
 
 async def test_a_kick_ends_a_session_on_its_way_to_this_node(redis: RedisServer) -> None:
