@@ -67,6 +67,10 @@ class MemoryBroker:
     def subscriber_count(self, channel: str) -> int:
         return len(self._channels.get(channel, _NONE))
 
+    def channels(self, prefix: str = "") -> list[str]:
+        """The channels with a subscriber here whose names start with `prefix`."""
+        return [channel for channel in self._channels if channel.startswith(prefix)]
+
     @property
     def available(self) -> bool:
         return True

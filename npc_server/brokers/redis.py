@@ -249,6 +249,10 @@ class RedisBroker:
     def subscriber_count(self, channel: str) -> int:
         return self._local.subscriber_count(channel)
 
+    def local_channels(self, prefix: str = "") -> list[str]:
+        """The channels this node's subscribers listen on, by prefix."""
+        return self._local.channels(prefix)
+
     def statistics(self) -> BrokerStatistics:
         return self._local.statistics()
 

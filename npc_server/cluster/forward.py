@@ -38,7 +38,15 @@ from npc_server.cluster.scatter import NodeDirectory
 from npc_server.cluster.trusted import TrustedCopies
 from npc_server.protocol.codec import FrameError, decode_client_frame
 from npc_server.protocol.codes import ErrorCode
-from npc_server.protocol.frames import Ack, ClientFrame, Error, RequestId, Say, ServerFrame
+from npc_server.protocol.frames import (
+    Ack,
+    ClientFrame,
+    Error,
+    RequestId,
+    RoomGap,
+    Say,
+    ServerFrame,
+)
 from npc_server.turn import Audience
 
 if TYPE_CHECKING:
@@ -456,6 +464,14 @@ class Forwarder:
         self.remote.end_on(origin, channel, upto)
         if channel.startswith("room:"):  # its talk too: the members here missed some
             self._mark_holes(self.node.hub.members(channel.removeprefix("room:")))
+            self._tell_gap([channel])
+
+    def _tell_gap(self, channels: Iterable[str]) -> None:
+        """The sockets and watchers here of these rooms' channels may have missed talk
+        other nodes published: each gets `room.gap` (they stay connected; a resume from
+        before it gets a snapshot, as `_mark_holes` makes sure)."""
+        for channel in channels:
+            self.broker.deliver_local_nowait(channel, RoomGap(channel.removeprefix("room:")))
 
     def session_detached(self, session: Session) -> None:
         """A socket left while the link to Redis is down: what other nodes publish for
@@ -488,6 +504,7 @@ class Forwarder:
         if not connected:  # frames of every remote turn may be lost from now on
             self.remote.end_all()
             return
+        self._tell_gap(self.broker.local_channels("room:"))
         # A Redis that restarted has lost every lease and owner key: renew this node's at
         # once, and judge no other node dead before it had the time to renew its own.
         self._leases_trusted_at = time.monotonic() + LEASE_GRACE

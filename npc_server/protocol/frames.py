@@ -320,6 +320,15 @@ class Presence(ServerFrame):
 
 
 @dataclass(frozen=True, slots=True)
+class RoomGap(ServerFrame):
+    """Room talk other nodes published (`said`, `typing`, `presence`) may be missing
+    before this frame: this node's link to Redis was down, or a node lost publications."""
+
+    T: ClassVar[str] = "room.gap"
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
 class Draining(ServerFrame):
     T: ClassVar[str] = "draining"
     retry_after: float

@@ -201,3 +201,19 @@ async def test_each_delivery_names_its_origin_and_a_growing_number(
         numbers = [number for _, number in seen]
         assert len(origins) == 1 and numbers == sorted(set(numbers)) and len(numbers) == 3
         assert broker.position()[origins.pop()] == numbers[-1]
+
+
+async def test_the_channels_listened_on_here_are_listed_by_prefix(
+    kind: str, redis: RedisServer
+) -> None:
+    """What a node's part in the cluster asks (the rooms it tells of a gap): the channels
+    this node's subscribers listen on (`MemoryBroker.channels`, `RedisBroker.local_channels`)."""
+    async with started(kind, redis) as broker:
+        listed = broker.channels if isinstance(broker, MemoryBroker) else broker.local_channels  # type: ignore[attr-defined]
+        inn, alice = Sink("s1", "alice"), Sink("s2", "alice")
+        broker.subscribe(room_channel("inn"), inn)
+        broker.subscribe(player_channel("alice"), alice)
+        assert listed("room:") == [room_channel("inn")]
+        assert sorted(listed()) == sorted([room_channel("inn"), player_channel("alice")])
+        broker.unsubscribe(room_channel("inn"), inn)
+        assert listed("room:") == []

@@ -425,3 +425,11 @@ async def test_room_turns_and_events_reach_other_members() -> None:
             generated = server_turn(server, mine)
             texts = await asyncio.wait_for(asyncio.gather(mine.text(), theirs.text()), TIMEOUT)
             assert texts[0] == texts[1] == generated.text
+
+
+def test_a_room_gap_frame_is_an_event() -> None:
+    """`room.gap` (cluster mode: room talk from other servers may be missing) reaches the
+    app as `RoomGap`, as the other room events do."""
+    from npc_client.events import RoomGap, event_from_frame
+
+    assert event_from_frame({"t": "room.gap", "seq": 9, "room": "inn"}) == RoomGap("inn")

@@ -102,7 +102,8 @@ async def test_a_killed_nodes_turn_ends_with_an_error_within_the_bound(tmp_path:
 async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path: Path) -> None:
     """Redis stops mid-turn: Alice (on B) gets turn.end{error} instead of a gap, and none of
     that turn's frames after it; Carol on A, where the turn runs, gets all of it; nobody's
-    socket closes; once Redis is back, a room say works across the nodes again."""
+    socket closes; once Redis is back, both are told the room's talk may have a gap
+    (`room.gap`), and a room say works across the nodes again."""
     async with a_room_across_two_nodes(tmp_path) as (redis, a, b, carol, alice):
         ack = await say(carol, 2, "questgiver", "any quests for me?", room="inn")
         turn = ack["turn"]
@@ -119,6 +120,9 @@ async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path
         await wait_for_cluster(b, available=True)
         after = await settle(alice, 9)
         assert not [f for f in after if f.get("turn") == turn]
+        assert {f["room"] for f in after if f["t"] == "room.gap"} == {"inn"}  # once or twice
+        told = await settle(carol, 11)
+        assert {f["room"] for f in told if f["t"] == "room.gap"} == {"inn"}
         again = await say(alice, 3, "questgiver", "hello again", room="inn")
         assert again["t"] == "ack"
         for client in (alice, carol):
@@ -134,7 +138,7 @@ async def test_a_room_member_away_while_redis_was_away_resumes_with_a_snapshot(
 ) -> None:
     """Alice (on B) is away while Redis is: room talk from A may be lost meanwhile, so her
     resume afterwards gets a new session and a snapshot, not a replay with a hole; Carol,
-    connected throughout, goes on."""
+    connected throughout, goes on, told that the room's talk may have a gap."""
     async with a_room_across_two_nodes(tmp_path) as (redis, a, b, carol, alice):
         resume = {"session": alice.session, "seq": alice.last_seq}
         drop(alice)  # a lost network: the session waits for a resume
@@ -146,7 +150,9 @@ async def test_a_room_member_away_while_redis_was_away_resumes_with_a_snapshot(
         async with connect(b.url) as again:
             welcome = await again.hello(b.token("alice"), resume=resume)
             assert welcome["resumed"] is False and welcome["session"] != resume["session"]
-        assert (await settle(carol, 10))[-1]["t"] == "pong"
+        told = await settle(carol, 10)
+        assert told[-1]["t"] == "pong"
+        assert {f["room"] for f in told if f["t"] == "room.gap"} == {"inn"}
 
 
 async def test_after_a_redis_restart_each_node_reclaims_its_lease_and_conversations(

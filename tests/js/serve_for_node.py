@@ -11,6 +11,8 @@ JSON object a line on stdin, with one JSON line each on stdout:
   {"op": "close", "code": C, "player": P}       -> {"closed": n}  (the server closes P's sockets)
   {"op": "end_sessions", "player": P}           -> {"ended": n}   (a resume then fails)
   {"op": "stats"}                               -> {"sessions": n, "sockets": n}
+  {"op": "room_gap", "room": R}                 -> {"ok": true}   (R's members get room.gap,
+                                                   as a cluster node sends after an outage)
 
 End of stdin stops the server.
 """
@@ -23,6 +25,7 @@ import sys
 from typing import Any
 
 from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import RoomGap
 from npc_server.transports.websocket import WebSocketEdge
 from npc_server.turns import Turn
 from tests.support.server import RunningServer, running_server, server_config
@@ -75,6 +78,11 @@ class Commands:
         for session in sessions:
             self.server.node.end_session(session)
         return {"ended": len(sessions)}
+
+    def op_room_gap(self, command: dict[str, Any]) -> dict[str, Any]:
+        room = str(command["room"])
+        self.server.node.hub.send_to_room(room, RoomGap(room))
+        return {"ok": True}
 
     def op_stats(self, command: dict[str, Any]) -> dict[str, Any]:
         return {

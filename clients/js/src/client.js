@@ -29,7 +29,7 @@ export const VERSION = "0.1.0";
 export const PROTOCOL_VERSION = 1;
 
 const FENCE_TIMEOUT_MS = 10_000;
-const EVENT_FRAMES = new Set(["said", "typing", "presence", "draining", "notice"]);
+const EVENT_FRAMES = new Set(["said", "typing", "presence", "room.gap", "draining", "notice"]);
 
 /** Open a session: connect, send `hello`, wait for `welcome`. The first connect is not retried. */
 export async function connect(options) {

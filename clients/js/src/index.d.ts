@@ -242,6 +242,11 @@ export interface Presence {
   player: string;
   state: "joined" | "left";
 }
+/** Cluster mode: room talk other servers published (said, typing, presence) before this
+ *  may not all have arrived (their link to Redis was down). */
+export interface RoomGap {
+  room: string;
+}
 export interface Draining {
   retryAfter: number;
 }
@@ -331,6 +336,7 @@ export declare class NpcClient {
   on(event: "said", listener: (said: Said) => void): Unsubscribe;
   on(event: "typing", listener: (typing: Typing) => void): Unsubscribe;
   on(event: "presence", listener: (presence: Presence) => void): Unsubscribe;
+  on(event: "room.gap", listener: (gap: RoomGap) => void): Unsubscribe;
   on(event: "draining", listener: (draining: Draining) => void): Unsubscribe;
   /** An error frame that answers no request (e.g. rate_limited); without listeners it goes to "error". */
   on(event: "notice", listener: (error: NpcError) => void): Unsubscribe;

@@ -321,6 +321,18 @@ describe("rooms", () => {
       bob.close();
     }
   });
+
+  test("room.gap (a cluster server lost room talk) reaches the app as an event", async () => {
+    const alice = await client(server, "kit");
+    try {
+      await alice.join("cellar");
+      const gap = next(alice, "room.gap");
+      await server.command("room_gap", { room: "cellar" }); // what a node sends after an outage
+      assert.deepEqual(await within(gap), { room: "cellar" });
+    } finally {
+      alice.close();
+    }
+  });
 });
 
 describe("errors", () => {

@@ -28,7 +28,7 @@ from npc_client.errors import (
     UnknownTurn,
     UnknownType,
 )
-from npc_client.events import Draining, Event, Presence, Said, ServerNotice, Typing
+from npc_client.events import Draining, Event, Presence, RoomGap, Said, ServerNotice, Typing
 from npc_client.turns import Action, Text, Turn
 
 __version__ = VERSION
@@ -54,6 +54,7 @@ __all__ = [
     "ProtocolError",
     "RateLimited",
     "RequestLost",
+    "RoomGap",
     "Said",
     "ServerInfo",
     "ServerNotice",

@@ -50,17 +50,26 @@ class Draining:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomGap:
+    """Cluster mode: what other servers published in `room` (`said`, `typing`,
+    `presence`) may not all have arrived before this (Redis was away)."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerNotice:
     """An `error` frame that answers no pending request (e.g. `rate_limited`)."""
 
     error: NpcError
 
 
-Event = Said | Typing | Presence | Draining | ServerNotice
+Event = Said | Typing | Presence | RoomGap | Draining | ServerNotice
 
 
 def event_from_frame(frame: Mapping[str, Any]) -> Event | None:
-    """The event for a `said`, `typing`, `presence` or `draining` frame, else None."""
+    """The event for a `said`, `typing`, `presence`, `room.gap` or `draining` frame, else
+    None."""
     t = frame.get("t")
     if t == "said":
         return Said(
@@ -75,6 +84,8 @@ def event_from_frame(frame: Mapping[str, Any]) -> Event | None:
         )
     if t == "presence":
         return Presence(str(frame.get("room")), str(frame.get("player")), str(frame.get("state")))
+    if t == "room.gap":
+        return RoomGap(str(frame.get("room")))
     if t == "draining":
         retry_after = frame.get("retry_after")
         return Draining(float(retry_after) if isinstance(retry_after, int | float) else 1.0)
