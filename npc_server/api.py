@@ -412,7 +412,8 @@ async def _player(player: str) -> Response:
     for origin, parsed in valid(gathered, player_part):
         sessions.extend({**s, "node": origin} for s in parsed["sessions"])
         online, rooms = online or parsed["online"], rooms | set(parsed["rooms"])
-    sessions += [{**s, "node": None} for s in parked]  # in Redis until a node resumes them
+    listed = {s["session"] for s in sessions}  # a node that drained after it answered
+    sessions += [{**s, "node": None} for s in parked if s["session"] not in listed]
     return _json(
         {
             "player": player,

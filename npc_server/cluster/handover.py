@@ -77,10 +77,14 @@ PARKED = "npc:handover:"
 PARKED_OF = "npc:parked:"  # + player: the ids of the player's parked sessions
 SEQS_OF = "npc:parked-seq:"  # + player: hash, their ids -> last seq (for listings)
 # Drop a player's parked states and their lists in one step (a kick): how many there were.
+# (Keys of another type than these scripts expect are strays: dropped by a kick, and
+# listed as nothing.)
 FORGET_PARKED = """
 local dropped = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  dropped = dropped + redis.call('DEL', ARGV[1] .. id)
+if redis.call('TYPE', KEYS[1]).ok == 'set' then
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    dropped = dropped + redis.call('DEL', ARGV[1] .. id)
+  end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return dropped
@@ -89,6 +93,9 @@ return dropped
 # (a session parked without a seq, by an older node, is left out).
 LIST_PARKED = """
 local found = {}
+if redis.call('TYPE', KEYS[1]).ok ~= 'set' or redis.call('TYPE', KEYS[2]).ok ~= 'hash' then
+  return found
+end
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local seq = redis.call('HGET', KEYS[2], id)
   if seq and redis.call('EXISTS', ARGV[1] .. id) == 1 then
@@ -98,6 +105,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return found
 """
+PARK_COMMANDS = 5  # per session in `park_all`'s transaction, its state's SET first
 MAX_OFFERS = 1024
 
 
@@ -577,7 +585,14 @@ class SessionHandover:
                 pipe.pexpire(SEQS_OF + session.player, int(window * 1000))
                 parked += 1
         if parked:
-            await pipe.execute()
+            # A stray key of the wrong type fails its command only: the states are what a
+            # resume needs; the lists beside them serve kicks and listings.
+            results = await pipe.execute(raise_on_error=False)
+            for at, result in enumerate(results):
+                if isinstance(result, Exception):
+                    if at % PARK_COMMANDS == 0:
+                        raise result
+                    log.warning("a parked session's list was not written: %s", result)
         for session in held:  # they are in Redis now, for whichever node the player reaches
             self.node.end_session(session, quiet=True)
         self.stats.parked += parked
@@ -608,7 +623,7 @@ class SessionHandover:
         listed = []
         for raw_id, raw_seq in zip(found[::2], found[1::2], strict=True):
             session, seq = _text(raw_id), _text(raw_seq)
-            if 0 < len(session) <= 64 and seq.isdigit():  # else not ours: left out
+            if 0 < len(session) <= 64 and seq.isascii() and seq.isdigit() and len(seq) <= 18:
                 listed.append({"session": session, "state": "parked", "last_seq": int(seq)})
         return listed
 

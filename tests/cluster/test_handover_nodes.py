@@ -243,10 +243,34 @@ async def test_a_parked_session_is_listed_until_a_node_resumes_it(redis: RedisSe
             await client.sadd("npc:parked:alice", session)
         for session in ("odd", "old"):
             await client.set(f"npc:handover:{session}", b"x")
-        await client.hset("npc:parked-seq:alice", mapping={"odd": "not a seq", "gone": "4"})
+        await client.hset("npc:parked-seq:alice", mapping={"odd": "²", "gone": "4"})
+        assert await b.handover.list_parked("alice") == []
+        await client.hset("npc:parked-seq:alice", "odd", "9" * 5000)
         assert await b.handover.list_parked("alice") == []
         assert await b.handover.forget_parked("alice") == 2  # the kick drops them all
         assert await client.exists("npc:parked:alice", "npc:parked-seq:alice") == 0
+        # Keys of the wrong type: listed as nothing, dropped by a kick.
+        await client.set("npc:parked:alice", b"stray")
+        await client.set("npc:parked-seq:bob", b"stray")
+        await client.sadd("npc:parked:bob", "odd")
+        await client.set("npc:handover:odd", b"x")  # a state the kick drops, unlisted
+        for player in ("alice", "bob"):
+            assert await b.handover.list_parked(player) == []
+            assert await b.handover.forget_parked(player) == (player == "bob")
+        assert await client.exists("npc:parked:alice", "npc:parked-seq:bob") == 0
+
+
+async def test_a_stray_key_beside_the_parked_lists_does_not_stop_a_drain_parking(
+    redis: RedisServer,
+) -> None:
+    """`npc:parked-seq:alice` is a string (a stray): the drain still parks her session
+    (its state is written and the session ends here), and a resume on B finds it."""
+    async with nodes(redis, "x", "b") as (x, b):
+        await b.broker.client.set("npc:parked-seq:alice", b"stray")  # type: ignore[attr-defined]
+        session = detached_with_written(x, 3)
+        assert await x.handover.park_all() == 1
+        assert x.hub.get(session.id) is None and x.handover.stats.parked == 1
+        assert await b.handover.resume("alice", Resume(session.id, 3)) is not None
 
 
 async def test_a_kick_ends_a_session_on_its_way_to_this_node(redis: RedisServer) -> None:
