@@ -394,6 +394,8 @@ function connect() {
   client.on("turn", (turn) => showTurn(turn));
   client.on("said", onSaid);
   client.on("presence", onPresence);
+  // Cluster mode: a server lost part of the room's talk from other servers (Redis was away).
+  client.on("room.gap", (gap) => feed(`Some of what was said in ${gap.room} may be missing.`, "gap"));
   client.on("typing", (typing) => showTyping(typing.player, typing.on === true));
   client.on("draining", () => toast("The server is restarting. You will be reconnected without losing anything."));
   client.on("notice", (err) => toast(describeError(err)));

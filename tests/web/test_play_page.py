@@ -20,6 +20,7 @@ from typing import TypeVar
 import pytest
 
 from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import RoomGap
 from tests.support.client import connect
 from tests.support.server import REPO, RunningServer, running_server, server_config
 
@@ -183,6 +184,11 @@ async def test_play_page_streams_interrupts_approves_and_shares_a_room(
                 "bob to Brann of the Gate Watch: “Evening, all!”", timeout=WAIT_MS
             )
             await pw_expect(by_id(page, "room-typing")).to_have_text("")
+            # What a cluster node sends its room members after a Redis outage.
+            server.node.hub.send_to_room("tavern", RoomGap("tavern"))
+            await pw_expect(feed).to_contain_text(
+                "Some of what was said in tavern may be missing.", timeout=WAIT_MS
+            )
 
             await page.wait_for_timeout(600)  # let the caret and text settle for the picture
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
