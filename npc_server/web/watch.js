@@ -94,6 +94,10 @@ const handlers = {
   draining() {
     setState("reconnecting", "Server restarting");
   },
+  "room.gap"() {
+    // Cluster mode: this server lost some of the room's talk from other servers.
+    line("(some of what was said in the room may be missing)");
+  },
   presence(frame) {
     if (frame.state === "joined") members.add(frame.player);
     else members.delete(frame.player);

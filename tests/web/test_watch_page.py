@@ -12,6 +12,7 @@ import pytest
 
 from npc_server.events import Closed, Connected, NodeEvent
 from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import RoomGap
 from npc_server.tokens import DEV_SECRET, issue_token, issue_watch_token
 from tests.support.client import RawClient, connect
 from tests.support.server import RunningServer, running_server, server_config
@@ -84,6 +85,11 @@ async def test_the_watch_view_follows_a_room_and_loses_nothing_across_a_drop(
                 assert end["reason"] == "done" and len(full) == end["chars"]
                 await pw_expect(turn).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
                 await pw_expect(turn.locator(".msg-text")).to_have_text(full)
+                # What a cluster node sends a room's members and watchers after an outage.
+                server.node.hub.send_to_room(ROOM, RoomGap(ROOM))
+                await pw_expect(page.locator("body")).to_contain_text(
+                    "(some of what was said in the room may be missing)", timeout=WAIT_MS
+                )
             await wait_until(lambda: reconnected(server), what="the page's second stream")
             await page.close()
         assert problems.errors == []
