@@ -134,7 +134,7 @@ class _Play:
                 done.set_exception(exc)
             return
         self.next = at + 1
-        # As in `Pacer.wait`, inlined: this runs once per piece of every paced turn.
+        # As in `Pacer.wait_until`, inlined: this runs once per piece of every paced turn.
         delay = part.delays[at]
         pacer = self.pacer
         loop = pacer._loop

@@ -92,12 +92,8 @@ def versions_key(scope: str) -> str:
 
 def scope_audience(scope: str) -> dict[str, str]:
     """`player:<id>` or `room:<id>` as the API's body field (`{"player": id}`); else {}."""
-    audience = Audience.from_key(scope)
-    if audience is None:
-        return {}
-    return (
-        {"room": audience.room} if audience.room is not None else {"player": str(audience.player)}
-    )
+    kind, _, name = scope.partition(":")  # the key `Audience.from_key` reads
+    return {kind: name} if Audience.from_key(scope) is not None else {}
 
 
 def _field(npc: str | None) -> str:
