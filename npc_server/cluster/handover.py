@@ -163,11 +163,9 @@ class SessionHandover:
         self._resuming: list[_Pending] = []
         self._adopting: set[str] = set()  # sessions offered to live nodes as this one drains
         self._all_adopted = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         # Sessions this node is taking from a draining node, and asks for them meanwhile.
-        self._adoptions: dict[str, asyncio.Task[None]] = {}
+        self._adoptions: dict[str, asyncio.Task[bool]] = {}  # each: whether a kick dropped it
         self._deferred: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        self._kicked_adoptions: set[str] = set()  # dropped for a kick while adopted
         for kind, handler in (
             ("handover.adopt", self._on_adopt),
             ("handover.ask", self._on_ask),
@@ -196,9 +194,8 @@ class SessionHandover:
             # This node is taking it from a draining node: once that is done, the
             # caller resumes it here.
             await asyncio.wait({adoption}, timeout=self.timeout)
-            if resume.session in self._kicked_adoptions:  # the player was kicked meanwhile
-                self._kicked_adoptions.discard(resume.session)
-                raise Kicked(player)
+            if adoption.done() and not adoption.cancelled() and adoption.result():
+                raise Kicked(player)  # the player was kicked meanwhile
             return None
         client = self._client()
         if client is None or not self.broker.available:
@@ -480,8 +477,8 @@ class SessionHandover:
     async def hand_over_all(self) -> int:
         """Have live nodes take the sessions still held here (see the module docstring);
         how many they took within `ADOPT_WAIT`."""
-        if self._tasks:  # sessions this node is taking from another: they go on with it
-            await asyncio.wait(set(self._tasks), timeout=2 * self.timeout)
+        if self._adoptions:  # sessions this node is taking from another: they go on with it
+            await asyncio.wait(set(self._adoptions.values()), timeout=2 * self.timeout)
         cluster = self.node.cluster
         sessions = [s for s in self.node.hub.all_sessions() if self._park_message_ok(s)]
         if cluster is None or not sessions or not self.broker.available:
@@ -525,18 +522,17 @@ class SessionHandover:
             if session_id in self._adoptions or self.node.hub.get(session_id) is not None:
                 continue
             task = asyncio.get_running_loop().create_task(self._adopt(player, session_id, seq))
-            self._tasks.add(task)
             self._adoptions[session_id] = task
-            task.add_done_callback(self._tasks.discard)
 
-    async def _adopt(self, player: str, session_id: str, seq: int) -> None:
+    async def _adopt(self, player: str, session_id: str, seq: int) -> bool:
         """Take a session a draining node holds, as a resume with no socket would; then
-        answer the asks for it that came meanwhile."""
+        answer the asks for it that came meanwhile. Whether a kick dropped it (a resume
+        waiting for it is refused too)."""
+        kicked = False
         try:
             installed = await self.resume(player, Resume(session_id, seq), adopt=True)
         except Kicked:
-            installed = None  # dropped here; a resume waiting for it is refused too
-            self._kicked_adoptions.add(session_id)
+            installed, kicked = None, True
         except Exception as exc:  # the resume's own failures fall back; this is a fault
             log.warning("session %s was not taken over: %s", session_id, exc)
             installed = None
@@ -546,12 +542,14 @@ class SessionHandover:
                 self._on_ask(origin, message)
         if installed is not None:
             self.stats.adopted += 1
+        return kicked
 
     async def aclose(self) -> None:
         """Stop the adoptions still under way (a drain of this node waited for them)."""
-        for task in list(self._tasks):
+        tasks = list(self._adoptions.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _park_message_ok(self, session: Session) -> bool:
         left = self.node.config.limits.resume_window

@@ -139,7 +139,7 @@ async def test_a_players_resume_elsewhere_beats_an_adoption_for_the_same_session
         resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
         await wait_until(lambda: bool(takes), what="B's take")
         adopt(c, session)
-        await wait_until(lambda: not c.handover._tasks, what="C's adoption")
+        await wait_until(lambda: not c.handover._adoptions, what="C's adoption")
         assert c.hub.get(session.id) is None and x.hub.get(session.id) is not None
         x.handover._on_take(*takes[0])
         handed = await resuming
