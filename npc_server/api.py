@@ -352,16 +352,24 @@ async def _kick() -> Response:
     here = _kick_here(node, player)
     if node.cluster is None:
         return _json({"player": player, **here})
+    # Sessions a drained node left in Redis would resume without it: dropped before the
+    # other nodes are asked (a resume meanwhile must not unpark one), and again after
+    # (a node that parked while it was asked).
+    parked = await _forget_parked(node, player)
     gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
-    try:  # sessions a drained node left in Redis would resume without it
-        parked = await node.handover.forget_parked(player)
-    except Exception:
-        raise _unreachable() from None
+    parked += await _forget_parked(node, player)
     counts = [here, {"sessions": parked, "sockets": 0}]
     counts += [c for _, c in valid(gathered, kick_counts)]
     sessions = sum(c["sessions"] for c in counts)
     sockets = sum(c["sockets"] for c in counts)
     return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})
+
+
+async def _forget_parked(node: Node, player: str) -> int:
+    try:
+        return await node.handover.forget_parked(player)
+    except Exception:
+        raise _unreachable() from None
 
 
 def _kick_here(node: Node, player: str) -> dict[str, int]:
