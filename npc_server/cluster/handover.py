@@ -105,7 +105,6 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return found
 """
-PARK_COMMANDS = 5  # per session in `park_all`'s transaction, its state's SET first
 MAX_OFFERS = 1024
 
 
@@ -567,28 +566,27 @@ class SessionHandover:
         if client is None or not self.broker.available:
             return 0
         now, window = self.node.clock(), self.node.config.limits.resume_window
-        pipe = client.pipeline(transaction=True)  # a kick's script sees all of them or none
-        parked = 0
         held: list[Session] = []
+        pipe = client.pipeline(transaction=True)  # a kick's script sees all of them or none
         for session in self.node.hub.all_sessions():
             left = window - (0.0 if session.detached_at is None else now - session.detached_at)
             message = self._park_message(session)
             if message is not None and left > 0:
                 held.append(session)
                 pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
-                # A kick finds them here (the window is the longest a parked state lasts).
-                pipe.sadd(PARKED_OF + session.player, session.id)
-                pipe.pexpire(PARKED_OF + session.player, int(window * 1000))
-                pipe.hset(SEQS_OF + session.player, session.id, session.last_seq)
-                pipe.pexpire(SEQS_OF + session.player, int(window * 1000))
-                parked += 1
+        for session in held:  # a kick and a listing find them here (for the longest window)
+            pipe.sadd(PARKED_OF + session.player, session.id)
+            pipe.pexpire(PARKED_OF + session.player, int(window * 1000))
+            pipe.hset(SEQS_OF + session.player, session.id, session.last_seq)
+            pipe.pexpire(SEQS_OF + session.player, int(window * 1000))
+        parked = len(held)
         if parked:
-            # A stray key of the wrong type fails its command only: the states are what a
-            # resume needs; the lists beside them serve kicks and listings.
+            # A stray key of the wrong type fails its command only: the states (the first
+            # `parked` commands) are what a resume needs; the lists serve kicks and listings.
             results = await pipe.execute(raise_on_error=False)
             for at, result in enumerate(results):
                 if isinstance(result, Exception):
-                    if at % PARK_COMMANDS == 0:
+                    if at < parked:
                         raise result
                     log.warning("a parked session's list was not written: %s", result)
         for session in held:  # they are in Redis now, for whichever node the player reaches
