@@ -47,6 +47,7 @@ import msgpack
 
 from npc_server.brokers import player_channel, room_channel, session_channel
 from npc_server.cluster.handover_state import (
+    MAX_ID,
     BadState,
     SessionExport,
     StandIn,
@@ -619,7 +620,7 @@ class SessionHandover:
         listed = []
         for raw_id, raw_seq in zip(found[::2], found[1::2], strict=True):
             session, seq = _text(raw_id), _text(raw_seq)
-            if 0 < len(session) <= 64 and seq.isascii() and seq.isdigit() and len(seq) <= 18:
+            if 0 < len(session) <= MAX_ID and seq.isascii() and seq.isdigit() and len(seq) <= 18:
                 listed.append({"session": session, "state": "parked", "last_seq": int(seq)})
         return listed
 
