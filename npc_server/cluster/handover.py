@@ -28,8 +28,10 @@ live nodes before it exits (`hand_over_all`): it sends each live node a
 `handover.adopt` naming some of them, and that node takes each as a resume
 would (steps 1-5, its stand-in subscribed before it asks), so the session goes
 on receiving what is published for it, and the player's resume, anywhere,
-finds it held. What no node took within `ADOPT_WAIT` is parked in Redis
-(`park_all`), where frames published meanwhile have no subscriber.
+finds it held. A node that drains too answers `handover.decline`, and its
+share goes to the others. What no node took within `ADOPT_WAIT` (or what
+every node declined) is parked in Redis (`park_all`), where frames published
+meanwhile have no subscriber.
 """
 
 from __future__ import annotations
@@ -161,13 +163,18 @@ class SessionHandover:
         self._pending: dict[str, _Pending] = {}
         self._offers: dict[str, _Offer] = {}
         self._resuming: list[_Pending] = []
-        self._adopting: set[str] = set()  # sessions offered to live nodes as this one drains
-        self._all_adopted = asyncio.Event()
+        # As this node drains: the sessions asked of each live node, the nodes that
+        # declined (they drain too), and a signal for each session gone or node declining.
+        self._asked: dict[str, list[Session]] = {}
+        self._declined: set[str] = set()
+        self._targets: list[str] = []
+        self._drain_changed = asyncio.Event()
         # Sessions this node is taking from a draining node, and asks for them meanwhile.
         self._adoptions: dict[str, asyncio.Task[bool]] = {}  # each: whether a kick dropped it
         self._deferred: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for kind, handler in (
             ("handover.adopt", self._on_adopt),
+            ("handover.decline", self._on_decline),
             ("handover.ask", self._on_ask),
             ("handover.offer", self._on_offer),
             ("handover.take", self._on_take),
@@ -423,7 +430,6 @@ class SessionHandover:
         self.broker.send_nowait(origin, refusal(request))
         if session.owner is None:
             self.node.end_session(session)
-            self._let_go(session.id)
 
     def _on_take(self, origin: str, message: dict[str, Any]) -> None:
         offer = self._offers.pop(str(message.get("req")), None)
@@ -448,14 +454,12 @@ class SessionHandover:
         self.node.end_session(session, CloseCode.REPLACED, quiet=True)
         self.broker.send_nowait(origin, answer)
         self.stats.handed += 1
-        self._let_go(session.id)
 
-    def _let_go(self, session_id: str) -> None:
-        """A session of the drain's is no longer held here (handed over, or ended)."""
-        if session_id in self._adopting:
-            self._adopting.discard(session_id)
-            if not self._adopting:
-                self._all_adopted.set()
+    def session_ended(self) -> None:
+        """A session left this node (handed over, kicked, expired): a drain handing its
+        sessions over looks again whether any it asked about is still held."""
+        if self._asked:
+            self._drain_changed.set()
 
     def _export(self, request: str, session: Session, after: int) -> dict[str, Any] | None:
         """The state message, or None (the session keeps its queue) if it cannot go."""
@@ -491,27 +495,58 @@ class SessionHandover:
         if not others:
             return 0
         # Twice: a take refused for a player's resume under way is asked again once that
-        # resume has had its time (it took the session, or it gave up).
-        for _ in range(2):
-            remaining = [s for s in sessions if self.node.hub.get(s.id) is s]
-            if not remaining:
-                break
-            self._adopting = {s.id for s in remaining}
-            self._all_adopted.clear()
-            for start in range(0, len(remaining), ADOPT_BATCH):
-                batch = remaining[start : start + ADOPT_BATCH]
-                entries = [[s.id, s.player, _window_start(s)] for s in batch]
-                target = others[(start // ADOPT_BATCH) % len(others)]
-                self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ADOPT_WAIT / 2):
-                    await self._all_adopted.wait()
-        self._adopting = set()
-        return sum(self.node.hub.get(s.id) is not s for s in sessions)
+        # resume has had its time (it took the session, or it gave up). A node that
+        # drains too declines at once: its share goes to the others, or the wait ends.
+        self._targets, self._declined = others, set()
+        handed = self.stats.handed
+        try:
+            for _ in range(2):
+                remaining = [s for s in sessions if self.node.hub.get(s.id) is s]
+                targets = [n for n in others if n not in self._declined]
+                if not remaining or not targets:
+                    break
+                self._asked = {}
+                self._ask_to_adopt(remaining, targets)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ADOPT_WAIT / 2):
+                        while self._awaited():
+                            self._drain_changed.clear()
+                            await self._drain_changed.wait()
+        finally:
+            self._asked, self._targets = {}, []
+        return self.stats.handed - handed
+
+    def _ask_to_adopt(self, sessions: list[Session], targets: list[str]) -> None:
+        """Name `sessions` to `targets` in turn, `ADOPT_BATCH` to a message."""
+        for start in range(0, len(sessions), ADOPT_BATCH):
+            batch = sessions[start : start + ADOPT_BATCH]
+            target = targets[(start // ADOPT_BATCH) % len(targets)]
+            self._asked.setdefault(target, []).extend(batch)
+            entries = [[s.id, s.player, _window_start(s)] for s in batch]
+            self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
+
+    def _awaited(self) -> bool:
+        """Whether a node that has not declined was asked for a session still held here."""
+        hub = self.node.hub
+        return any(hub.get(s.id) is s for asked in self._asked.values() for s in asked)
+
+    def _on_decline(self, origin: str, message: dict[str, Any]) -> None:
+        """A node asked to adopt drains too: what it was asked goes to the others."""
+        asked = self._asked.pop(origin, None)
+        if asked is None:
+            return  # not asked by this drain (or it declined already)
+        self._declined.add(origin)
+        hub = self.node.hub
+        held = [s for s in asked if hub.get(s.id) is s]
+        targets = [n for n in self._targets if n not in self._declined]
+        if held and targets:
+            self._ask_to_adopt(held, targets)
+        self._drain_changed.set()
 
     def _on_adopt(self, origin: str, message: dict[str, Any]) -> None:
-        if self.node.draining:
-            return  # it drains too: the other node parks what it does not hand over
+        if self.node.draining:  # it drains too: the other node asks elsewhere, or parks
+            self.broker.send_nowait(origin, {"k": "handover.decline"})
+            return
         entries = message.get("sessions")
         try:
             adopted = check_adopted(entries)

@@ -216,9 +216,9 @@ async def test_a_session_a_node_held_when_it_drained_resumes_from_redis(tmp_path
         assert any("parked 1 sessions" in line for line in a.output)
 
 
-async def resume_parked(b: ServerProcess, first: RawClient) -> None:
+async def resume_parked(b: ServerProcess, first: RawClient, player: str = "alice") -> None:
     async with connect(b.url) as second:
-        welcome = await second.hello(b.token("alice"), resume=resume_of(first))
+        welcome = await second.hello(b.token(player), resume=resume_of(first))
         assert welcome["resumed"] is True and welcome["session"] == first.session
         frames = await second.recv_until(lambda f: f["t"] == "turn.end")
         turn = frames[-1]["turn"]
@@ -377,3 +377,40 @@ async def resume_until_crossed(server: ServerProcess, tries: int = 60) -> bool:
         if welcome["server"]["node"] != node:
             return True
     return False
+
+
+async def test_stopping_every_worker_parks_what_they_held_for_a_later_server(
+    tmp_path: Path,
+) -> None:
+    """`--workers 2` stopped (both drain at once, as a container stop does), each holding
+    a session away mid-turn: neither can take the other's, so both are parked, and a
+    server started later resumes each."""
+    with redis_server() as redis:
+        config = write_config(tmp_path, redis)
+        server = start_server_process(
+            env={"NPC_SERVER_CONFIG": str(config)}, args=["--workers", "2"]
+        )
+        away: dict[str, tuple[str, RawClient]] = {}  # node -> a player who dropped there
+        try:
+            await workers_serving(server, 2)
+            for n in range(60):
+                async with connect(server.url) as client:
+                    welcome = await client.hello(server.token(f"p{n}"))
+                    if welcome["server"]["node"] in away:
+                        continue
+                    await client.send({"t": "say", "id": 1, "npc": "guard", "text": "hello"})
+                    await client.recv_until(lambda f: f["t"] == "turn.start")
+                    drop(client)
+                    away[welcome["server"]["node"]] = (f"p{n}", client)
+                if len(away) == 2:
+                    break
+            assert len(away) == 2, "the kernel never sent a player to the other worker"
+        finally:
+            assert await asyncio.to_thread(server.terminate, signal.SIGTERM, 30.0) == 0
+        later = start_server_process(env={"NPC_SERVER_CONFIG": str(config)})
+        try:
+            for player, client in away.values():
+                await resume_parked(later, client, player)
+        finally:
+            later.kill()
+        assert sum("parked 1 sessions" in line for line in server.output) == 2

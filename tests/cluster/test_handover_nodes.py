@@ -12,6 +12,7 @@ import pytest
 
 from npc_server.api import _kick_here
 from npc_server.brokers.redis import RedisBroker
+from npc_server.cluster import handover
 from npc_server.cluster.handover import Kicked
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
@@ -208,6 +209,69 @@ async def test_a_players_resume_that_gave_up_does_not_keep_the_drain_from_handin
             what="the session on B or C",
         )
         assert b.handover.stats.adopted + c.handover.stats.adopted == 1
+
+
+def held_by(node: Node, player: str) -> Session:
+    """A detached session of `player` on `node`, as a drain finds one."""
+    session = node.open_session(player)
+    session.detach(node.clock())
+    return session
+
+
+@pytest.fixture
+def endless_adopt_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain's adopt rounds would outlast every test: only an answer ends them."""
+    monkeypatch.setattr(handover, "ADOPT_WAIT", 3600.0)
+
+
+async def drained(node: Node) -> int:
+    """The drain's handover step (`hand_over_all`), bounded far below an adopt round."""
+    return await asyncio.wait_for(node.handover.hand_over_all(), timeout=20)
+
+
+@pytest.mark.usefixtures("endless_adopt_wait")
+async def test_when_every_node_drains_none_waits_for_the_others_to_adopt(
+    redis: RedisServer,
+) -> None:
+    """X and B drain at once (`--workers 2` stopping, a restart of every node): B declines
+    X's adopt, so X parks its sessions at once instead of waiting out both rounds."""
+    async with started(redis, "x", "b") as (x, b):
+        session = held_by(x, "alice")
+        x.draining = b.draining = True
+        assert await drained(x) == 0
+        assert x.hub.get(session.id) is session and b.hub.get(session.id) is None
+        assert await x.handover.park_all() == 1
+
+
+@pytest.mark.usefixtures("endless_adopt_wait")
+async def test_what_a_draining_node_declines_goes_to_a_live_one(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X asks B for one session and C for the other; B drains too and declines, so C
+    takes both."""
+    monkeypatch.setattr(handover, "ADOPT_BATCH", 1)
+    async with started(redis, "x", "b", "c") as (x, b, c):
+        sessions = [held_by(x, "alice"), held_by(x, "bob")]
+        b.draining = x.draining = True
+        assert await drained(x) == 2
+        await wait_until(lambda: c.handover.stats.adopted == 2, what="C's adoptions")
+        assert all(c.hub.get(s.id) is not None for s in sessions)
+        assert b.handover.stats.adopted == 0
+
+
+@pytest.mark.usefixtures("endless_adopt_wait")
+async def test_a_session_ending_during_the_drain_is_not_waited_for(redis: RedisServer) -> None:
+    """B is slow to adopt alice's session and a kick ends it on X meanwhile: X's drain
+    stops waiting for it then, not at the round's end."""
+    async with started(redis, "x", "b") as (x, b):
+        session = held_by(x, "alice")
+        adopts = hold(b, "handover.adopt")
+        x.draining = True
+        draining = asyncio.create_task(drained(x))
+        await wait_until(lambda: bool(adopts), what="X's adopt at B")
+        x.end_session(session)  # as a kick, an expiry or a replacing socket does
+        assert await draining == 0  # none handed over: it ended here
+        assert x.hub.get(session.id) is None
 
 
 async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:
