@@ -216,6 +216,8 @@ class RedisMemoryStore:
             from redis.backoff import NoBackoff
             from redis.exceptions import RedisError
 
+            from npc_server.brokers.redis import client_options
+
             self._errors = (RedisError, OSError, TimeoutError)
             # No retries inside the client: a failure is ours to count and back off from.
             self._redis = aioredis.Redis.from_url(
@@ -223,6 +225,7 @@ class RedisMemoryStore:
                 socket_connect_timeout=self.timeout,
                 socket_timeout=self.timeout,
                 retry=Retry(NoBackoff(), 0),
+                **client_options(),
             )
         return self._redis
 

@@ -358,3 +358,34 @@ async def test_a_delivery_that_fails_is_counted_and_the_subscription_goes_on(
         await wait_until(lambda: len(there.frames) == 1, what="the frame after")
         assert there.frames == [Delta("t1", "after", 1)]
         assert b.redis_statistics().rejected == 1 and b.connected
+
+
+async def test_new_redis_connections_name_the_client_without_reading_package_metadata(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of commands opens pooled connections (the broker's and the memory
+    store's): each names redis-py and its version for `CLIENT SETINFO` (Redis 7.2 on)
+    from what was given once, instead of reading the package's metadata from disk for
+    every connection."""
+    import redis as redis_py
+    from redis import utils as redis_utils
+
+    from npc_server.memories.redis import RedisMemoryStore
+
+    def read_from_disk() -> str:
+        raise AssertionError("a connection looked up redis-py's version on disk")
+
+    monkeypatch.setattr(redis_utils, "get_lib_version", read_from_disk)
+    broker, store = RedisBroker(redis.url, "node-a"), RedisMemoryStore(redis.url, 60.0)
+    await broker.start()
+    try:
+        await asyncio.gather(*(broker.client.ping() for _ in range(8)))
+        assert not await store.load("guard", "player:alice")  # nothing saved: empty
+        pools = [broker.client.connection_pool, store._client().connection_pool]
+        assert sum(len(p._available_connections) for p in pools) >= 3  # the pool grew
+        for pool in pools:
+            info = pool.connection_kwargs["driver_info"]
+            assert (info.name, info.lib_version) == ("redis-py", redis_py.__version__)
+    finally:
+        await store.aclose()
+        await broker.aclose()
