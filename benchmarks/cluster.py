@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -272,12 +274,28 @@ def _idle(run: Runner) -> Result:
         return run.load("cluster_idle", nodes[0], params, budget)
 
 
+PARTS = ("cpu", "knee", "idle")
+
+
+def _narrowed(run: Runner) -> tuple[str, ...]:
+    """The plan's CPU step at NPC_BENCH_CLUSTER_PLAYERS ("600") players, and only the
+    parts named in NPC_BENCH_CLUSTER_PARTS ("cpu,knee"; all three by default)."""
+    if players := os.environ.get("NPC_BENCH_CLUSTER_PLAYERS"):
+        run.plan = dataclasses.replace(run.plan, cluster_players=int(players))
+    parts = os.environ.get("NPC_BENCH_CLUSTER_PARTS")
+    wanted = tuple(p.strip() for p in parts.split(",")) if parts else PARTS
+    unknown = set(wanted) - set(PARTS)
+    if unknown:
+        raise ValueError(f"NPC_BENCH_CLUSTER_PARTS: unknown {sorted(unknown)}, not in {PARTS}")
+    return wanted
+
+
 def cluster(run: Runner) -> Result:
     """9. Cluster CPU per token vs one process, the --workers 2 knee, Redis per token/session."""
-    return {
-        "players": run.plan.cluster_players,
-        "workers": WORKERS,
-        "cpu": _cpu(run),
-        "knee": _knee(run),
-        "idle": _idle(run),
-    }
+    wanted = _narrowed(run)
+    parts: dict[str, Callable[[Runner], Result]] = {"cpu": _cpu, "knee": _knee, "idle": _idle}
+    result: Result = {"players": run.plan.cluster_players, "workers": WORKERS}
+    for name in PARTS:
+        if name in wanted:
+            result[name] = parts[name](run)
+    return result

@@ -132,3 +132,24 @@ def test_redis_simulation_measures_redis_per_token(tmp_path: Path) -> None:
         assert row["output_bytes_per_token"] >= row["input_bytes_per_token"]
         assert row["redis_cpu_us_per_token"] > 0
     assert "| sim nodes |" in done.stdout
+
+
+def test_a_narrowed_cluster_run_has_only_its_parts_at_its_players(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NPC_BENCH_CLUSTER_PARTS and _PLAYERS: the CPU steps alone at that many players,
+    and a report of just them; an unknown part is refused by name."""
+    monkeypatch.setenv("NPC_BENCH_CLUSTER_PARTS", "cpu")
+    monkeypatch.setenv("NPC_BENCH_CLUSTER_PLAYERS", "6")
+    plan = dataclasses.replace(PLAN, cluster_setups=("single",))
+    try:
+        result = cluster.cluster(Runner(plan, tmp_path))
+    finally:
+        stop_all()
+    assert set(result) == {"players", "workers", "cpu"} and result["players"] == 6
+    assert {s["players"] for s in result["cpu"]["private"]["steps"]} == {6}
+    report = "\n".join(cluster_markdown(result))
+    assert "CPU per delivered token" in report and "--workers" not in report
+    monkeypatch.setenv("NPC_BENCH_CLUSTER_PARTS", "cpu,knees")
+    with pytest.raises(ValueError, match="NPC_BENCH_CLUSTER_PARTS: unknown \\['knees'\\]"):
+        cluster.cluster(Runner(plan, tmp_path))
