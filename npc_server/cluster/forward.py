@@ -499,8 +499,10 @@ class Forwarder:
     # --- watching the nodes whose turns this node relays ----------------------------
 
     def _link_changed(self, connected: bool) -> None:
-        # Room talk from other nodes may be lost while the link is down (turns end).
+        # Room talk from other nodes may be lost while the link is down (turns end), and
+        # so may what a resume under way here was waiting for.
         self._mark_holes()
+        self.node.handover.link_changed()
         if not connected:  # frames of every remote turn may be lost from now on
             self.remote.end_all()
             return

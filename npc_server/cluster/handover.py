@@ -139,6 +139,7 @@ class _Pending:
     origin: str | None = None
     adopt: bool = False  # taken for a draining node (no socket)
     kicked: bool = False  # the player was kicked meanwhile: the socket is refused
+    crossed_outage: bool = False  # this node's link to Redis was lost meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +242,13 @@ class SessionHandover:
         stats.resumed += installed is not None
         stats.snapshots += installed is None
         return installed
+
+    def link_changed(self) -> None:
+        """This node's link to Redis was lost or is back: what was published for the
+        sessions being resumed here meanwhile may be missing from their stand-ins, so
+        none of them replays across that (a new session and a snapshot instead)."""
+        for pending in self._resuming:
+            pending.crossed_outage = True
 
     def kick_pending(self, player: str) -> int:
         """A kick: the player's resumes under way here raise `Kicked`, whatever the
@@ -345,6 +353,9 @@ class SessionHandover:
         """Make the handed-over session real, in the same step as the stand-in left."""
         standin = pending.standin
         if state is None or standin.overflowed:
+            return None
+        if pending.crossed_outage:
+            log.info("session %s was handed over across a Redis outage: a snapshot", state.session)
             return None
         node = self.node
         session = node.open_session(state.player, state.session)

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import redis.asyncio as aioredis
 
 from npc_server.api import _kick_here
 from npc_server.brokers.redis import RedisBroker
@@ -209,6 +210,28 @@ async def test_a_players_resume_that_gave_up_does_not_keep_the_drain_from_handin
             what="the session on B or C",
         )
         assert b.handover.stats.adopted + c.handover.stats.adopted == 1
+
+
+async def test_a_resume_across_a_redis_outage_on_the_new_node_is_a_snapshot(
+    redis: RedisServer,
+) -> None:
+    """B's link to Redis drops after X exported alice's session and before B installs
+    it: what was published for her meanwhile may be missing from B's stand-in, so B
+    does not replay across that (a new session and a snapshot instead of a gap)."""
+    async with started(redis, "x", "b") as (x, b):
+        session = detached_with_written(x, 3)
+        states = hold(b, "handover.state")
+        links: list[bool] = []
+        b.broker.add_state_listener(links.append)  # type: ignore[attr-defined]
+        resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 1)))
+        await wait_until(lambda: bool(states), what="X's state for B")
+        assert x.hub.get(session.id) is None  # exported: only the state holds it now
+        async with aioredis.Redis.from_url(redis.url) as raw:
+            await raw.client_kill_filter(_type="pubsub")  # every node's subscriber link
+        await wait_until(lambda: links[-2:] == [False, True], what="B's link lost and back")
+        b.handover._on_state(*states[0])
+        assert await resuming is None
+        assert b.handover.stats.snapshots == 1 and b.hub.get(session.id) is None
 
 
 def held_by(node: Node, player: str) -> Session:
