@@ -114,7 +114,7 @@ async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -
 async def test_listings_from_one_node_show_every_node(tmp_path: Path) -> None:
     """Node A lists the inn's members on A and B and bob's session on B (naming B); with a
     node that does not answer, A answers what came and names the missing node; without
-    Redis, 503 `unavailable` with retry_after."""
+    Redis, 503 `unavailable` with retry_after (a listing, and a kick)."""
     with redis_server() as redis:
         config = cluster_config(tmp_path, redis)
         a, b = api_node(config), api_node(config)
@@ -149,6 +149,9 @@ async def test_listings_from_one_node_show_every_node(tmp_path: Path) -> None:
                 assert away.status_code == 503 and away.headers["retry-after"] == "1"
                 error = away.json()["error"]
                 assert error["code"] == "unavailable" and error["retry_after"] == 1.0
+                kick = await game.post("/api/kick", json={"player": "bob"}, headers=AUTH)
+                assert kick.status_code == 503  # parked sessions cannot be dropped: retry
+                assert kick.json()["error"]["code"] == "unavailable"
         finally:
             a.kill()
             b.kill()
