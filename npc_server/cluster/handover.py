@@ -495,7 +495,11 @@ class SessionHandover:
         if self._adoptions:  # sessions this node is taking from another: they go on with it
             await asyncio.wait(set(self._adoptions.values()), timeout=2 * self.timeout)
         cluster = self.node.cluster
-        sessions = [s for s in self.node.hub.all_sessions() if self._park_message_ok(s)]
+        # Not a session whose socket is still closing: a node taking it would close that
+        # socket as replaced (another device), where parking closes it with 1001.
+        sessions = [
+            s for s in self.node.hub.all_sessions() if s.owner is None and self._window_left(s)
+        ]
         if cluster is None or not sessions or not self.broker.available:
             return 0
         try:
@@ -597,13 +601,16 @@ class SessionHandover:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _park_message_ok(self, session: Session) -> bool:
+    def _window_left(self, session: Session) -> float:
+        """How long a resume of `session` may still come, if it may go on on another node
+        when this one drains (0: it may not: it ended, its window is over, or frames may
+        be lost from its queue, so no resume of it could be served anyway)."""
+        if session.state is SessionState.EXPIRED or session.holed_at > session.last_seq:
+            return 0.0
         left = self.node.config.limits.resume_window
         if session.detached_at is not None:
             left -= self.node.clock() - session.detached_at
-        if session.holed_at > session.last_seq:  # frames may be lost from its queue on
-            return False
-        return session.state is not SessionState.EXPIRED and session.owner is None and left > 0
+        return max(left, 0.0)
 
     # --- draining: leave what is still held in Redis -------------------------
 
@@ -612,15 +619,15 @@ class SessionHandover:
         client = self._client()
         if client is None or not self.broker.available:
             return 0
-        now, window = self.node.clock(), self.node.config.limits.resume_window
+        window = self.node.config.limits.resume_window
         held: list[Session] = []
         pipe = client.pipeline(transaction=True)  # a kick's script sees all of them or none
         for session in self.node.hub.all_sessions():
-            left = window - (0.0 if session.detached_at is None else now - session.detached_at)
-            message = self._park_message(session)
-            if message is not None and left > 0:
+            left = self._window_left(session)
+            message = self._park_message(session) if left > 0 else None
+            if message is not None:
                 held.append(session)
-                pipe.set(PARKED + session.id, msgpack.packb(message), px=int(left * 1000))
+                pipe.set(PARKED + session.id, msgpack.packb(message), px=max(1, int(left * 1000)))
         for session in held:  # a kick and a listing find them here (for the longest window)
             pipe.sadd(PARKED_OF + session.player, session.id)
             pipe.pexpire(PARKED_OF + session.player, int(window * 1000))
@@ -671,8 +678,6 @@ class SessionHandover:
         return listed
 
     def _park_message(self, session: Session) -> dict[str, Any] | None:
-        if session.state is SessionState.EXPIRED:
-            return None
         return self._export("parked", session, _window_start(session))
 
 

@@ -297,6 +297,23 @@ async def test_a_session_ending_during_the_drain_is_not_waited_for(redis: RedisS
         assert x.hub.get(session.id) is None
 
 
+async def test_a_drain_parks_no_session_whose_resume_could_not_be_served(
+    redis: RedisServer,
+) -> None:
+    """Alice's session left its socket while Redis was away (frames may be lost from its
+    queue): no resume of it can be served, so a drain neither hands it over nor parks it
+    (her resume elsewhere gets a new session and a snapshot either way); bob's is parked."""
+    async with started(redis, "x") as (x,):
+        holed, kept = held_by(x, "alice"), held_by(x, "bob")
+        holed.mark_hole()
+        x.draining = True
+        assert await drained(x) == 0
+        assert await x.handover.park_all() == 1
+        client = x.handover._client()
+        assert await client.exists(f"npc:handover:{holed.id}") == 0
+        assert await client.exists(f"npc:handover:{kept.id}") == 1
+
+
 async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:
     """Once parked, a drained node's sessions are only in Redis: a kick there counts them
     once (the node's own count and the parked ones together)."""
