@@ -244,7 +244,7 @@ class Node:
         node, which keeps it in its rooms (no `left` presence)."""
         session.expire(code)
         if self.hub.remove(session):
-            self.handover.session_ended()
+            self.handover.session_ended(session)
             rooms = self.hub.leave_all(session.player, quiet=quiet)
             self.contexts.forget(session.player, trusted=self.cluster is None)
             audiences = [Audience(player=session.player), *(Audience(room=r) for r in rooms)]

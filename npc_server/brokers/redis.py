@@ -77,14 +77,18 @@ def client_options() -> dict[str, Any]:
     store's): the client's name and version for `CLIENT SETINFO`, given once. Left to
     redis-py, each new connection reads the package's metadata from disk (~0.35 ms, a
     burst of claims opens dozens)."""
-    return {"driver_info": _driver_info()}
+    info = _driver_info()
+    return {} if info is None else {"driver_info": info}
 
 
 @functools.cache
 def _driver_info() -> Any:
     import redis
-    from redis.driver_info import DriverInfo
 
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # before redis-py 7.2 the version is read once, at import
+        return None
     return DriverInfo(lib_version=redis.__version__)
 
 

@@ -54,6 +54,7 @@ from npc_server.cluster.handover_state import (
     SessionExport,
     StandIn,
     check_adopted,
+    check_ids,
     check_rooms,
     decode_state,
     encode_state,
@@ -142,6 +143,21 @@ class _Pending:
     crossed_outage: bool = False  # this node's link to Redis was lost meanwhile
 
 
+@dataclass(slots=True)
+class _Drain:
+    """What a drain of this node asked of the live nodes (`hand_over_all`)."""
+
+    targets: list[str]  # the live nodes, this one excluded
+    declined: set[str] = field(default_factory=set)  # they drain too
+    asked: dict[str, dict[str, Session]] = field(default_factory=dict)  # node -> id -> session
+    outstanding: set[str] = field(default_factory=set)  # asked, not declined, still held here
+    turn: int = 0  # the next target, in turn across every ask of the drain
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def open_targets(self) -> list[str]:
+        return [n for n in self.targets if n not in self.declined]
+
+
 @dataclass(frozen=True, slots=True)
 class _Offer:
     """A session this node offered to another node, until it is taken."""
@@ -164,12 +180,7 @@ class SessionHandover:
         self._pending: dict[str, _Pending] = {}
         self._offers: dict[str, _Offer] = {}
         self._resuming: list[_Pending] = []
-        # As this node drains: the sessions asked of each live node, the nodes that
-        # declined (they drain too), and a signal for each session gone or node declining.
-        self._asked: dict[str, list[Session]] = {}
-        self._declined: set[str] = set()
-        self._targets: list[str] = []
-        self._drain_changed = asyncio.Event()
+        self._drain: _Drain | None = None  # while this node hands its sessions over
         # Sessions this node is taking from a draining node, and asks for them meanwhile.
         self._adoptions: dict[str, asyncio.Task[bool]] = {}  # each: whether a kick dropped it
         self._deferred: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -466,11 +477,13 @@ class SessionHandover:
         self.broker.send_nowait(origin, answer)
         self.stats.handed += 1
 
-    def session_ended(self) -> None:
+    def session_ended(self, session: Session) -> None:
         """A session left this node (handed over, kicked, expired): a drain handing its
-        sessions over looks again whether any it asked about is still held."""
-        if self._asked:
-            self._drain_changed.set()
+        sessions over no longer waits for it."""
+        drain = self._drain
+        if drain is not None and session.id in drain.outstanding:
+            drain.outstanding.discard(session.id)
+            drain.changed.set()
 
     def _export(self, request: str, session: Session, after: int) -> dict[str, Any] | None:
         """The state message, or None (the session keeps its queue) if it cannot go."""
@@ -512,61 +525,75 @@ class SessionHandover:
         # Twice: a take refused for a player's resume under way is asked again once that
         # resume has had its time (it took the session, or it gave up). A node that
         # drains too declines at once: its share goes to the others, or the wait ends.
-        self._targets, self._declined = others, set()
+        drain = self._drain = _Drain(others)
         handed = self.stats.handed
         try:
             for _ in range(2):
-                remaining = [s for s in sessions if self.node.hub.get(s.id) is s]
-                targets = [n for n in others if n not in self._declined]
-                if not remaining or not targets:
+                remaining = self._still_held(sessions)
+                if not remaining or not drain.open_targets():
                     break
-                self._asked = {}
-                self._ask_to_adopt(remaining, targets)
+                drain.asked, drain.outstanding = {}, set()
+                self._ask_to_adopt(drain, remaining)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(ADOPT_WAIT / 2):
-                        while self._awaited():
-                            self._drain_changed.clear()
-                            await self._drain_changed.wait()
+                        while drain.outstanding:
+                            drain.changed.clear()
+                            await drain.changed.wait()
         finally:
-            self._asked, self._targets = {}, []
+            self._drain = None
         return self.stats.handed - handed
 
-    def _ask_to_adopt(self, sessions: list[Session], targets: list[str]) -> None:
-        """Name `sessions` to `targets` in turn, `ADOPT_BATCH` to a message."""
+    def _still_held(self, sessions: list[Session]) -> list[Session]:
+        hub = self.node.hub
+        return [s for s in sessions if hub.get(s.id) is s]
+
+    def _ask_to_adopt(self, drain: _Drain, sessions: list[Session]) -> None:
+        """Name `sessions` to the drain's open targets in turn, `ADOPT_BATCH` a message."""
+        targets = drain.open_targets()
         for start in range(0, len(sessions), ADOPT_BATCH):
             batch = sessions[start : start + ADOPT_BATCH]
-            target = targets[(start // ADOPT_BATCH) % len(targets)]
-            self._asked.setdefault(target, []).extend(batch)
+            target = targets[drain.turn % len(targets)]
+            drain.turn += 1
+            drain.asked.setdefault(target, {}).update((s.id, s) for s in batch)
+            drain.outstanding.update(s.id for s in batch)
             entries = [[s.id, s.player, _window_start(s)] for s in batch]
             self.broker.send_nowait(target, {"k": "handover.adopt", "sessions": entries})
 
-    def _awaited(self) -> bool:
-        """Whether a node that has not declined was asked for a session still held here."""
-        hub = self.node.hub
-        return any(hub.get(s.id) is s for asked in self._asked.values() for s in asked)
-
     def _on_decline(self, origin: str, message: dict[str, Any]) -> None:
-        """A node asked to adopt drains too: what it was asked goes to the others."""
-        asked = self._asked.pop(origin, None)
-        if asked is None:
-            return  # not asked by this drain (or it declined already)
-        self._declined.add(origin)
-        hub = self.node.hub
-        held = [s for s in asked if hub.get(s.id) is s]
-        targets = [n for n in self._targets if n not in self._declined]
-        if held and targets:
-            self._ask_to_adopt(held, targets)
-        self._drain_changed.set()
+        """A node asked to adopt drains too: the sessions it names go to the others."""
+        drain = self._drain
+        asked = None if drain is None else drain.asked.get(origin)
+        if drain is None or asked is None:
+            return  # not asked by this drain
+        try:
+            ids = check_ids(message.get("sessions"), "sessions")
+        except BadState as exc:
+            self._reject(f"a decline from node {origin}", exc)
+            return
+        declined = [asked.pop(i) for i in ids if i in asked]
+        drain.declined.add(origin)
+        drain.outstanding.difference_update(s.id for s in declined)
+        held = self._still_held(declined)
+        if held and drain.open_targets():
+            self._ask_to_adopt(drain, held)
+        log.info(
+            "node %s drains too: %d sessions asked of it go %s",
+            origin,
+            len(held),
+            "to the other live nodes" if drain.open_targets() else "to Redis",
+        )
+        drain.changed.set()
 
     def _on_adopt(self, origin: str, message: dict[str, Any]) -> None:
-        if self.node.draining:  # it drains too: the other node asks elsewhere, or parks
-            self.broker.send_nowait(origin, {"k": "handover.decline"})
-            return
         entries = message.get("sessions")
         try:
             adopted = check_adopted(entries)
         except BadState as exc:
             self._reject(f"an adopt from node {origin}", exc)
+            return
+        if self.node.draining:  # it drains too: the other node asks elsewhere, or parks
+            ids = [session_id for session_id, _, _ in adopted]
+            self.broker.send_nowait(origin, {"k": "handover.decline", "sessions": ids})
             return
         for session_id, player, seq in adopted:
             if session_id in self._adoptions or self.node.hub.get(session_id) is not None:

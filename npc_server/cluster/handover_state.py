@@ -205,11 +205,19 @@ def check_adopted(value: Any) -> list[tuple[str, str, int]]:
         if not isinstance(entry, list) or len(entry) != 3:
             raise BadState(f"{entry!r} is not [session, player, seq]")
         session, player, seq = entry
-        for name, what in ((session, "session"), (player, "player")):
-            if not isinstance(name, str) or not 0 < len(name) <= MAX_ID:
-                raise BadState(f"{what} {name!r} is not an id")
-        adopted.append((session, player, _int(seq, "seq")))
+        adopted.append((_id(session, "session"), _id(player, "player"), _int(seq, "seq")))
     return adopted
+
+
+def check_ids(value: Any, what: str) -> list[str]:
+    """Session ids from another node (at most a thousand)."""
+    return [_id(name, what) for name in _list(value, what, 1000)]
+
+
+def _id(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_ID:
+        raise BadState(f"{what}: {name!r} is not an id")
+    return name
 
 
 def check_rooms(value: Any) -> list[str]:

@@ -1,7 +1,7 @@
 """msgpack encoding of server frames and validated decoding of client frames.
 
 Decoding never raises anything but `FrameError`, whose `code` is the error
-code of PROTOCOL.md to answer with.
+code of docs/protocol.md to answer with.
 """
 
 from __future__ import annotations

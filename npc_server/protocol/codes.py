@@ -1,4 +1,4 @@
-"""Close codes and error codes of protocol v1 (see PROTOCOL.md).
+"""Close codes and error codes of protocol v1 (see docs/protocol.md).
 
 Close codes 4000-4499 tell the client to reconnect and resume; 4500-4999 tell
 it to stop. The standard codes below 4000 keep their WebSocket meaning.

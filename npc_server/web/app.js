@@ -24,7 +24,7 @@ const RETRY_FIRST_CONNECT_MS = 2000; // the server was not up yet: try again
 const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the newest reply"
 const CLIENT_NAME = "hearthside-web/2";
 
-// Close codes after which reconnecting cannot help (PROTOCOL.md, "Close codes").
+// Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
 const STOP_MESSAGES = {
   1000: ["Conversation closed", "The server ended the connection. Reload the page to talk again."],
   1009: ["Message too big", "The server refused a message that was too large. Reload the page."],

@@ -389,3 +389,22 @@ async def test_new_redis_connections_name_the_client_without_reading_package_met
     finally:
         await store.aclose()
         await broker.aclose()
+
+
+def test_a_redis_py_without_driver_info_gets_no_such_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis-py before 7.2 has no `redis.driver_info` (and reads its version once, at
+    import): the pools are made without the option, which it would refuse."""
+    import sys
+
+    from npc_server.brokers import redis as broker_module
+
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "redis.driver_info", None)  # its import raises
+        broker_module._driver_info.cache_clear()
+        try:
+            assert broker_module.client_options() == {}
+        finally:
+            broker_module._driver_info.cache_clear()
+    assert set(broker_module.client_options()) == {"driver_info"}  # this redis-py has it

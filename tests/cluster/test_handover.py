@@ -414,3 +414,5 @@ async def test_stopping_every_worker_parks_what_they_held_for_a_later_server(
         finally:
             later.kill()
         assert sum("parked 1 sessions" in line for line in server.output) == 2
+        # The first to ask was told by the other that it drains too (not left waiting).
+        assert any("drains too" in line for line in server.output)

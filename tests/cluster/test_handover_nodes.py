@@ -220,6 +220,7 @@ async def test_a_resume_across_a_redis_outage_on_the_new_node_is_a_snapshot(
     does not replay across that (a new session and a snapshot instead of a gap)."""
     async with started(redis, "x", "b") as (x, b):
         session = detached_with_written(x, 3)
+        b.handover.timeout = 30.0  # the outage, not the bound, decides here
         states = hold(b, "handover.state")
         links: list[bool] = []
         b.broker.add_state_listener(links.append)  # type: ignore[attr-defined]
@@ -231,7 +232,8 @@ async def test_a_resume_across_a_redis_outage_on_the_new_node_is_a_snapshot(
         await wait_until(lambda: links[-2:] == [False, True], what="B's link lost and back")
         b.handover._on_state(*states[0])
         assert await resuming is None
-        assert b.handover.stats.snapshots == 1 and b.hub.get(session.id) is None
+        assert b.handover.stats.snapshots == 1 and b.handover.stats.timeouts == 0
+        assert b.hub.get(session.id) is None
 
 
 def held_by(node: Node, player: str) -> Session:
@@ -302,16 +304,38 @@ async def test_a_drain_parks_no_session_whose_resume_could_not_be_served(
 ) -> None:
     """Alice's session left its socket while Redis was away (frames may be lost from its
     queue): no resume of it can be served, so a drain neither hands it over nor parks it
-    (her resume elsewhere gets a new session and a snapshot either way); bob's is parked."""
-    async with started(redis, "x") as (x,):
+    (her resume elsewhere gets a new session and a snapshot either way); bob's goes to B."""
+    async with started(redis, "x", "b") as (x, b):
         holed, kept = held_by(x, "alice"), held_by(x, "bob")
         holed.mark_hole()
         x.draining = True
-        assert await drained(x) == 0
+        assert await drained(x) == 1
+        await wait_until(lambda: b.handover.stats.adopted == 1, what="B's adoption")
+        assert b.hub.get(kept.id) is not None and b.hub.get(holed.id) is None
+        assert await x.handover.park_all() == 0
+        assert await x.handover._client().exists(f"npc:handover:{holed.id}") == 0
+
+
+@pytest.mark.usefixtures("endless_adopt_wait")
+async def test_a_decline_names_its_sessions_and_the_drain_waits_for_the_others(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X asks B for alice, then for bob; B takes alice, starts draining, and declines bob
+    only: X parks bob and still waits for B to take alice."""
+    monkeypatch.setattr(handover, "ADOPT_BATCH", 1)
+    async with started(redis, "x", "b") as (x, b):
+        alice, bob = held_by(x, "alice"), held_by(x, "bob")
+        adopts = hold(b, "handover.adopt")
+        x.draining = True
+        draining = asyncio.create_task(drained(x))
+        await wait_until(lambda: len(adopts) == 2, what="X's two adopts at B")
+        b.handover._on_adopt(*adopts[0])  # alice's: B is live and takes it
+        b.draining = True
+        b.handover._on_adopt(*adopts[1])  # bob's: B drains now and declines it
+        assert await draining == 1
+        await wait_until(lambda: b.hub.get(alice.id) is not None, what="alice's on B")
+        assert x.hub.get(bob.id) is bob and x.hub.get(alice.id) is None
         assert await x.handover.park_all() == 1
-        client = x.handover._client()
-        assert await client.exists(f"npc:handover:{holed.id}") == 0
-        assert await client.exists(f"npc:handover:{kept.id}") == 1
 
 
 async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:

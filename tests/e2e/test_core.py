@@ -12,7 +12,7 @@ from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from tests.support.client import Frame, RawClient, connect
-from tests.support.healthz import undocumented
+from tests.support.healthz import undocumented, undocumented_limits
 from tests.support.server import DEMO_NPCS, conversation_of, running_server, server_config
 from tests.support.wait import wait_until
 
@@ -43,6 +43,7 @@ async def test_whole_conversation() -> None:
         welcome = await client.hello(server.token("alice"))
         assert welcome["player"] == "alice" and not welcome["resumed"]
         assert welcome["limits"]["text_chars"] == 2000 and welcome["server"]["node"]
+        assert undocumented_limits(welcome) == set()  # every key is in docs/protocol.md
         ack, frames = await talk(client, "merchant", "What wares do you sell?")
         turn = ack["turn"]
         start = next(f for f in frames if f["t"] == "turn.start")

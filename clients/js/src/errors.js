@@ -44,7 +44,7 @@ export const CloseCode = Object.freeze({
   TOO_MANY_CONNECTIONS: 4513,
 });
 
-/** PROTOCOL.md's client policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 stop. */
+/** docs/protocol.md's client policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 stop. */
 export function shouldReconnect(code) {
   if (code >= 4000 && code <= 4499) return true;
   if (code >= 4500 && code <= 4999) return false;

@@ -53,7 +53,7 @@ export declare const CloseCode: {
   readonly TOO_MANY_CONNECTIONS: 4513;
 };
 
-/** PROTOCOL.md's policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 stop. */
+/** docs/protocol.md's policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 stop. */
 export declare function shouldReconnect(code: number): boolean;
 /** Length in Unicode code points, the unit of the wire's `at`, `chars`, `kept` and `shown`. */
 export declare function codePoints(text: string): number;

@@ -146,7 +146,7 @@ def error_from_frame(frame: Mapping[str, Any]) -> NpcError:
 
 
 def should_reconnect(code: int) -> bool:
-    """PROTOCOL.md's client policy for a close code: 4000-4499 and 1001/1006/1011 retry."""
+    """docs/protocol.md's client policy for a close code: 4000-4499 and 1001/1006/1011 retry."""
     if 4000 <= code <= 4499:
         return True
     if 4500 <= code <= 4999:
