@@ -65,9 +65,12 @@ def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:
     applied: set[str] = set()  # idempotency keys of the events already applied
     api = {"Authorization": f"Bearer {api_key}"}
 
-    async def call_api(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post_api(path: str, body: dict[str, Any]) -> httpx.Response:
         async with httpx.AsyncClient(base_url=npc_url, headers=api, timeout=5) as http:
-            answer = await http.post(path, json=body)
+            return await http.post(path, json=body)
+
+    async def call_api(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await post_api(path, body)
         answer.raise_for_status()
         result: dict[str, Any] = answer.json()
         return result
@@ -112,13 +115,14 @@ def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:
         return jsonify({"ok": True})
 
     @app.post("/steal")
-    async def steal() -> Response:
+    async def steal() -> tuple[Response, int]:
         name = (await request.get_json())["player"]
-        said = await call_api(
+        said = await post_api(
             "/api/say",
             {"npc": "guard", "player": name, "event": "theft", "text": f"{name} stole an apple"},
         )
-        return jsonify(said)
+        # npc-server's answer as it is: the turn, or why not (409 when alice is offline).
+        return jsonify(said.json()), said.status_code
 
     @app.get("/players/<name>")
     async def show(name: str) -> Response:
