@@ -99,6 +99,8 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "NPC_SERVER_WEBHOOK_SECRET": "the webhook secret",
 }
 _SHORT_NAMES = {("server", "host"): "NPC_SERVER_HOST", ("server", "port"): "NPC_SERVER_PORT"}
+# Read, but set by npc-server itself, never by a user: not suggested in a hint.
+INTERNAL_VARIABLES = frozenset(n for n, what in OTHER_VARIABLES.items() if "set by --" in what)
 
 
 def env_name(section: str, key: str) -> str:
@@ -122,11 +124,11 @@ def check_environment(env: Mapping[str, str]) -> None:
 
 def _env_hint(name: str, valid: Collection[str]) -> str:
     # Compared without the shared prefix, which would make every name look close.
-    bare = {v.removeprefix(ENV_PREFIX): v for v in valid}
+    bare = {v.removeprefix(ENV_PREFIX): v for v in valid if v not in INTERNAL_VARIABLES}
     close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=3, cutoff=0.75)
     if close:
         return "did you mean " + " or ".join(bare[c] for c in close) + "?"
-    return "valid names: " + ", ".join(sorted(valid))
+    return "valid names: " + ", ".join(sorted(bare.values()))
 
 
 def _table(where: str, value: Any) -> dict[str, Any]:

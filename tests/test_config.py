@@ -90,6 +90,19 @@ def test_misspelt_environment_variables_are_refused(variable: str, suggestion: s
     assert suggestion in str(info.value)
 
 
+def test_the_workers_own_variables_are_never_suggested() -> None:
+    """`--workers` sets NPC_SERVER_WORKER_* for its workers: accepted, but no user sets
+    them, so a refused name's hint does not offer them."""
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"NPC_SERVER_XYZZY": "1"})
+    assert "NPC_SERVER_WORKER" not in str(info.value)
+    assert "NPC_SERVER_SECRET" in str(info.value)
+    with pytest.raises(ConfigError) as close:
+        load_config(env={"NPC_SERVER_WORKER_FDS": "1"})
+    hint = str(close.value).partition("; ")[2]
+    assert hint and "NPC_SERVER_WORKER" not in hint
+
+
 def test_every_documented_variable_is_accepted() -> None:
     """The non-section variables and every section key load without error."""
     env = {name: "x" for name in OTHER_VARIABLES if name not in ("NPC_SERVER_CONFIG",)}

@@ -494,7 +494,7 @@ function startPinging() {
     state.client
       ?.ping()
       .then((ms) => {
-        ui.latency.textContent = `${Math.round(ms)} ms`;
+        ui.latency.textContent = ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
         ui.latency.classList.remove("stale");
       })
       .catch(() => ui.latency.classList.add("stale")); // the connection indicator says why

@@ -45,7 +45,7 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 # Slow, long replies: a turn streams for many seconds, so it can be watched and cut.
 SLOW_LONG = {"tokens_per_second": 40, "long_reply_chars": 3000}
 WAIT_MS = 10_000
-LATENCY = re.compile(r"^\d+ ms$")
+LATENCY = re.compile(r"^(\d\.\d|[1-9]\d+) ms$")  # tenths below 10 ms (loopback)
 T = TypeVar("T")
 
 pytestmark = [

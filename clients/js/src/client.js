@@ -166,11 +166,12 @@ export class NpcClient extends Emitter {
     this._scheduleRefresh();
   }
 
-  /** Round trip in ms; also kept in `latencyMs`. */
+  /** Round trip in ms (fractional: a loopback round trip is well under one); also kept
+   * in `latencyMs`. */
   async ping() {
-    const started = Date.now();
-    await this._request({ t: "ping", ts: started });
-    this.latencyMs = Date.now() - started;
+    const started = performance.now();
+    await this._request({ t: "ping", ts: Date.now() });
+    this.latencyMs = performance.now() - started;
     return this.latencyMs;
   }
 

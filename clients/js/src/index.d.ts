@@ -300,6 +300,7 @@ export declare class NpcClient {
   readonly limits: Record<string, number>;
   /** The server's heartbeat, seconds. */
   readonly heartbeat: number | null;
+  /** The last `ping()`'s round trip, ms (fractional). */
   readonly latencyMs: number | null;
   /** Turns not yet ended. */
   readonly turns: Turn[];
@@ -321,6 +322,7 @@ export declare class NpcClient {
   leave(room: string): Promise<void>;
   context(data: Record<string, unknown>, options?: { npc?: string }): Promise<void>;
   refresh(token: string): Promise<void>;
+  /** Round trip to the server and back, ms (fractional: loopback is well under one). */
   ping(): Promise<number>;
   /** Call on every keystroke; debounced under the server's rate limit. True if a frame went out. */
   typing(where?: { room?: string; npc?: string }): boolean;

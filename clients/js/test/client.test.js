@@ -115,6 +115,18 @@ describe("conversation", () => {
     }
   });
 
+  test("ping measures the round trip finer than whole milliseconds", async () => {
+    const npc = await client(server);
+    try {
+      const ms = await within(npc.ping());
+      assert.ok(ms > 0 && ms < 5000, `a round trip of ${ms} ms`);
+      assert.ok(!Number.isInteger(ms), `${ms} ms: counted in whole milliseconds`);
+      assert.equal(npc.latencyMs, ms);
+    } finally {
+      npc.close();
+    }
+  });
+
   test("the version names the protocol it speaks", () => {
     assert.equal(PROTOCOL_VERSION, 1);
     assert.match(VERSION, /^\d+\.\d+\.\d+$/);
