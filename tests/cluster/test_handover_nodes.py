@@ -338,6 +338,27 @@ async def test_a_decline_names_its_sessions_and_the_drain_waits_for_the_others(
         assert await x.handover.park_all() == 1
 
 
+@pytest.mark.usefixtures("endless_adopt_wait")
+async def test_forged_declines_neither_stop_nor_break_a_drain(redis: RedisServer) -> None:
+    """A decline from a node X never asked, and one whose sessions are not ids, change
+    nothing (the second is counted as rejected); B's real answer still ends the drain."""
+    async with started(redis, "x", "b") as (x, b):
+        session = held_by(x, "alice")
+        adopts = hold(b, "handover.adopt")
+        x.draining = True
+        draining = asyncio.create_task(drained(x))
+        await wait_until(lambda: bool(adopts), what="X's adopt at B")
+        x.handover._on_decline("ghost", {"k": "handover.decline", "sessions": [session.id]})
+        for bad in (None, "s-1", [1, 2], [""], ["s" * 500]):
+            x.handover._on_decline("b", {"k": "handover.decline", "sessions": bad})
+        assert x.handover.stats.rejected == 5
+        drain = x.handover._drain
+        assert drain is not None and drain.outstanding == {session.id} and not drain.declined
+        b.draining = True
+        b.handover._on_adopt(*adopts[0])  # B drains too: its real decline
+        assert await draining == 0 and x.hub.get(session.id) is session
+
+
 async def test_a_kick_counts_a_parked_session_once(redis: RedisServer) -> None:
     """Once parked, a drained node's sessions are only in Redis: a kick there counts them
     once (the node's own count and the parked ones together)."""
