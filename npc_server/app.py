@@ -191,11 +191,11 @@ def create_app(
     @app.get("/play")
     @app.get("/play/")
     async def play() -> Response:
-        return await send_from_directory(WEB_DIR, "index.html")
+        return _no_referrer(await send_from_directory(WEB_DIR, "index.html"))
 
     @app.get("/play/<path:name>")
     async def play_asset(name: str) -> Response:
-        return await send_from_directory(WEB_DIR, name)
+        return _no_referrer(await send_from_directory(WEB_DIR, name))
 
     return app
 
@@ -283,6 +283,13 @@ async def _park_sessions(node: Node) -> None:
         return
     if parked:
         log.info("parked %d sessions in Redis for a resume on another node", parked)
+
+
+def _no_referrer(response: Response) -> Response:
+    """The pages take a token in their URL (`?token=`): a request they make must not
+    carry it on in its Referer header (to access logs, to other sites)."""
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 def web_dir() -> Path:

@@ -95,5 +95,25 @@ async def test_merchant_still_opens_her_shop_for_wares() -> None:
     assert "open_shop" in names
 
 
+async def test_the_guard_shouts_at_a_theft_the_game_reports_and_only_then() -> None:
+    """A game's `theft` event gets "Thief!"; a player who says "steal" is threatening
+    (trouble, as before), and one whose amulet was stolen is not accused."""
+    guard = NPCS["guard"]
+    backend = ScriptedBackend(guard, guard.backend_settings, sleep=_no_sleep)
+
+    async def answers(text: str, event: str | None = None) -> list[str]:
+        said = []
+        for seed in range(8):
+            request = GenerationRequest(guard, "ann", text, seed=seed, event=event)
+            pieces = [p.text async for p in backend.generate(request) if isinstance(p, TextPiece)]
+            said.append("".join(pieces))
+        return said
+
+    assert all("Thief!" in a for a in await answers("ann stole an apple", event="theft"))
+    threats = await answers("I will steal your purse")
+    assert all("Say that again" in a or "That's enough" in a for a in threats)
+    assert not any("Thief" in a for a in await answers("my amulet was stolen on the road"))
+
+
 async def _no_sleep(delay: float) -> None:
     return None

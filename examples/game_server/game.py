@@ -122,6 +122,7 @@ def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:
             {"npc": "guard", "player": name, "event": "theft", "text": f"{name} stole an apple"},
         )
         # npc-server's answer as it is: the turn, or why not (409 when alice is offline).
+        # (An example: npc-server unreachable, or an answer that is not JSON, is a 500.)
         return jsonify(said.json()), said.status_code
 
     @app.get("/players/<name>")

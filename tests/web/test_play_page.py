@@ -25,7 +25,7 @@ from tests.support.client import connect
 from tests.support.server import REPO, RunningServer, running_server, server_config
 
 try:
-    from playwright.async_api import Browser, ConsoleMessage, Locator, Page
+    from playwright.async_api import Browser, ConsoleMessage, Locator, Page, Request
     from playwright.async_api import expect as pw_expect
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
@@ -58,12 +58,18 @@ pytestmark = [
 
 
 class PageProblems:
-    """Uncaught exceptions and console errors of a page: a clean page has none."""
+    """Uncaught exceptions and console errors of a page, and requests that carry the
+    page's `?token=` on in their Referer (to access logs): a clean page has none."""
 
     def __init__(self, page: Page) -> None:
         self.errors: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         page.on("console", self._console)
+        page.on("request", self._request)
+
+    def _request(self, request: Request) -> None:
+        if "token=" in request.headers.get("referer", ""):
+            self.errors.append(f"referer: {request.url} carries the page's token")
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":

@@ -42,12 +42,17 @@ async def open_watch(browser: Browser, server: RunningServer) -> tuple[Page, Pag
     problems = PageProblems(page)
     sockets: list[str] = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
+    requests: list[tuple[str, str]] = []  # what the page asked for, and its Referer
+    page.on("request", lambda r: requests.append((r.url, r.headers.get("referer", ""))))
     token = issue_watch_token(server.secret, [ROOM], 600)
     await page.goto(f"{server.http_url}/play/watch.html?room={ROOM}&token={token}")
     await pw_expect(page.locator('[data-testid="conn-status"]')).to_have_attribute(
         "data-state", "open", timeout=WAIT_MS
     )
     assert sockets == [], "the watch view must not open a WebSocket"
+    # Its scripts, styles and stream must not carry the link's token on (access logs).
+    assert any("/watch?" in url for url, _ in requests[1:]), requests
+    assert [url for url, referer in requests if token in referer] == []
     return page, problems
 
 
