@@ -174,20 +174,27 @@ async def _say() -> Response:
     if node.cluster is None:
         _check_present(node, audience)
         return _json(_game_say(node, npc.id, audience, text, event))
-    if node.find_conversation(npc.id, audience) is not None:
-        return _json(_game_say(node, npc.id, audience, text, event))
-    # In a cluster the player may be on any node (not checked), and the conversation
-    # may run on another one: the turn goes there.
+    return _json(await cluster_say(node, npc.id, audience, text, event))
+
+
+async def cluster_say(
+    node: Node, npc_id: str, audience: Audience, text: str, event: str | None
+) -> dict[str, Any]:
+    """A game say in a cluster, run by the node that runs (or claims) the conversation,
+    in the order the says for it reached that node, this one included: its first say
+    reads the audience's trusted context from Redis (that node may have started after
+    the post), and the says meanwhile wait behind it. The player may be on any node
+    (not checked)."""
+    assert node.cluster is not None
+    here = node.find_conversation(npc_id, audience) is not None
+    if here and not node.cluster.starting(npc_id, audience.key):
+        return _game_say(node, npc_id, audience, text, event)
     try:
-        owner = await node.cluster.leases.claim(npc.id, audience.key)
+        owner = await node.cluster.leases.claim(npc_id, audience.key)
     except Exception:
         raise _unreachable() from None
-    if owner == node.node_id:
-        # Its trusted context as Redis has it: this node may have started after the post.
-        await node.cluster.trusted_copies.load(audience.key)
-        return _json(_game_say(node, npc.id, audience, text, event))
-    message = {"k": "api", "op": "say", "npc": npc.id, "audience": audience.key}
-    return _json(await _at(node, owner, {**message, "text": text, "event": event}))
+    message = {"k": "api", "op": "say", "npc": npc_id, "audience": audience.key}
+    return await _at(node, owner, {**message, "text": text, "event": event})
 
 
 def _game_say(

@@ -302,18 +302,35 @@ class Forwarder:
 
     async def ask(self, node_id: str, message: Mapping[str, Any]) -> dict[str, Any]:
         """Send a request to another node and wait (at most `TIMEOUT`) for its answer;
-        `TimeoutError` if none comes (the node died, or Redis is away)."""
+        `TimeoutError` if none comes (the node died, or Redis is away). To this node
+        itself, the request runs here as one from another node would, in the same order
+        (a game say behind a first say still reading), with time for that read."""
         self._asked += 1
         ask = self._asked
         answer = asyncio.get_running_loop().create_future()
         self._answers[ask] = answer
+        here = node_id == self.node_id
         try:
-            self.broker.send_nowait(node_id, {**message, "ask": ask})
-            async with asyncio.timeout(TIMEOUT):
+            if here:
+                self._on_api(node_id, {**message, "ask": ask})
+            else:
+                self.broker.send_nowait(node_id, {**message, "ask": ask})
+            async with asyncio.timeout(2 * TIMEOUT if here else TIMEOUT):
                 result: dict[str, Any] = await answer
                 return result
         finally:
             self._answers.pop(ask, None)
+
+    def starting(self, npc_id: str, audience_key: str) -> bool:
+        """Whether game says for this conversation wait here behind its first one."""
+        return (npc_id, audience_key) in self._starting
+
+    def _answer(self, origin: str, ask: int, answer: dict[str, Any]) -> None:
+        message = {**answer, "k": "answer", "ask": ask}
+        if origin == self.node_id:  # a request of this node's own API (`ask`)
+            self._on_answer(origin, message)
+        else:
+            self.broker.send_nowait(origin, message)
 
     def _on_answer(self, origin: str, message: dict[str, Any]) -> None:
         try:
@@ -337,7 +354,7 @@ class Forwarder:
             self._api_say(origin, ask, message)
             return
         answer = answer_forwarded(self.node, message)
-        self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+        self._answer(origin, ask, answer)
 
     def _api_say(self, origin: str, ask: int, message: dict[str, Any]) -> None:
         from npc_server.api import answer_forwarded
@@ -353,7 +370,7 @@ class Forwarder:
             task.add_done_callback(lambda done: self._after_first_say(key, done))
         else:
             answer = answer_forwarded(self.node, message)
-            self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+            self._answer(origin, ask, answer)
 
     def _new_conversation(self, message: dict[str, Any]) -> bool:
         """A forwarded say for a conversation this node does not run yet (checked again,
@@ -373,7 +390,7 @@ class Forwarder:
 
         await self.trusted_copies.load(str(message["audience"]))
         answer = answer_forwarded(self.node, message)
-        self.broker.send_nowait(origin, {**answer, "k": "answer", "ask": ask})
+        self._answer(origin, ask, answer)
 
     def _after_first_say(self, key: tuple[str, str], done: asyncio.Task[None]) -> None:
         """The says forwarded while a conversation's first say read its trusted context,

@@ -13,7 +13,7 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from npc_server.api import _context_everywhere
+from npc_server.api import _context_everywhere, cluster_say
 from npc_server.api_schema import ApiError
 from npc_server.brokers import wire
 from npc_server.brokers.redis import RedisBroker
@@ -25,6 +25,7 @@ from npc_server.npcs import load_npcs
 from npc_server.turns import Audience
 from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
+from tests.support.wait import wait_until
 
 
 @asynccontextmanager
@@ -378,6 +379,46 @@ async def test_game_says_forwarded_for_a_conversation_not_started_yet_run_in_the
         assert "turn" in first and "turn" in second and first["turn"] != second["turn"]
         said = player_lines(x)
         assert said and "first" in said[0]  # the first say started the conversation
+
+
+async def test_a_say_posted_to_the_owner_itself_waits_behind_a_forwarded_first_say(
+    redis: RedisServer,
+) -> None:
+    """A game say posted to x's own API while the first say forwarded to x for that
+    conversation still reads its trusted context runs after it, not before: says keep
+    the order they reached x in, whichever node the game server called."""
+    async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
+        x.node_id = cluster(x).node_id  # one id, as a node made by the server has
+        copies = cluster(x).trusted_copies
+        read = copies.load
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def held_first(scope: str) -> bool:  # the first read waits for the test
+            if not entered.is_set():
+                entered.set()
+                await release.wait()
+            return await read(scope)
+
+        copies.load = held_first  # type: ignore[method-assign]
+        say = {"k": "api", "op": "say", "npc": "merchant", "audience": "player:alice"}
+        forwarded = wire.encode_message("forger", {**say, "text": "first", "ask": 1}, 1)
+        await publisher.publish("npc:node:x", forwarded)
+        await asyncio.wait_for(entered.wait(), 5)
+        alice = Audience(player="alice")
+        local = asyncio.create_task(cluster_say(x, "merchant", alice, "second", None))
+        behind = cluster(x)._starting
+        try:
+            await wait_until(lambda: len(behind.get(("merchant", "player:alice"), [])) == 1)
+        finally:
+            release.set()
+        got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert got is not None
+        first = wire.decode(got["data"]).message
+        second = await asyncio.wait_for(local, 5)
+        assert first is not None and first["ask"] == 1 and "turn" in first["result"]
+        assert "turn" in second and second["turn"] != first["result"]["turn"]
+        said = player_lines(x)
+        assert said and "first" in said[0]  # the forwarded say started the conversation
 
 
 async def test_a_say_behind_a_refused_first_say_starts_the_conversation(
