@@ -87,7 +87,8 @@ class Node:
         self.npcs = dict(npcs)
         self.clock = clock
         self.scheduler = scheduler or LoopScheduler()
-        self.node_id = secrets.token_hex(3)
+        # One id for the node and its broker (leases, owners and messages name it).
+        self.node_id = getattr(broker, "node_id", "") or secrets.token_hex(3)
         self.broker = broker or create_broker(config.cluster.redis_url, self.node_id)
         self.events = EventBus()
         self.hub = Hub(self.broker)

@@ -388,7 +388,6 @@ async def test_a_say_posted_to_the_owner_itself_waits_behind_a_forwarded_first_s
     conversation still reads its trusted context runs after it, not before: says keep
     the order they reached x in, whichever node the game server called."""
     async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
-        x.node_id = cluster(x).node_id  # one id, as a node made by the server has
         copies = cluster(x).trusted_copies
         read = copies.load
         entered, release = asyncio.Event(), asyncio.Event()
