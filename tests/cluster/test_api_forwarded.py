@@ -323,6 +323,23 @@ async def test_a_node_keeps_a_players_trusted_context_after_their_last_session_t
         assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
 
 
+def hold_first_read(x: Node) -> tuple[asyncio.Event, asyncio.Event]:
+    """x's next read of a trusted context waits until the test sets `release`; `entered`
+    is set once it waits (later reads go straight on)."""
+    copies = cluster(x).trusted_copies
+    read = copies.load
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_first(scope: str) -> bool:
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+        return await read(scope)
+
+    copies.load = held_first  # type: ignore[method-assign]
+    return entered, release
+
+
 async def says_behind_a_held_first(
     x: Node, redis: RedisServer, texts: list[Any], unanswered: int = 0
 ) -> list[Any]:
@@ -330,17 +347,7 @@ async def says_behind_a_held_first(
     one write while x's first trusted-context read waits, then a kick; the answers in
     the order they came (all but `unanswered` of the says get one)."""
     async with forger(redis) as (publisher, pubsub):
-        copies = cluster(x).trusted_copies
-        read = copies.load
-        entered, release = asyncio.Event(), asyncio.Event()
-
-        async def held_first(scope: str) -> bool:  # the first read waits for the test
-            if not entered.is_set():
-                entered.set()
-                await release.wait()
-            return await read(scope)
-
-        copies.load = held_first  # type: ignore[method-assign]
+        entered, release = hold_first_read(x)
         say = {"k": "api", "op": "say", "npc": "merchant", "audience": "player:alice"}
         messages = [{**say, "text": text, "ask": ask} for ask, text in enumerate(texts, 1)]
         messages.append({"k": "api", "op": "kick", "ask": 0})  # answered at once
@@ -388,17 +395,7 @@ async def test_a_say_posted_to_the_owner_itself_waits_behind_a_forwarded_first_s
     conversation still reads its trusted context runs after it, not before: says keep
     the order they reached x in, whichever node the game server called."""
     async with started(redis, "x") as (x,), forger(redis) as (publisher, pubsub):
-        copies = cluster(x).trusted_copies
-        read = copies.load
-        entered, release = asyncio.Event(), asyncio.Event()
-
-        async def held_first(scope: str) -> bool:  # the first read waits for the test
-            if not entered.is_set():
-                entered.set()
-                await release.wait()
-            return await read(scope)
-
-        copies.load = held_first  # type: ignore[method-assign]
+        entered, release = hold_first_read(x)
         say = {"k": "api", "op": "say", "npc": "merchant", "audience": "player:alice"}
         forwarded = wire.encode_message("forger", {**say, "text": "first", "ask": 1}, 1)
         await publisher.publish("npc:node:x", forwarded)

@@ -284,16 +284,24 @@ async def test_what_a_draining_node_declines_goes_to_a_live_one(
         assert b.handover.stats.adopted == 0
 
 
+async def drain_with_adopts_held(
+    x: Node, b: Node
+) -> tuple[asyncio.Task[int], list[tuple[str, dict[str, Any]]]]:
+    """X drains (its handover step, as a task) and its adopt has reached B, held there."""
+    adopts = hold(b, "handover.adopt")
+    x.draining = True
+    draining = asyncio.create_task(drained(x))
+    await wait_until(lambda: bool(adopts), what="X's adopt at B")
+    return draining, adopts
+
+
 @pytest.mark.usefixtures("endless_adopt_wait")
 async def test_a_session_ending_during_the_drain_is_not_waited_for(redis: RedisServer) -> None:
     """B is slow to adopt alice's session and a kick ends it on X meanwhile: X's drain
     stops waiting for it then, not at the round's end."""
     async with started(redis, "x", "b") as (x, b):
         session = held_by(x, "alice")
-        adopts = hold(b, "handover.adopt")
-        x.draining = True
-        draining = asyncio.create_task(drained(x))
-        await wait_until(lambda: bool(adopts), what="X's adopt at B")
+        draining, _ = await drain_with_adopts_held(x, b)  # B never answers
         x.end_session(session)  # as a kick, an expiry or a replacing socket does
         assert await draining == 0  # none handed over: it ended here
         assert x.hub.get(session.id) is None
@@ -344,10 +352,7 @@ async def test_forged_declines_neither_stop_nor_break_a_drain(redis: RedisServer
     nothing (the second is counted as rejected); B's real answer still ends the drain."""
     async with started(redis, "x", "b") as (x, b):
         session = held_by(x, "alice")
-        adopts = hold(b, "handover.adopt")
-        x.draining = True
-        draining = asyncio.create_task(drained(x))
-        await wait_until(lambda: bool(adopts), what="X's adopt at B")
+        draining, adopts = await drain_with_adopts_held(x, b)
         x.handover._on_decline("ghost", {"k": "handover.decline", "sessions": [session.id]})
         for bad in (None, "s-1", [1, 2], [""], ["s" * 500]):
             x.handover._on_decline("b", {"k": "handover.decline", "sessions": bad})
