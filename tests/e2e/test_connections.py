@@ -382,6 +382,29 @@ async def test_new_session_snapshot_includes_actions_awaiting_approval() -> None
             assert (ended["action"], ended["status"]) == (action["action"], "accepted")
 
 
+async def test_a_plain_new_session_starts_with_an_approval_an_ended_one_left_open() -> None:
+    """Alice's socket closes with 1000 (her session ends) while the merchant's shop
+    waits for her answer; her next hello, without resume, gets that `action` first
+    (protocol.md, lifecycle step 3) and can still accept it."""
+    async with running_server() as server:
+        async with connect(server.url) as first:
+            await first.hello(server.token("alice"))
+            await first.send({"t": "say", "id": 1, "npc": "merchant", "text": "your wares?"})
+            action = await first.expect("action")
+            assert action["approval"] is True
+            await first.expect("turn.end")
+            await first.ws.close(1000)
+        await wait_until(lambda: not server.node.hub.sessions_of("alice"), what="ended")
+        async with connect(server.url) as second:
+            welcome = await second.hello(server.token("alice"))
+            assert welcome["resumed"] is False and welcome["session"] != first.session
+            again = await second.recv()
+            assert again["t"] == "action" and again["action"] == action["action"]
+            await second.send({"t": "act", "id": 2, "action": again["action"], "accept": True})
+            ended = await second.expect("action.end")
+            assert (ended["action"], ended["status"]) == (action["action"], "accepted")
+
+
 async def test_joining_a_room_mid_turn_catches_up() -> None:
     """A player who joins while a room turn streams gets it from the start, then live."""
     async with running_server(server_config(scripted=SLOW_LONG)) as server:
