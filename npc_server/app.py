@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, Response, jsonify, request, send_from_directory
+from quart import Quart, Response, jsonify, request
 
 from npc_server import __version__
 from npc_server.api import api_blueprint
@@ -21,6 +21,7 @@ from npc_server.metrics import NodeMetrics
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.ops import OpsService
+from npc_server.pages import Pages
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.codes import CloseCode
 from npc_server.tokens import DEV_SECRET, issue_token, issue_watch_token
@@ -188,14 +189,16 @@ def create_app(
     async def ops_events() -> Response:
         return ops.open(request.headers.get("Authorization"), request.remote_addr or "unknown")
 
+    pages = Pages(WEB_DIR)
+
     @app.get("/play")
     @app.get("/play/")
     async def play() -> Response:
-        return _no_referrer(await send_from_directory(WEB_DIR, "index.html"))
+        return _no_referrer(await pages.respond("index.html"))
 
     @app.get("/play/<path:name>")
     async def play_asset(name: str) -> Response:
-        return _no_referrer(await send_from_directory(WEB_DIR, name))
+        return _no_referrer(await pages.respond(name))
 
     return app
 
