@@ -81,6 +81,15 @@ def client_options() -> dict[str, Any]:
     return {} if info is None else {"driver_info": info}
 
 
+def reply_text(raw: Any) -> str:
+    """A string Redis gave back (a key, a field, a script's answer) as text. What is in
+    Redis may be anyone's: bytes that are not UTF-8 are replaced, never raised; a value
+    of another type reads as ""."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return raw if isinstance(raw, str) else ""
+
+
 @functools.cache
 def _driver_info() -> Any:
     import redis

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from npc_server.brokers import player_channel, room_channel, session_channel
+from npc_server.brokers.redis import reply_text
 from npc_server.cluster.handover_state import (
     MAX_ID,
     BadState,
@@ -699,19 +700,13 @@ class SessionHandover:
             return []
         listed = []
         for raw_id, raw_seq in zip(found[::2], found[1::2], strict=True):
-            session, seq = _text(raw_id), _text(raw_seq)
+            session, seq = reply_text(raw_id), reply_text(raw_seq)
             if 0 < len(session) <= MAX_ID and seq.isascii() and seq.isdigit() and len(seq) <= 18:
                 listed.append({"session": session, "state": "parked", "last_seq": int(seq)})
         return listed
 
     def _park_message(self, session: Session) -> dict[str, Any] | None:
         return self._export("parked", session, _window_start(session))
-
-
-def _text(raw: Any) -> str:
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", "replace")
-    return raw if isinstance(raw, str) else ""
 
 
 def _window_start(session: Session) -> int:

@@ -27,6 +27,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from npc_server.brokers import session_channel
+from npc_server.brokers.redis import reply_text
 from npc_server.cluster.leases import alive_key
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
@@ -172,7 +173,7 @@ class SocketClaims:
             return Claim.REFUSED
         if int(answer[0]) == 2:
             self._replaced += 1
-            self._replace(_text(answer[1]), _text(answer[2]))
+            self._replace(reply_text(answer[1]), reply_text(answer[2]))
         return Claim.GRANTED
 
     def _replace(self, session_id: str, node: str) -> None:
@@ -243,7 +244,3 @@ class SocketClaims:
 
     def statistics(self) -> SocketStatistics:
         return SocketStatistics(self._claims, self._refused, self._replaced, self._local)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

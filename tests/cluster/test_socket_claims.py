@@ -122,3 +122,23 @@ async def test_replace_names_the_oldest_and_closes_it_on_its_node(redis: RedisSe
         assert await b.claim("alice", "s-b-1") is Claim.GRANTED
         await wait_until(lambda: bool(closes), what="A closing its socket")
         assert closes == [4503] and b.statistics().replaced == 1
+
+
+async def test_stray_claims_in_redis_never_break_a_claim(redis: RedisServer) -> None:
+    """`npc:sockets:alice` holds what no node wrote: a field that is not UTF-8 naming a
+    live node, and values that do not parse. A claim under policy replace replaces the
+    stray one (a `sockets.replace` for a session no node has) and drops the others."""
+    wall = Wall()
+    async with two_nodes(redis, wall, policy="replace") as (a, _):
+        key = KEY + "alice"
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            lapses = int((wall.now + LEASE) * 1000)
+            await client.hset(key, b"\xff\xfe-not-utf8", f"{a.node.node_id} 1 {lapses}")
+            await client.hset(key, "s-junk", "not a claim")
+            await client.hset(key, b"\x00", b"\x80\x81")
+            assert await a.claim("alice", "s-a-1") is Claim.GRANTED
+            assert a.statistics().replaced == 1
+            assert await client.hkeys(key) == [b"s-a-1"]
+        finally:
+            await client.aclose()
