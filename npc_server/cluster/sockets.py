@@ -47,6 +47,8 @@ CALL_TIMEOUT = 1.0
 # the prefix of node leases. A field of a node without a lease (it died) no longer counts.
 # Returns {1} (claimed), {0} (refused) or {2, session, node} (claimed; replace that one).
 CLAIM = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local fields = redis.call('HGETALL', KEYS[1])
 local now = tonumber(ARGV[3])
 local count, oldest, oldest_at, attached = 0, nil, nil, ARGV[3]

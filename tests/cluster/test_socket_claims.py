@@ -142,3 +142,19 @@ async def test_stray_claims_in_redis_never_break_a_claim(redis: RedisServer) -> 
             assert await client.hkeys(key) == [b"s-a-1"]
         finally:
             await client.aclose()
+
+
+async def test_a_stray_key_where_the_claims_go_is_replaced(redis: RedisServer) -> None:
+    """`npc:sockets:alice` is a string (another program's, another version's): the claim
+    replaces it and the cap counts across the cluster again, not on each node alone."""
+    wall = Wall()
+    async with two_nodes(redis, wall) as (a, b):
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            await client.set(KEY + "alice", b"stray")
+            assert await a.claim("alice", "s-a-1") is Claim.GRANTED
+            assert await client.type(KEY + "alice") == b"hash"
+        finally:
+            await client.aclose()
+        assert await b.claim("alice", "s-b-1") is Claim.REFUSED  # the cap of 1, cluster-wide
+        assert a.statistics().local == 0
