@@ -19,7 +19,14 @@ from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from npc_server.api_schema import MAX_BODY_BYTES, ApiError, Body, openapi, problem
-from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
+from npc_server.cluster.answers import (
+    interrupt_result,
+    kick_counts,
+    member_list,
+    player_part,
+    say_result,
+    valid,
+)
 from npc_server.cluster.scatter import Gathered, gather
 from npc_server.node import Node
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
@@ -194,7 +201,7 @@ async def cluster_say(
     except Exception:
         raise _unreachable() from None
     message = {"k": "api", "op": "say", "npc": npc_id, "audience": audience.key}
-    return await _at(node, owner, {**message, "text": text, "event": event})
+    return await _at(node, owner, {**message, "text": text, "event": event}, say_result)
 
 
 def _game_say(
@@ -220,8 +227,14 @@ def _game_interrupt(node: Node, turn_id: str) -> dict[str, Any]:
     return {"turn": turn.id, "interrupted": True, "kept": turn.kept}
 
 
-async def _at(node: Node, owner: str, message: dict[str, Any]) -> dict[str, Any]:
-    """A game server's request run by the node that runs its conversation."""
+async def _at(
+    node: Node,
+    owner: str,
+    message: dict[str, Any],
+    parse: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> dict[str, Any]:
+    """A game server's request run by the node that runs its conversation; its result,
+    checked by `parse` as input (one that does not fit is that node's fault: 502)."""
     assert node.cluster is not None
     try:
         answer = await node.cluster.ask(owner, message)
@@ -231,9 +244,10 @@ async def _at(node: Node, owner: str, message: dict[str, Any]) -> dict[str, Any]
     if isinstance(error, dict):
         raise refusal(owner, error)
     result = answer.get("result")
-    if not isinstance(result, dict):
+    checked = parse(result) if isinstance(result, dict) else None
+    if checked is None:
         raise ApiError(502, "unavailable", f"node {owner} answered something else")
-    return result
+    return checked
 
 
 def refusal(owner: str, error: dict[str, Any]) -> ApiError:
@@ -243,7 +257,7 @@ def refusal(owner: str, error: dict[str, Any]) -> ApiError:
     if not (type(status) is int and 400 <= status <= 599 and isinstance(code, str)):
         return ApiError(502, "unavailable", f"node {owner} answered with a malformed error")
     retry = error.get("retry_after")
-    if not isinstance(retry, int | float) or isinstance(retry, bool) or retry < 0:
+    if not isinstance(retry, int | float) or isinstance(retry, bool) or not 0 <= retry < 1e9:
         retry = None
     return ApiError(status, code, str(text), None if retry is None else float(retry))
 
@@ -344,7 +358,8 @@ async def _interrupt() -> Response:
     body.done()
     owner = node.cluster_owner_of(turn_id) if node.cluster is not None else None
     if owner is not None and owner != node.node_id:
-        return _json(await _at(node, owner, {"k": "api", "op": "interrupt", "turn": turn_id}))
+        message = {"k": "api", "op": "interrupt", "turn": turn_id}
+        return _json(await _at(node, owner, message, interrupt_result))
     return _json(_game_interrupt(node, turn_id))
 
 

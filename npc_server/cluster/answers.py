@@ -41,6 +41,26 @@ def kick_counts(result: dict[str, Any]) -> dict[str, int] | None:
     return {"sessions": result["sessions"], "sockets": result["sockets"]} if ok else None
 
 
+def say_result(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The `{turn, queued}` of a game say the conversation's node ran."""
+    turn, queued = result.get("turn"), result.get("queued")
+    if not (_name(turn) and "queued" in result and (queued is None or _count(queued))):
+        return None
+    return {"turn": turn, "queued": queued}
+
+
+def interrupt_result(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The `{turn, interrupted, kept}` of a game interrupt the turn's node ran."""
+    turn, interrupted, kept = result.get("turn"), result.get("interrupted"), result.get("kept")
+    if not (_name(turn) and isinstance(interrupted, bool) and (kept is None or _count(kept))):
+        return None
+    return {"turn": turn, "interrupted": interrupted, "kept": kept}
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS
+
+
 def _names(value: Any) -> list[str] | None:
     ok = isinstance(value, list) and all(
         isinstance(v, str) and len(v) <= MAX_NAME_CHARS for v in value
@@ -74,6 +94,6 @@ def _session_entry(value: Any) -> dict[str, Any] | None:
     session, state, seq = value.get("session"), value.get("state"), value.get("last_seq")
     if not (isinstance(session, str) and len(session) <= MAX_NAME_CHARS and _count(seq)):
         return None
-    if state not in _STATES:
+    if not (isinstance(state, str) and state in _STATES):
         return None
     return {"session": session, "state": state, "last_seq": seq}

@@ -15,10 +15,11 @@ import redis.asyncio as aioredis
 
 from npc_server.api import _context_everywhere, cluster_say
 from npc_server.api_schema import ApiError
-from npc_server.brokers import wire
+from npc_server.brokers import player_channel, wire
 from npc_server.brokers.redis import RedisBroker
 from npc_server.cluster.answers import kick_counts, member_list, player_part, valid
 from npc_server.cluster.forward import Forwarder
+from npc_server.cluster.leases import alive_key, owner_key
 from npc_server.cluster.scatter import Gathered, gather
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
@@ -263,13 +264,14 @@ def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
         {
             "a": {"sessions": [session], "rooms": ["inn"], "online": True},
             "b": {"sessions": [{**session, "state": "hacked"}], "rooms": [], "online": True},
+            "e": {"sessions": [{**session, "state": ["attached"]}], "rooms": [], "online": True},
             "c": {"sessions": [], "rooms": ["x" * 300], "online": False},
             "d": {"sessions": [{**session, "last_seq": -1}], "rooms": [], "online": "yes"},
         }
     )
     [(origin, part)] = valid(players, player_part)
     assert origin == "a" and part == {"sessions": [session], "rooms": ["inn"], "online": True}
-    assert players.missing == ["b", "c", "d"]
+    assert players.missing == ["b", "c", "d", "e"]
     rooms = Gathered({"a": {"members": ["bob"]}, "b": {"members": [1]}, "c": {}})
     assert valid(rooms, member_list) == [("a", ["bob"])] and rooms.missing == ["b", "c"]
 
@@ -284,8 +286,46 @@ def test_an_error_answered_by_another_node_is_checked_like_input() -> None:
     for bad in ({"status": "429", "code": "x"}, {"status": 200, "code": "x"}, {"status": 500}):
         refused = refusal("n2", bad)
         assert refused.status == 502 and "n2" in refused.message
-    odd_retry = refusal("n2", {"status": 503, "code": "unavailable", "retry_after": "soon"})
-    assert odd_retry.status == 503 and odd_retry.retry_after is None
+    for retry in ("soon", float("nan"), float("inf"), -1, 1e12):  # no Retry-After from it
+        odd_retry = refusal("n2", {"status": 503, "code": "unavailable", "retry_after": retry})
+        assert odd_retry.status == 503 and odd_retry.retry_after is None, retry
+
+
+OWNER_ANSWERS: list[tuple[dict[str, Any], bool]] = [
+    ({"turn": "t-forger-1", "queued": None}, True),
+    ({"turn": "t-forger-1", "queued": 2}, True),  # its place in the NPC's queue
+    ({"turn": b"t-forger-1", "queued": None}, False),  # bytes: no JSON for them
+    ({"turn": "t-forger-1", "queued": "no"}, False),
+    ({"turn": "t-forger-1", "queued": True}, False),
+    ({"turn": "t-forger-1", "queued": -1}, False),
+    ({"turn": "t-forger-1"}, False),
+    ({"turn": "", "queued": True}, False),
+    ({"turn": ["t"], "queued": None}, False),
+]
+
+
+@pytest.mark.parametrize(("result", "fits"), OWNER_ANSWERS)
+async def test_what_the_owner_node_answers_to_a_game_say_is_checked(
+    redis: RedisServer, result: dict[str, Any], fits: bool
+) -> None:
+    """The conversation's node ("forger") answers x's forwarded say: what fits is the
+    say's answer, anything else a 502 naming that node (was a 500 when JSON failed)."""
+    async with started(redis, "x") as [x], forger(redis) as (client, pubsub):
+        await client.set(alive_key("forger"), b"1")
+        await client.set(owner_key("merchant", player_channel("alice")), "forger")
+        say = asyncio.create_task(cluster_say(x, "merchant", Audience(player="alice"), "hi", None))
+        got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert got is not None, "x forwarded nothing"
+        ask = wire.decode(got["data"]).message
+        assert ask is not None and ask["op"] == "say"
+        answer = {"k": "answer", "ask": ask["ask"], "result": result}
+        await client.publish("npc:node:x", wire.encode_message("forger", answer, 1))
+        if fits:
+            assert await say == result
+        else:
+            with pytest.raises(ApiError) as refused:
+                await say
+            assert refused.value.status == 502 and "forger" in refused.value.message
 
 
 async def test_a_forwarded_game_say_reads_the_trusted_context_from_redis_first(
