@@ -15,7 +15,7 @@ import orjson
 from quart import Response
 
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
-from npc_server.protocol.codec import MAX_CONTEXT_DEPTH, ROOM_RULE, nesting
+from npc_server.protocol.codec import MAX_CONTEXT_DEPTH, ROOM_RULE, nesting, string_keys
 from npc_server.protocol.frames import Limits
 from npc_server.tokens import MAX_PLAYER_CHARS
 from npc_server.turns import Audience
@@ -123,6 +123,8 @@ class Body:
             raise ApiError(413, "too_large", f"'data' has over {limits.context_keys} keys")
         if nesting(data) > MAX_CONTEXT_DEPTH:
             raise self.fail("data", f"an object nesting at most {MAX_CONTEXT_DEPTH} levels")
+        if not string_keys(data):  # JSON bodies have none other; Redis's copies may
+            raise self.fail("data", "an object whose keys are strings")
         if len(msgpack.packb(data)) > limits.context_bytes:
             raise ApiError(413, "too_large", f"'data' is over {limits.context_bytes} bytes")
         return data

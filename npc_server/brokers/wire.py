@@ -117,7 +117,8 @@ def decode_frame(body: Mapping[str, Any]) -> ServerFrame:
     for name, value in values.items():
         check = checks.get(name)
         if check is None:
-            raise WireError(f"{kind}: unknown keys {sorted(set(values) - set(checks))}")
+            unknown = sorted(map(repr, set(values) - set(checks)))  # bytes keys too
+            raise WireError(f"{kind}: unknown keys {', '.join(unknown)}")
         if not check(value):
             raise WireError(f"{kind}.{name}: {value!r} is not {_HINTS[cls][name]}")
     try:

@@ -36,7 +36,13 @@ from npc_server.cluster.leases import CHECK_EVERY, LEASE_GRACE, TIMEOUT, Leases,
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.cluster.scatter import NodeDirectory
 from npc_server.cluster.trusted import TrustedCopies
-from npc_server.protocol.codec import FrameError, decode_client_frame
+from npc_server.protocol.codec import (
+    MAX_CONTEXT_DEPTH,
+    FrameError,
+    decode_client_frame,
+    nesting,
+    string_keys,
+)
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import (
     Ack,
@@ -463,8 +469,8 @@ class Forwarder:
                 session,
                 player,
                 rooms,
-                _map(message, "context"),
-                _map(message, "trusted"),
+                _context(message, "context"),
+                _context(message, "trusted"),
                 members,
             )
             frame = decode_client_frame(msgpack.packb(_map(message, "frame")))
@@ -624,6 +630,14 @@ def _map(message: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = message.get(key, {})
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise BadMessage(f"{key} must be a map with string keys")
+    return value
+
+
+def _context(message: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A caller's context as the prompt reads it: bounded and keyed as a client's is."""
+    value = _map(message, key)
+    if nesting(value) > MAX_CONTEXT_DEPTH or not string_keys(value):
+        raise BadMessage(f"{key} is not a context a client could set")
     return value
 
 

@@ -272,6 +272,10 @@ def _check_context(data: dict[str, Any], limits: Limits, request_id: RequestId) 
             f"context.data nests deeper than {MAX_CONTEXT_DEPTH} arrays and maps",
             request_id,
         )
+    if not string_keys(data):
+        raise FrameError(
+            ErrorCode.BAD_FRAME, "context.data: every map key must be a string", request_id
+        )
     size = len(msgpack.packb(data, use_bin_type=True))
     if size > limits.context_bytes:
         raise FrameError(
@@ -279,6 +283,21 @@ def _check_context(data: dict[str, Any], limits: Limits, request_id: RequestId) 
             f"context.data is {size} bytes encoded; the limit is {limits.context_bytes}",
             request_id,
         )
+
+
+def string_keys(value: Any) -> bool:
+    """Whether every map in `value`, at every level, has only string keys (msgpack also
+    allows bytes: a prompt cannot sort or print those beside strings)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return True
 
 
 def nesting(value: Any) -> int:

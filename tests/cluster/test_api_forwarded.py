@@ -148,6 +148,7 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
                 "*": msgpack.packb({"time": "night"}),
                 "merchant": msgpack.packb({"gold": 3})[:-1],
                 "nobody": msgpack.packb({"gold": 5}),
+                "guard": msgpack.packb({"bag": {b"key": 1, "coin": 2}}),  # a bytes key
             },
         )
         await client.set("npc:trusted:player:bob", b"a string")
@@ -160,7 +161,8 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
             await copies.load("player:bob")
             assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
             assert x.contexts.trusted.for_npc("bob", None, "merchant") == {}
-            assert copies.rejected == 2
+            assert x.contexts.trusted.for_npc("alice", None, "guard") == {"time": "night"}
+            assert copies.rejected == 3
         assert await client.smembers("npc:trusted:rooms") == {b"inn"}  # "gone" has no copy
     finally:
         await client.aclose()

@@ -113,6 +113,11 @@ BAD_STATES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "a room that is no room name": lambda m: bad(m, rooms=["a room"]),
     "a position that is no number": lambda m: bad(m, position={"x": "7"}),
     "contexts that are no maps": lambda m: bad(m, contexts={"*": [1]}),
+    "a context with a bytes key": lambda m: bad(m, contexts={"*": {"bag": {b"k": 1}}}),
+    "a context nested too deep": lambda m: bad(m, contexts={"*": {"a": {"b": {"c": [[]]}}}}),
+    "a frame map with keys of two types": lambda m: bad(
+        m, queue=[{"t": "ack", "id": 1, b"x": 2, "y": 3}]
+    ),
     "another player": lambda m: bad(m, player="mallory"),
     "a missing replay": lambda m: {k: v for k, v in m.items() if k != "replay"},
 }

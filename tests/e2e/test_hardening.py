@@ -177,3 +177,18 @@ async def test_a_websocket_on_another_path_is_refused_at_the_handshake() -> None
             async with connect(f"ws://{server.host}:{server.port}/other"):
                 pass
         assert refused.value.response.status_code == 403
+
+
+async def test_a_context_with_bytes_keys_is_refused_and_the_player_talks_on() -> None:
+    """A context whose nested map has a bytes key gets error{bad_frame}; nothing is
+    stored, so the player's next turn runs (it failed with the generator's error)."""
+    async with running_server() as server, connect(server.url) as client:
+        await client.hello(server.token("alice"))
+        await client.send({"t": "context", "id": 1, "data": {"bag": {b"key": 1, "coin": 2}}})
+        error = await client.expect("error")
+        assert (error["code"], error["id"]) == ("bad_frame", 1)
+        assert server.node.contexts.for_npc("alice", "guard") == {}
+        await client.send({"t": "say", "id": 2, "npc": "guard", "text": "hello"})
+        ack = await client.expect("ack")
+        end = await client.expect("turn.end")
+        assert end["turn"] == ack["turn"] and end["reason"] == "done"

@@ -252,6 +252,17 @@ def test_context_deeper_than_four_is_bad_frame() -> None:
     assert "context.data nests deeper than 4" in exc.message
 
 
+@pytest.mark.parametrize(
+    "data", [{b"top": 1}, {"inventory": {b"sword": 1, "shield": 2}}, {"a": [{"b": {b"c": 0}}]}]
+)
+def test_context_with_a_map_key_that_is_not_a_string_is_bad_frame(data: Any) -> None:
+    """msgpack allows bytes keys; a prompt cannot sort or print them beside strings (every
+    later turn of the player failed): refused as bad_frame at any level."""
+    exc = refused(_context(data))
+    assert (exc.code, exc.request_id) == (ErrorCode.BAD_FRAME, 5)
+    assert "context.data: every map key must be a string" in exc.message
+
+
 def test_context_over_its_bytes_is_too_long() -> None:
     """context.data over context_bytes once encoded is refused with too_long and the size."""
     exc = refused(_context({"text": "x" * (8 * 1024)}))
