@@ -51,6 +51,7 @@ local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local fields = redis.call('HGETALL', KEYS[1])
 local now = tonumber(ARGV[3])
+local latest = 2 * tonumber(ARGV[4]) - now  -- no node's claim lapses later (clock skew too)
 local count, oldest, oldest_at, attached = 0, nil, nil, ARGV[3]
 local alive = {[ARGV[2]] = true}
 for i = 1, #fields, 2 do
@@ -59,7 +60,8 @@ for i = 1, #fields, 2 do
   if node and alive[node] == nil then
     alive[node] = redis.call('EXISTS', ARGV[7] .. node) == 1
   end
-  if not node or tonumber(lapses) <= now or not alive[node] then
+  local fits = node and string.match(session, '^%S+$') and tonumber(lapses) <= latest
+  if not fits or tonumber(lapses) <= now or not alive[node] then
     redis.call('HDEL', KEYS[1], session)
   elseif session == ARGV[1] then
     attached = at

@@ -158,3 +158,24 @@ async def test_a_stray_key_where_the_claims_go_is_replaced(redis: RedisServer) -
             await client.aclose()
         assert await b.claim("alice", "s-b-1") is Claim.REFUSED  # the cap of 1, cluster-wide
         assert a.statistics().local == 0
+
+
+async def test_claims_no_node_could_have_made_are_dropped(redis: RedisServer) -> None:
+    """Fields of a live node that no claim makes: an empty or spaced session name (the
+    replace's answer could not name it), a lapse far past any lease (it would count
+    forever). They are dropped, so they neither fill the cap nor break the script."""
+    wall = Wall()
+    async with two_nodes(redis, wall, policy="replace") as (a, _):
+        key = KEY + "alice"
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            soon = int((wall.now + LEASE) * 1000)
+            node = a.node.node_id
+            await client.hset(key, "", f"{node} 1 {soon}")
+            await client.hset(key, "s with space", f"{node} 1 {soon}")
+            await client.hset(key, "s-forever", f"{node} 1 {soon * 10}")
+            assert await a.claim("alice", "s-a-1") is Claim.GRANTED
+            assert a.statistics().replaced == 0 and a.statistics().local == 0
+            assert await client.hkeys(key) == [b"s-a-1"]
+        finally:
+            await client.aclose()
