@@ -10,6 +10,7 @@ once the API is on: it holds no secrets).
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,12 +29,15 @@ from npc_server.cluster.answers import (
     valid,
 )
 from npc_server.cluster.scatter import Gathered, gather
+from npc_server.cluster.trusted import MAX_VERSION
 from npc_server.node import Node
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from npc_server.tokens import MAX_PLAYER_CHARS, issue_token
 from npc_server.turns import GAME, Audience, Refused
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 3600.0
 
@@ -153,7 +157,8 @@ async def _context_everywhere(
         raise _over_budget(node, key)
     try:
         version = await copies.save(key, npc, data)
-    except Exception:
+    except Exception as exc:
+        log.warning("the trusted context of %s was not saved in Redis: %s", key, exc)
         raise _unreachable() from None
     if version is None:  # the scope's other copies, as Redis has them, leave no room
         raise _over_budget(node, key)
@@ -317,7 +322,7 @@ def _forwarded_context(node: Node, message: Mapping[str, Any]) -> dict[str, Any]
     copies = node.cluster.trusted_copies
     scope, npc, data = copies.check(message.get("scope"), message.get("npc"), message.get("data"))
     version = message.get("v")  # None from a node of an earlier release
-    if version is not None and (type(version) is not int or version < 1):
+    if version is not None and (type(version) is not int or not 1 <= version <= MAX_VERSION):
         raise ApiError(400, "invalid", "a forwarded context's version is not a positive integer")
     if not copies.set_nowait(scope, npc, data, version):
         raise _over_budget(node, scope)

@@ -55,11 +55,20 @@ MAX_ROOMS_LOADED = 10_000  # as many scopes as one node keeps (`TrustedContexts.
 
 
 CLOCK_KEY = f"{PREFIX}trusted-clock"
+MAX_VERSION = 2**53  # microseconds: the year 2255
 # A version is Redis's clock in microseconds, never below the last one it gave: later
 # posts get higher versions, also after Redis restarts empty (its clock went on).
 # The copy is refused (nil) when the scope's fields would be over the byte budget
 # (ARGV[5]): Redis, which every node reads, never holds a copy a post was refused for.
 SAVE_SCRIPT = """
+local function own(key, kind)  -- a stray key of another type there is replaced
+  local found = redis.call('TYPE', key).ok
+  if found ~= kind and found ~= 'none' then redis.call('DEL', key) end
+end
+own(KEYS[1], 'hash')
+own(KEYS[2], 'hash')
+own(KEYS[3], 'string')
+if ARGV[4] ~= '' then own(KEYS[4], 'set') end
 local size = string.len(ARGV[2])
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
@@ -68,7 +77,7 @@ end
 if size > tonumber(ARGV[5]) then return false end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local version = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0') + 1)
+local version = math.max(now, (tonumber(redis.call('GET', KEYS[3]) or '0') or 0) + 1)
 redis.call('SET', KEYS[3], string.format('%d', version))
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', version))
@@ -204,7 +213,7 @@ class TrustedCopies:
             data = msgpack.unpackb(raw) if isinstance(raw, bytes) else None
             scope, npc, data = self.check(scope, None if npc == ALL_NPCS else npc, data)
             version = 0 if raw_version is None else int(raw_version)
-            if version < 0:
+            if not 0 <= version <= MAX_VERSION:  # one far ahead would pin this copy
                 raise ValueError(f"a version of {version}")
         except (ApiError, ValueError, TypeError, msgpack.UnpackException) as exc:
             self.rejected += 1

@@ -21,6 +21,7 @@ from npc_server.cluster.answers import kick_counts, member_list, player_part, va
 from npc_server.cluster.forward import Forwarder
 from npc_server.cluster.leases import alive_key, owner_key
 from npc_server.cluster.scatter import Gathered, gather
+from npc_server.cluster.trusted import MAX_VERSION
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
 from npc_server.turns import Audience
@@ -183,7 +184,7 @@ async def test_a_copy_older_than_the_nodes_is_not_applied(redis: RedisServer) ->
         def alices() -> dict[str, Any]:
             return x.contexts.trusted.for_npc("alice", None, "merchant")
 
-        newest = 10**17  # above any version Redis's clock gives
+        newest = MAX_VERSION - 10  # above any version Redis's clock gives (until 2255)
         await send(1, {"time": "night"}, v=newest)
         await send(2, {"time": "day"}, v=newest - 1)
         assert alices() == {"time": "night"} and copies.stale == 1
@@ -210,6 +211,43 @@ async def test_versions_rise_also_after_redis_restarts_empty(redis: RedisServer)
         third = await copies.save("player:alice", None, {"time": "day"})
         assert first is not None and second is not None and third is not None
         assert 0 < first < second < third
+
+
+async def test_stray_keys_where_trusted_copies_go_are_replaced(redis: RedisServer) -> None:
+    """Keys of another type where a post writes (the scope's hash, its versions, the
+    clock, the list of rooms) and a clock that is no number: the post is saved all the
+    same (a 503 every time, before), and a node that starts later reads it."""
+    client = aioredis.from_url(redis.url)
+    try:
+        await client.set("npc:trusted:room:inn", b"stray")
+        await client.rpush("npc:trusted-v:room:inn", b"stray")
+        await client.set("npc:trusted-clock", b"not a number")
+        await client.set("npc:trusted:rooms", b"stray")
+        async with started(redis, "x") as (x,):
+            version = await cluster(x).trusted_copies.save("room:inn", None, {"weather": "fog"})
+            assert version is not None and version > 0
+        async with started(redis, "y") as (y,):
+            assert y.contexts.trusted.for_npc("", "inn", "merchant") == {"weather": "fog"}
+        assert await client.type("npc:trusted:rooms") == b"set"
+    finally:
+        await client.aclose()
+
+
+async def test_a_version_far_ahead_in_redis_is_not_applied(redis: RedisServer) -> None:
+    """A version beyond any clock (a stray, or a bad node's) would pin its copy: every
+    later post counted stale here. It is rejected when read, and refused when sent."""
+    async with started(redis, "x") as (x,), forger(redis) as (client, pubsub):
+        copies = cluster(x).trusted_copies
+        await client.hset("npc:trusted:player:alice", "*", msgpack.packb({"time": "noon"}))
+        await client.hset("npc:trusted-v:player:alice", "*", "99999999999999999999")
+        await copies.load("player:alice")
+        assert x.contexts.trusted.for_npc("alice", None, "merchant") == {}
+        assert copies.rejected == 1
+        post = {"k": "api", "op": "context", "scope": "player:alice", "data": {"time": "day"}}
+        answer = await answer_to(client, pubsub, 1, {**post, "ask": 1, "v": MAX_VERSION + 1})
+        assert answer["error"]["status"] == 400
+        await _context_everywhere(x, "player:alice", None, {"time": "dusk"})
+        assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "dusk"}
 
 
 async def test_a_post_redis_does_not_take_changes_no_copy(redis: RedisServer) -> None:
