@@ -64,6 +64,7 @@ from npc_server.cluster.handover_state import (
 )
 from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Resume
+from npc_server.protocol.scan import unpack_scanned
 from npc_server.session import Session, SessionState
 
 if TYPE_CHECKING:
@@ -306,7 +307,7 @@ class SessionHandover:
         if data is None:
             return None
         try:
-            message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+            message = unpack_scanned(data)
             if not isinstance(message, dict):
                 raise BadState("a parked state is not a map")
             return self._decode(message, pending, window=True)

@@ -21,6 +21,7 @@ import msgpack
 from npc_server.brokers import wire
 from npc_server.protocol.codec import _ROOM, MAX_CONTEXT_DEPTH, nesting, string_keys
 from npc_server.protocol.frames import ServerFrame
+from npc_server.protocol.scan import unpack_scanned
 from npc_server.session import Session
 
 # A state message must fit one publication (wire.MAX_BYTES) with room for its envelope.
@@ -175,7 +176,7 @@ def _replay(value: Any, after: int, last_seq: int) -> list[tuple[int, bytes]]:
 
 def _check_encoded(data: bytes, seq: int) -> None:
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        body = unpack_scanned(data)
     except Exception:
         raise BadState(f"replay entry {seq} is not msgpack") from None
     if not isinstance(body, dict) or body.pop("seq", None) != seq:

@@ -42,6 +42,7 @@ from npc_server.api_schema import ApiError, Body
 from npc_server.cluster.leases import PREFIX, TIMEOUT
 from npc_server.contexts import ALL_NPCS
 from npc_server.events import NodeEvent, SessionAttached
+from npc_server.protocol.scan import unpack_scanned
 from npc_server.turn import Audience
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class TrustedCopies:
     def _apply(self, scope: str, raw_npc: Any, raw: Any, raw_version: Any) -> None:
         try:
             npc = raw_npc.decode() if isinstance(raw_npc, bytes) else None
-            data = msgpack.unpackb(raw) if isinstance(raw, bytes) else None
+            data = unpack_scanned(raw) if isinstance(raw, bytes) else None
             scope, npc, data = self.check(scope, None if npc == ALL_NPCS else npc, data)
             version = 0 if raw_version is None else int(raw_version)
             if not 0 <= version <= MAX_VERSION:  # one far ahead would pin this copy

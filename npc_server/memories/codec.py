@@ -15,6 +15,7 @@ import msgpack
 
 from npc_server.backends.base import MemoryEntry
 from npc_server.memories.base import Lines
+from npc_server.protocol.scan import unpack_scanned
 
 VERSION = 1
 MAX_BYTES = 1 << 22
@@ -42,7 +43,7 @@ def decode(data: Any) -> Lines:
     if not isinstance(data, bytes) or len(data) > MAX_BYTES:
         raise MemoryFormatError("not a memory: wrong type or too large")
     try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        doc = unpack_scanned(data)
     except Exception as exc:
         raise MemoryFormatError(f"not msgpack: {exc}") from None
     if not isinstance(doc, list) or len(doc) != 2 or doc[0] != VERSION:

@@ -14,6 +14,9 @@ whatever passes decodes into objects of about the size of what it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import msgpack
 
 
 class ScanError(ValueError):
@@ -120,3 +123,12 @@ def scan(data: bytes, *, max_depth: int, max_containers: int) -> ScanReport:
     if pos != end:
         raise ScanError(f"truncated after {end} bytes" if pos > end else "trailing bytes", end)
     return ScanReport(values=values, containers=containers, depth=deepest)
+
+
+def unpack_scanned(data: bytes, *, max_depth: int = 16) -> Any:
+    """One msgpack value that another process wrote (a value in Redis, a frame another
+    node kept), unpacked after `scan`: refused with `ScanError` (a `ValueError`) in time
+    and memory bounded by its size, as a client's frame is. String keys or bytes keys
+    only (`strict_map_key`); str as str."""
+    scan(data, max_depth=max_depth, max_containers=len(data))
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)

@@ -25,6 +25,7 @@ from npc_server.cluster.trusted import MAX_VERSION
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
 from npc_server.turns import Audience
+from tests.support.alloc import length_claims
 from tests.support.redis import RedisServer
 from tests.support.server import DEMO_NPCS, server_config
 from tests.support.wait import wait_until
@@ -150,6 +151,7 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
                 "merchant": msgpack.packb({"gold": 3})[:-1],
                 "nobody": msgpack.packb({"gold": 5}),
                 "guard": msgpack.packb({"bag": {b"key": 1, "coin": 2}}),  # a bytes key
+                "questgiver": length_claims(1000),  # scanned before it is unpacked
             },
         )
         await client.set("npc:trusted:player:bob", b"a string")
@@ -163,7 +165,7 @@ async def test_trusted_contexts_in_redis_are_checked_when_read(redis: RedisServe
             assert x.contexts.trusted.for_npc("alice", None, "merchant") == {"time": "night"}
             assert x.contexts.trusted.for_npc("bob", None, "merchant") == {}
             assert x.contexts.trusted.for_npc("alice", None, "guard") == {"time": "night"}
-            assert copies.rejected == 3
+            assert copies.rejected == 4
         assert await client.smembers("npc:trusted:rooms") == {b"inn"}  # "gone" has no copy
     finally:
         await client.aclose()

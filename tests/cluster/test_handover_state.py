@@ -23,6 +23,7 @@ from npc_server.npcs import load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import Ack, Delta, Presence, ServerFrame, TurnEnd
 from npc_server.session import Session, SessionLimits, SessionState
+from tests.support.alloc import length_claims, peak_allocation
 from tests.support.server import DEMO_NPCS, server_config
 
 
@@ -302,3 +303,14 @@ def test_the_sessions_a_draining_node_names_are_checked_like_input() -> None:
     ):
         with pytest.raises(BadState):
             check_adopted(bad)
+
+
+def test_a_replayed_frame_of_nested_length_claims_is_refused_in_bounded_memory() -> None:
+    """Another node's replay entry is scanned before it is unpacked, as a client's frame
+    is: refused without allocating what its headers claim."""
+    message = state_message(written(5), after=2)
+    replay = message["replay"]
+    message = bad(message, replay=[*replay[:2], [replay[2][0], length_claims(1000)]])
+    with peak_allocation() as peak, pytest.raises(BadState):
+        decode_state(message, "s-x-1", "alice", after=2)
+    assert peak.bytes < 2_000_000

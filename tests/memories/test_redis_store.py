@@ -14,6 +14,7 @@ from npc_server.backends.base import MemoryEntry
 from npc_server.memories import codec
 from npc_server.memories.redis import RedisMemoryStore, memory_key
 from tests.memories.test_store import said
+from tests.support.alloc import length_claims, peak_allocation
 from tests.support.redis import RedisServer
 from tests.support.wait import wait_until
 
@@ -165,3 +166,14 @@ def test_tool_lines_keep_call_and_args() -> None:
     lines = (MemoryEntry("tool", "dice", "4", "c-9", '{"sides":6}'), *said("roll"))
     assert codec.decode(codec.encode(lines)) == lines
     assert msgpack.unpackb(codec.encode(said("roll")))[1] == [["player", "alice", "roll"]]
+
+
+async def test_a_memory_of_nested_length_claims_is_refused_in_bounded_memory(
+    store: RedisMemoryStore, raw: aioredis.Redis
+) -> None:
+    """Bytes that claim more than they hold (scanned first, as a client's frame is):
+    an empty memory, decided without allocating what they claim."""
+    await raw.set(memory_key("mira", "player:alice"), length_claims(1000))
+    with peak_allocation() as peak:
+        assert await store.load("mira", "player:alice") == ()
+    assert peak.bytes < 2_000_000
