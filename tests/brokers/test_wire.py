@@ -9,6 +9,7 @@ import pytest
 
 from npc_server.brokers import wire
 from npc_server.protocol.frames import Delta, TurnEnd, TurnStart
+from tests.support.alloc import length_claims, peak_allocation
 
 SAMPLES: list[Any] = [None, "", "x", 0, 7, -1, True, False, 1.5, {}, {"a": 1}, {"a": "b"}, [], b"x"]
 
@@ -60,3 +61,14 @@ def test_another_version_is_refused() -> None:
     body = wire.frame_body(TurnEnd("t1", "done", 1, 1))
     with pytest.raises(wire.WireError, match="version"):
         wire.decode(envelope(body, version=2))
+
+
+def test_a_publication_of_nested_length_claims_is_refused_in_bounded_memory() -> None:
+    """Bytes that claim more values than they hold are scanned before they are unpacked
+    (publications over `SCAN_ABOVE`; below it what they can cost is small)."""
+    with peak_allocation() as peak, pytest.raises(wire.WireError):
+        wire.decode(length_claims(1000))
+    assert peak.bytes < 2_000_000
+    with peak_allocation() as small, pytest.raises(wire.WireError):
+        wire.decode(length_claims(wire.SCAN_ABOVE // 5))
+    assert small.bytes < 1_000_000
