@@ -36,7 +36,7 @@ class Pages:
 
     def __init__(self, root: Path) -> None:
         self._root = root.resolve()
-        self._files: dict[str, _File] = {}
+        self._files: dict[Path, _File] = {}
 
     def read(self, name: str) -> _File | None:
         """The file `name` (a path below the root), or None: missing, a directory,
@@ -45,19 +45,24 @@ class Pages:
         joined = safe_join(str(self._root), name)
         if joined is None:
             return None
-        path = Path(joined)
-        if not path.is_file():
+        # Kept by the file it names: `a/../app.js` and `./app.js` are app.js, not
+        # another copy of it (a client inventing such names would fill the memory).
+        try:
+            path = Path(joined).resolve()
+            if not path.is_file():
+                return None
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            kept = self._files.get(path)
+            if kept is not None and kept.stamp == stamp:
+                return kept
+            data = path.read_bytes()
+        except (OSError, ValueError):  # gone meanwhile (an edit), or a NUL in the name
             return None
-        stat = path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        kept = self._files.get(name)
-        if kept is not None and kept.stamp == stamp:
-            return kept
-        data = path.read_bytes()
         mimetype = mimetypes.guess_type(path.name)[0] or DEFAULT_MIMETYPE
         etag = f"{stat.st_mtime_ns:x}-{len(data):x}-{adler32(data):08x}"
         kept = _File(stamp, data, mimetype, etag, stat.st_mtime)
-        self._files[name] = kept
+        self._files[path] = kept
         return kept
 
     async def respond(self, name: str) -> Response:

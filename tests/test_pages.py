@@ -26,6 +26,18 @@ def test_a_file_is_read_once_and_again_when_it_changes(tmp_path: Path) -> None:
     assert second is not None and second.data == b"two, longer" and second.etag != first.etag
 
 
+def test_names_for_one_file_share_its_one_copy(tmp_path: Path) -> None:
+    """`k1/../app.js`, `./app.js`: the same file, kept once (a client inventing such
+    names kept a copy per name, without bound)."""
+    (tmp_path / "app.js").write_text("one")
+    pages = Pages(tmp_path)
+    first = pages.read("app.js")
+    names = [f"k{i}/../app.js" for i in range(50)] + ["./app.js", "a/./../app.js"]
+    assert all(pages.read(name) is first for name in names)
+    assert len(pages._files) == 1
+    assert pages.read("app.js\x00.png") is None  # a NUL in the name: not found
+
+
 def test_nothing_outside_the_directory_is_served(tmp_path: Path) -> None:
     root = tmp_path / "web"
     (root / "sub").mkdir(parents=True)
