@@ -61,6 +61,7 @@ MAX_VERSION = 2**53  # microseconds: the year 2255
 # posts get higher versions, also after Redis restarts empty (its clock went on).
 # The copy is refused (nil) when the scope's fields would be over the byte budget
 # (ARGV[5]): Redis, which every node reads, never holds a copy a post was refused for.
+# A clock that is no number, or at or past MAX_VERSION (ARGV[6]), starts again from TIME.
 SAVE_SCRIPT = """
 local function own(key, kind)  -- a stray key of another type there is replaced
   local found = redis.call('TYPE', key).ok
@@ -78,7 +79,9 @@ end
 if size > tonumber(ARGV[5]) then return false end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local version = math.max(now, (tonumber(redis.call('GET', KEYS[3]) or '0') or 0) + 1)
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+if not last or last ~= last or last < 0 or last >= tonumber(ARGV[6]) then last = 0 end
+local version = math.max(now, last + 1)
 redis.call('SET', KEYS[3], string.format('%d', version))
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', version))
@@ -165,9 +168,13 @@ class TrustedCopies:
         packed = msgpack.packb(data)
         async with asyncio.timeout(TIMEOUT):
             version = await self.client.eval(
-                SAVE_SCRIPT, len(keys), *keys, _field(npc), packed, ttl, room, budget
+                SAVE_SCRIPT, len(keys), *keys, _field(npc), packed, ttl, room, budget, MAX_VERSION
             )
-        return None if version is None else int(version)
+        if version is None:
+            return None
+        if not 0 < int(version) <= MAX_VERSION:  # no node would apply it
+            raise ValueError(f"Redis gave the version {version!r}")
+        return int(version)
 
     async def load(self, scope: str) -> bool:
         """Set this node's copy of `scope` from Redis (what is newer than its own);
