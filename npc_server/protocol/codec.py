@@ -350,6 +350,10 @@ def _tool_result(f: _Fields) -> ToolResult:
             f"tool.result.result nests deeper than {MAX_CONTEXT_DEPTH} arrays and maps",
             f.id,
         )
+    if not string_keys(result):  # it goes to the model as JSON
+        raise FrameError(
+            ErrorCode.BAD_FRAME, "tool.result.result: every map key must be a string", f.id
+        )
     return ToolResult(call=f.string("call"), result=result, id=f.id)
 
 

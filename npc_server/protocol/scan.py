@@ -125,7 +125,7 @@ def scan(data: bytes, *, max_depth: int, max_containers: int) -> ScanReport:
     return ScanReport(values=values, containers=containers, depth=deepest)
 
 
-def unpack_scanned(data: bytes, *, max_depth: int = 16) -> Any:
+def unpack_scanned(data: bytes, *, max_depth: int = 32) -> Any:
     """One msgpack value that another process wrote (a value in Redis, a frame another
     node kept), unpacked after `scan`: refused with `ScanError` (a `ValueError`) in time
     and memory bounded by its size, as a client's frame is. String keys or bytes keys

@@ -154,6 +154,11 @@ async def test_a_tool_answered_by_the_client() -> None:
         )
         error = await bob.expect("error")
         assert (error["code"], error["id"]) == ("unknown_call", 3)
+        # A bytes key cannot go to the model as JSON: refused, and the call still waits.
+        odd = {"item": {b"kind": "lantern"}}
+        await alice.send({"t": "tool.result", "id": 6, "call": ask["call"], "result": odd})
+        error = await alice.expect("error")
+        assert (error["code"], error["id"]) == ("bad_frame", 6)
         result = {"item": "a lantern"}
         await alice.send({"t": "tool.result", "id": 4, "call": ask["call"], "result": result})
         frames = await alice.recv_until(lambda f: f["t"] == "turn.end")
