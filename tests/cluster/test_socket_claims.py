@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import redis.asyncio as aioredis
 
 from npc_server.brokers.redis import RedisBroker
@@ -124,21 +125,41 @@ async def test_replace_names_the_oldest_and_closes_it_on_its_node(redis: RedisSe
         assert closes == [4503] and b.statistics().replaced == 1
 
 
-async def test_stray_claims_in_redis_never_break_a_claim(redis: RedisServer) -> None:
-    """`npc:sockets:alice` holds what no node wrote: a field that is not UTF-8 naming a
-    live node, and values that do not parse. A claim under policy replace replaces the
-    stray one (a `sockets.replace` for a session no node has) and drops the others."""
+# Fields in `npc:sockets:alice` that no node wrote, and how many a claim replaces.
+STRAY_FIELDS: dict[str, tuple[list[tuple[bytes | str, bytes | str]], int]] = {
+    # A field that is not UTF-8 naming a live node (replaced: a `sockets.replace` for a
+    # session no node has), and values that do not parse (dropped).
+    "not UTF-8, or no claim": (
+        [(b"\xff\xfe-not-utf8", "{node} 1 {soon}"), ("s-junk", "not a claim"), (b"\x00", b"\x80")],
+        1,
+    ),
+    # An empty or spaced session name (the replace's answer could not name it), a lapse
+    # far past any lease (it would count forever): dropped, neither filling the cap
+    # nor breaking the script.
+    "no node could have made": (
+        [("", "{node} 1 {soon}"), ("s with space", "{node} 1 {soon}"), ("s-x", "{node} 1 {far}")],
+        0,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRAY_FIELDS))
+async def test_stray_claims_in_redis_never_break_a_claim(redis: RedisServer, case: str) -> None:
+    """A claim under policy replace with stray fields beside it: granted, counted across
+    the cluster, and only its own field is left."""
+    fields, replaced = STRAY_FIELDS[case]
     wall = Wall()
     async with two_nodes(redis, wall, policy="replace") as (a, _):
         key = KEY + "alice"
+        soon = int((wall.now + LEASE) * 1000)
         client = aioredis.Redis.from_url(redis.url)
         try:
-            lapses = int((wall.now + LEASE) * 1000)
-            await client.hset(key, b"\xff\xfe-not-utf8", f"{a.node.node_id} 1 {lapses}")
-            await client.hset(key, "s-junk", "not a claim")
-            await client.hset(key, b"\x00", b"\x80\x81")
+            for name, value in fields:
+                if isinstance(value, str):
+                    value = value.format(node=a.node.node_id, soon=soon, far=soon * 10)
+                await client.hset(key, name, value)
             assert await a.claim("alice", "s-a-1") is Claim.GRANTED
-            assert a.statistics().replaced == 1
+            assert a.statistics().replaced == replaced and a.statistics().local == 0
             assert await client.hkeys(key) == [b"s-a-1"]
         finally:
             await client.aclose()
@@ -158,24 +179,3 @@ async def test_a_stray_key_where_the_claims_go_is_replaced(redis: RedisServer) -
             await client.aclose()
         assert await b.claim("alice", "s-b-1") is Claim.REFUSED  # the cap of 1, cluster-wide
         assert a.statistics().local == 0
-
-
-async def test_claims_no_node_could_have_made_are_dropped(redis: RedisServer) -> None:
-    """Fields of a live node that no claim makes: an empty or spaced session name (the
-    replace's answer could not name it), a lapse far past any lease (it would count
-    forever). They are dropped, so they neither fill the cap nor break the script."""
-    wall = Wall()
-    async with two_nodes(redis, wall, policy="replace") as (a, _):
-        key = KEY + "alice"
-        client = aioredis.Redis.from_url(redis.url)
-        try:
-            soon = int((wall.now + LEASE) * 1000)
-            node = a.node.node_id
-            await client.hset(key, "", f"{node} 1 {soon}")
-            await client.hset(key, "s with space", f"{node} 1 {soon}")
-            await client.hset(key, "s-forever", f"{node} 1 {soon * 10}")
-            assert await a.claim("alice", "s-a-1") is Claim.GRANTED
-            assert a.statistics().replaced == 0 and a.statistics().local == 0
-            assert await client.hkeys(key) == [b"s-a-1"]
-        finally:
-            await client.aclose()
