@@ -22,10 +22,12 @@ from npc_server.backends.base import (
     UsagePiece,
 )
 from npc_server.npcs import NpcConfig
+from npc_server.protocol.codec import MAX_DEPTH, nesting
 
 log = logging.getLogger(__name__)
 
 UNFINISHED = "the model server ended the reply without finishing it"
+MAX_ARGS_DEPTH = MAX_DEPTH - 2  # a call's arguments, in the frame that carries them
 
 
 class MalformedChunk(ValueError):
@@ -159,7 +161,11 @@ class StreamAssembler:
         text = "".join(call.arguments).strip() or "{}"
         try:
             args = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past Python's stack: not arguments
+            args = None
+        # Deeper than a client's frame may nest (the action frame adds two levels):
+        # clients and other nodes would refuse the frame that carries it.
+        if isinstance(args, dict) and nesting(args) > MAX_ARGS_DEPTH:
             args = None
         if not isinstance(args, dict):
             log.warning(

@@ -169,14 +169,27 @@ async def test_unknown_or_unparseable_tool_calls_are_skipped(
     stub: OpenAIStub, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unknown tool name or broken JSON arguments log a warning and are dropped."""
-    calls = (ToolCall("steal", ["{}"], "c1"), ToolCall("give_item", ['{"item":'], "c2"))
+    too_deep = '{"item":' + "[" * 14 + "]" * 14 + "}"  # 15 levels: no client frame holds it
+    past_the_stack = '{"item":' + "[" * 100_000 + "]" * 100_000 + "}"  # RecursionError
+    fits = '{"item":' + "[" * 13 + "]" * 13 + "}"  # 14 levels
+    calls = (
+        ToolCall("steal", ["{}"], "c1"),
+        ToolCall("give_item", ['{"item":'], "c2"),
+        ToolCall("give_item", [too_deep], "c3"),
+        ToolCall("give_item", [past_the_stack], "c4"),
+        ToolCall("give_item", [fits], "c5"),
+    )
     stub.script(reply("Hm.", *calls, "Done."))
     with caplog.at_level(logging.WARNING):
         pieces, error = await collect(make_backend(include_usage=False))
     assert error is None
-    assert pieces == [TextPiece("Hm."), TextPiece("Done.")]
+    assert pieces == [
+        TextPiece("Hm."),
+        ActionPiece("give_item", json.loads(fits)),
+        TextPiece("Done."),
+    ]
     assert "unknown action 'steal'" in caplog.text
-    assert "'give_item' has unparseable arguments" in caplog.text
+    assert caplog.text.count("'give_item' has unparseable arguments") == 3
 
 
 async def test_whole_tool_call_without_index_is_accepted(
