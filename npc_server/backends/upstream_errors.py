@@ -30,7 +30,7 @@ def error_body(body: bytes) -> object:
     text = body.decode("utf-8", errors="replace").strip()
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         return text
     return data.get("error", data) if isinstance(data, Mapping) else data
 

@@ -225,6 +225,19 @@ async def test_an_error_without_a_body_names_the_reason(raw: RawServer, make_raw
     assert error.message == "the model server answered HTTP 404: Not Here"
 
 
+async def test_an_error_body_nested_past_the_stack_is_its_text(
+    raw: RawServer, make_raw: MakeRaw
+) -> None:
+    """A 502 whose body is JSON nested 100,000 deep (a broken proxy): the turn gets the
+    error, not a RecursionError."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    head = f"HTTP/1.1 502 Bad Gateway\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+    raw.script(RawReply((head + body,)))
+    _, error = await collect(make_raw())
+    assert error is not None
+    assert error.message.startswith("the model server answered HTTP 502: [[[")
+
+
 # The pool
 
 
