@@ -31,6 +31,7 @@ import orjson
 from npc_server.backends.base import MemoryEntry, ToolCallPiece
 from npc_server.game_http import SIGNATURE_HEADER, GameHttpError, post_json, signature
 from npc_server.npcs import AnsweredBy, ToolSpec
+from npc_server.protocol.codec import MAX_DEPTH, nesting
 from npc_server.protocol.frames import Tool, ToolEnd
 from npc_server.settings import GameSection
 from npc_server.turns import Conversation, Turn, TurnState
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 ANSWERED = "answered"
 TIMEOUT = "timeout"
 ERROR = "error"
+MAX_RESULT_DEPTH = MAX_DEPTH  # a game server's tool result (a client's: MAX_CONTEXT_DEPTH)
 CUT_MARK = "…"
 
 
@@ -188,6 +190,14 @@ class ToolRouter:
                 question.name,
                 question.turn,
                 status,
+            )
+            return ERROR, None
+        if nesting(doc["result"]) > MAX_RESULT_DEPTH:  # no frame or model request holds it
+            log.warning(
+                "tool %s for %s: the game server's result nests deeper than %d levels",
+                question.name,
+                question.turn,
+                MAX_RESULT_DEPTH,
             )
             return ERROR, None
         return ANSWERED, doc["result"]

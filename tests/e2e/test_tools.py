@@ -134,6 +134,18 @@ async def test_a_failing_game_tool_is_an_error() -> None:
         assert text_of(frames).endswith("The sky is grey.")
 
 
+async def test_a_game_tool_result_nested_too_deep_is_an_error() -> None:
+    """A result nested 300 levels (JSON allows it; no frame or model request can carry
+    it: the turn failed) ends the call as error, and the turn goes on."""
+    nested = b'{"result": ' + b"[" * 300 + b'"rain"' + b"]" * 300 + b"}"
+    async with running_game_server() as game:
+        game.tools["weather"] = lambda body: Answer(200, nested)
+        async with scout_server(game.url) as (_, client):
+            frames = await say(client, "scout", "what is the weather?")
+        assert [f["status"] for f in tool_frames(frames)[1:]] == ["error"]
+        assert text_of(frames).endswith("The sky is grey.") and frames[-1]["reason"] == "done"
+
+
 async def test_a_tool_answered_by_the_client() -> None:
     """A client tool: only the speaker's tool.result answers; it is acked and the reply uses it."""
     async with (

@@ -51,7 +51,7 @@ class Answer:
     """How to answer one request: a status and JSON body, or hang until cancelled."""
 
     status: int = 200
-    body: Any = field(default_factory=lambda: {"ok": True})
+    body: Any = field(default_factory=lambda: {"ok": True})  # bytes: sent as they are
     hang: bool = False
 
 
@@ -106,7 +106,8 @@ class GameServer:
                 await self.released.wait()  # until the test ends or the client leaves
             finally:
                 self.hanging -= 1
-        return Response(orjson.dumps(answer.body), answer.status, content_type="application/json")
+        body = answer.body if isinstance(answer.body, bytes) else orjson.dumps(answer.body)
+        return Response(body, answer.status, content_type="application/json")
 
 
 async def _received() -> Received:
