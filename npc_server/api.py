@@ -24,6 +24,7 @@ from npc_server.cluster.answers import (
     interrupt_result,
     kick_counts,
     member_list,
+    merged_sessions,
     player_part,
     say_result,
     valid,
@@ -378,16 +379,15 @@ async def _kick() -> Response:
     body.done()
     here = _kick_here(node, player)
     if node.cluster is None:
-        return _json({"player": player, **here})
+        return _json({"player": player, "sessions": here["sessions"], "sockets": here["sockets"]})
     # Sessions a drained node left in Redis would resume without it: dropped before the
     # other nodes are asked (a resume meanwhile must not unpark one), and again after
     # (a node that parked while it was asked).
     parked = await _forget_parked(node, player)
     gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
     parked += await _forget_parked(node, player)
-    counts = [here, {"sessions": parked, "sockets": 0}]
-    counts += [c for _, c in valid(gathered, kick_counts)]
-    sessions = sum(c["sessions"] for c in counts)
+    counts = [here, *(c for _, c in valid(gathered, kick_counts))]
+    sessions = merged_sessions(counts) + parked
     sockets = sum(c["sockets"] for c in counts)
     return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})
 
@@ -399,14 +399,17 @@ async def _forget_parked(node: Node, player: str) -> int:
         raise _unreachable() from None
 
 
-def _kick_here(node: Node, player: str) -> dict[str, int]:
+def _kick_here(node: Node, player: str) -> dict[str, Any]:
+    """Close the player's sockets here and end their sessions: `{sessions, sockets,
+    ids}`, the ids those of the sessions (so that one on its way from another node,
+    which both nodes count, is counted once)."""
     sessions = node.hub.sessions_of(player)
     sockets = sum(s.state is SessionState.ATTACHED for s in sessions)
     for session in sessions:
         node.end_session(session, CloseCode.KICKED)
     # Sessions on their way here from another node (a resume, a drain's hand-over).
-    coming = node.handover.kick_pending(player)
-    return {"sessions": len(sessions) + coming, "sockets": sockets}
+    ids = sorted({s.id for s in sessions} | set(node.handover.kick_pending(player)))
+    return {"sessions": len(ids), "sockets": sockets, "ids": ids}
 
 
 async def _room(room: str) -> Response:

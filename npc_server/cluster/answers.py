@@ -17,6 +17,7 @@ from npc_server.session import SessionState
 
 T = TypeVar("T")
 _STATES = frozenset(s.value for s in SessionState)
+MAX_KICKED = 10_000  # session ids one node's kick answer may name
 
 
 def valid(gathered: Gathered, parse: Callable[[dict[str, Any]], T | None]) -> list[tuple[str, T]]:
@@ -35,10 +36,29 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def kick_counts(result: dict[str, Any]) -> dict[str, int] | None:
-    """`{sessions, sockets}` of a kick."""
+def kick_counts(result: dict[str, Any]) -> dict[str, Any] | None:
+    """`{sessions, sockets, ids?}` of a kick (`ids`: None from a node of an earlier
+    release, which sends the count alone)."""
     ok = _count(result.get("sessions")) and _count(result.get("sockets"))
-    return {"sessions": result["sessions"], "sockets": result["sockets"]} if ok else None
+    ids = result.get("ids")
+    if ids is not None and (_names(ids) is None or len(ids) > MAX_KICKED):
+        return None
+    if not ok:
+        return None
+    return {"sessions": result["sessions"], "sockets": result["sockets"], "ids": ids}
+
+
+def merged_sessions(counts: list[dict[str, Any]]) -> int:
+    """The sessions a kick ended over the cluster: each id once (a session on its way
+    from one node to another is counted by both), plus the counts that came without."""
+    ids: set[str] = set()
+    alone = 0
+    for count in counts:
+        if count.get("ids") is None:
+            alone += count["sessions"]
+        else:
+            ids.update(count["ids"])
+    return len(ids) + alone
 
 
 def say_result(result: dict[str, Any]) -> dict[str, Any] | None:

@@ -263,13 +263,13 @@ class SessionHandover:
         for pending in self._resuming:
             pending.crossed_outage = True
 
-    def kick_pending(self, player: str) -> int:
+    def kick_pending(self, player: str) -> list[str]:
         """A kick: the player's resumes under way here raise `Kicked`, whatever the
-        other node hands over; how many there were."""
+        other node hands over; the ids of their sessions."""
         pending = [p for p in self._resuming if p.standin.player == player]
         for each in pending:
             each.kicked = True
-        return len(pending)
+        return [each.resume.session for each in pending]
 
     def _listen(self, pending: _Pending, channels: list[str]) -> None:
         for channel in channels:

@@ -303,10 +303,16 @@ def test_answers_that_do_not_fit_count_their_node_as_missing() -> None:
             "a": {"sessions": 2, "sockets": 1},
             "b": {"sessions": "many", "sockets": 1},
             "c": {"sessions": True, "sockets": 0},
+            "d": {"sessions": 1, "sockets": 1, "ids": ["s-d-1"]},
+            "e": {"sessions": 1, "sockets": 1, "ids": [7]},
+            "f": {"sessions": 1, "sockets": 1, "ids": "s-f-1"},
         }
     )
-    assert valid(kicks, kick_counts) == [("a", {"sessions": 2, "sockets": 1})]
-    assert kicks.missing == ["b", "c"]
+    assert valid(kicks, kick_counts) == [
+        ("a", {"sessions": 2, "sockets": 1, "ids": None}),  # a node of an earlier release
+        ("d", {"sessions": 1, "sockets": 1, "ids": ["s-d-1"]}),
+    ]
+    assert kicks.missing == ["b", "c", "e", "f"]
     session = {"session": "s-a-1", "state": "attached", "last_seq": 4}
     players = Gathered(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from npc_server.api import _kick_here
 from npc_server.brokers.redis import RedisBroker
 from npc_server.cluster import handover
+from npc_server.cluster.answers import merged_sessions
 from npc_server.cluster.handover import Kicked
 from npc_server.node import Node
 from npc_server.npcs import load_npcs
@@ -435,11 +437,31 @@ async def test_a_kick_ends_a_session_on_its_way_to_this_node(redis: RedisServer)
         states = hold(b, "handover.state")
         resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
         await wait_until(lambda: bool(states), what="X's state for B")
-        assert _kick_here(b, "alice") == {"sessions": 1, "sockets": 0}
+        assert _kick_here(b, "alice") == {"sessions": 1, "sockets": 0, "ids": [session.id]}
         b.handover._on_state(*states[0])
         with pytest.raises(Kicked):  # the socket's hello refuses it with 4508
             await resuming
         assert b.hub.get(session.id) is None and x.hub.get(session.id) is None
+
+
+async def test_a_kick_counts_a_session_on_its_way_between_two_nodes_once(
+    redis: RedisServer,
+) -> None:
+    """B asked X for alice's session and X has not answered yet when the kick reaches
+    both: X still holds it, B waits for it, each ends it, and the kick counts it once."""
+    async with nodes(redis, "x", "b") as (x, b):
+        session = detached_with_written(x, 3)
+        asks = hold(x, "handover.ask")
+        resuming = asyncio.create_task(b.handover.resume("alice", Resume(session.id, 3)))
+        await wait_until(lambda: bool(asks), what="B's ask at X")
+        counts = [_kick_here(x, "alice"), _kick_here(b, "alice")]
+        assert [c["sessions"] for c in counts] == [1, 1]  # both count it
+        assert merged_sessions(counts) == 1
+        assert merged_sessions([*counts, {"sessions": 2, "sockets": 0, "ids": None}]) == 3
+        resuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Kicked):
+            await resuming
+        assert x.hub.get(session.id) is None and b.hub.get(session.id) is None
 
 
 async def test_a_kick_during_an_adoption_refuses_the_resume_that_waited_for_it(
