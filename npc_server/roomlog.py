@@ -102,7 +102,8 @@ class RoomLog:
     def position_of(self, event_id: str) -> int | None:
         """The sequence number a `Last-Event-ID` names, if a replay from it is complete."""
         epoch, _, number = event_id.strip().rpartition("-")
-        if epoch != self.epoch or not number.isdigit() or len(number) > 18:
+        # isdigit alone admits ² and other digits int() refuses
+        if epoch != self.epoch or not (number.isascii() and number.isdigit()) or len(number) > 18:
             return None
         seq = int(number)
         first = self._events[0][0] if self._events else self.last_seq + 1

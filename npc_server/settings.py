@@ -223,7 +223,7 @@ LEVELS = Rule(
 
 def _is_bind(value: str) -> bool:
     host, _, port = value.rpartition(":")
-    return value == "" or (bool(host) and port.isdigit() and int(port) <= 65535)
+    return value == "" or (bool(host) and port.isascii() and port.isdigit() and int(port) <= 65535)
 
 
 BIND = Rule(_is_bind, '"" (none) or "host:port" (port 0: any free port)')

@@ -194,8 +194,10 @@ class WatchService:
 
     def _start(self, room: str, ask: WatchRequest) -> Watcher:
         log = self.logs.open(room)
+        # Counted once it exists: a watcher that failed to start is never released.
+        watcher = Watcher(self.node, self.logs, log, ask.address, ask.last_event_id, self._released)
         self._by_address[ask.address] = self._by_address.get(ask.address, 0) + 1
-        return Watcher(self.node, self.logs, log, ask.address, ask.last_event_id, self._released)
+        return watcher
 
     def _released(self, watcher: Watcher) -> None:
         left = self._by_address.get(watcher.address, 0) - 1

@@ -138,6 +138,10 @@ def test_openai_without_the_llm_extra_stops_the_start(tmp_path: Path) -> None:
             ("/nonexistent/npcs", "no such NPC directory"),
         ),
         ({"NPC_SERVER_LOG_LEVEL": "loud"}, ("NPC_SERVER_LOG_LEVEL", "'LOUD'")),
+        (  # a digit int() refuses (it was a traceback)
+            {"NPC_SERVER_METRICS_BIND": "127.0.0.1:\u00b2"},
+            ("NPC_SERVER_METRICS_BIND", "[metrics] bind", "host:port"),
+        ),
     ],
 )
 def test_bad_environment_stops_the_start(env: dict[str, str], parts: tuple[str, ...]) -> None:

@@ -501,7 +501,7 @@ class RedisBroker:
 
     def _confirmed(self, data: Any) -> None:
         text = data.decode() if isinstance(data, bytes) else str(data)
-        if text.startswith(SYNC) and text[len(SYNC) :].isdigit():
+        if text.startswith(SYNC) and text[len(SYNC) :].isascii() and text[len(SYNC) :].isdigit():
             self._synced = max(self._synced, int(text[len(SYNC) :]))
             self._synced_event.set()
             self._went_live(self._synced)

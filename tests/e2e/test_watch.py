@@ -370,3 +370,26 @@ async def test_drain_ends_streams_with_a_draining_event() -> None:
                 assert event.event == "draining" and data(event)["retry_after"] > 0
                 await draining
                 assert watcher_count(server) == 0
+
+
+async def test_a_last_event_id_that_is_no_position_gets_a_reset_and_holds_no_slot() -> None:
+    """`Last-Event-ID` naming the log's epoch with a number int() refuses (², an
+    Arabic-Indic one, -1): a reset and a snapshot, as for any id the log cannot replay.
+    It was a 200 with an empty body and a traceback, and the address's watcher slot
+    stayed taken: behind a proxy, everyone's."""
+    config = with_overrides(server_config(), watch={"watchers_per_address": 1})
+    async with running_server(config) as server:
+        async with connect(server.url) as alice:
+            await member(alice, server, "alice")
+            params = watch_params(server)
+            async with watch(server.http_url, params=params) as first:
+                live = await first.next()
+            assert live.id is not None
+            epoch = live.id.rpartition("-")[0]
+            await wait_until(lambda: watcher_count(server) == 0, what="release")
+            for number in ("\u00b2", "\u0661", "-1", ""):  # as ?last_id= (headers are ASCII)
+                asked = {**params, "last_id": f"{epoch}-{number}"}
+                async with watch(server.http_url, params=asked) as w:
+                    assert w.status == 200, number
+                    assert (await w.next()).event == "reset"
+                await wait_until(lambda: watcher_count(server) == 0, what="release")
