@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
 from quart import Quart, Response, jsonify, request
 
 from npc_server import __version__
@@ -156,10 +157,10 @@ def create_app(
         # Only without a configured secret: lets the /play page start at once locally.
         if config.secret:
             return "not found", 404
-        body = await request.get_json(silent=True) or {}
-        player = body.get("player") if isinstance(body, dict) else None
-        if not isinstance(player, str) or not 0 < len(player) <= 64:
-            return "player must be a name of 1 to 64 characters", 400
+        body = await _dev_body()
+        player = body.get("player")
+        if not isinstance(player, str) or not 0 < len(player) <= 64 or not player.isprintable():
+            return "player must be a name of 1 to 64 printable characters", 400
         return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
 
     @app.post("/dev/watch-token")
@@ -167,8 +168,8 @@ def create_app(
         # Only without a configured secret: lets /play's "watch this room" link open at once.
         if config.secret:
             return "not found", 404
-        body = await request.get_json(silent=True) or {}
-        room = body.get("room") if isinstance(body, dict) else None
+        body = await _dev_body()
+        room = body.get("room")
         if not isinstance(room, str) or _ROOM.fullmatch(room) is None:
             return f"room must be a room name: {ROOM_RULE}", 400
         token = issue_watch_token(DEV_SECRET, [room], config.watch.token_ttl)
@@ -286,6 +287,16 @@ async def _park_sessions(node: Node) -> None:
         return
     if parked:
         log.info("parked %d sessions in Redis for a resume on another node", parked)
+
+
+async def _dev_body() -> dict[str, Any]:
+    """A /dev/ endpoint's JSON object, or {} for anything else (bytes that are not UTF-8,
+    JSON nested past the parser, not an object): those answer 400 by what is missing."""
+    try:
+        doc = orjson.loads(await request.get_data(cache=False))
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _no_referrer(response: Response) -> Response:

@@ -57,7 +57,8 @@ def verify_signature(
     if abs(now - timestamp) > tolerance_s:
         return False
     expected = signature(secret, body, timestamp).partition(",v1=")[2]
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+    # As bytes: compare_digest refuses str that is not ASCII (a TypeError, not False).
+    return hmac.compare_digest(expected.encode(), fields.get("v1", "").encode())
 
 
 async def post_json(

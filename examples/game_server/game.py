@@ -55,7 +55,8 @@ def signature_ok(secret: str, header: str, body: bytes, now: float) -> bool:
         return False  # an old request replayed
     signed = f"{timestamp}.".encode() + body
     expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+    # As bytes: compare_digest refuses str that is not ASCII (a TypeError, not False).
+    return hmac.compare_digest(expected.encode(), fields.get("v1", "").encode())
 
 
 def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:

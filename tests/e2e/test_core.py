@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from dataclasses import replace
 
@@ -373,3 +374,27 @@ async def test_latest_seen_is_the_cut_when_interrupt_has_no_shown() -> None:
         assert (end[-1]["reason"], end[-1]["kept"]) == ("interrupted", 9)
         memory = conversation_of(server, "guard", "alice").memory.lines()
         assert len(memory[-1].text) == 9
+
+
+async def test_dev_tokens_refuse_bodies_that_do_not_fit_with_400() -> None:
+    """/dev/token and /dev/watch-token (development mode): bytes that are not UTF-8, JSON
+    nested past the parser, not an object, a name the token check would refuse later:
+    400 (the first two were 500s), and a good body still gets its token."""
+    import httpx
+
+    JSON_TYPE = {"Content-Type": "application/json"}
+    bodies = [b'{"player": "\xff"}', b"[" * 100_000, b"[1]", b"", b'{"player": "a\\u0000b"}']
+    bodies += [b'{"room": "\xff"}', b'{"room": "a room"}']
+    development = dataclasses.replace(server_config(), secret=None)
+    async with (
+        running_server(development) as server,
+        httpx.AsyncClient(base_url=server.http_url) as http,
+    ):
+        for path in ("/dev/token", "/dev/watch-token"):
+            for body in bodies:
+                answer = await http.post(path, content=body, headers=JSON_TYPE)
+                assert answer.status_code == 400, (path, body[:20])
+        good = await http.post("/dev/token", json={"player": "alice"})
+        assert good.status_code == 200 and good.json()["dev"] is True
+        room = await http.post("/dev/watch-token", json={"room": "inn"})
+        assert room.status_code == 200 and room.json()["token"]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from npc_server.config import Config, with_overrides
-from npc_server.game_http import signature
+from npc_server.game_http import signature, verify_signature
 from tests.support.client import connect
 from tests.support.game_server import API_KEY, WEBHOOK_SECRET, listening_socket, serving
 from tests.support.server import REPO, running_server, server_config
@@ -41,6 +41,10 @@ def test_example_checks_signatures_as_documented() -> None:
     assert not check(WEBHOOK_SECRET, header, body + b" ", 1_800_000_010)
     assert not check("other", header, body, 1_800_000_010)
     assert not check(WEBHOOK_SECRET, header, body, 1_800_009_000)
+    forged = "t=1800000000,v1=\u00e9"  # not hex, not ASCII: a TypeError from compare_digest
+    for verify in (check, verify_signature):
+        assert not verify(WEBHOOK_SECRET, forged, body, 1_800_000_010)
+        assert verify(WEBHOOK_SECRET, header, body, 1_800_000_010)
 
 
 async def test_the_worked_example_of_docs_game_server() -> None:
