@@ -123,6 +123,7 @@ class HandoverStatistics:
     handed: int = 0  # sessions this node handed to another
     parked: int = 0  # sessions written to Redis when this node drained
     adopted: int = 0  # sessions a draining node handed here with no socket on them
+    not_adopted: int = 0  # ... that it asked this node to take and did not arrive
     rejected: int = 0  # messages or parked states from another node that did not validate
 
 
@@ -621,6 +622,8 @@ class SessionHandover:
                 self._on_ask(origin, message)
         if installed is not None:
             self.stats.adopted += 1
+        elif not kicked:  # timed out, gone meanwhile, or a state that did not fit
+            self.stats.not_adopted += 1
         return kicked
 
     async def aclose(self) -> None:

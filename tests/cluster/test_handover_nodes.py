@@ -480,3 +480,15 @@ async def test_a_kick_during_an_adoption_refuses_the_resume_that_waited_for_it(
         with pytest.raises(Kicked):
             await waiting
         assert c.hub.get(session.id) is None and x.hub.get(session.id) is None
+
+
+async def test_an_adoption_whose_session_never_arrives_is_counted(redis: RedisServer) -> None:
+    """X asks B to adopt a session no node holds any more (it ended meanwhile): B counts
+    it in `not_adopted`, not in a player's resume figures, and holds nothing."""
+    async with nodes(redis, "x", "b") as (_, b):
+        adopt_message = {"k": "handover.adopt", "sessions": [["s-gone-1", "alice", 0]]}
+        b.handover._on_adopt("x", adopt_message)
+        await wait_until(lambda: b.handover.stats.not_adopted == 1, what="the failed adoption")
+        stats = b.handover.stats
+        assert (stats.adopted, stats.asked, stats.snapshots) == (0, 0, 0)
+        assert b.hub.get("s-gone-1") is None
