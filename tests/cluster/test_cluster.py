@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from npc_server.brokers import wire
 from npc_server.protocol.frames import Said
 from tests.support.client import Frame, RawClient, connect
-from tests.support.healthz import undocumented
+from tests.support.healthz import undocumented, undocumented_cluster_counts
 from tests.support.redis import RedisServer, free_port, redis_server
 from tests.support.server import DEMO_NPCS, REPO, SECRET, ServerProcess, start_server_process
 from tests.support.wait import wait_until
@@ -189,6 +189,7 @@ async def test_workers_share_one_port(tmp_path: Path) -> None:
                 health = (await http.get(f"{server.http_url}/healthz")).json()
             assert health["cluster"]["broker"] and health["cluster"]["routing"]
             assert undocumented(health) == set()  # every field is in docs/protocol.md
+            assert undocumented_cluster_counts(health) == set()  # and in docs/cluster.md
         finally:
             assert server.terminate() == 0
 

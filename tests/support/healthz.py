@@ -1,5 +1,5 @@
-"""What a live server shows that docs/protocol.md's reference does not name:
-the fields of /healthz, and the `limits` of a `welcome`."""
+"""What a live server shows that the docs do not name: the fields of /healthz
+(docs/protocol.md; its cluster counts, docs/cluster.md), and a `welcome`'s `limits`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+CLUSTER = PROTOCOL.with_name("cluster.md")
 
 
 def _row(start: str) -> str:
@@ -31,6 +32,16 @@ def undocumented(health: dict[str, Any]) -> set[str]:
     fields = {*health, *cluster, *(cluster.get("routing") or {}), *(cluster.get("broker") or {})}
     assert fields, "an empty /healthz answer"
     return {field for field in fields if f"`{field}`" not in row}
+
+
+def undocumented_cluster_counts(health: dict[str, Any]) -> set[str]:
+    """The counts under /healthz `cluster.handover` and `cluster.sockets` that
+    docs/cluster.md (where protocol.md sends them) does not name in backticks."""
+    cluster = health["cluster"]
+    fields = {*cluster["handover"], *cluster["sockets"]}
+    assert fields, "no handover or socket counts"
+    text = CLUSTER.read_text(encoding="utf-8")
+    return {field for field in fields if f"`{field}`" not in text}
 
 
 def undocumented_limits(welcome: dict[str, Any]) -> set[str]:
