@@ -28,12 +28,11 @@ import msgpack
 
 from npc_server.protocol import frames
 from npc_server.protocol.frames import ServerFrame
-from npc_server.protocol.scan import scan
+from npc_server.protocol.scan import unpack_scanned
 
 VERSION = 3
 MAX_BYTES = 1 << 20
 SCAN_ABOVE = 512  # bytes
-MAX_DEPTH = 32  # a handed-over queue of snapshots nests ~15 deep
 
 
 class WireError(ValueError):
@@ -93,8 +92,9 @@ def decode(data: bytes) -> Publication:
         # what bytes that claim more than they hold cost grows with the square of
         # their size, at most ~0.4 MB below SCAN_ABOVE, and the scan costs 7x the decode.
         if len(data) > SCAN_ABOVE:
-            scan(data, max_depth=MAX_DEPTH, max_containers=len(data))
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+            doc = unpack_scanned(data)
+        else:
+            doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:
         raise WireError(f"not msgpack: {exc}") from None
     if not isinstance(doc, list) or len(doc) != 6 or doc[0] != VERSION:

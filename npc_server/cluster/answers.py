@@ -39,13 +39,12 @@ def _count(value: Any) -> bool:
 def kick_counts(result: dict[str, Any]) -> dict[str, Any] | None:
     """`{sessions, sockets, ids?}` of a kick (`ids`: None from a node of an earlier
     release, which sends the count alone)."""
-    ok = _count(result.get("sessions")) and _count(result.get("sockets"))
-    ids = result.get("ids")
+    sessions, sockets, ids = result.get("sessions"), result.get("sockets"), result.get("ids")
+    if not (_count(sessions) and _count(sockets)):
+        return None
     if ids is not None and (_names(ids) is None or len(ids) > MAX_KICKED):
         return None
-    if not ok:
-        return None
-    return {"sessions": result["sessions"], "sockets": result["sockets"], "ids": ids}
+    return {"sessions": sessions, "sockets": sockets, "ids": ids}
 
 
 def merged_sessions(counts: list[dict[str, Any]]) -> int:

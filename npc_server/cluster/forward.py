@@ -36,13 +36,7 @@ from npc_server.cluster.leases import CHECK_EVERY, LEASE_GRACE, TIMEOUT, Leases,
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
 from npc_server.cluster.scatter import NodeDirectory
 from npc_server.cluster.trusted import TrustedCopies
-from npc_server.protocol.codec import (
-    MAX_CONTEXT_DEPTH,
-    FrameError,
-    decode_client_frame,
-    nesting,
-    string_keys,
-)
+from npc_server.protocol.codec import FrameError, decode_client_frame, fits_context
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import (
     Ack,
@@ -636,7 +630,7 @@ def _map(message: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _context(message: Mapping[str, Any], key: str) -> dict[str, Any]:
     """A caller's context as the prompt reads it: bounded and keyed as a client's is."""
     value = _map(message, key)
-    if nesting(value) > MAX_CONTEXT_DEPTH or not string_keys(value):
+    if not fits_context(value):
         raise BadMessage(f"{key} is not a context a client could set")
     return value
 

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from npc_server.brokers import wire
-from npc_server.protocol.codec import _ROOM, MAX_CONTEXT_DEPTH, nesting, string_keys
+from npc_server.protocol.codec import _ROOM, fits_context
 from npc_server.protocol.frames import ServerFrame
 from npc_server.protocol.scan import unpack_scanned
 from npc_server.session import Session
@@ -246,7 +246,7 @@ def _contexts(value: Any) -> dict[str, Mapping[str, Any]]:
     for scope, data in value.items():
         if not isinstance(scope, str) or len(scope) > MAX_ID or not isinstance(data, dict):
             raise BadState(f"contexts: {scope!r} is not a scope with a map")
-        if nesting(data) > MAX_CONTEXT_DEPTH or not string_keys(data):
+        if not fits_context(data):
             raise BadState(f"contexts: {scope!r} is not a context a client could set")
     return dict(value)
 

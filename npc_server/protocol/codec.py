@@ -285,6 +285,12 @@ def _check_context(data: dict[str, Any], limits: Limits, request_id: RequestId) 
         )
 
 
+def fits_context(data: Mapping[str, Any]) -> bool:
+    """Whether a context from Redis or another node is one a client could have set: at
+    most MAX_CONTEXT_DEPTH deep, string keys at every level (sizes are checked apart)."""
+    return nesting(data) <= MAX_CONTEXT_DEPTH and string_keys(data)
+
+
 def string_keys(value: Any) -> bool:
     """Whether every map in `value`, at every level, has only string keys (msgpack also
     allows bytes: a prompt cannot sort or print those beside strings)."""

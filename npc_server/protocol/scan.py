@@ -125,7 +125,10 @@ def scan(data: bytes, *, max_depth: int, max_containers: int) -> ScanReport:
     return ScanReport(values=values, containers=containers, depth=deepest)
 
 
-def unpack_scanned(data: bytes, *, max_depth: int = 32) -> Any:
+FOREIGN_DEPTH = 32  # what other processes write: a handed-over queue of snapshots nests ~15
+
+
+def unpack_scanned(data: bytes, *, max_depth: int = FOREIGN_DEPTH) -> Any:
     """One msgpack value that another process wrote (a value in Redis, a frame another
     node kept), unpacked after `scan`: refused with `ScanError` (a `ValueError`) in time
     and memory bounded by its size, as a client's frame is. String keys or bytes keys
