@@ -114,14 +114,68 @@ def decode_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
             max_map_len=size // 2,
         )
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise FrameError(
+        # An int (or nil, float, array) map key anywhere: msgpack refuses it with a
+        # ValueError before any check here sees the frame. Name it, with the frame's id.
+        raise _key_error(data, size) or FrameError(
             ErrorCode.BAD_FRAME, f"not a msgpack message: {type(exc).__name__}"
         ) from None
     if not isinstance(value, dict):
         raise FrameError(ErrorCode.BAD_FRAME, f"expected a msgpack map, got {type(value).__name__}")
-    if any(not isinstance(k, str) for k in value):
-        raise FrameError(ErrorCode.BAD_FRAME, "map keys must be strings")
+    for key in value:
+        if not isinstance(key, str):
+            raise _refused_key({k: v for k, v in value.items() if type(k) is str}, key)
     return value
+
+
+def _key_error(data: bytes, size: int) -> FrameError | None:
+    """The error for a message whose only fault is a map key that is not a string.
+
+    Decoded again with every map built from its string keys alone, so the keys
+    msgpack refused (ints hash to chosen values) are never hashed; None when
+    the message is bad in another way. Only refused messages pay for this.
+    """
+    refused: list[Any] = []
+
+    def string_keys_only(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        kept = {}
+        for key, item in pairs:
+            if type(key) is str:
+                kept[key] = item
+            elif not refused:
+                refused.append(key)
+        return kept
+
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            object_pairs_hook=string_keys_only,
+            use_list=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_ext_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+        )
+    except Exception:
+        return None
+    if not refused or not isinstance(value, dict):
+        return None
+    return _refused_key(value, refused[0])
+
+
+def _refused_key(doc: Mapping[str, Any], key: Any) -> FrameError:
+    """bad_frame for a non-string map key, naming the frame and carrying its id if it has one."""
+    t = doc.get("t")
+    name = t if isinstance(t, str) and t in _PARSERS else "frame"
+    try:
+        request_id = _request_id(doc)
+    except FrameError:
+        request_id = None
+    return FrameError(
+        ErrorCode.BAD_FRAME, f"{name}: every map key must be a string, got {_kind(key)}", request_id
+    )
 
 
 def _request_id(doc: Mapping[str, Any]) -> RequestId:
@@ -211,10 +265,12 @@ def _hello(f: _Fields) -> Hello:
         inner = _Fields(resume, "hello.resume", f.id, f.limits)
         parsed = Resume(session=inner.string("session"), seq=inner.integer("seq"))
     client = f.doc.get("client")
+    if client is not None and not isinstance(client, str):
+        raise f.fail("client", "a string")
     return Hello(
         token=f.string("token", max_chars=MAX_TOKEN_CHARS),
         resume=parsed,
-        client=client if isinstance(client, str) else None,
+        client=client,
         id=f.id,
         delta_ms=f.integer("delta_ms", required=False),
     )

@@ -192,3 +192,16 @@ async def test_a_context_with_bytes_keys_is_refused_and_the_player_talks_on() ->
         ack = await client.expect("ack")
         end = await client.expect("turn.end")
         assert end["turn"] == ack["turn"] and end["reason"] == "done"
+
+
+async def test_an_int_map_key_gets_bad_frame_with_the_id_and_the_player_talks_on() -> None:
+    """A context with an int key (msgpack refuses those itself) is answered with the
+    request's id and a message naming the frame, over a real socket; the socket stays."""
+    async with running_server() as server, connect(server.url) as client:
+        await client.hello(server.token("alice"))
+        await client.send({"t": "context", "id": 15, "data": {1: 2}})
+        error = await client.expect("error")
+        assert (error["code"], error["id"]) == ("bad_frame", 15)
+        assert error["message"] == "context: every map key must be a string, got int"
+        await client.send({"t": "ping", "id": "p", "ts": 1})
+        assert (await client.expect("pong"))["id"] == "p"

@@ -263,6 +263,41 @@ def test_context_with_a_map_key_that_is_not_a_string_is_bad_frame(data: Any) -> 
     assert "context.data: every map key must be a string" in exc.message
 
 
+@pytest.mark.parametrize(
+    ("frame", "name", "kind"),
+    [
+        ({"t": "context", "id": 5, "data": {1: 2}}, "context", "int"),
+        (
+            {"t": "tool.result", "id": 5, "call": "c-1", "result": {"a": {2: 2}}},
+            "tool.result",
+            "int",
+        ),
+        ({"t": "ping", "id": 5, "ts": {1.5: 1}}, "ping", "float"),
+        ({"t": "say", "id": 5, "npc": "guard", "text": "hi", "x": {None: 1}}, "say", "nil"),
+        ({"t": "ping", "id": 5, 7: 2}, "ping", "int"),
+        ({"t": "nonsense", "id": 5, b"k": 2}, "frame", "bytes"),
+    ],
+)
+def test_a_map_key_that_is_not_a_string_at_any_level_names_the_frame_and_keeps_its_id(
+    frame: dict[Any, Any], name: str, kind: str
+) -> None:
+    """msgpack refuses int, float and nil map keys with a ValueError before any check sees
+    the frame: that was `not a msgpack message: ValueError` with no id, so the client could
+    not tell which request failed. Now the frame is named and its id answered."""
+    exc = refused(pack(frame))
+    assert (exc.code, exc.request_id) == (ErrorCode.BAD_FRAME, 5)
+    assert exc.message == f"{name}: every map key must be a string, got {kind}"
+
+
+def test_a_refused_key_in_a_frame_with_a_bad_id_or_garbage_is_still_bad_frame() -> None:
+    """The second decode only names the key; a bad id is dropped, garbage stays garbage."""
+    exc = refused(pack({"t": "ping", "id": [1], "ts": {1: 1}}))
+    assert (exc.request_id, exc.message) == (None, "ping: every map key must be a string, got int")
+    truncated = pack({"t": "ping", "id": 5, "ts": {1: 1}})[:-1]
+    exc = refused(truncated)
+    assert exc.request_id is None and exc.message.startswith("not a msgpack message")
+
+
 def test_context_over_its_bytes_is_too_long() -> None:
     """context.data over context_bytes once encoded is refused with too_long and the size."""
     exc = refused(_context({"text": "x" * (8 * 1024)}))
@@ -331,3 +366,12 @@ def test_deltas_hand_written_init_sets_every_field_of_the_dataclass() -> None:
     delta = DeltaFrame("t1", "word ", 3)
     assert dataclasses.astuple(delta) == ("t1", "word ", 3)
     assert dataclasses.replace(delta, at=9) == DeltaFrame("t1", "word ", 9)
+
+
+def test_hello_client_must_be_a_string() -> None:
+    """A name of the client is informative, but of the documented type: else bad_frame."""
+    assert decode_client_frame(pack({"t": "hello", "token": "x", "client": "unity/1"})) == Hello(
+        token="x", client="unity/1"
+    )
+    exc = refused(pack({"t": "hello", "token": "x", "client": 5}))
+    assert exc.message == "hello.client must be a string, got int"
