@@ -38,6 +38,10 @@ from npc_server.webhooks import WebhookSender
 if TYPE_CHECKING:
     from npc_server.cluster.forward import Caller, Forwarder
 
+# A detached session's end is checked this long after its window (timers never run early,
+# and the window is exceeded, not reached).
+EXPIRY_SLACK = 0.01
+
 log = logging.getLogger(__name__)
 
 
@@ -234,7 +238,22 @@ class Node:
             session.detach(self.clock())
             if self.cluster is not None:
                 self.cluster.session_detached(session)
+            self._end_when_window_ends(session)
         else:
+            self.end_session(session)
+
+    def _end_when_window_ends(self, session: Session) -> None:
+        """End a detached session as its resume window ends, not at the next sweep (up to
+        `SWEEP_INTERVAL` later: its rooms saw the player for seconds more). The sweep stays
+        for a clock the loop does not drive (tests) and for sessions detached elsewhere."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(session.limits.resume_window + EXPIRY_SLACK, self._expire_if_due, session)
+
+    def _expire_if_due(self, session: Session) -> None:
+        if session.state is SessionState.DETACHED and session.expired_at(self.clock()):
             self.end_session(session)
 
     def end_session(

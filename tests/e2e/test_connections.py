@@ -447,3 +447,50 @@ async def test_a_clean_close_ends_the_session_and_a_drop_keeps_it() -> None:
         await wait_until(
             lambda: session.state is SessionState.DETACHED, what="dropped session detached"
         )
+
+
+async def test_a_dropped_player_leaves_the_room_as_the_window_ends_not_at_a_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Members saw a dropped player for up to the sweep's 5 s past `resume_window` (a
+    client author measured 8.4 s with a 6 s window). With the sweep out of reach, the
+    session still ends, and `presence{left}` comes, when its window does."""
+    from npc_server import app
+
+    monkeypatch.setattr(app, "SWEEP_INTERVAL", 3600.0)
+    async with running_server(server_config(limits={"resume_window": 0.2})) as server:
+        async with connect(server.url) as alice, connect(server.url) as bob:
+            for client, name in ((alice, "alice"), (bob, "bob")):
+                await client.hello(server.token(name))
+                await client.send({"t": "join", "id": 1, "room": "inn"})
+                await client.expect("ack")
+            await alice.recv_until(lambda f: f["t"] == "presence" and f["player"] == "bob")
+            [session] = server.node.hub.sessions_of("bob")
+            await drop(bob)
+            left = await alice.recv_until(
+                lambda f: f["t"] == "presence" and f["state"] == "left", timeout=3
+            )
+            assert left[-1]["player"] == "bob"
+            assert session.state is SessionState.EXPIRED
+            assert not server.node.hub.sessions_of("bob")
+
+
+async def test_a_resumed_session_is_not_ended_by_its_old_windows_timer() -> None:
+    """The timer of an earlier detach fires while the session is attached again: it stays."""
+    async with running_server(server_config(limits={"resume_window": 0.2})) as server:
+        node = server.node
+        fired = []
+        check = node._expire_if_due
+        node._expire_if_due = lambda session: (fired.append(session), check(session))  # type: ignore[method-assign]
+        async with connect(server.url) as first:
+            await first.hello(server.token("alice"))
+            old = {"session": first.session, "seq": first.last_seq}
+            await drop(first)
+        async with connect(server.url) as second:
+            welcome = await second.hello(server.token("alice"), resume=old)
+            assert welcome["resumed"] is True
+            [session] = node.hub.sessions_of("alice")
+            await wait_until(lambda: session in fired, what="the first detach's timer")
+            assert session.state is SessionState.ATTACHED
+            await second.send({"t": "ping", "id": "p"})
+            assert (await second.expect("pong"))["id"] == "p"
