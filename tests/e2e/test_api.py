@@ -313,3 +313,12 @@ def test_trusted_contexts_are_bounded_and_layered() -> None:
     assert store.set_nowait("player:bob", None, {"gold": 1}, 10)  # a third scope
     assert store.for_npc("alice", "gate", "guard") == {"gold": 3}  # the room's was oldest
     assert len(store) == 2
+
+
+async def test_a_game_say_to_an_unknown_npc_is_404_naming_the_known_ones() -> None:
+    """The documented answer (game-server.md) of a say to an NPC the server lacks."""
+    async with api_server() as (_, http):
+        answer = await http.post("/api/say", json={"npc": "nobody", "player": "x"}, headers=AUTH)
+        assert answer.status_code == 404
+        error = answer.json()["error"]
+        assert error["code"] == "unknown_npc" and "guard, merchant, questgiver" in error["message"]

@@ -13,7 +13,7 @@ from npc_server.npcs import NpcConfig, load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from tests.support.client import Frame, RawClient, connect
-from tests.support.healthz import undocumented, undocumented_limits
+from tests.support.healthz import undocumented, undocumented_limits, welcome_example
 from tests.support.server import DEMO_NPCS, conversation_of, running_server, server_config
 from tests.support.wait import wait_until
 
@@ -45,6 +45,8 @@ async def test_whole_conversation() -> None:
         assert welcome["player"] == "alice" and not welcome["resumed"]
         assert welcome["limits"]["text_chars"] == 2000 and welcome["server"]["node"]
         assert undocumented_limits(welcome) == set()  # every key is in docs/protocol.md
+        example = welcome_example()  # and the example shows a welcome as it is today
+        assert (set(example), set(example["limits"])) == (set(welcome), set(welcome["limits"]))
         ack, frames = await talk(client, "merchant", "What wares do you sell?")
         turn = ack["turn"]
         start = next(f for f in frames if f["t"] == "turn.start")
@@ -398,3 +400,10 @@ async def test_dev_tokens_refuse_bodies_that_do_not_fit_with_400() -> None:
         assert good.status_code == 200 and good.json()["dev"] is True
         room = await http.post("/dev/watch-token", json={"room": "inn"})
         assert room.status_code == 200 and room.json()["token"]
+
+
+async def test_a_hello_whose_client_is_not_a_string_closes_4500() -> None:
+    """`hello.client` is documented as a string; another type was welcomed silently."""
+    async with running_server() as server, connect(server.url) as client:
+        await client.send({"t": "hello", "token": server.token("alice"), "client": 5})
+        assert await client.close_code() == CloseCode.AUTH_FAILED

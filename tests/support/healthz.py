@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,16 @@ def undocumented_limits(welcome: dict[str, Any]) -> set[str]:
     limits = welcome["limits"]
     assert limits, "a welcome without limits"
     return {key for key in limits if f"`{key}`" not in row}
+
+
+def welcome_example() -> dict[str, Any]:
+    """The `welcome` of the reference's examples ("taken from a real server"), parsed."""
+    lines = PROTOCOL.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('{"t": "welcome"'))
+    text = ""
+    for line in lines[start:]:
+        text += line
+        if text.count("{") == text.count("}"):
+            break
+    example: dict[str, Any] = json.loads(text)
+    return example
