@@ -67,8 +67,9 @@ def resolve_secret(config: Config, *, warn: bool = True) -> str:
     return DEV_SECRET
 
 
-def check_metrics_guard(config: Config) -> None:
-    """Refuse an open /metrics in production; say so outside it."""
+def check_metrics_guard(config: Config, *, warn: bool = True) -> None:
+    """Refuse an open /metrics in production; say so outside it (`warn`: the CLI checks
+    before the server starts, and the app warns once)."""
     metrics = config.metrics
     if not metrics.enabled or metrics.bind or config.api_key:
         return
@@ -77,7 +78,8 @@ def check_metrics_guard(config: Config) -> None:
             "[metrics] enabled on the main port needs NPC_SERVER_API_KEY in production "
             "(or set [metrics] bind to serve it on its own address)"
         )
-    log.warning("/metrics is open to anyone: set NPC_SERVER_API_KEY or [metrics] bind")
+    if warn:
+        log.warning("/metrics is open to anyone: set NPC_SERVER_API_KEY or [metrics] bind")
 
 
 def create_app(

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from npc_server import __version__, logs
-from npc_server.app import InsecureSecret, resolve_secret
+from npc_server.app import InsecureSecret, check_metrics_guard, resolve_secret
 from npc_server.config import Config, ConfigError, load_config, with_overrides
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.settings import LOG_LEVELS
@@ -195,7 +195,10 @@ def serve_main(argv: Sequence[str]) -> int:
         )
     if args.npcs:
         config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
+    # Fail early, in this process: with --workers, only the workers build the app, and a
+    # refusal there was a restart loop, then an exit.
     resolve_secret(config, warn=False)  # fail early in production; create_app warns once
+    check_metrics_guard(config, warn=False)
     from npc_server.serve import prepare, run
     from npc_server.workers import WORKER_FD, Supervisor
 

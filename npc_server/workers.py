@@ -74,6 +74,9 @@ class Supervisor:
         self.argv = [sys.executable, "-m", "npc_server", *worker_argv(argv)]
         self.procs: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
         self.stopping = False
+        # Stopped because workers kept dying: the server failed, whatever they exited with
+        # as they were stopped (a unit's Restart=on-failure must see it).
+        self.failed = False
         self._restarts: list[float] = []
         if config.metrics.enabled:
             from npc_server.metrics import prepare_multiprocess
@@ -86,6 +89,9 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._forward)
         address = f"http://{self.listener.host}:{self.listener.port}"
         print(f"npc-server listening on {address} with {self.count} workers", flush=True)
+        if self.admin is not None:  # the workers serve it and do not say so: one line here
+            admin = f"http://{self.admin.host}:{self.admin.port}/metrics"
+            print(f"npc-server metrics on {admin}", flush=True)
         for index in range(self.count):
             self._start(index)
         status = 0
@@ -95,6 +101,8 @@ class Supervisor:
             except ChildProcessError:
                 break
             status = max(status, self._exited(pid, code))
+        if self.failed:
+            return 1
         return status if not self.stopping else 0
 
     def _start(self, index: int) -> None:
@@ -124,6 +132,7 @@ class Supervisor:
         self._restarts = [t for t in self._restarts if now - t < 60] + [now]
         if len(self._restarts) > MAX_RESTARTS_PER_MINUTE:
             log.error("workers keep dying; stopping the server")
+            self.failed = True
             self._forward(signal.SIGTERM, None)
             return 1
         self._start(index)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -162,14 +163,23 @@ async def test_a_welcome_comes_once_other_nodes_can_reach_the_session(tmp_path: 
 
 
 async def test_workers_share_one_port(tmp_path: Path) -> None:
-    """`--workers 2` serves on one port from two nodes, and each talks to players."""
+    """`--workers 2` serves on one port from two nodes, and each talks to players; the
+    metrics address of `[metrics] bind` is printed once (no worker printed it)."""
     with redis_server() as redis:
         config = cluster_config(tmp_path, redis)
+        metrics_env = {
+            "NPC_SERVER_METRICS_ENABLED": "true",
+            "NPC_SERVER_METRICS_BIND": "127.0.0.1:0",
+        }
         server = start_server_process(
-            env={"NPC_SERVER_CONFIG": str(config)}, args=["--workers", "2"]
+            env={"NPC_SERVER_CONFIG": str(config), **metrics_env}, args=["--workers", "2"]
         )
         try:
             await workers_serving(server, 2)
+            [line] = [line for line in list(server.output) if "npc-server metrics on" in line]
+            async with httpx.AsyncClient() as http:
+                scraped = await http.get(line.split()[-1])
+            assert scraped.status_code == 200 and "npc_server_" in scraped.text
             seen: set[str] = set()
             async with httpx.AsyncClient() as http:
                 for _ in range(200):  # the kernel spreads new connections over both
@@ -213,6 +223,39 @@ def test_several_workers_without_redis_are_refused() -> None:
     assert result.returncode == 2
     assert "needs [cluster] redis_url (or NPC_SERVER_CLUSTER_REDIS_URL)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_workers_refuse_in_this_process_what_a_worker_would_refuse() -> None:
+    """An open /metrics in production is refused before any worker starts (exit 2, one
+    line). Only the workers checked it: 12 restarts, then an exit 0."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # never reached: refused before
+    env = {"NPC_SERVER_CLUSTER_REDIS_URL": url, "NPC_SERVER_METRICS_ENABLED": "true"}
+    result = run_command(["--workers", "2", "--production"], env)
+    assert result.returncode == 2, result.stderr
+    assert "[metrics] enabled on the main port needs NPC_SERVER_API_KEY" in result.stderr
+    assert "listening" not in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.server_errors("the supervisor logs that its workers keep dying")
+def test_a_supervisor_whose_workers_keep_dying_exits_non_zero(tmp_path: Path) -> None:
+    """Workers that fail at once are restarted up to the limit; then the server stops with
+    status 1, so a unit's Restart=on-failure restarts it (it exited 0)."""
+    import signal
+
+    from npc_server.config import load_config, with_overrides
+    from npc_server.workers import MAX_RESTARTS_PER_MINUTE, Supervisor
+
+    config = with_overrides(load_config(None), server={"workers": 2, "port": 0})
+    supervisor = Supervisor(config, [])
+    supervisor.argv = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert supervisor.run() == 1
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+        os.close(supervisor.listener.fd)
+    assert supervisor.failed and len(supervisor._restarts) == MAX_RESTARTS_PER_MINUTE + 1
 
 
 def test_an_unreachable_redis_refuses_to_start() -> None:
