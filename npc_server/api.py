@@ -35,7 +35,7 @@ from npc_server.node import Node
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
-from npc_server.tokens import MAX_PLAYER_CHARS, issue_token
+from npc_server.tokens import is_player_id, issue_token
 from npc_server.turns import GAME, Audience, Refused
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ async def _player(player: str) -> Response:
     Redis, with `state: "parked"` and `node: null`)."""
     node = _node()
     here = _player_here(node, player)
-    if node.cluster is None or not _is_player_id(player):
+    if node.cluster is None or not is_player_id(player):
         return _json({"player": player, **here})
     gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
     try:
@@ -473,7 +473,3 @@ def _player_here(node: Node, player: str) -> dict[str, Any]:
         "sessions": sessions,
         "rooms": sorted(node.hub.rooms_of(player)),
     }
-
-
-def _is_player_id(player: str) -> bool:
-    return 0 < len(player) <= MAX_PLAYER_CHARS and player.isprintable()

@@ -15,7 +15,11 @@ from npc_server.app import InsecureSecret, check_metrics_guard, resolve_secret
 from npc_server.config import Config, ConfigError, load_config, with_overrides
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.settings import LOG_LEVELS
-from npc_server.tokens import issue_token, issue_watch_token
+from npc_server.tokens import MAX_PLAYER_CHARS, is_player_id, issue_token, issue_watch_token
+
+# `npc-server token --ttl`: a test token may outlive the API's week, not reach the year
+# 2255 where a JWT's `exp` stops being a time (nan, inf and negatives were tracebacks).
+MAX_TOKEN_TTL_S = 10 * 365 * 86400.0
 
 # Every subcommand, as `npc-server --help` lists them.
 COMMANDS = {
@@ -137,6 +141,15 @@ def token_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if (args.player is None) == (args.watch is None):
         _token_parser().error("give a player id, or --watch ROOM (not both)")
+    if args.ttl is not None and not 0 < args.ttl <= MAX_TOKEN_TTL_S:  # NaN fails too
+        _token_parser().error(
+            f"--ttl must be seconds from 0 to {MAX_TOKEN_TTL_S:.0f}, got {args.ttl}"
+        )
+    if args.player is not None and not is_player_id(args.player):
+        _token_parser().error(
+            f"a player id is 1-{MAX_PLAYER_CHARS} printable characters, got {args.player!r}"
+            " (hello would refuse the token)"
+        )
     secret = resolve_secret(config)
     if args.watch is not None:
         bad = [room for room in args.watch if _ROOM.fullmatch(room) is None]

@@ -106,8 +106,14 @@ def _signed_claims(secret: str, token: str) -> dict[str, Any]:
     return claims
 
 
+def is_player_id(player: str) -> bool:
+    """Whether `player` may be a token's `sub`: what `hello` accepts (the API and the CLI
+    refuse to sign anything else)."""
+    return 0 < len(player) <= MAX_PLAYER_CHARS and player.isprintable()
+
+
 def _player(sub: Any) -> str:
-    if not isinstance(sub, str) or not 0 < len(sub) <= MAX_PLAYER_CHARS or not sub.isprintable():
+    if not isinstance(sub, str) or not is_player_id(sub):
         raise TokenError(
             f"invalid token: 'sub' must be a player id of 1-{MAX_PLAYER_CHARS} printable characters"
         )

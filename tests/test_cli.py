@@ -282,3 +282,31 @@ def test_init_into_a_file_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "taken"
     blocker.write_text("")
     assert_refused(run_command(["init", str(blocker)]), str(blocker), "cannot write")
+
+
+@pytest.mark.parametrize(
+    ("args", "part"),
+    [
+        (["token", "alice", "--ttl", "nan"], "--ttl must be seconds from 0 to"),
+        (["token", "alice", "--ttl", "inf"], "--ttl must be seconds from 0 to"),
+        (["token", "alice", "--ttl", "-5"], "--ttl must be seconds from 0 to"),
+        (["token", ""], "a player id is 1-128 printable characters"),
+        (["token", "x" * 129], "a player id is 1-128 printable characters"),
+        (["token", "bad\nname"], "a player id is 1-128 printable characters"),
+    ],
+)
+def test_token_refuses_what_hello_would_refuse(args: list[str], part: str) -> None:
+    """A ttl that is no time (nan, inf: tracebacks) or already past, a player id the
+    server refuses at hello (the token was printed): a usage error, exit 2, no token."""
+    result = run_command(args)
+    assert result.returncode == 2 and part in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_token_prints_one_hello_accepts() -> None:
+    from npc_server.tokens import verify_token
+
+    result = run_command(["token", "alice", "--ttl", "60"])
+    assert result.returncode == 0, result.stderr
+    claims = verify_token(SECRET, result.stdout.strip())
+    assert claims.player == "alice"
