@@ -21,7 +21,10 @@ does it), after checking the versions and that every patched attribute exists:
    reports a bad frame (unmasked, bad opcode or UTF-8, ...) as a close event
    with 1002 or 1007 but stays OPEN, so Hypercorn dropped TCP without sending
    it; RFC 6455 7.1.7 says to send that close frame first. (Part of fix 1's
-   event handler, which already sorts the close events.)
+   event handler, which already sorts the close events.) The app is told such
+   closes, and Hypercorn's own 1009 for a message over the size limit, as the
+   server's (`FAILED_HERE` in the disconnect message): it heard of the 1009 only
+   from the client's echo, and counted both as the client's close codes.
 6. A request with both Content-Length and Transfer-Encoding ends its
    connection after the response (RFC 9112 6.3: a smuggling attempt). h11
    lets Transfer-Encoding win, as it should, but kept the connection alive.
@@ -112,6 +115,10 @@ def install_fixes() -> None:
     _close_ambiguous_requests()
 
 
+# The key of a `websocket.disconnect` whose code the server's WebSocket layer sent.
+FAILED_HERE = "npc_server.failed_here"
+
+
 def _pass_client_close_codes() -> None:
     original = WSStream._handle_events
 
@@ -122,14 +129,33 @@ def _pass_client_close_codes() -> None:
         closes = [e for e in events if isinstance(e, CloseConnection)]
         if not closes:
             self.connection._events.extendleft(reversed(events))
+            was_open = self.connection.state == ConnectionState.OPEN
             await original(self)
+            if (
+                was_open
+                and self.connection.state == ConnectionState.LOCAL_CLOSING
+                and self.app_put is not None
+            ):
+                # Hypercorn sent a close of its own: its only one is 1009, for a message
+                # over websocket_max_message_size. Tell the app now, as the server's close
+                # (it heard of it only from the client's echo, as the client's 1009).
+                await self.app_put(
+                    {"type": "websocket.disconnect", "code": 1009, FAILED_HERE: True}
+                )
             return
         # Tell the app the client's own code first; Hypercorn's later 1006 is then ignored.
         before = events[: events.index(closes[0])]
         self.connection._events.extendleft(reversed(before))
         await original(self)
+        # Still OPEN: no close frame came, wsproto failed the connection itself (1009 for
+        # a message too big, 1002, 1007) and sends that code: the app must not count it
+        # as the client's.
+        failed_here = self.connection.state == ConnectionState.OPEN
         if self.app_put is not None:
-            await self.app_put({"type": "websocket.disconnect", "code": closes[0].code})
+            message = {"type": "websocket.disconnect", "code": closes[0].code}
+            if failed_here:
+                message[FAILED_HERE] = True
+            await self.app_put(message)
         if self.connection.state == ConnectionState.REMOTE_CLOSING:
             await self._send_wsproto_event(closes[0].response())
         elif self.connection.state == ConnectionState.OPEN:

@@ -68,6 +68,9 @@ class ClientLink:
         self.close_code: CloseCode | None = None
         self.close_reason = ""
         self.peer_code: int | None = None
+        # A close the transport's protocol layer made for a fault of the client's bytes
+        # (WebSocket 1009, 1002, 1007): reported as the server's close, resumable as before.
+        self.failed_code: int | None = None
         self.closing = asyncio.Event()
         self.finished = asyncio.Event()
         self.ready = asyncio.Event()
@@ -108,7 +111,7 @@ class ClientLink:
                 self.address,
                 None if session is None else session.player,
                 None if session is None else session.id,
-                None if self.close_code is None else int(self.close_code),
+                self.failed_code if self.close_code is None else int(self.close_code),
                 self.peer_code,
                 self.close_reason,
             )

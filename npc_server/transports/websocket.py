@@ -17,7 +17,7 @@ from typing import Any
 
 from npc_server.events import Connected, Limited
 from npc_server.handlers import handle_request
-from npc_server.hypercorn_fixes import DirectWrites, direct_writes
+from npc_server.hypercorn_fixes import FAILED_HERE, DirectWrites, direct_writes
 from npc_server.node import Node
 from npc_server.protocol.codec import encode_server_frame
 from npc_server.protocol.codes import CloseCode, ErrorCode
@@ -46,9 +46,12 @@ Send = Any
 class PeerGone(Exception):
     """The client's side of the connection is closed."""
 
-    def __init__(self, code: int | None) -> None:
+    def __init__(self, code: int | None, failed_here: bool = False) -> None:
         super().__init__(code)
         self.code = code
+        # The WebSocket layer failed the connection (a message over frame_bytes: 1009)
+        # and sent `code` itself: the server's close, not the client's.
+        self.failed_here = failed_here
 
 
 class WebSocketEdge(ClientLink):
@@ -82,7 +85,7 @@ class WebSocketEdge(ClientLink):
             data = event.get("bytes")
             return data if data is not None else (event.get("text") or "")
         if kind == "websocket.disconnect":
-            raise PeerGone(event.get("code"))
+            raise PeerGone(event.get("code"), bool(event.get(FAILED_HERE)))
         return b""
 
     async def _write(self, data: bytes) -> None:
@@ -97,10 +100,18 @@ class WebSocketEdge(ClientLink):
             hello = await self._await_hello()
             if hello is not None:
                 await self._serve(hello)
-        except (PeerGone, TimeoutError):
-            pass  # the peer left, or stopped reading during the handshake
+        except PeerGone as exc:
+            self._gone(exc)  # before its hello
+        except TimeoutError:
+            pass  # the peer stopped reading during the handshake
         finally:
             self.release()
+
+    def _gone(self, exc: PeerGone) -> None:
+        if exc.failed_here:
+            self.failed_code = exc.code
+        else:
+            self.peer_code = exc.code
 
     async def _await_hello(self) -> Hello | None:
         try:
@@ -171,7 +182,7 @@ class WebSocketEdge(ClientLink):
                 for event in self.conn.receive(data):
                     self._dispatch(session, event)
         except PeerGone as exc:
-            self.peer_code = exc.code
+            self._gone(exc)
             self.request_close(None)
         except Exception:
             # A bug must cost this socket only, never silently stop its reader.

@@ -79,3 +79,26 @@ async def test_a_resume_that_cannot_be_served_is_a_snapshot_outcome() -> None:
             await alice.hello(server.token("alice"), resume={"session": "s-gone-1", "seq": 4})
         [attached] = [e for e in events if isinstance(e, SessionAttached)]
         assert attached.outcome == "snapshot"
+
+
+@pytest.mark.parametrize("after_hello", [True, False])
+async def test_a_message_over_frame_bytes_is_the_servers_1009_not_the_peers(
+    after_hello: bool,
+) -> None:
+    """The WebSocket layer closes with 1009 itself: reported as the server's close (code
+    1009, no peer code), after hello and before it. It was `peer_code=1009` (metrics:
+    by="peer"), and before hello neither code at all."""
+    async with running_server(server_config(limits={"frame_bytes": 1024})) as server:
+        events: list[NodeEvent] = []
+        server.node.events.subscribe(events.append)
+        async with connect(server.url) as client:
+            if after_hello:
+                await client.hello(server.token("alice"))
+            await client.send({"t": "say", "id": 1, "npc": "merchant", "text": "x" * 2000})
+            assert await client.close_code() == CloseCode.MESSAGE_TOO_BIG
+        await wait_until(lambda: any(isinstance(e, Closed) for e in events))
+        [closed] = [e for e in events if isinstance(e, Closed)]
+        assert (closed.code, closed.peer_code) == (CloseCode.MESSAGE_TOO_BIG, None)
+        if after_hello:  # and the session waits for a resume, as after any 1009 before
+            [session] = server.node.hub.sessions_of("alice")
+            assert session.state.value == "detached"
