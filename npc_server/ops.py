@@ -75,9 +75,9 @@ class OpsService:
         """The feed, or 404 (no key configured) or 401 (missing or wrong key)."""
         if self._key is None:
             return refusal(404, "not found")
-        self.node.events.emit(Connected("ops", address))
         if not bearer_matches(authorization, self._key):
             reason = "a valid API key is needed as 'Authorization: Bearer <key>'"
             self.node.events.emit(AuthFailed("ops", address, int(CloseCode.AUTH_FAILED), reason))
             return refusal(401, reason, {"WWW-Authenticate": 'Bearer realm="ops"'})
+        self.node.events.emit(Connected("ops", address))  # a refused request is none
         return sse_response(SseBody(lambda: OpsFeed(self.node, address)))

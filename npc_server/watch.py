@@ -138,8 +138,8 @@ class WatchService:
         self._by_address: dict[str, int] = {}
 
     def open(self, ask: WatchRequest) -> Response:
-        """The stream for a watch request, or the status that refuses it."""
-        self.node.events.emit(Connected("sse", ask.address))
+        """The stream for a watch request, or the status that refuses it (a refused
+        request is no connection: counted, if at all, as the auth failure or limit it is)."""
         room = ask.room
         if room is None or _ROOM.fullmatch(room) is None:
             return refusal(400, f"'room' must be a room name: {ROOM_RULE}")
@@ -149,6 +149,7 @@ class WatchService:
         refused = self._admit(room, ask.address)
         if refused is not None:
             return refused
+        self.node.events.emit(Connected("sse", ask.address))
         return sse_response(SseBody(lambda: self._start(room, ask)))
 
     def _authorize(self, room: str, ask: WatchRequest) -> Response | None:

@@ -59,11 +59,18 @@ async def test_without_a_key_the_feed_does_not_exist() -> None:
 
 
 async def test_a_missing_or_wrong_key_is_401() -> None:
-    """A wrong key, another scheme or none at all: 401 with a Bearer challenge."""
+    """A wrong key, another scheme or none at all: 401 with a Bearer challenge, an
+    auth failure and no connection (they were counted as connections, never closed)."""
+    from npc_server.events import AuthFailed, Connected, NodeEvent
+
     async with running_server(replace(server_config(), api_key=KEY)) as server:
+        events: list[NodeEvent] = []
+        server.node.events.subscribe(events.append)
         async with httpx.AsyncClient(base_url=server.http_url) as http:
             wrong = [{}, bearer("nope"), bearer(KEY + "x"), {"Authorization": f"Basic {KEY}"}]
             for headers in wrong:
                 response = await http.get("/ops/events", headers=headers)
                 assert response.status_code == 401, headers
                 assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert not [e for e in events if isinstance(e, Connected)]
+        assert len([e for e in events if isinstance(e, AuthFailed)]) == len(wrong)

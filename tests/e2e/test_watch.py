@@ -393,3 +393,33 @@ async def test_a_last_event_id_that_is_no_position_gets_a_reset_and_holds_no_slo
                     assert w.status == 200, number
                     assert (await w.next()).event == "reset"
                 await wait_until(lambda: watcher_count(server) == 0, what="release")
+
+
+async def test_a_refused_watch_is_no_connection_and_an_accepted_one_is_paired_with_its_close() -> (
+    None
+):
+    """400, 401, 403 and 404 answers emit no `connected` (they were counted in
+    npc_server_connections_total{transport="sse"} and logged with no `closed`); the
+    stream that opens emits `connected`, then `closed` when it ends."""
+    from npc_server.events import Connected
+
+    async with running_server() as server:
+        events: list[NodeEvent] = []
+        server.node.events.subscribe(events.append)
+        async with connect(server.url) as alice:
+            await member(alice, server, "alice")
+            for params in (
+                {"room": "bad room!"},
+                {"room": ROOM, "token": "nonsense"},
+                {"room": ROOM, "token": watch_token(server, "x")},
+                watch_params(server, "empty"),
+            ):
+                status, _ = await status_of(server, params)
+                assert status in (400, 401, 403, 404)
+            assert not [e for e in events if isinstance(e, Connected) and e.transport == "sse"]
+            async with watch(server.http_url, params=watch_params(server)) as w:
+                assert w.status == 200
+                await w.next()
+            await wait_until(lambda: any(isinstance(e, Closed) for e in events), what="closed")
+        sse = [e for e in events if getattr(e, "transport", None) == "sse"]
+        assert [e.KIND for e in sse if e.KIND in ("connected", "closed")] == ["connected", "closed"]
