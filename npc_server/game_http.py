@@ -29,6 +29,11 @@ class GameHttpError(Exception):
     """The game server could not be reached, or its answer was not HTTP; safe to log."""
 
 
+class UnusableUrl(GameHttpError):
+    """The URL itself cannot be used (a port out of range, an unclosed `[`, no host):
+    a failed request like any other, but one that no retry will change."""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
     status: int
@@ -66,26 +71,71 @@ async def post_json(
 ) -> HttpAnswer:
     """POST `body` to `url`; the status and body (at most 64 KiB) within `timeout_s`.
 
-    Raises `GameHttpError` for anything but an HTTP answer; cancelling closes
-    the connection, so the game server sees the request go away.
+    Raises `GameHttpError` for anything but an HTTP answer (`UnusableUrl` when
+    `url` cannot be used at all); cancelling closes the connection, so the game
+    server sees the request go away.
     """
-    parts = urlsplit(url)
-    secure = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    where = _where(url)
     try:
         async with asyncio.timeout(timeout_s):
-            context = ssl.create_default_context() if secure else None
-            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            context = ssl.create_default_context() if where.secure else None
+            reader, writer = await asyncio.open_connection(where.host, where.port, ssl=context)
             try:
-                return await _exchange(reader, writer, parts.netloc, target, body, headers)
+                return await _exchange(reader, writer, where.netloc, where.target, body, headers)
             finally:
                 writer.close()
     except TimeoutError:
         raise GameHttpError(f"no answer within {timeout_s:g} s") from None
     except (OSError, h11.ProtocolError) as exc:
         raise GameHttpError(f"{type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # a host name the resolver refuses, past `_where`'s checks
+        raise UnusableUrl(f"unusable URL: {exc}") from None
+
+
+def url_problem(url: str) -> str:
+    """Why `post_json` cannot use `url` ("": it can), found without connecting: what
+    the settings' rule for `[game] url` can refuse at start-up."""
+    try:
+        _where(url)
+    except UnusableUrl as exc:
+        return str(exc)
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    secure: bool
+    host: str
+    port: int
+    netloc: str
+    target: str
+
+
+def _where(url: str) -> _Where:
+    """Where `url` points, or `UnusableUrl`: urlsplit and its `port` raise ValueError on
+    what the settings let through, and a caller must see a failed request, not a crash."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnusableUrl(f"unusable URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnusableUrl("unusable URL: not http(s)://<host>")
+    if port == 0:  # `port or 80` would quietly send it to port 80
+        raise UnusableUrl("unusable URL: port 0")
+    try:  # what the resolver refuses: a label over 63 characters, an empty one, a NUL
+        parts.hostname.encode("idna")
+        if "\x00" in parts.hostname:
+            raise UnicodeError("a NUL in the host")
+    except UnicodeError as exc:
+        raise UnusableUrl(f"unusable URL: {exc}") from None
+    secure = parts.scheme == "https"
+    if port is None:
+        port = 443 if secure else 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Host is the host and port only: a `user:pw@` in the URL is no part of it.
+    netloc = parts.netloc.rpartition("@")[2]
+    return _Where(secure, parts.hostname, port, netloc, target)
 
 
 async def _exchange(

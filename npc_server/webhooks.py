@@ -6,12 +6,14 @@ A few worker tasks deliver them, each with retries and exponential backoff,
 so a slow, failing or absent game server costs queue slots, never turn time.
 Each event carries an idempotency key (`id`, also the `Idempotency-Key`
 header) that stays the same across retries, so the game applies it once.
+A URL that cannot be used at all drops each event at once (no retry would
+change it), and whatever else goes wrong with one event drops that event:
+counted and logged, a worker never ends before the sender closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +22,16 @@ from typing import Any
 
 import orjson
 
-from npc_server.game_http import SIGNATURE_HEADER, GameHttpError, HttpAnswer, post_json, signature
+from npc_server.cancelling import cancel_and_wait
+from npc_server.game_http import (
+    SIGNATURE_HEADER,
+    GameHttpError,
+    HttpAnswer,
+    UnusableUrl,
+    post_json,
+    signature,
+)
+from npc_server.redaction import redacted_url
 from npc_server.settings import GameSection
 from npc_server.turns import ActionNotice
 
@@ -86,7 +97,7 @@ class WebhookSender:
         # (idempotency key, body): the body is encoded once, for every attempt.
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.webhook_queue)
         self._workers: list[asyncio.Task[None]] = []
-        self._delivered = self._retries = self._seq = 0
+        self._delivered = self._retries = self._seq = self._bugs = 0
         self._dropped = {"full": 0, "failed": 0, "rejected": 0}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -122,12 +133,9 @@ class WebhookSender:
             self._workers.append(asyncio.create_task(self._work(), name=f"webhook-{n}"))
 
     async def aclose(self) -> None:
-        """Stop delivering; events still queued are given up (the server is stopping)."""
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop delivering; events still queued are given up (the server is stopping).
+        Never raises: what went wrong in a delivery was counted and logged there."""
+        await cancel_and_wait(self._workers)
         self._workers.clear()
 
     async def idle(self) -> None:
@@ -150,6 +158,8 @@ class WebhookSender:
             self._busy += 1
             try:
                 await self._deliver(key, body)
+            except Exception as exc:  # a bug: the event is lost, the worker goes on
+                self._crashed(key, exc)
             finally:
                 self._busy -= 1
                 if not self._busy and self._queue.empty():
@@ -164,7 +174,11 @@ class WebhookSender:
                 await self._sleep(
                     min(s.webhook_backoff_s * 2 ** (attempt - 1), s.webhook_backoff_max_s)
                 )
-            problem = await self._attempt(key, body)
+            try:
+                problem = await self._attempt(key, body)
+            except UnusableUrl as exc:
+                self._drop("failed", key, f"{exc}, not retried")
+                return
             if problem is None:
                 self._delivered += 1
                 return
@@ -174,13 +188,16 @@ class WebhookSender:
         self._drop("failed", key, f"{problem}, after {s.webhook_retries + 1} attempts")
 
     async def _attempt(self, key: str, body: bytes) -> str | None:
-        """One POST; None when delivered, else what went wrong."""
+        """One POST; None when delivered, else what went wrong (`UnusableUrl` raised: no
+        other attempt can go better)."""
         assert self.url is not None
         headers = {"Idempotency-Key": key}
         if self._secret:
             headers[SIGNATURE_HEADER] = signature(self._secret, body, int(self._wall_clock()))
         try:
             answer = await self._post(self.url, body, headers, self.settings.webhook_timeout_s)
+        except UnusableUrl:
+            raise
         except GameHttpError as exc:
             return str(exc)
         if 200 <= answer.status < 300:
@@ -194,11 +211,31 @@ class WebhookSender:
         count = self._dropped[why]
         # The 1st, 2nd, 4th, 8th ... drop of each kind: a game server that is down
         # for an hour is in the log, without a line per event.
-        if count & (count - 1) == 0:
+        if _sparse(count):
             log.warning(
                 "webhook %s to %s dropped: %s (%d dropped so far for this reason)",
                 key,
-                self.url,
+                redacted_url(self.url or ""),
                 problem,
                 count,
             )
+
+    def _crashed(self, key: str, exc: Exception) -> None:
+        # A bug in one delivery: the event counts as failed; the log says ERROR, with the
+        # traceback, as sparsely as drops, but counted apart so that a bug is never
+        # hidden by an outage's drops.
+        self._dropped["failed"] += 1
+        self._bugs += 1
+        if _sparse(self._bugs):
+            log.error(
+                "webhook %s to %s dropped: its delivery failed (%d so far)",
+                key,
+                redacted_url(self.url or ""),
+                self._bugs,
+                exc_info=exc,
+            )
+
+
+def _sparse(count: int) -> bool:
+    """Whether the `count`th occurrence is logged: the 1st, 2nd, 4th, 8th ..."""
+    return count & (count - 1) == 0

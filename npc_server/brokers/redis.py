@@ -50,6 +50,7 @@ from npc_server.brokers.redis_link import RedisLink, command, open_link
 from npc_server.brokers.redis_publisher import Publisher, PublishRefused
 from npc_server.cancelling import cancel_and_wait
 from npc_server.protocol.frames import ServerFrame
+from npc_server.redaction import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +115,25 @@ class RedisStatistics:
 
 
 def check_reachable(url: str) -> None:
-    """Before the loop starts: Redis answers at `url`, or `BrokerUnavailable` says why."""
+    """Before the loop starts: Redis answers at `url`, or `BrokerUnavailable` says why
+    (naming the URL without its password: the message goes to stderr)."""
     try:
         import redis
     except ImportError:
         raise BrokerUnavailable(
             "cluster mode needs the redis client: pip install 'npc-server[redis]'"
         ) from None
-    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, **client_options())
+    where = redacted_url(url)
+    try:  # a port out of range, a bad option: redis-py's ValueError, without a traceback
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, **client_options()
+        )
+    except ValueError as exc:
+        raise BrokerUnavailable(f"{where} is not a Redis URL that can be used: {exc}") from None
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
+        raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from None
     finally:
         client.close()
 
@@ -331,7 +339,8 @@ class RedisBroker:
                 await self._redis.ping()
         except (*self._errors, TimeoutError) as exc:  # type: ignore[misc]
             await self._redis.aclose()
-            raise BrokerUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+            where = redacted_url(self.url)
+            raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from None
         self._publisher = Publisher(
             pool,
             window=self._flush_window,
@@ -342,14 +351,15 @@ class RedisBroker:
         )
         if not await self._publisher.connect():
             await self._redis.aclose()
-            raise BrokerUnavailable(f"cannot reach Redis at {self.url}")
+            raise BrokerUnavailable(f"cannot reach Redis at {redacted_url(self.url)}")
         self._set_connected(True)
         self._reader = asyncio.create_task(self._read(), name="redis-broker-reader")
         try:  # the node channel and a first sync: available from the first socket on
             await asyncio.wait_for(self.wait_subscribed(), CONNECT_TIMEOUT)
         except TimeoutError:
             await self.aclose()
-            raise BrokerUnavailable(f"Redis at {self.url} did not confirm a subscription") from None
+            where = redacted_url(self.url)
+            raise BrokerUnavailable(f"Redis at {where} did not confirm a subscription") from None
 
     async def aclose(self) -> None:
         tasks = (self._reader, self._syncer)

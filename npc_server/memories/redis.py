@@ -29,6 +29,7 @@ from npc_server.backends.base import MemoryEntry
 from npc_server.memories import codec
 from npc_server.memories.base import Lines, MemoryStatistics
 from npc_server.memory import bounded
+from npc_server.redaction import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class RedisMemoryStore:
                 "memory %s failed, Redis at %s: %s; conversations starting meanwhile go "
                 "without their memory, saves wait",
                 what,
-                self.url,
+                redacted_url(self.url),
                 exc or type(exc).__name__,
             )
         self._down_until = self._clock() + RETRY_AFTER
@@ -249,7 +250,7 @@ class RedisMemoryStore:
         self._down_until = float("-inf")
         if not self._healthy:
             self._healthy = True
-            log.info("memory: Redis at %s answers again", self.url)
+            log.info("memory: Redis at %s answers again", redacted_url(self.url))
 
     def statistics(self) -> MemoryStatistics:
         pending = len(self._pending) + len(self._writing)

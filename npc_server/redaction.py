@@ -1,0 +1,43 @@
+"""URLs as messages show them: the host an operator needs, never the password.
+
+A Redis URL carries its password (`redis://:pw@host`, `redis://user:pw@host`,
+`?password=pw`), and a game URL may carry one too; the messages naming them
+(start-up errors on stderr, log lines) are read and kept where the password
+must not be. `redacted_url` replaces it with `***` and leaves the rest, so
+"cannot reach Redis at redis://:***@10.0.0.5:6379/0" still says where.
+
+It works on the text, not on a parse: a URL that does not parse (a password
+with a raw `/`, `?` or `#`, an unclosed `[`) is the one most likely to be
+shown in an error, and must not be shown whole for it.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
+_MASKED_VALUE = rf"\g<1>{MASK}"
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password, wherever it is, replaced by `***`.
+
+    `user:pw@` shows as `user:***@`; a user alone (`pw@`) as `***@`, since some
+    clients read a lone user as the password. When an `@` comes after the first
+    `/`, `?` or `#` of the authority, either the path holds an `@` or the password
+    holds a raw `/`, `?` or `#`: everything up to the last `@` is masked then.
+    """
+    scheme, found, rest = url.partition("://")
+    if not found:
+        return _QUERY_PASSWORD.sub(_MASKED_VALUE, url)
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        if any(c in userinfo for c in "/?#"):
+            shown = MASK
+        else:
+            user, colon, _ = userinfo.partition(":")
+            shown = f"{user}:{MASK}" if colon else MASK
+        rest = f"{shown}@{after}"
+    return f"{scheme}://{_QUERY_PASSWORD.sub(_MASKED_VALUE, rest)}"

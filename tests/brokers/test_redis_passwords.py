@@ -1,0 +1,94 @@
+"""A Redis password never reaches a message: start-up errors and log lines show `***`.
+
+On a real redis-server with `requirepass`: a wrong password at start-up (the
+check `serve` runs, the broker's start), and Redis going away at runtime (the
+memory store's warning, and its line when Redis is back).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis as redis_sync
+
+from npc_server.brokers.redis import BrokerUnavailable, RedisBroker, check_reachable
+from npc_server.memories.redis import RedisMemoryStore
+from tests.support.redis import RedisServer
+
+PASSWORD = "s3cretpw"
+WRONG = "wrongpw"
+
+
+def with_password(url: str, password: str, user: str = "") -> str:
+    return url.replace("redis://", f"redis://{user}:{password}@", 1)
+
+
+def require_password(server: RedisServer) -> None:
+    client = redis_sync.Redis.from_url(server.url)
+    try:
+        client.config_set("requirepass", PASSWORD)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def locked(redis: RedisServer) -> RedisServer:
+    """The test's redis-server, answering only with `PASSWORD`."""
+    require_password(redis)
+    return redis
+
+
+def assert_masked(text: str, password: str) -> None:
+    assert password not in text
+    assert "***@127.0.0.1" in text
+
+
+@pytest.mark.parametrize("user", ["", "default"])
+def test_a_wrong_password_at_start_up_is_not_shown(locked: RedisServer, user: str) -> None:
+    """The start-up check's message (on stderr) names the URL, with the password masked."""
+    with pytest.raises(BrokerUnavailable) as refused:
+        check_reachable(with_password(locked.url, WRONG, user))
+    assert "cannot reach Redis at" in str(refused.value)
+    assert_masked(str(refused.value), WRONG)
+
+
+def test_a_url_redis_cannot_use_is_refused_without_its_password() -> None:
+    """A port out of range: refused like an unreachable Redis, not a traceback."""
+    with pytest.raises(BrokerUnavailable) as refused:
+        check_reachable(f"redis://:{PASSWORD}@127.0.0.1:99999/0")
+    assert "Port out of range" in str(refused.value)
+    assert_masked(str(refused.value), PASSWORD)
+
+
+async def test_the_broker_refused_at_start_does_not_show_the_password(
+    locked: RedisServer,
+) -> None:
+    broker = RedisBroker(with_password(locked.url, WRONG), "n1")
+    with pytest.raises(BrokerUnavailable) as refused:
+        await broker.start()
+    assert_masked(str(refused.value), WRONG)
+
+
+async def test_redis_away_at_runtime_is_logged_without_the_password(
+    locked: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The memory store's warning when Redis goes, and its line when it is back."""
+    now = [0.0]
+    store = RedisMemoryStore(with_password(locked.url, PASSWORD), 3600.0, clock=lambda: now[0])
+    try:
+        assert await store.load("mira", "player:alice") == ()  # the right password
+        locked.stop()
+        with caplog.at_level(logging.INFO, "npc_server.memories.redis"):
+            assert await store.load("mira", "player:alice") is None
+            locked.start()
+            require_password(locked)
+            now[0] += 60.0  # past the store's back-off
+            assert await store.load("mira", "player:alice") == ()
+        failed, back = [r.getMessage() for r in caplog.records]
+        assert failed.startswith("memory load failed, Redis at")
+        assert back.startswith("memory: Redis at")
+        for message in (failed, back):
+            assert_masked(message, PASSWORD)
+    finally:
+        await store.aclose()
