@@ -83,8 +83,13 @@ async def talk_to_the_example(sock: socket.socket, game: str, config: Config) ->
                 start = await client.expect("turn.start")
                 assert start["turn"] == said["turn"] and start["caused_by"] == "game"
                 assert start["event"] == "theft"
-                shout = await client.recv_until(lambda f: f["t"] == "turn.end")
-                assert "Thief!" in "".join(f["text"] for f in shout if f["t"] == "delta")
+                # The merchant's reply may still stream (her action was answered mid-turn):
+                # the guard's shout is the game's turn, whatever is interleaved with it.
+                shout = await client.recv_until(
+                    lambda f: f["t"] == "turn.end" and f["turn"] == said["turn"]
+                )
+                deltas = [f for f in shout if f["t"] == "delta" and f["turn"] == said["turn"]]
+                assert "Thief!" in "".join(f["text"] for f in deltas)
                 offline = await http.post("/steal", json={"player": "bob"})  # no socket
                 assert offline.status_code == 409
                 assert offline.json()["error"]["code"] == "not_connected"
