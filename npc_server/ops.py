@@ -19,7 +19,7 @@ import orjson
 from quart import Response
 
 from npc_server import __version__
-from npc_server.events import AuthFailed, Connected, NodeEvent, event_fields
+from npc_server.events import AuthFailed, Connected, Limited, NodeEvent, event_fields
 from npc_server.node import Node
 from npc_server.protocol.codes import CloseCode
 from npc_server.transports.sse import SseBody, SseStream, format_event, refusal, sse_response
@@ -75,6 +75,9 @@ class OpsService:
         """The feed, or 404 (no key configured) or 401 (missing or wrong key)."""
         if self._key is None:
             return refusal(404, "not found")
+        if not self.node.address_connects.allow_nowait(address):  # guessing keys, too
+            self.node.events.emit(Limited("connects_address", None))
+            return refusal(429, "too many connects from this address", {"Retry-After": "1"})
         if not bearer_matches(authorization, self._key):
             reason = "a valid API key is needed as 'Authorization: Bearer <key>'"
             self.node.events.emit(AuthFailed("ops", address, int(CloseCode.AUTH_FAILED), reason))

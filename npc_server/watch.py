@@ -139,7 +139,11 @@ class WatchService:
 
     def open(self, ask: WatchRequest) -> Response:
         """The stream for a watch request, or the status that refuses it (a refused
-        request is no connection: counted, if at all, as the auth failure or limit it is)."""
+        request is no connection: counted, if at all, as the auth failure or limit it is).
+        Each request takes from its address's connect bucket, as a WebSocket does: without
+        it, a loop of bad tokens cost a log line each, unbounded."""
+        if not self.node.address_connects.allow_nowait(ask.address):
+            return self._limited("connects_address", "too many connects from this address")
         room = ask.room
         if room is None or _ROOM.fullmatch(room) is None:
             return refusal(400, f"'room' must be a room name: {ROOM_RULE}")

@@ -74,3 +74,17 @@ async def test_a_missing_or_wrong_key_is_401() -> None:
                 assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert not [e for e in events if isinstance(e, Connected)]
         assert len([e for e in events if isinstance(e, AuthFailed)]) == len(wrong)
+
+
+async def test_ops_requests_take_from_the_address_connect_bucket() -> None:
+    """Guessing the API key costs connects: past the address's burst, 429."""
+    config = replace(
+        server_config(limits={"connects_burst_address": 2, "connects_per_s_address": 0.001}),
+        api_key=KEY,
+    )
+    async with running_server(config) as server:
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+            codes = [
+                (await http.get("/ops/events", headers=bearer("x"))).status_code for _ in range(3)
+            ]
+        assert codes == [401, 401, 429]

@@ -423,3 +423,17 @@ async def test_a_refused_watch_is_no_connection_and_an_accepted_one_is_paired_wi
             await wait_until(lambda: any(isinstance(e, Closed) for e in events), what="closed")
         sse = [e for e in events if getattr(e, "transport", None) == "sse"]
         assert [e.KIND for e in sse if e.KIND in ("connected", "closed")] == ["connected", "closed"]
+
+
+async def test_watch_requests_take_from_the_address_connect_bucket() -> None:
+    """Past `connects_burst_address`, /watch answers 429 with Retry-After before any token
+    check: a loop of bad tokens was a log line each, unbounded. The bucket is the one
+    WebSocket connects take from."""
+    limits = {"connects_burst_address": 3, "connects_per_s_address": 0.001}
+    async with running_server(server_config(limits=limits)) as server:
+        statuses = [(await status_of(server, {"room": ROOM, "token": "bad"}))[0] for _ in range(3)]
+        assert statuses == [401, 401, 401]
+        status, w = await status_of(server, {"room": ROOM, "token": "bad"})
+        assert status == 429 and w.source.response.headers["Retry-After"]
+        async with connect(server.url) as late:  # the same address's bucket is spent
+            assert await late.close_code() == CloseCode.RATE_LIMITED
