@@ -41,3 +41,15 @@ def redacted_url(url: str) -> str:
             shown = f"{user}:{MASK}" if colon else MASK
         rest = f"{shown}@{after}"
     return f"{scheme}://{_QUERY_PASSWORD.sub(_MASKED_VALUE, rest)}"
+
+
+def url_password(url: str) -> str:
+    """The password in `url` ("" if none): the log scrubber removes it from every line,
+    also from error texts of libraries that print the URL their own way."""
+    _, found, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@") if found else ("", "", "")
+    password = userinfo.partition(":")[2] if at else ""
+    query = _QUERY_PASSWORD.search(url)
+    if not password and query is not None:
+        password = url[query.end(1) : query.end()]
+    return password

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from npc_server.redaction import redacted_url
+from npc_server.redaction import redacted_url, url_password
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,50 @@ def test_the_password_is_masked(url: str, shown: str) -> None:
 )
 def test_a_url_without_a_password_is_shown_as_it_is(url: str) -> None:
     assert redacted_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("redis://:s3cretpw@127.0.0.1:6379/0", "s3cretpw"),
+        ("redis://alice:s3cret/pw@10.0.0.5/0", "s3cret/pw"),
+        ("redis://127.0.0.1/0?db=1&password=s3cretpw", "s3cretpw"),
+        ("redis://127.0.0.1/0", ""),
+        ("", ""),
+    ],
+)
+def test_a_urls_password_is_found_for_the_log_scrubber(url: str, password: str) -> None:
+    assert url_password(url) == password
+
+
+def test_the_commands_logs_scrub_the_redis_and_game_passwords(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A library's error text may print the URL its own way: the passwords of the
+    configured URLs go from every line, short ones excepted (they would mangle it)."""
+    import argparse
+    import logging
+
+    from npc_server.cli import configure_logging
+    from npc_server.config import load_config, with_overrides
+
+    config = with_overrides(
+        load_config(None),
+        cluster={"redis_url": "redis://:s3cretpw@127.0.0.1/0"},
+        game={"url": "http://game:pw@127.0.0.1:9"},
+    )
+    from npc_server import logs
+
+    args = argparse.Namespace(log_format="text", log_level="INFO")
+    root = logging.getLogger()
+    level = root.level
+    configure_logging(args, config)
+    try:
+        logging.getLogger("redis").warning("AUTH s3cretpw failed; the game's pw is short")
+        err = capsys.readouterr().err
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, logs._HANDLER_MARK, False)]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    assert "s3cretpw" not in err and "AUTH " in err
+    assert "short" in err and "pw is" in err  # a 2-character password is left alone
