@@ -132,10 +132,26 @@ def check_reachable(url: str) -> None:
         raise BrokerUnavailable(f"{where} is not a Redis URL that can be used: {exc}") from None
     try:
         client.ping()
+        role = _role(client, redis.exceptions.ResponseError)
     except (redis.exceptions.RedisError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from None
     finally:
         client.close()
+    if role not in ("", "master"):  # a replica answers PING, then refuses every write
+        shown = "replica" if role == "slave" else role  # ROLE's word for one
+        raise BrokerUnavailable(
+            f"Redis at {where} is a {shown}, not a primary: point it at the primary"
+        )
+
+
+def _role(client: Any, refused: type[Exception]) -> str:
+    """What `ROLE` says the server is ("" when it may not be asked: an ACL, a proxy)."""
+    try:
+        reply = client.execute_command("ROLE")
+    except refused:
+        return ""
+    first = reply[0] if isinstance(reply, list | tuple) and reply else b""
+    return reply_text(first) if isinstance(first, bytes | str) else ""
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

@@ -92,3 +92,21 @@ async def test_redis_away_at_runtime_is_logged_without_the_password(
             assert_masked(message, PASSWORD)
     finally:
         await store.aclose()
+
+
+def test_a_read_only_replica_is_refused_at_start_up(redis: RedisServer) -> None:
+    """A replica answers PING, then refuses every write: nodes started, said they were
+    listening and died on their first write (ReadOnlyError). Refused before, naming it."""
+    from tests.support.redis import free_port
+
+    client = redis_sync.Redis.from_url(redis.url)
+    try:
+        client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        with pytest.raises(
+            BrokerUnavailable, match="is a replica, not a primary: point it at the primary"
+        ):
+            check_reachable(redis.url)
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.close()
+    check_reachable(redis.url)  # a primary again: accepted
