@@ -101,12 +101,12 @@ def test_a_read_only_replica_is_refused_at_start_up(redis: RedisServer) -> None:
 
     client = redis_sync.Redis.from_url(redis.url)
     try:
-        client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        client.replicaof("127.0.0.1", str(free_port()))
         with pytest.raises(
             BrokerUnavailable, match="is a replica, not a primary: point it at the primary"
         ):
             check_reachable(redis.url)
     finally:
-        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.replicaof("NO", "ONE")
         client.close()
     check_reachable(redis.url)  # a primary again: accepted

@@ -8,7 +8,7 @@ import pytest
 import websockets
 
 from npc_server.protocol.codes import CloseCode
-from npc_server.session import SessionState
+from npc_server.session import Session, SessionState
 from tests.support.client import Frame, RawClient, connect
 from tests.support.server import conversation_of, running_server, server_config
 from tests.support.wait import wait_until
@@ -479,9 +479,14 @@ async def test_a_resumed_session_is_not_ended_by_its_old_windows_timer() -> None
     """The timer of an earlier detach fires while the session is attached again: it stays."""
     async with running_server(server_config(limits={"resume_window": 0.2})) as server:
         node = server.node
-        fired = []
+        fired: list[Session] = []
         check = node._expire_if_due
-        node._expire_if_due = lambda session: (fired.append(session), check(session))  # type: ignore[method-assign]
+
+        def recorded(session: Session) -> None:
+            fired.append(session)
+            check(session)
+
+        node._expire_if_due = recorded  # type: ignore[method-assign]
         async with connect(server.url) as first:
             await first.hello(server.token("alice"))
             old = {"session": first.session, "seq": first.last_seq}
