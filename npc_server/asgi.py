@@ -22,7 +22,8 @@ from npc_server import app as app_module
 from npc_server.config import Config, ConfigError, load_config
 from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
 from npc_server.npcs import NpcConfigError
-from npc_server.serve import tune_gc
+from npc_server.serve import prepare, tune_gc
+from npc_server.settings import LOG_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,15 @@ Send = Any
 
 
 def create_app(config: Config | None = None) -> Quart:
-    """The npc-server app for an ASGI server, with what npc-server's own start-up applies."""
+    """The npc-server app for an ASGI server, with what npc-server's own start-up applies:
+    the same checks (`serve.prepare`), so an error names the same file and key."""
     _configure_logging()
     config = config or load_config()
     install_fixes()
     set_websocket_compression(config.server.websocket_compression)
+    prepared = prepare(config)
     tune_gc(config.server.gc_threshold)
-    quart_app = app_module.create_app(config)
+    quart_app = app_module.create_app(config, prepared.npcs, backends=prepared.backends)
     log.warning(
         "served as an ASGI app (npc_server.asgi); not applied under plain Hypercorn:\n%s",
         "\n".join(f"  {setting}: {instead}" for setting, instead in NOT_APPLIED),
@@ -68,11 +71,14 @@ def create_app(config: Config | None = None) -> Quart:
 def _configure_logging() -> None:
     # Hypercorn configures only its own loggers; without this our lines come
     # out bare (or not at all below WARNING).
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("NPC_SERVER_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    level = os.environ.get("NPC_SERVER_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:  # refused as npc-server refuses it (cli._log_level)
+        raise ConfigError(
+            f"environment variable NPC_SERVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+            f"got {level!r}"
         )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 class LazyApp:
@@ -97,12 +103,22 @@ class LazyApp:
         await self._app(cast(Any, scope), receive, send)
 
     def _build(self, scope: dict[str, Any]) -> str | None:
+        """Build the app; on failure, the message to fail Hypercorn's start-up with."""
         try:
             self._app = create_app()
         except (ConfigError, NpcConfigError, app_module.InsecureSecret) as exc:
             if scope["type"] != "lifespan":
                 raise
             return f"npc-server: {exc}"
+        except Exception as exc:
+            # Anything else is a bug or an error no check foresaw. Raised from a
+            # lifespan call, Hypercorn would go on "without Lifespan support" and
+            # answer every request empty: start-up stops instead (docs/deploy.md),
+            # with the traceback in the log.
+            if scope["type"] != "lifespan":
+                raise
+            log.exception("npc-server could not start")
+            return f"npc-server: start-up failed: {type(exc).__name__}: {exc}"
         return None
 
 

@@ -5,7 +5,8 @@ Every key of a section can be set from the environment as
 `NPC_SERVER_HOST` and `NPC_SERVER_PORT` are short for the server section.
 Anything wrong is a `ConfigError` naming the file (or variable), the key and
 what was expected: an unknown key or variable, a value of the wrong type or
-outside its range (`RULES`), a file that does not exist.
+outside its range (`RULES`), a file that does not exist, cannot be read or is
+not UTF-8 text.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Config:
     backend_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     npcs_path: Path = PACKAGE_ROOT / "demo" / "npcs"
+    # Where npcs_path was set ("<file>: [server] npcs_dir", the variable), for the error
+    # when the directory does not exist.
+    npcs_origin: str = "[server] npcs_dir"
     secret: str | None = None
     logging: LoggingSection = field(default_factory=LoggingSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -181,7 +185,11 @@ def _checked(section: str, key: str, value: Any, where: str) -> Any:
     value = _coerce(where, value, kind)
     rule = RULES[section][key]
     if not rule.ok(value):
-        raise ConfigError(f"{where} must be {rule.expected}, got {value!r}")
+        why = rule.why(value)
+        raise ConfigError(
+            f"{where} must be {rule.expected}, got {rule.shown(value)}"
+            + (f" ({why})" if why else "")
+        )
     return value
 
 
@@ -215,13 +223,38 @@ def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
     return path
 
 
+def read_text(path: Path, error: type[ConfigError]) -> str:
+    """A TOML file's text, or `error` naming the file: TOML is UTF-8, and a file that
+    cannot be read (a directory, a dangling link, no permission) is no configuration."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (TOML files are UTF-8): byte {exc.start}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read: {_unreadable(path, exc)}") from None
+    return text
+
+
+def _unreadable(path: Path, exc: OSError) -> str:
+    if path.is_dir():
+        return "it is a directory"
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return exc.strerror or str(exc)
+
+
+def parse_toml(path: Path, error: type[ConfigError]) -> dict[str, Any]:
+    """A TOML file's document, or `error` naming the file."""
+    try:
+        return tomllib.loads(read_text(path, error))
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
+
+
 def _read(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    doc = parse_toml(path, ConfigError)
     known = [*_SECTIONS, "backends", "overrides"]
     for name in doc:
         if name not in known:
@@ -243,9 +276,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     doc = _read(path)
     source = str(path or "defaults")
     sections = {name: _section(name, doc.get(name, {}), env, source) for name in _SECTIONS}
-    npcs_dir = Path(env.get("NPC_SERVER_NPCS_DIR", sections["server"].npcs_dir))
-    if not npcs_dir.is_absolute():
-        npcs_dir = (path.parent if path else DEFAULT_CONFIG.parent) / npcs_dir
+    npcs_dir, npcs_origin = _npcs_dir(sections["server"].npcs_dir, path, env)
     return Config(
         server=sections["server"],
         auth=sections["auth"],
@@ -256,6 +287,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         backend_defaults=doc.get("backends", {}),
         backend_overrides=doc.get("overrides", {}),
         npcs_path=npcs_dir,
+        npcs_origin=npcs_origin,
         secret=env.get("NPC_SERVER_SECRET") or None,
         logging=sections["logging"],
         metrics=sections["metrics"],
@@ -263,6 +295,21 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         api_key=env.get("NPC_SERVER_API_KEY") or None,
         webhook_secret=env.get("NPC_SERVER_WEBHOOK_SECRET") or None,
     )
+
+
+def _npcs_dir(from_file: str, path: Path | None, env: Mapping[str, str]) -> tuple[Path, str]:
+    """The NPC directory (relative to the file) and where it was set, for the error
+    when it does not exist: the file's key, or the variable."""
+    if "NPC_SERVER_NPCS_DIR" in env:
+        where = "environment variable NPC_SERVER_NPCS_DIR ([server] npcs_dir)"
+        value = _checked("server", "npcs_dir", env["NPC_SERVER_NPCS_DIR"], where)
+    else:
+        where = f"{path}: [server] npcs_dir" if path else "[server] npcs_dir (default)"
+        value = from_file
+    npcs_dir = Path(value)
+    if not npcs_dir.is_absolute():
+        npcs_dir = (path.parent if path else DEFAULT_CONFIG.parent) / npcs_dir
+    return npcs_dir, where
 
 
 def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:

@@ -36,14 +36,13 @@ start-up (`npc_server.backends.build_backends`). Errors name the file and key.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from npc_server.config import ConfigError, unknown_key
+from npc_server.config import ConfigError, parse_toml, unknown_key
 
 # The generators an NPC may name in `[backend] kind`; npc_server.backends
 # holds how each is built, and checks that it covers exactly these.
@@ -278,20 +277,23 @@ def parse_npc(doc: Mapping[str, Any], where: str = "<npc>") -> NpcConfig:
 
 
 def load_npc_file(path: Path) -> NpcConfig:
-    """Load one NPC file; errors name the file."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise NpcConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_npc(doc, str(path))
+    """Load one NPC file; errors name the file (not TOML, not UTF-8, not readable)."""
+    return parse_npc(parse_toml(path, NpcConfigError), str(path))
 
 
-def load_npcs(directory: Path) -> dict[str, NpcConfig]:
-    """Load every `*.toml` in a directory, keyed by NPC id (ids must be unique)."""
+def load_npcs(directory: Path, where: str = "") -> dict[str, NpcConfig]:
+    """Load every `*.toml` in a directory, keyed by NPC id (ids must be unique).
+
+    Dotfiles are skipped: editors leave hidden copies and lock files there
+    (Emacs's `.#guard.toml` is a link to nothing), which are no NPCs. `where`
+    names the setting the directory came from, for the error when it is missing.
+    """
     if not directory.is_dir():
-        raise NpcConfigError(f"{directory}: no such NPC directory")
+        raise NpcConfigError(f"{where + ': ' if where else ''}{directory}: no such NPC directory")
     npcs: dict[str, NpcConfig] = {}
     for path in sorted(directory.glob("*.toml")):
+        if path.name.startswith("."):
+            continue
         npc = load_npc_file(path)
         if npc.id in npcs:
             raise NpcConfigError(f"{path}: NPC id {npc.id!r} is defined twice")

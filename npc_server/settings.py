@@ -7,12 +7,14 @@ tests/test_config.py checks).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.frames import Limits
+from npc_server.redaction import MASK, redacted_url
 from npc_server.session import SessionLimits
 
 
@@ -179,26 +181,107 @@ class WatchSection:
     token_ttl: float = 900.0
 
 
+def _nothing(value: Any) -> str:
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """What a setting's value must satisfy, and how to say so."""
 
     ok: Callable[[Any], bool]
     expected: str
+    # What is wrong with a refused value beyond `expected` ("": nothing to add).
+    why: Callable[[Any], str] = _nothing
+    # How a refused value is shown: a URL's password never is (the message goes to stderr).
+    shown: Callable[[Any], str] = repr
 
 
-POSITIVE = Rule(lambda v: v > 0, "greater than 0")
-NON_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
+# Upper bounds: a value the rules let through must also be one the server can use,
+# or it passes the check and fails later, as a traceback or a close 1011 per hello.
+# Counts and sizes: exact as a double (how a JavaScript client reads a number) and
+# inside msgpack's 64-bit integers, in which welcome.limits is sent.
+MAX_COUNT = 2**53
+# What listen(), setsockopt() and gc.set_threshold() take: a C int.
+MAX_C_INT = 2**31 - 1
+# Seconds: about 31 years, past any timer worth setting and far inside what Redis
+# takes as PX milliseconds (memory, parked sessions) and a token's exp.
+MAX_SECONDS = 10**9
+
+
+def positive(high: int, what: str = "") -> Rule:
+    """Greater than 0 and at most `high`; `what` says why that bound."""
+    return Rule(lambda v: 0 < v <= high, f"greater than 0 and at most {high}{what}")
+
+
+def non_negative(high: int, what: str = "") -> Rule:
+    """0 or more and at most `high`; `what` says why that bound."""
+    return Rule(lambda v: 0 <= v <= high, f"0 or more and at most {high}{what}")
+
+
+POSITIVE = positive(MAX_COUNT, " (2**53)")
+NON_NEGATIVE = non_negative(MAX_COUNT, " (2**53)")
+SECONDS = positive(MAX_SECONDS, " seconds (about 31 years)")
+SECONDS_OR_ZERO = non_negative(MAX_SECONDS, " seconds (about 31 years)")
+C_INT_POSITIVE = positive(MAX_C_INT, " (2**31 - 1, a C int)")
+C_INT_OR_ZERO = non_negative(MAX_C_INT, " (2**31 - 1, a C int)")
+# Each worker is a process, each webhook worker a task: thousands are a typo.
+MAX_WORKERS = 1024
+# webhook_backoff_s doubles per retry: 2**1024 is no longer a float.
+MAX_RETRIES = 1000
 NON_EMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
 ANY = Rule(lambda v: True, "any value")
 PORT = Rule(lambda v: 0 <= v <= 65535, "a port from 0 (any free port) to 65535")
+
+
+def _without_password(url: str) -> str:
+    return repr(redacted_url(url))
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redis_url_problem(url: str) -> str:
+    """Why redis-py refuses `url` ("": it does not), found without connecting.
+
+    redis-py raises its own ValueError or TypeError for a port that is not a
+    number, or an option it does not know or cannot read (`?socket_timeout=abc`),
+    at `from_url` or at the first connection: checked with the settings, that
+    names the file and the key instead of a traceback at start.
+    """
+    try:
+        from redis.asyncio import ConnectionPool
+        from redis.exceptions import RedisError
+    except ImportError:  # start-up says how to install it (brokers/redis.py)
+        return ""
+    try:
+        pool = ConnectionPool.from_url(url)
+        pool.make_connection()  # type: ignore[no-untyped-call]  # built, not connected
+    except (ValueError, TypeError, RedisError) as exc:
+        return _unquoted_credentials(str(exc) or type(exc).__name__, url)
+    return ""
+
+
+def _unquoted_credentials(message: str, url: str) -> str:
+    # A message quotes a piece of the URL it could not read (a "port"), and a
+    # password holding a raw "/" or "?" is read as one: such a quote is masked.
+    credentials = url.partition("://")[2].rpartition("@")[0]
+    for quoted in re.findall(r"'([^']*)'", message):
+        if quoted and quoted in credentials:
+            message = message.replace(f"'{quoted}'", f"'{MASK}'")
+    return message
+
+
 REDIS_URL = Rule(
-    lambda v: v == "" or v.startswith(("redis://", "rediss://", "unix://")),
-    'a redis://, rediss:// or unix:// URL, or "" for one process without Redis',
+    lambda v: v == "" or (v.startswith(REDIS_SCHEMES) and not redis_url_problem(v)),
+    'a redis://, rediss:// or unix:// URL redis-py accepts, or "" for one process without Redis',
+    why=lambda v: redis_url_problem(v) if v.startswith(REDIS_SCHEMES) else "",
+    shown=_without_password,
 )
 HTTP_URL = Rule(
     lambda v: v == "" or (v.startswith(("http://", "https://")) and not v.endswith("/")),
     'an http(s) URL without a trailing slash, or "" for none',
+    shown=_without_password,
 )
 
 
@@ -237,38 +320,46 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "port": PORT,
         "name": NON_EMPTY,
         "npcs_dir": NON_EMPTY,
-        "backlog": POSITIVE,
-        "tcp_user_timeout_ms": NON_NEGATIVE,  # 0: the kernel's default
-        "send_buffer_bytes": NON_NEGATIVE,  # 0: the kernel's default
-        "gc_threshold": NON_NEGATIVE,  # 0: Python's default
+        "backlog": C_INT_POSITIVE,
+        "tcp_user_timeout_ms": C_INT_OR_ZERO,  # 0: the kernel's default
+        "send_buffer_bytes": C_INT_OR_ZERO,  # 0: the kernel's default
+        "gc_threshold": C_INT_OR_ZERO,  # 0: Python's default
         "use_uvloop": ANY,
         "websocket_compression": ANY,
         "production": ANY,
-        "graceful_timeout": NON_NEGATIVE,
-        "workers": POSITIVE,
+        "graceful_timeout": SECONDS_OR_ZERO,
+        "workers": positive(MAX_WORKERS),
     },
-    "auth": {"auth_timeout": POSITIVE, "expiry_grace": NON_NEGATIVE},
+    "auth": {"auth_timeout": SECONDS, "expiry_grace": SECONDS_OR_ZERO},
     "limits": {
         **{f.name: POSITIVE for f in fields(LimitsSection)},
-        "resume_window": NON_NEGATIVE,  # 0: a dropped socket's session ends at once
+        "write_timeout": SECONDS,
+        "heartbeat": SECONDS,
+        "turn_timeout": SECONDS,
+        "resume_window": SECONDS_OR_ZERO,  # 0: a dropped socket's session ends at once
         "tokens_per_minute_player": NON_NEGATIVE,  # 0: no budget
         "max_delta_ms": NON_NEGATIVE,  # 0: clients may not ask for paced deltas
         "sockets_policy": one_of("refuse", "replace"),
     },
     "logging": {"format": one_of("text", "json"), "level": LEVEL, "levels": LEVELS},
-    "metrics": {"enabled": ANY, "bind": BIND, "sample_interval": POSITIVE},
+    "metrics": {"enabled": ANY, "bind": BIND, "sample_interval": SECONDS},
     "game": {
         **{f.name: POSITIVE for f in fields(GameSection)},
         "url": HTTP_URL,
-        "webhook_retries": NON_NEGATIVE,  # 0: one attempt only
+        "webhook_timeout_s": SECONDS,
+        "webhook_retries": non_negative(MAX_RETRIES),  # 0: one attempt only
+        "webhook_backoff_s": SECONDS,
+        "webhook_backoff_max_s": SECONDS,
+        "webhook_workers": positive(MAX_WORKERS),
+        "tool_timeout_s": SECONDS,
     },
     "watch": {
         "public_rooms": ROOM_NAMES,
         "watchers_per_room": POSITIVE,
         "watchers_per_address": POSITIVE,
-        "keepalive": POSITIVE,
+        "keepalive": SECONDS,
         "replay_events": POSITIVE,
-        "token_ttl": POSITIVE,
+        "token_ttl": SECONDS,
     },
-    "cluster": {"redis_url": REDIS_URL, "memory_ttl": POSITIVE},
+    "cluster": {"redis_url": REDIS_URL, "memory_ttl": SECONDS},
 }

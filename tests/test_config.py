@@ -19,7 +19,7 @@ from npc_server.config import (
     load_config,
     with_overrides,
 )
-from npc_server.settings import RULES
+from npc_server.settings import MAX_C_INT, RULES
 from npc_server.tokens import TokenError, issue_token, verify_token
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -123,7 +123,11 @@ def test_every_setting_has_a_range_rule() -> None:
 @pytest.mark.parametrize(
     ("section", "line", "message"),
     [
-        ("limits", "heartbeat = -1", r"\[limits\] heartbeat must be greater than 0, got -1.0"),
+        (
+            "limits",
+            "heartbeat = -1",
+            r"\[limits\] heartbeat must be greater than 0 and at most 1000000000 seconds .*, got -1.0",
+        ),
         ("limits", "write_timeout = 0", r"\[limits\] write_timeout must be greater than 0"),
         ("limits", "queue_bytes = 0", r"\[limits\] queue_bytes must be greater than 0"),
         ("limits", "rate_per_s = -2.5", r"\[limits\] rate_per_s must be greater than 0"),
@@ -157,8 +161,8 @@ def test_values_out_of_range_in_the_file_name_file_and_key(
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("NPC_SERVER_LIMITS_HEARTBEAT", "-1", "must be greater than 0, got -1.0"),
-        ("NPC_SERVER_LIMITS_MAX_GENERATIONS", "0", "must be greater than 0, got 0"),
+        ("NPC_SERVER_LIMITS_HEARTBEAT", "-1", "must be greater than 0 and at most .*, got -1.0"),
+        ("NPC_SERVER_LIMITS_MAX_GENERATIONS", "0", "must be greater than 0 and at most .*, got 0"),
         ("NPC_SERVER_LIMITS_SOCKETS_POLICY", "kick", "must be one of 'refuse', 'replace'"),
         ("NPC_SERVER_PORT", "65536", "must be a port from 0"),
         ("NPC_SERVER_LIMITS_HEARTBEAT", "nan", "must be a finite number"),
@@ -214,3 +218,118 @@ def test_the_shipped_server_toml_lists_every_setting_with_a_comment() -> None:
             if "#" not in line:
                 bare.append(f"[{section}] {field.name}")
     assert missing == [] and bare == [], (missing, bare)
+
+
+# Upper bounds: a value the rules let through is one the server can use.
+
+
+def _numeric_settings() -> list[tuple[str, str]]:
+    defaults = Config()
+    return [
+        (section, f.name)
+        for section in RULES
+        for f in fields(getattr(defaults, section))
+        if type(getattr(getattr(defaults, section), f.name)) in (int, float)
+    ]
+
+
+@pytest.mark.parametrize(("section", "key"), _numeric_settings())
+def test_every_numeric_setting_has_an_upper_bound(tmp_path: Path, section: str, key: str) -> None:
+    """No number passes the rules only to fail later: 2**64 does not fit msgpack's
+    integers (welcome.limits), a C int or a timer; every rule says its bound."""
+    path = tmp_path / "server.toml"
+    path.write_text(f"[{section}]\n{key} = 99999999999999999999\n")
+    with pytest.raises(
+        ConfigError, match=rf"^{path}: \[{section}\] {key} must be .*(at most|to) \d+"
+    ):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    "key", ["backlog", "tcp_user_timeout_ms", "send_buffer_bytes", "gc_threshold"]
+)
+def test_socket_options_and_the_collector_take_a_c_int(tmp_path: Path, key: str) -> None:
+    """listen(), setsockopt() and gc.set_threshold() take a C int: 2**31 - 1 is the
+    largest value accepted, and the error says so."""
+    path = tmp_path / "server.toml"
+    path.write_text(f"[server]\n{key} = {MAX_C_INT}\n")
+    assert getattr(load_config(path, env={}).server, key) == 2**31 - 1
+    path.write_text(f"[server]\n{key} = {MAX_C_INT + 1}\n")
+    with pytest.raises(ConfigError, match=rf"\[server\] {key} must be .* at most 2147483647"):
+        load_config(path, env={})
+
+
+def test_a_rate_past_2_to_the_53_is_refused_from_the_environment() -> None:
+    """rate_per_s is sent as an integer in welcome.limits: 1e20 is refused, not welcomed with 1011."""
+    with pytest.raises(
+        ConfigError, match=r"NPC_SERVER_LIMITS_RATE_PER_S .* at most 9007199254740992"
+    ):
+        load_config(env={"NPC_SERVER_LIMITS_RATE_PER_S": "1e20"})
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    """TOML is UTF-8: another encoding is a ConfigError naming the file, not a UnicodeDecodeError."""
+    path = tmp_path / "bad8.toml"
+    path.write_bytes(b'[server]\nname = "\xff"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 text"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://:hunter2@127.0.0.1:notaport/0", "Port could not be cast"),
+        ("redis://:hunter2@127.0.0.1:6379/0?socket_timeout=abc", "socket_timeout"),
+        ("redis://:hunter2@127.0.0.1:6379/0?no_such_option=1", "no_such_option"),
+        ("redis://:hunter2@127.0.0.1:99999/0", "Port out of range"),
+        ("redis://:hunt/er2@127.0.0.1:6379/0", "Port could not be cast"),
+        ("redis://127.0.0.1:6379/0?password=hunter2&protocol=9", "protocol"),
+    ],
+)
+def test_a_redis_url_redis_py_refuses_is_refused_without_its_password(
+    tmp_path: Path, url: str, why: str
+) -> None:
+    """What redis-py would raise at start (ValueError, TypeError) is found with the
+    settings, names the file and key, and never shows the password."""
+    path = tmp_path / "server.toml"
+    path.write_text(f'[cluster]\nredis_url = "{url}"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: \[cluster\] redis_url must be ") as info:
+        load_config(path, env={})
+    assert why in str(info.value)
+    assert "hunter2" not in str(info.value) and "hunt" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"NPC_SERVER_CLUSTER_REDIS_URL") as env_info:
+        load_config(env={"NPC_SERVER_CLUSTER_REDIS_URL": url})
+    assert "hunt" not in str(env_info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "redis://:pw@127.0.0.1:6379/0",
+        "rediss://cache.example:6380/1",
+        "unix:///run/r.sock?db=2",
+    ],
+)
+def test_redis_urls_redis_py_accepts_load(url: str) -> None:
+    """The check builds a connection without connecting: nothing needs to listen."""
+    assert load_config(env={"NPC_SERVER_CLUSTER_REDIS_URL": url}).cluster.redis_url == url
+
+
+def test_a_refused_game_url_is_shown_without_its_password() -> None:
+    """The game URL may carry credentials too."""
+    with pytest.raises(ConfigError, match=r"\[game\] url") as info:
+        load_config(env={"NPC_SERVER_GAME_URL": "https://bot:hunter2@game.example/"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_npc_directory_remembers_where_it_was_set(tmp_path: Path) -> None:
+    """npcs_origin names the file's key or the variable, for the missing-directory error."""
+    path = tmp_path / "server.toml"
+    path.write_text('[server]\nnpcs_dir = "/nonexist"\n')
+    assert load_config(path, env={}).npcs_origin == f"{path}: [server] npcs_dir"
+    from_env = load_config(path, env={"NPC_SERVER_NPCS_DIR": "elsewhere"})
+    assert from_env.npcs_path == tmp_path / "elsewhere"
+    assert from_env.npcs_origin == "environment variable NPC_SERVER_NPCS_DIR ([server] npcs_dir)"
+    with pytest.raises(ConfigError, match=r"NPC_SERVER_NPCS_DIR .* must be a non-empty string"):
+        load_config(path, env={"NPC_SERVER_NPCS_DIR": " "})

@@ -263,3 +263,45 @@ def test_npc_remembers_its_file(tmp_path: Path) -> None:
     """Each NpcConfig carries its file, so backend errors can name it."""
     path = write(tmp_path, "mira.toml", GOOD)
     assert load_npcs(tmp_path)["mira"].source == str(path)
+
+
+def test_dotfiles_are_skipped(tmp_path: Path) -> None:
+    """Editors' hidden copies and lock files are no NPCs: Emacs's `.#guard.toml` is a
+    link to nothing, a hidden `.guard.toml` may be a half-written copy."""
+    write(tmp_path, "guard.toml", 'id = "guard"\nname = "Guard"\n')
+    (tmp_path / ".#guard.toml").symlink_to("u@h.1:1")
+    write(tmp_path, ".guard.toml", 'id = "guard"\nname = "Guard, an old copy"\n')
+    assert sorted(load_npcs(tmp_path)) == ["guard"]
+
+
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    """TOML is UTF-8: a Latin-1 file is an NpcConfigError naming it, not a UnicodeDecodeError."""
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'id = "x"\nname = "\xff"\n')
+    with pytest.raises(NpcConfigError, match=rf"^{path}: not UTF-8 text"):
+        load_npcs(tmp_path)
+
+
+def test_a_directory_named_like_an_npc_file_names_it(tmp_path: Path) -> None:
+    """A directory `x.toml` matches the pattern; it is refused by name, not an IsADirectoryError."""
+    (tmp_path / "x.toml").mkdir()
+    with pytest.raises(
+        NpcConfigError, match=rf"^{tmp_path / 'x.toml'}: cannot be read: .*directory"
+    ):
+        load_npcs(tmp_path)
+
+
+def test_a_link_to_nothing_names_the_file_and_its_target(tmp_path: Path) -> None:
+    """A dangling link that is not a dotfile is refused by name, not a FileNotFoundError."""
+    (tmp_path / "gone.toml").symlink_to(tmp_path / "moved" / "gone.toml")
+    with pytest.raises(
+        NpcConfigError, match=r"gone\.toml: cannot be read: a symbolic link to .*moved"
+    ):
+        load_npcs(tmp_path)
+
+
+def test_a_missing_directory_names_where_it_was_set(tmp_path: Path) -> None:
+    """The error names the setting the directory came from, when given."""
+    where = "server.toml: [server] npcs_dir"
+    with pytest.raises(NpcConfigError, match=rf"^{re.escape(where)}: .*nowhere: no such NPC"):
+        load_npcs(tmp_path / "nowhere", where)
