@@ -278,9 +278,27 @@ REDIS_URL = Rule(
     why=lambda v: redis_url_problem(v) if v.startswith(REDIS_SCHEMES) else "",
     shown=_without_password,
 )
+
+
+def _game_url_problem(url: str) -> str:
+    # What the game's HTTP client refuses (a port out of range or 0, an unclosed
+    # `[`, no host): each delivery failed, counted, until someone read the log.
+    from npc_server.game_http import url_problem
+
+    return url_problem(url)
+
+
 HTTP_URL = Rule(
-    lambda v: v == "" or (v.startswith(("http://", "https://")) and not v.endswith("/")),
+    lambda v: (
+        v == ""
+        or (
+            v.startswith(("http://", "https://"))
+            and not v.endswith("/")
+            and not _game_url_problem(v)
+        )
+    ),
     'an http(s) URL without a trailing slash, or "" for none',
+    why=lambda v: _game_url_problem(v) if v else "",
     shown=_without_password,
 )
 

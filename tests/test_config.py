@@ -323,6 +323,22 @@ def test_a_refused_game_url_is_shown_without_its_password() -> None:
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://[invalid", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:0", "port 0"),
+        ("http://:8080", "not http(s)://<host>"),
+    ],
+)
+def test_a_game_url_the_game_client_cannot_use_is_refused_at_start(url: str, why: str) -> None:
+    """They passed the rule and failed every webhook and tool call at run time."""
+    with pytest.raises(ConfigError, match=r"\[game\] url") as info:
+        load_config(env={"NPC_SERVER_GAME_URL": url})
+    assert why in str(info.value)
+
+
 def test_the_npc_directory_remembers_where_it_was_set(tmp_path: Path) -> None:
     """npcs_origin names the file's key or the variable, for the missing-directory error."""
     path = tmp_path / "server.toml"
