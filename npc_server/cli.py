@@ -15,7 +15,7 @@ from npc_server.app import InsecureSecret, check_metrics_guard, resolve_secret
 from npc_server.config import Config, ConfigError, load_config, with_overrides
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.redaction import url_password
-from npc_server.settings import LOG_LEVELS
+from npc_server.settings import LOG_LEVELS, MAX_WORKERS
 from npc_server.tokens import MAX_PLAYER_CHARS, is_player_id, issue_token, issue_watch_token
 
 # `npc-server token --ttl`: a test token may outlive the API's week, not reach the year
@@ -36,9 +36,11 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+def _workers(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_WORKERS}, got {text!r}"
+        )
     return int(text)
 
 
@@ -69,7 +71,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=_positive,
+        type=_workers,
         help="server processes on this port (default: [server] workers); "
         "more than 1 needs [cluster] redis_url",
     )
@@ -220,7 +222,8 @@ def serve_main(argv: Sequence[str]) -> int:
             "NPC_SERVER_CLUSTER_REDIS_URL): workers share players through Redis"
         )
     if args.npcs:
-        config = replace(config, npcs_path=existing(args.npcs, "--npcs", directory=True))
+        npcs = existing(args.npcs, "--npcs", directory=True)
+        config = replace(config, npcs_path=npcs, npcs_origin="--npcs")
     # Fail early, in this process: with --workers, only the workers build the app, and a
     # refusal there was a restart loop, then an exit.
     resolve_secret(config, warn=False)  # fail early in production; create_app warns once

@@ -310,3 +310,14 @@ def test_token_prints_one_hello_accepts() -> None:
     assert result.returncode == 0, result.stderr
     claims = verify_token(SECRET, result.stdout.strip())
     assert claims.player == "alice"
+
+
+@pytest.mark.parametrize("count", ["0", "5000", "two"])
+def test_workers_out_of_range_is_a_usage_error_naming_the_flag(count: str) -> None:
+    """`--workers 5000` was reported as `override [server] workers`, a key the user
+    never wrote; the flag takes what [server] workers takes (1 to 1024)."""
+    result = run_command(["--workers", count])
+    assert result.returncode == 2
+    assert "--workers: must be a whole number from 1 to 1024" in result.stderr
+    assert "Traceback" not in result.stderr
+
