@@ -320,4 +320,3 @@ def test_workers_out_of_range_is_a_usage_error_naming_the_flag(count: str) -> No
     assert result.returncode == 2
     assert "--workers: must be a whole number from 1 to 1024" in result.stderr
     assert "Traceback" not in result.stderr
-
