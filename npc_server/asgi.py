@@ -19,9 +19,11 @@ from typing import Any, cast
 from quart import Quart
 
 from npc_server import app as app_module
+from npc_server import logs
 from npc_server.config import Config, ConfigError, load_config
 from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
 from npc_server.npcs import NpcConfigError
+from npc_server.redaction import config_secrets
 from npc_server.serve import prepare, tune_gc
 from npc_server.settings import LOG_LEVELS
 
@@ -54,8 +56,16 @@ Send = Any
 def create_app(config: Config | None = None) -> Quart:
     """The npc-server app for an ASGI server, with what npc-server's own start-up applies:
     the same checks (`serve.prepare`), so an error names the same file and key."""
-    _configure_logging()
+    ours = _configure_logging()
     config = config or load_config()
+    if ours:  # now in the configured format, scrubbing the configured secrets
+        logs.configure(
+            format=config.logging.format,
+            level=_level(config.logging.level),
+            levels=config.logging.levels,
+            secrets=config_secrets(config),
+            hypercorn_startup=True,
+        )
     install_fixes()
     set_websocket_compression(config.server.websocket_compression)
     prepared = prepare(config)
@@ -68,17 +78,25 @@ def create_app(config: Config | None = None) -> Quart:
     return quart_app
 
 
-def _configure_logging() -> None:
-    # Hypercorn configures only its own loggers; without this our lines come
-    # out bare (or not at all below WARNING).
-    level = os.environ.get("NPC_SERVER_LOG_LEVEL", "INFO").upper()
+def _level(configured: str = "INFO") -> str:
+    level = os.environ.get("NPC_SERVER_LOG_LEVEL", "").upper() or configured
     if level not in LOG_LEVELS:  # refused as npc-server refuses it (cli._log_level)
         raise ConfigError(
             f"environment variable NPC_SERVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
             f"got {level!r}"
         )
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return level
+
+
+def _configure_logging() -> bool:
+    """Our log lines, as npc-server writes them, unless the ASGI server's user set up
+    logging (True: we did). Hypercorn configures only its own loggers; without this our
+    lines came out bare, and with no scrubbing of tokens and secrets."""
+    level = _level()
+    if logging.getLogger().handlers:
+        return False
+    logs.configure(level=level, hypercorn_startup=True)
+    return True
 
 
 class LazyApp:

@@ -14,7 +14,7 @@ from npc_server import __version__, logs
 from npc_server.app import InsecureSecret, check_metrics_guard, resolve_secret
 from npc_server.config import Config, ConfigError, load_config, with_overrides
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
-from npc_server.redaction import url_password
+from npc_server.redaction import config_secrets
 from npc_server.settings import LOG_LEVELS, MAX_WORKERS
 from npc_server.tokens import MAX_PLAYER_CHARS, is_player_id, issue_token, issue_watch_token
 
@@ -180,25 +180,13 @@ def _log_level(args: argparse.Namespace, config: Config) -> str:
     return level
 
 
-# A URL's password shorter than this is not scrubbed from every line (a password "ab"
-# would take every "ab" out of the logs); messages naming a URL mask it whatever its size.
-MIN_SCRUBBED_PASSWORD = 6
-
-
-def url_passwords(config: Config) -> list[str]:
-    """The passwords in the Redis and game URLs, for the scrubber: a library's own error
-    text may print the URL its own way."""
-    found = (url_password(config.cluster.redis_url), url_password(config.game.url))
-    return [p for p in found if len(p) >= MIN_SCRUBBED_PASSWORD]
-
-
 def configure_logging(args: argparse.Namespace, config: Config) -> None:
     """The log set-up of the command: flags win over the environment and [logging]."""
     logs.configure(
         format=args.log_format or config.logging.format,
         level=_log_level(args, config),
         levels=config.logging.levels,
-        secrets=[s for s in (config.secret, config.api_key, *url_passwords(config)) if s],
+        secrets=config_secrets(config),
     )
 
 

@@ -103,8 +103,11 @@ def configure(
     levels: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    hypercorn_startup: bool = False,
 ) -> logging.Handler:
-    """Send every log line to `stream` (stderr) in `format`; returns the handler."""
+    """Send every log line to `stream` (stderr) in `format`; returns the handler.
+    `hypercorn_startup`: keep Hypercorn's "Running on" line (under plain Hypercorn it
+    is the only line with the address; npc-server prints its own)."""
     scrub = _Scrubber(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter = JsonFormatter(scrub) if format == "json" else TextFormatter(scrub)
@@ -118,7 +121,9 @@ def configure(
     for name, value in (levels or {}).items():
         logging.getLogger(name).setLevel(value.upper())
     hypercorn = logging.getLogger("hypercorn.error")
-    if _STARTUP_FILTER not in hypercorn.filters:
+    if hypercorn_startup:
+        hypercorn.removeFilter(_STARTUP_FILTER)
+    elif _STARTUP_FILTER not in hypercorn.filters:
         hypercorn.addFilter(_STARTUP_FILTER)
     return handler
 

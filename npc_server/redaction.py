@@ -14,6 +14,10 @@ shown in an error, and must not be shown whole for it.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from npc_server.config import Config
 
 MASK = "***"
 
@@ -53,3 +57,17 @@ def url_password(url: str) -> str:
     if not password and query is not None:
         password = url[query.end(1) : query.end()]
     return password
+
+
+# A URL's password shorter than this is not scrubbed from every line (a password "ab"
+# would take every "ab" out of the logs); messages naming a URL mask it whatever its size.
+MIN_SCRUBBED_PASSWORD = 6
+
+
+def config_secrets(config: Config) -> list[str]:
+    """What the log scrubber takes out of every line: the token secret, the API key and
+    the passwords of the Redis and game URLs (a library's own error text may print a URL
+    its own way)."""
+    passwords = (url_password(config.cluster.redis_url), url_password(config.game.url))
+    long_enough = [p for p in passwords if len(p) >= MIN_SCRUBBED_PASSWORD]
+    return [s for s in (config.secret, config.api_key, *long_enough) if s]

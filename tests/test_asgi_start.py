@@ -93,3 +93,34 @@ async def test_start_up_names_a_bad_override_in_server_toml(
     assert failed["message"].startswith(
         f"npc-server: {path}: [overrides.scripted] first_token_ms: "
     )
+
+
+def test_under_an_asgi_server_our_lines_are_scrubbed_and_in_the_configured_format() -> None:
+    """Without a logging set-up of the ASGI server's user, the app logs as npc-server does:
+    `[logging] format`, the secret and tokens scrubbed. It was a bare basicConfig that
+    printed a token or the secret as given."""
+    import subprocess
+    import sys
+
+    from npc_server.tokens import issue_token
+    from tests.support.server import REPO, SECRET
+
+    token = issue_token(SECRET, "alice", 60)
+    script = (
+        "import logging; from npc_server import asgi; asgi.create_app();"
+        f" logging.getLogger('npc_server.test').warning('hello with %s by %s', {token!r}, {SECRET!r})"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NPC_SERVER_")}
+    env = {**clean, "NPC_SERVER_SECRET": SECRET, "NPC_SERVER_LOGGING_FORMAT": "json"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "hello with" in line]
+    assert line.startswith("{") and '"logger": "npc_server.test"' in line.replace("'", '"')
+    assert token not in result.stderr and SECRET not in result.stderr
