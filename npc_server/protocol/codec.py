@@ -265,12 +265,12 @@ def _hello(f: _Fields) -> Hello:
         inner = _Fields(resume, "hello.resume", f.id, f.limits)
         parsed = Resume(session=inner.string("session"), seq=inner.integer("seq"))
     client = f.doc.get("client")
-    if client is not None and not isinstance(client, str):
-        raise f.fail("client", "a string")
     return Hello(
         token=f.string("token", max_chars=MAX_TOKEN_CHARS),
         resume=parsed,
-        client=client,
+        # Informative only, and welcomed whatever its type since v1: refusing another
+        # type now would break such a client (protocol.md's compatibility rule).
+        client=client if isinstance(client, str) else None,
         id=f.id,
         delta_ms=f.integer("delta_ms", required=False),
     )
