@@ -107,6 +107,9 @@ class Node:
         self.turns = TurnRegistry(on_released=self.forget_if_unused)
         self.contexts = ContextStore(limits.context_bytes_player)
         self._conversations: dict[tuple[str, str], Conversation] = {}
+        # Each detached session's end at its window's end (by id; cancelled when it ends
+        # another way, so a timer never holds an ended session and its replay).
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
         self.draining = False
         self.player_connects = ConnectLimiter(
             limits.connects_per_s_player, limits.connects_burst_player, clock
@@ -188,6 +191,7 @@ class Node:
         session_id = session_id or self.new_id("s")
         session = Session(session_id, player, limits, self.clock(), self.turns.note_written)
         self.hub.add(session)
+        self._end_when_window_ends(session)  # one adopted from a draining node stays detached
         return session
 
     def find_resumable(self, player: str, session_id: str) -> Session | None:
@@ -250,9 +254,22 @@ class Node:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        loop.call_later(session.limits.resume_window + EXPIRY_SLACK, self._expire_if_due, session)
+        earlier = self._expiries.pop(session.id, None)
+        if earlier is not None:
+            earlier.cancel()
+        delay = session.limits.resume_window + EXPIRY_SLACK
+        self._expiries[session.id] = loop.call_later(delay, self._expire_if_due, session)
+
+    def hold_for_resume(self, session: Session) -> None:
+        """A hello is resuming `session`: its window starts again (and its timer), so the
+        window's end cannot end it while the hello awaits the cluster."""
+        if session.state is SessionState.DETACHED:
+            session.hold_for_resume(self.clock())
+            self._end_when_window_ends(session)
 
     def _expire_if_due(self, session: Session) -> None:
+        if self._expiries.get(session.id) is not None:
+            del self._expiries[session.id]
         if session.state is SessionState.DETACHED and session.expired_at(self.clock()):
             self.end_session(session)
 
@@ -263,6 +280,9 @@ class Node:
         rooms and context with its last one. `quiet`: the session moved to another
         node, which keeps it in its rooms (no `left` presence)."""
         session.expire(code)
+        expiry = self._expiries.pop(session.id, None)
+        if expiry is not None:
+            expiry.cancel()
         if self.hub.remove(session):
             self.handover.session_ended(session)
             rooms = self.hub.leave_all(session.player, quiet=quiet)

@@ -168,6 +168,12 @@ class Session:
             self.on_ready = _noop
             self.on_close = _ignore_close
 
+    def hold_for_resume(self, now: float) -> None:
+        """A hello resumes this detached session: its window starts again, so nothing ends
+        it while the hello still waits (in a cluster: the socket claim, subscriptions)."""
+        if self.state is SessionState.DETACHED:
+            self.detached_at = now
+
     def expire(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """The session can no longer be resumed; drop what it holds.
 

@@ -229,6 +229,7 @@ class ClientLink:
             if session is not None:
                 replay = session.replay_after(resume.seq)
                 if replay is not None:
+                    self.node.hold_for_resume(session)
                     return session, replay
                 if session.owner is None:
                     self.node.end_session(session)

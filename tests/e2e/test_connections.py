@@ -477,7 +477,7 @@ async def test_a_dropped_player_leaves_the_room_as_the_window_ends_not_at_a_swee
 
 async def test_a_resumed_session_is_not_ended_by_its_old_windows_timer() -> None:
     """The timer of an earlier detach fires while the session is attached again: it stays."""
-    async with running_server(server_config(limits={"resume_window": 0.2})) as server:
+    async with running_server(server_config(limits={"resume_window": 1.0})) as server:
         node = server.node
         fired: list[Session] = []
         check = node._expire_if_due
@@ -499,3 +499,40 @@ async def test_a_resumed_session_is_not_ended_by_its_old_windows_timer() -> None
             assert session.state is SessionState.ATTACHED
             await second.send({"t": "ping", "id": "p"})
             assert (await second.expect("pong"))["id"] == "p"
+
+
+async def test_a_session_ended_another_way_leaves_no_timer_holding_it() -> None:
+    """A detached session ended before its window (here a resume it could not serve) has
+    its timer cancelled: the timer held the session and its replay for the whole window."""
+    async with running_server(server_config(limits={"resume_window": 60})) as server:
+        node = server.node
+        async with connect(server.url) as first:
+            await first.hello(server.token("alice"))
+            old = {"session": first.session, "seq": first.last_seq}
+            await drop(first)
+        await wait_until(lambda: old["session"] in node._expiries, what="the window's timer")
+        async with connect(server.url) as second:
+            welcome = await second.hello(
+                server.token("alice"), resume={**old, "seq": 99}
+            )  # a seq never sent: a new session, and the old one ends
+            assert welcome["resumed"] is False
+            assert old["session"] not in node._expiries
+            assert not node.hub.get(old["session"])
+
+
+async def test_a_resume_under_way_restarts_the_window_so_its_end_cannot_cut_it() -> None:
+    """In a cluster a resuming hello awaits Redis (the socket claim, subscriptions) after
+    finding its session: the window's end, now exact, must not end the session meanwhile.
+    Holding it for the resume restarts its window and re-arms its timer."""
+    async with running_server(server_config(limits={"resume_window": 60})) as server:
+        node = server.node
+        async with connect(server.url) as first:
+            await first.hello(server.token("alice"))
+            await drop(first)
+        [session] = node.hub.sessions_of("alice")
+        await wait_until(lambda: session.state is SessionState.DETACHED, what="detached")
+        session.detached_at = node.clock() - 59.9  # its window nearly over
+        armed = node._expiries[session.id]
+        node.hold_for_resume(session)
+        assert not session.expired_at(node.clock() + 1.0)  # a new window from now
+        assert node._expiries[session.id] is not armed and armed.cancelled()
