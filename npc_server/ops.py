@@ -64,6 +64,9 @@ class OpsFeed(SseStream):
         super().release()
 
 
+RETRY_AFTER_S = 5
+
+
 class OpsService:
     """Admission to `/ops/events`."""
 
@@ -75,12 +78,18 @@ class OpsService:
         """The feed, or 404 (no key configured) or 401 (missing or wrong key)."""
         if self._key is None:
             return refusal(404, "not found")
-        if not self.node.address_connects.allow_nowait(address):  # guessing keys, too
-            self.node.events.emit(Limited("connects_address", None))
-            return refusal(429, "too many connects from this address", {"Retry-After": "1"})
         if not bearer_matches(authorization, self._key):
+            # A wrong key takes from the address's connect bucket: guessing keys costs.
+            if not self.node.address_connects.allow_nowait(address):
+                self.node.events.emit(Limited("connects_address", None))
+                headers = {"Retry-After": str(RETRY_AFTER_S)}
+                return refusal(429, "too many refused requests from this address", headers)
             reason = "a valid API key is needed as 'Authorization: Bearer <key>'"
             self.node.events.emit(AuthFailed("ops", address, int(CloseCode.AUTH_FAILED), reason))
             return refusal(401, reason, {"WWW-Authenticate": 'Bearer realm="ops"'})
-        self.node.events.emit(Connected("ops", address))  # a refused request is none
-        return sse_response(SseBody(lambda: OpsFeed(self.node, address)))
+        return sse_response(SseBody(lambda: self._feed(address)))
+
+    def _feed(self, address: str) -> OpsFeed:
+        # Connected as the stream starts: a client gone before has no unpaired line.
+        self.node.events.emit(Connected("ops", address))
+        return OpsFeed(self.node, address)

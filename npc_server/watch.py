@@ -140,37 +140,46 @@ class WatchService:
     def open(self, ask: WatchRequest) -> Response:
         """The stream for a watch request, or the status that refuses it (a refused
         request is no connection: counted, if at all, as the auth failure or limit it is).
-        Each request takes from its address's connect bucket, as a WebSocket does: without
-        it, a loop of bad tokens cost a log line each, unbounded."""
-        if not self.node.address_connects.allow_nowait(ask.address):
-            return self._limited("connects_address", "too many connects from this address")
+
+        A refused request (400, 401, 403, 404) takes from its address's connect bucket,
+        as a WebSocket connect does; once it is empty they are 429s, with no log line:
+        a loop of bad tokens was a line each, unbounded. Good requests never take from
+        it, so players reconnecting from behind one NAT cannot lock watchers out (and
+        `EventSource` never retries a 4xx)."""
         room = ask.room
+        failed: AuthFailed | None = None
         if room is None or _ROOM.fullmatch(room) is None:
-            return refusal(400, f"'room' must be a room name: {ROOM_RULE}")
-        refused = self._authorize(room, ask)
+            refused: Response | None = refusal(400, f"'room' must be a room name: {ROOM_RULE}")
+        else:
+            refused, failed = self._authorize(room, ask)
         if refused is not None:
+            if not self.node.address_connects.allow_nowait(ask.address):
+                return self._limited(
+                    "connects_address", "too many refused requests from this address"
+                )
+            if failed is not None:
+                self.node.events.emit(failed)
             return refused
+        assert room is not None
         refused = self._admit(room, ask.address)
         if refused is not None:
             return refused
-        self.node.events.emit(Connected("sse", ask.address))
         return sse_response(SseBody(lambda: self._start(room, ask)))
 
-    def _authorize(self, room: str, ask: WatchRequest) -> Response | None:
+    def _authorize(self, room: str, ask: WatchRequest) -> tuple[Response | None, AuthFailed | None]:
         if ask.token is None and room in self.public:
-            return None
+            return None, None
         try:
             claims = verify_watch_token(self._secret, ask.token or "")
         except TokenError as exc:
             message = "a watch token is needed for this room" if ask.token is None else exc.message
-            code = close_code_for(exc)
-            self.node.events.emit(AuthFailed("sse", ask.address, code, message))
-            return refusal(401, message, {"WWW-Authenticate": 'Bearer realm="watch"'})
+            failed = AuthFailed("sse", ask.address, close_code_for(exc), message)
+            return refusal(401, message, {"WWW-Authenticate": 'Bearer realm="watch"'}), failed
         if room not in claims.rooms and room not in self.public:
-            return refusal(403, f"the token does not name room {room!r}")
+            return refusal(403, f"the token does not name room {room!r}"), None
         if not self.known(room):
-            return refusal(404, f"no room {room!r} on this server")
-        return None
+            return refusal(404, f"no room {room!r} on this server"), None
+        return None, None
 
     def known(self, room: str) -> bool:
         """Whether `room` can be watched: public, or members, turns or a log on this node."""
@@ -199,6 +208,8 @@ class WatchService:
 
     def _start(self, room: str, ask: WatchRequest) -> Watcher:
         log = self.logs.open(room)
+        # Connected as the stream starts, so a client gone before has no unpaired line.
+        self.node.events.emit(Connected("sse", ask.address))
         # Counted once it exists: a watcher that failed to start is never released.
         watcher = Watcher(self.node, self.logs, log, ask.address, ask.last_event_id, self._released)
         self._by_address[ask.address] = self._by_address.get(ask.address, 0) + 1

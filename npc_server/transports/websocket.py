@@ -297,11 +297,11 @@ class NpcWebsocketConnection:
             )
             return
         address = str((self.scope.get("client") or ("unknown",))[0])
-        node.events.emit(Connected("websocket", address))
-        if not node.address_connects.allow_nowait(address):
+        if not node.address_connects.allow_nowait(address):  # a limit hit, no connection
             node.events.emit(Limited("connects_address", None))
             code = int(CloseCode.RATE_LIMITED)
             await send({"type": "websocket.close", "code": code, "reason": "too many connects"})
             return
+        node.events.emit(Connected("websocket", address))  # paired with its Closed
         secret: str = self.app.extensions["npc_server.secret"]
         await WebSocketEdge(node, receive, send, secret, address).run()
