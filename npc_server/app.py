@@ -25,7 +25,13 @@ from npc_server.ops import OpsService
 from npc_server.pages import Pages
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.codes import CloseCode
-from npc_server.tokens import DEV_SECRET, issue_token, issue_watch_token
+from npc_server.tokens import (
+    DEV_SECRET,
+    MAX_PLAYER_CHARS,
+    is_player_id,
+    issue_token,
+    issue_watch_token,
+)
 from npc_server.transports.websocket import NpcWebsocketConnection
 from npc_server.watch import WatchRequest, WatchService
 
@@ -161,8 +167,8 @@ def create_app(
             return "not found", 404
         body = await _dev_body()
         player = body.get("player")
-        if not isinstance(player, str) or not 0 < len(player) <= 64 or not player.isprintable():
-            return "player must be a name of 1 to 64 printable characters", 400
+        if not isinstance(player, str) or not is_player_id(player):  # what hello accepts
+            return f"player must be a name of 1 to {MAX_PLAYER_CHARS} printable characters", 400
         return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
 
     @app.post("/dev/watch-token")

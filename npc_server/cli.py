@@ -146,7 +146,7 @@ def token_main(argv: Sequence[str]) -> int:
         _token_parser().error("give a player id, or --watch ROOM (not both)")
     if args.ttl is not None and not 0 < args.ttl <= MAX_TOKEN_TTL_S:  # NaN fails too
         _token_parser().error(
-            f"--ttl must be seconds from 0 to {MAX_TOKEN_TTL_S:.0f}, got {args.ttl}"
+            f"--ttl must be seconds above 0, at most {MAX_TOKEN_TTL_S:.0f}, got {args.ttl}"
         )
     if args.player is not None and not is_player_id(args.player):
         _token_parser().error(

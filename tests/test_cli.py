@@ -287,9 +287,9 @@ def test_init_into_a_file_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "part"),
     [
-        (["token", "alice", "--ttl", "nan"], "--ttl must be seconds from 0 to"),
-        (["token", "alice", "--ttl", "inf"], "--ttl must be seconds from 0 to"),
-        (["token", "alice", "--ttl", "-5"], "--ttl must be seconds from 0 to"),
+        (["token", "alice", "--ttl", "nan"], "--ttl must be seconds above 0, at most"),
+        (["token", "alice", "--ttl", "inf"], "--ttl must be seconds above 0, at most"),
+        (["token", "alice", "--ttl", "-5"], "--ttl must be seconds above 0, at most"),
         (["token", ""], "a player id is 1-128 printable characters"),
         (["token", "x" * 129], "a player id is 1-128 printable characters"),
         (["token", "bad\nname"], "a player id is 1-128 printable characters"),

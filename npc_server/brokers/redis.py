@@ -128,8 +128,8 @@ def check_reachable(url: str) -> None:
         client = redis.Redis.from_url(
             url, socket_connect_timeout=CONNECT_TIMEOUT, **client_options()
         )
-    except ValueError as exc:
-        raise BrokerUnavailable(f"{where} is not a Redis URL that can be used: {exc}") from None
+    except ValueError:  # its text may quote a piece of the password (read as a port)
+        raise BrokerUnavailable(f"{where} is not a Redis URL redis-py can use") from None
     try:
         client.ping()
         role = _role(client, redis.exceptions.ResponseError)
@@ -137,7 +137,8 @@ def check_reachable(url: str) -> None:
         raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from None
     finally:
         client.close()
-    if role not in ("", "master"):  # a replica answers PING, then refuses every write
+    if role not in ("", "master", "active-replica"):  # a replica answers PING, then
+        # refuses every write (KeyDB's active replicas take writes)
         shown = "replica" if role == "slave" else role  # ROLE's word for one
         raise BrokerUnavailable(
             f"Redis at {where} is a {shown}, not a primary: point it at the primary"

@@ -398,6 +398,11 @@ async def test_dev_tokens_refuse_bodies_that_do_not_fit_with_400() -> None:
                 assert answer.status_code == 400, (path, body[:20])
         good = await http.post("/dev/token", json={"player": "alice"})
         assert good.status_code == 200 and good.json()["dev"] is True
+        # The player ids hello accepts, no fewer: 128 characters (it stopped at 64).
+        longest = await http.post("/dev/token", json={"player": "p" * 128})
+        assert longest.status_code == 200
+        too_long = await http.post("/dev/token", json={"player": "p" * 129})
+        assert too_long.status_code == 400 and "1 to 128" in too_long.text
         room = await http.post("/dev/watch-token", json={"room": "inn"})
         assert room.status_code == 200 and room.json()["token"]
 
