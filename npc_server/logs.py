@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import quote, unquote
 
 from npc_server.events import NodeEvent, event_fields
 
@@ -30,7 +31,15 @@ _REPEATED_STARTUP = ("Running on ",)
 
 class _Scrubber:
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = [s for s in secrets if s]
+        # Each secret as a line may hold it: as given, JSON-escaped (a JSON line, a quoted
+        # field: `"` and `\` escaped), and percent-decoded or -encoded (a URL's password
+        # is written encoded, and libraries print it decoded). Longest first.
+        forms = set()
+        for secret in secrets:
+            if secret:
+                coded = {secret, unquote(secret), quote(secret, safe="")}
+                forms |= coded | {json.dumps(f, ensure_ascii=False)[1:-1] for f in coded}
+        self.secrets = sorted((f for f in forms if f), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         text = JWT.sub(REDACTED, text)

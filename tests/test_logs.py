@@ -150,3 +150,17 @@ def test_logging_levels_come_from_the_file(tmp_path: Path) -> None:
     config = load_config(path, env={})
     assert config.logging.format == "json"
     assert config.logging.levels == {"npc_server.turns": "debug"}
+
+
+def test_a_secret_is_scrubbed_json_escaped_and_percent_coded(stream: io.StringIO) -> None:
+    """A JSON line escapes `"` and `\\` (the secret went out whole, escaped), and a URL's
+    password is written percent-encoded while libraries print it decoded."""
+    secret = 'ab"cd\\ef-p%40ss'
+    for fmt in ("json", "text"):
+        configure(format=fmt, secrets=[secret], stream=stream)
+        logging.getLogger("npc_server.test").warning(
+            "as given %s; decoded %s", secret, "ab\"cd\\ef-p@ss", extra={"fields": {"k": secret}}
+        )
+    out = stream.getvalue()
+    assert "cd\\\\ef" not in out and "cd\\ef" not in out and "p@ss" not in out, out
+    assert "as given" in out and "decoded" in out
