@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from npc_server.config import Config
@@ -29,14 +30,15 @@ def redacted_url(url: str) -> str:
     """`url` with its password, wherever it is, replaced by `***`.
 
     `user:pw@` shows as `user:***@`; a user alone (`pw@`) as `***@`, since some
-    clients read a lone user as the password. When an `@` comes after the first
-    `/`, `?` or `#` of the authority, either the path holds an `@` or the password
-    holds a raw `/`, `?` or `#`: everything up to the last `@` is masked then.
+    clients read a lone user as the password. An `@` after the first `/`, `?` or `#`
+    belongs to the path or query when what comes before is a plain host[:port]
+    (`https://game/hooks?to=ops@example.com` keeps its host); otherwise the password
+    may hold a raw `/`, `?` or `#`, and everything up to the last `@` is masked.
     """
     scheme, found, rest = url.partition("://")
     if not found:
         return _QUERY_PASSWORD.sub(_MASKED_VALUE, url)
-    userinfo, at, after = rest.rpartition("@")
+    userinfo, at, after = _userinfo(rest)
     if at:
         if any(c in userinfo for c in "/?#"):
             shown = MASK
@@ -47,11 +49,33 @@ def redacted_url(url: str) -> str:
     return f"{scheme}://{_QUERY_PASSWORD.sub(_MASKED_VALUE, rest)}"
 
 
+def _userinfo(rest: str) -> tuple[str, str, str]:
+    """(userinfo, "@", the rest) of what follows `scheme://`, or ("", "", rest)."""
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        return userinfo, "@", host + rest[end:]
+    if "@" not in rest or _plain_host(authority):
+        return "", "", rest
+    return rest.rpartition("@")
+
+
+def _plain_host(authority: str) -> bool:
+    """Whether `authority` reads as host[:port] alone (no userinfo cut short by a `/`)."""
+    try:
+        parts = urlsplit(f"//{authority}")
+        port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and (port is not None or ":" not in authority.strip("[]"))
+
+
 def url_password(url: str) -> str:
     """The password in `url` ("" if none): the log scrubber removes it from every line,
     also from error texts of libraries that print the URL their own way."""
     _, found, rest = url.partition("://")
-    userinfo, at, _ = rest.rpartition("@") if found else ("", "", "")
+    userinfo, at, _ = _userinfo(rest) if found else ("", "", "")
     password = userinfo.partition(":")[2] if at else ""
     query = _QUERY_PASSWORD.search(url)
     if not password and query is not None:

@@ -82,3 +82,18 @@ def test_the_commands_logs_scrub_the_redis_and_game_passwords(
         root.setLevel(level)
     assert "s3cretpw" not in err and "AUTH " in err
     assert "short" in err and "pw is" in err  # a 2-character password is left alone
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://game.example/hooks?notify=ops@example.com",
+        "http://game:8080/npc/@hooks",
+        "http://[::1]:80/a@b",
+    ],
+)
+def test_an_at_sign_in_the_path_or_query_of_a_plain_host_is_left_alone(url: str) -> None:
+    """It showed `https://***@example.com`: the host hidden and a wrong one shown; and
+    `8080/npc/` counted as a password, scrubbed from every log line."""
+    assert redacted_url(url) == url
+    assert url_password(url) == ""
