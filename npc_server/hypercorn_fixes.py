@@ -134,6 +134,7 @@ def _pass_client_close_codes() -> None:
             if (
                 was_open
                 and self.connection.state == ConnectionState.LOCAL_CLOSING
+                and self.state != ASGIWebsocketState.CLOSED  # the app's own close, meanwhile
                 and self.app_put is not None
             ):
                 # Hypercorn sent a close of its own: its only one is 1009, for a message
