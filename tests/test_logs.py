@@ -159,7 +159,7 @@ def test_a_secret_is_scrubbed_json_escaped_and_percent_coded(stream: io.StringIO
     for fmt in ("json", "text"):
         configure(format=fmt, secrets=[secret], stream=stream)
         logging.getLogger("npc_server.test").warning(
-            "as given %s; decoded %s", secret, "ab\"cd\\ef-p@ss", extra={"fields": {"k": secret}}
+            "as given %s; decoded %s", secret, 'ab"cd\\ef-p@ss', extra={"fields": {"k": secret}}
         )
     out = stream.getvalue()
     assert "cd\\\\ef" not in out and "cd\\ef" not in out and "p@ss" not in out, out
