@@ -170,7 +170,8 @@ def _non_map() -> st.SearchStrategy[Probe]:
 def _bad_keys() -> st.SearchStrategy[Probe]:
     keys = st.one_of(st.integers(-5, 5), st.binary(min_size=1, max_size=4))
     return st.builds(
-        lambda key, value: bad("non-string key", pack({"t": "ping", "id": 1, key: value})),
+        # Refused with the frame's id (docs/protocol.md, "Map keys are strings").
+        lambda key, value: bad("non-string key", pack({"t": "ping", "id": 1, key: value}), 1),
         keys,
         scalars,
     )
