@@ -7,14 +7,13 @@ tests/test_config.py checks).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.frames import Limits
-from npc_server.redaction import MASK, redacted_url
+from npc_server.redaction import redacted_url
 from npc_server.session import SessionLimits
 
 
@@ -242,34 +241,14 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def redis_url_problem(url: str) -> str:
-    """Why redis-py refuses `url` ("": it does not), found without connecting.
-
-    redis-py raises its own ValueError or TypeError for a port that is not a
-    number, or an option it does not know or cannot read (`?socket_timeout=abc`),
-    at `from_url` or at the first connection: checked with the settings, that
-    names the file and the key instead of a traceback at start.
-    """
+    """Why redis-py refuses `url` ("": it does not), found without connecting (see
+    `brokers/redis.url_problem`); nothing to say without redis-py installed: start-up
+    says how to install it."""
     try:
-        from redis.asyncio import ConnectionPool
-        from redis.exceptions import RedisError
-    except ImportError:  # start-up says how to install it (brokers/redis.py)
+        from npc_server.brokers.redis import url_problem
+    except ImportError:
         return ""
-    try:
-        pool = ConnectionPool.from_url(url)
-        pool.make_connection()  # type: ignore[no-untyped-call]  # built, not connected
-    except (ValueError, TypeError, RedisError) as exc:
-        return _unquoted_credentials(str(exc) or type(exc).__name__, url)
-    return ""
-
-
-def _unquoted_credentials(message: str, url: str) -> str:
-    # A message quotes a piece of the URL it could not read (a "port"), and a
-    # password holding a raw "/" or "?" is read as one: such a quote is masked.
-    credentials = url.partition("://")[2].rpartition("@")[0]
-    for quoted in re.findall(r"'([^']*)'", message):
-        if quoted and quoted in credentials:
-            message = message.replace(f"'{quoted}'", f"'{MASK}'")
-    return message
+    return url_problem(url)
 
 
 REDIS_URL = Rule(
