@@ -113,7 +113,7 @@ def _workers(run: Runner, label: str) -> Iterator[tuple[Proc, Proc]]:
 
 def _await_workers(proc: Proc) -> None:
     deadline = time.monotonic() + WORKERS_READY_S
-    while sum("npc-server node " in line for line in proc.output) < WORKERS:
+    while sum(line.count("npc-server node ") for line in proc.output) < WORKERS:
         if proc.popen.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{proc.name}: workers did not start:\n" + "\n".join(proc.output))
         time.sleep(0.05)  # polling a process we started

@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -103,6 +104,14 @@ class Prepared:
 
     npcs: dict[str, NpcConfig]
     backends: dict[str, Backend]
+
+
+def say_line(text: str) -> None:
+    """One line on stdout in one write: workers share the pipe, and print() writes the
+    newline apart when stdout is unbuffered (PYTHONUNBUFFERED), so two workers' lines
+    ran together and a reader counting lines missed a worker."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def prepare(config: Config) -> Prepared:
@@ -201,11 +210,11 @@ async def serve(config: Config, prepared: Prepared) -> None:
     npcs = ", ".join(sorted(node.npcs)) or "none"
     address = f"http://{listener.host}:{listener.port}"
     what = f"node {node.node_id}" if worker else "listening"
-    print(f"npc-server {what} on {address} (WebSocket /ws, NPCs: {npcs})", flush=True)
+    say_line(f"npc-server {what} on {address} (WebSocket /ws, NPCs: {npcs})")
     servers = [hypercorn_serve(app, hypercorn_config(config, listener), shutdown_trigger=stop.wait)]
     if admin is not None:
         if not worker:
-            print(f"npc-server metrics on http://{admin.host}:{admin.port}/metrics", flush=True)
+            say_line(f"npc-server metrics on http://{admin.host}:{admin.port}/metrics")
         admin_app = AdminApp(app.extensions["npc_server.metrics"])
         hc = admin_hypercorn_config(admin)
         servers.append(hypercorn_serve(cast(Any, admin_app), hc, shutdown_trigger=stop.wait))

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from npc_server.config import Config
-from npc_server.serve import Listener, admin_listener, make_listener
+from npc_server.serve import Listener, admin_listener, make_listener, say_line
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
         address = f"http://{self.listener.host}:{self.listener.port}"
-        print(f"npc-server listening on {address} with {self.count} workers", flush=True)
+        say_line(f"npc-server listening on {address} with {self.count} workers")
         if self.admin is not None:  # the workers serve it and do not say so: one line here
             admin = f"http://{self.admin.host}:{self.admin.port}/metrics"
-            print(f"npc-server metrics on {admin}", flush=True)
+            say_line(f"npc-server metrics on {admin}")
         for index in range(self.count):
             self._start(index)
         status = 0

@@ -209,3 +209,26 @@ def test_a_bad_value_of_the_npc_file_is_still_reported_against_it(tmp_path: Path
     path = _server_toml(tmp_path, "[overrides.scripted]\ntokens_per_second = 0\n")
     with pytest.raises(BackendConfigError, match=rf"^{npc}: .*first_token_ms"):
         prepare(load_config(path, env={}))
+
+
+def test_a_start_up_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers share one stdout pipe: print() wrote the newline apart (PYTHONUNBUFFERED),
+    and two workers' lines ran together into one ("...questgiver)npc-server node ..."),
+    so a reader counting them missed a worker (the cluster benchmark did, in CI)."""
+    import sys
+
+    from npc_server.serve import say_line
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    say_line("npc-server node abc on http://127.0.0.1:1")
+    assert writes == ["npc-server node abc on http://127.0.0.1:1\n"]

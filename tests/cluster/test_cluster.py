@@ -76,7 +76,7 @@ def nodes(tmp_path: Path, count: int, **config: Any) -> Iterator[list[ServerProc
 async def workers_serving(server: ServerProcess, count: int) -> None:
     """Until each of `count` workers of `npc-server --workers` printed its listening line."""
     await wait_until(
-        lambda: sum(" node " in line for line in server.output) == count,
+        lambda: sum(line.count("npc-server node ") for line in server.output) == count,
         timeout=60,
         what=f"{count} workers serving",
     )
