@@ -102,17 +102,7 @@ def decode_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     except ScanError as exc:
         raise FrameError(ErrorCode.BAD_FRAME, f"not a msgpack message: {exc}") from None
     try:
-        value = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=size,
-            max_bin_len=size,
-            max_ext_len=size,
-            max_array_len=size,
-            max_map_len=size // 2,
-        )
+        value = _unpack(data, size, strict_map_key=True)
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         # An int (or nil, float, array) map key anywhere: msgpack refuses it with a
         # ValueError before any check here sees the frame. Name it, with the frame's id.
@@ -127,12 +117,27 @@ def decode_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     return value
 
 
+def _unpack(data: bytes, size: int, **options: Any) -> Any:
+    """msgpack's decode of a client message, every length bounded by its size."""
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        use_list=True,
+        max_str_len=size,
+        max_bin_len=size,
+        max_ext_len=size,
+        max_array_len=size,
+        max_map_len=size // 2,
+        **options,
+    )
+
+
 def _key_error(data: bytes, size: int) -> FrameError | None:
     """The error for a message whose only fault is a map key that is not a string.
 
     Decoded again with every map built from its string keys alone, so the keys
     msgpack refused (ints hash to chosen values) are never hashed; None when
-    the message is bad in another way. Only refused messages pay for this.
+    the message is bad in another way. Only messages msgpack refused pay for this.
     """
     refused: list[Any] = []
 
@@ -146,18 +151,7 @@ def _key_error(data: bytes, size: int) -> FrameError | None:
         return kept
 
     try:
-        value = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            object_pairs_hook=string_keys_only,
-            use_list=True,
-            max_str_len=size,
-            max_bin_len=size,
-            max_ext_len=size,
-            max_array_len=size,
-            max_map_len=size // 2,
-        )
+        value = _unpack(data, size, strict_map_key=False, object_pairs_hook=string_keys_only)
     except Exception:
         return None
     if not refused or not isinstance(value, dict):
