@@ -322,3 +322,22 @@ async def test_a_game_say_to_an_unknown_npc_is_404_naming_the_known_ones() -> No
         assert answer.status_code == 404
         error = answer.json()["error"]
         assert error["code"] == "unknown_npc" and "guard, merchant, questgiver" in error["message"]
+
+
+async def test_a_bare_interrupt_cuts_a_turn_the_game_started_for_the_player() -> None:
+    """Interrupts: a private turn the game started counts as the player's own."""
+    async with (
+        api_server(api_config(scripted=LONG)) as (server, http),
+        connect(server.url) as alice,
+    ):
+        await player(server, alice, "alice", None)
+        body = {"npc": "guard", "player": "alice", "event": "alarm", "text": "a thief!"}
+        said = await http.post("/api/say", json=body, headers=AUTH)
+        assert said.status_code == 200, said.text
+        turn = said.json()["turn"]
+        start = await alice.expect("turn.start")
+        assert (start["turn"], start["caused_by"]) == (turn, "game")
+        await alice.recv_until(lambda f: f["t"] == "delta")
+        await alice.send({"t": "interrupt", "id": 9})
+        end = await alice.recv_until(lambda f: f["t"] == "turn.end")
+        assert (end[-1]["turn"], end[-1]["reason"]) == (turn, "interrupted")

@@ -176,6 +176,7 @@ async def test_beyond_the_replay_window_a_reset_and_a_snapshot_follow() -> None:
                     start, delta, live = await w.next(), await w.next(), await w.next()
                     assert start.event == "turn.start" and data(start)["npc"] == "merchant"
                     assert delta.event == "delta" and data(delta)["at"] == 0
+                    assert not start.id and not delta.id  # the snapshot is not in the log
                     assert len(data(delta)["text"]) >= 12
                     assert live.event == "live" and live.id
                     following = await w.next()
