@@ -268,8 +268,7 @@ class Node:
             self._end_when_window_ends(session)
 
     def _expire_if_due(self, session: Session) -> None:
-        if self._expiries.get(session.id) is not None:
-            del self._expiries[session.id]
+        self._expiries.pop(session.id, None)  # this timer's own entry: a newer one cancels it
         if session.state is SessionState.DETACHED and session.expired_at(self.clock()):
             self.end_session(session)
 
