@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -30,6 +30,14 @@ WORKER_FD = "NPC_SERVER_WORKER_FD"
 WORKER_ADMIN_FD = "NPC_SERVER_WORKER_ADMIN_FD"
 # A worker that keeps dying is not restarted for ever: at most this many in a minute.
 MAX_RESTARTS_PER_MINUTE = 5
+
+# Starts one worker: (argv, environment, descriptors it inherits) -> the process.
+Spawn = Callable[[list[str], dict[str, str], list[int]], subprocess.Popen[bytes]]
+
+
+def spawn_worker(argv: list[str], env: dict[str, str], fds: list[int]) -> subprocess.Popen[bytes]:
+    """The real `Spawn`: a fresh interpreter that inherits the listening sockets."""
+    return subprocess.Popen(argv, env=env, pass_fds=fds)
 
 
 def inherited_listeners() -> tuple[Listener | None, Listener | None]:
@@ -65,10 +73,17 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 
 
 class Supervisor:
-    """Starts, restarts and stops the worker processes."""
+    """Starts, restarts and stops the worker processes.
 
-    def __init__(self, config: Config, argv: Sequence[str]) -> None:
+    The stop runs in a signal handler, which may run between any two steps of a
+    start or a restart: so a start after `stopping` is set starts nothing, and a
+    worker forked as the stop began (not yet in `procs` when `_forward` looked)
+    is signalled by `_start` itself.
+    """
+
+    def __init__(self, config: Config, argv: Sequence[str], *, spawn: Spawn = spawn_worker) -> None:
         self.count = config.server.workers
+        self._spawn = spawn
         self.listener = make_listener(config)
         self.admin = admin_listener(config)
         self.argv = [sys.executable, "-m", "npc_server", *worker_argv(argv)]
@@ -106,6 +121,8 @@ class Supervisor:
         return status if not self.stopping else 0
 
     def _start(self, index: int) -> None:
+        if self.stopping:  # a stop began: nothing new would be signalled or waited for
+            return
         env = {
             **os.environ,
             WORKER_FD: str(self.listener.fd),
@@ -115,8 +132,12 @@ class Supervisor:
         if self.admin is not None:
             env[WORKER_ADMIN_FD] = str(self.admin.fd)
             fds.append(self.admin.fd)
-        proc = subprocess.Popen(self.argv, env=env, pass_fds=fds)
+        proc = self._spawn(self.argv, env, fds)
         self.procs[proc.pid] = (index, proc)
+        # The stop began while it was forked, before `procs` held it: _forward missed it.
+        # (If _forward saw it after all, a second SIGTERM changes nothing: a worker drains once.)
+        if self.stopping:
+            proc.send_signal(signal.SIGTERM)
 
     def _exited(self, pid: int, code: int) -> int:
         entry = self.procs.pop(pid, None)
