@@ -1,5 +1,6 @@
-"""Hypercorn fixes, over real sockets: close frames on protocol violations, ambiguous bodies;
-the fast write path's fallbacks on real Hypercorn and wsproto objects."""
+"""Hypercorn fixes, over real sockets: close frames on protocol violations (the server's
+close, as the app records it), ambiguous bodies; the fast write path's fallbacks on real
+Hypercorn and wsproto objects."""
 
 from __future__ import annotations
 
@@ -9,23 +10,31 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 from unittest import mock
 
 import h11._connection
+import httpx
+import msgpack
 import pytest
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from prometheus_client.parser import text_string_to_metric_families
 from wsproto.connection import Connection, ConnectionType
 from wsproto.extensions import PerMessageDeflate
 
 from npc_server import hypercorn_fixes
+from npc_server.config import with_overrides
+from npc_server.events import Closed, NodeEvent
 from npc_server.hypercorn_fixes import UnsupportedDependency, check_dependencies
-from tests.support.server import RunningServer, running_server
+from tests.support.server import RunningServer, running_server, server_config
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 10.0
+API_KEY = "metrics-key-for-hypercorn-fix-tests"  # to scrape /metrics
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -62,14 +71,22 @@ async def until_eof(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), TIMEOUT)
 
 
-@pytest.mark.parametrize(
+# Frames wsproto refuses, and the close code it fails the connection with.
+VIOLATIONS = pytest.mark.parametrize(
     ("frame", "code"),
     [
         (b"\x82\x01x", 1002),  # a client frame without a mask
         (b"\x83\x80\x00\x00\x00\x00", 1002),  # a reserved opcode
         (b"\x81\x81\x00\x00\x00\x00\xff", 1007),  # a text frame that is not UTF-8
+        # A text message whose UTF-8 breaks in its second fragment (e2 80, then 28).
+        (b"\x01\x81\x00\x00\x00\x00\xe2\x80\x81\x00\x00\x00\x00\x28", 1007),
+        (b"\x88\x82\x00\x00\x00\x00\x03\xe7", 1002),  # a close frame with code 999
     ],
+    ids=["unmasked", "reserved-opcode", "invalid-utf8", "utf8-across-fragments", "close-999"],
 )
+
+
+@VIOLATIONS
 async def test_a_protocol_violation_gets_a_close_frame_before_tcp_closes(
     frame: bytes, code: int
 ) -> None:
@@ -79,6 +96,79 @@ async def test_a_protocol_violation_gets_a_close_frame_before_tcp_closes(
         rest = await until_eof(reader)
         assert rest[:1] == b"\x88", rest  # a close frame, unmasked, first of all
         assert int.from_bytes(rest[2:4], "big") == code
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame, masked with the key 0 (so the payload goes as it is)."""
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else b"\xfe" + size.to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + length + b"\x00" * 4 + payload
+
+
+async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The opcode and payload of the next frame the server sends (unmasked, < 64 KiB)."""
+    head = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TIMEOUT), "big")
+    return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
+
+
+async def close_code_received(reader: asyncio.StreamReader) -> int:
+    """Skip data frames up to the server's close frame; its code, once TCP has closed."""
+    opcode, payload = await server_frame(reader)
+    while opcode != 0x8:
+        opcode, payload = await server_frame(reader)
+    assert await until_eof(reader) == b""  # nothing follows the close frame
+    return int.from_bytes(payload[:2], "big")
+
+
+async def closes_counted(server: RunningServer) -> dict[tuple[str, str], float]:
+    """npc_server_closes_total from the server's /metrics, by (by, code)."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{server.http_url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+    assert response.status_code == 200
+    return {
+        (sample.labels["by"], sample.labels["code"]): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "npc_server_closes_total"
+    }
+
+
+@VIOLATIONS
+@pytest.mark.parametrize("after_hello", [True, False], ids=["after-hello", "before-hello"])
+async def test_a_protocol_violation_is_the_servers_close_not_the_peers(
+    frame: bytes, code: int, after_hello: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wsproto fails the connection with 1002 or 1007 itself: the client gets that code,
+    and the server records, logs and counts it as its own close (code set, no peer
+    code), as for Hypercorn's 1009; a session waits for a resume, as after a 1009."""
+    caplog.set_level("INFO", logger="npc_server.connections")
+    config = replace(with_overrides(server_config(), metrics={"enabled": True}), api_key=API_KEY)
+    async with running_server(config) as server:
+        events: list[NodeEvent] = []
+        server.node.events.subscribe(events.append)
+        async with upgraded_socket(server) as (reader, writer):
+            if after_hello:
+                hello = {"t": "hello", "token": server.token("alice")}
+                writer.write(client_frame(0x2, msgpack.packb(hello)))
+                opcode, payload = await server_frame(reader)
+                assert (opcode, msgpack.unpackb(payload)["t"]) == (0x2, "welcome")
+            writer.write(frame)
+            assert await close_code_received(reader) == code
+        await wait_until(lambda: any(isinstance(e, Closed) for e in events), what="closed")
+        [closed] = [e for e in events if isinstance(e, Closed)]
+        assert (closed.code, closed.peer_code) == (code, None)
+        [line] = [r for r in caplog.records if r.getMessage() == "closed"]
+        fields = line.fields  # type: ignore[attr-defined]
+        assert (fields["code"], fields["peer_code"]) == (code, None)
+        assert await closes_counted(server) == {("server", str(code)): 1.0}
+        if after_hello:
+            [session] = server.node.hub.sessions_of("alice")
+            assert session.state.value == "detached"
 
 
 async def test_both_content_length_and_transfer_encoding_close_the_connection() -> None:
