@@ -13,7 +13,6 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,7 +20,12 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from npc_server.app import create_app, drain
-from npc_server.backends import Backend, BackendConfigError, build_backends, create_backend
+from npc_server.backends import (
+    Backend,
+    BackendConfigError,
+    build_backends,
+    server_table_at_fault,
+)
 from npc_server.config import Config, ConfigError
 from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
 from npc_server.metrics import AdminApp
@@ -129,49 +133,6 @@ def prepare(config: Config) -> Prepared:
     except BackendConfigError as exc:
         raise server_table_at_fault(npcs, config) or exc from None
     return Prepared(npcs, backends)
-
-
-def server_table_at_fault(
-    npcs: Mapping[str, NpcConfig], config: Config
-) -> BackendConfigError | None:
-    """The error against server.toml when one of its `[overrides.<kind>]` or
-    `[backends.<kind>]` values is what an NPC's backend refuses (None: none is).
-
-    A backend checks its settings merged, and names the NPC file; a bad
-    server-wide value is then blamed on whichever NPC is built first. The key
-    at fault is the one without which that NPC builds and with which it fails.
-    Only run once a build failed, so start-up never pays for it.
-    """
-    server_file = str(config.path or "the server configuration")
-    defaults, overrides = config.backend_defaults, config.backend_overrides
-    for npc in npcs.values():
-        refusal = _refusal(npc, defaults, overrides)
-        if refusal is None:
-            continue
-        kind = npc.backend
-        for section, tables in (("overrides", overrides), ("backends", defaults)):
-            table = tables.get(kind, {})
-            for key in table:
-                less = {**tables, kind: {k: v for k, v in table.items() if k != key}}
-                trial = (defaults, less) if section == "overrides" else (less, overrides)
-                if _refusal(npc, *trial) is None:
-                    where = f"{server_file}: [{section}.{kind}] {key}"
-                    return BackendConfigError(f"{where}: {refusal}")
-        return None  # the first NPC that fails is the one build_backends named
-    return None
-
-
-def _refusal(
-    npc: NpcConfig,
-    defaults: Mapping[str, Mapping[str, Any]],
-    overrides: Mapping[str, Mapping[str, Any]],
-) -> str | None:
-    """What building `npc`'s backend under these server-wide tables says (None: it builds)."""
-    try:
-        create_backend(npc, defaults, overrides)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _check_redis(url: str) -> None:
