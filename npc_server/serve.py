@@ -20,12 +20,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from npc_server.app import create_app, drain
-from npc_server.backends import (
-    Backend,
-    BackendConfigError,
-    build_backends,
-    server_table_at_fault,
-)
+from npc_server.backends import Backend, build_backends
 from npc_server.config import Config, ConfigError
 from npc_server.hypercorn_fixes import install_fixes, set_websocket_compression
 from npc_server.metrics import AdminApp
@@ -128,11 +123,7 @@ def prepare(config: Config) -> Prepared:
     npcs = load_npcs(config.npcs_path, config.npcs_origin)
     if not npcs:
         log.warning("no NPC files (*.toml) in %s", config.npcs_path)
-    try:
-        backends = build_backends(npcs, config)
-    except BackendConfigError as exc:
-        raise server_table_at_fault(npcs, config) or exc from None
-    return Prepared(npcs, backends)
+    return Prepared(npcs, build_backends(npcs, config))
 
 
 def _check_redis(url: str) -> None:

@@ -199,6 +199,26 @@ def test_a_bad_server_wide_backend_value_is_reported_against_server_toml(
     assert key in str(info.value).partition(": ")[2].partition(": ")[2]
 
 
+@pytest.mark.parametrize("table", ["overrides.scripted", "backends.scripted"])
+def test_an_unknown_server_wide_backend_key_is_one_clean_message(
+    tmp_path: Path, table: str
+) -> None:
+    """What the command prints for a typo in server.toml's tables is the build's own
+    message: it once came out wrapped in a second one ("[overrides.scripted]
+    tokens_per_sec: NPC 'guard': [backend]: unknown key ...")."""
+    path = _server_toml(
+        tmp_path, f'[server]\nnpcs_dir = "{DEMO_NPCS}"\n[{table}]\ntokens_per_sec = 0\n'
+    )
+    with pytest.raises(BackendConfigError) as info:
+        prepare(load_config(path, env={}))
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: [{table}]: unknown key 'tokens_per_sec' (did you mean 'tokens_per_second'?); "
+        "valid keys: "
+    ), message
+    assert message.count("unknown key") == 1 and "NPC" not in message, message
+
+
 def test_a_bad_value_of_the_npc_file_is_still_reported_against_it(tmp_path: Path) -> None:
     """The NPC file stays the one named when its own [backend] value is refused, even
     with server-wide tables present."""

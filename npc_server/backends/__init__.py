@@ -43,7 +43,6 @@ __all__ = [
     "UsagePiece",
     "build_backends",
     "create_backend",
-    "server_table_at_fault",
 ]
 
 
@@ -149,47 +148,39 @@ def _build(npc: NpcConfig, config: Config, server_file: str) -> Backend:
     except ValueError as exc:
         if isinstance(exc, NpcConfigError):
             raise
-        raise BackendConfigError(f"{npc.source}: {exc}") from None
+        where = _server_key_at_fault(npc, config, server_file) or npc.source
+        raise BackendConfigError(f"{where}: {exc}") from None
 
 
-def server_table_at_fault(
-    npcs: Mapping[str, NpcConfig], config: Config
-) -> BackendConfigError | None:
-    """The error against server.toml when one of its `[overrides.<kind>]` or
-    `[backends.<kind>]` values is what an NPC's backend refuses (None: none is).
+def _server_key_at_fault(npc: NpcConfig, config: Config, server_file: str) -> str | None:
+    """Where in server.toml the value `npc`'s backend refused is ("<file>: [<section>.<kind>]
+    <key>"), or None when the NPC's own file is at fault.
 
-    A backend checks its settings merged, and names the NPC file; a bad
-    server-wide value is then blamed on whichever NPC is built first. The key
-    at fault is the one without which that NPC builds and with which it fails.
-    Only run once a build failed, so start-up never pays for it.
+    A backend checks its settings merged, and would name the NPC file; a bad
+    server-wide value would then be blamed on whichever NPC is built first. The
+    key at fault is the one without which the NPC builds. Only run once a build
+    failed, so start-up never pays for it.
     """
-    server_file = str(config.path or "the server configuration")
     defaults, overrides = config.backend_defaults, config.backend_overrides
-    for npc in npcs.values():
-        refusal = _refusal(npc, defaults, overrides)
-        if refusal is None:
-            continue
-        kind = npc.backend
-        for section, tables in (("overrides", overrides), ("backends", defaults)):
-            table = tables.get(kind, {})
-            for key in table:
-                less = {**tables, kind: {k: v for k, v in table.items() if k != key}}
-                trial = (defaults, less) if section == "overrides" else (less, overrides)
-                if _refusal(npc, *trial) is None:
-                    where = f"{server_file}: [{section}.{kind}] {key}"
-                    return BackendConfigError(f"{where}: {refusal}")
-        return None  # the first NPC that fails is the one build_backends named
+    kind = npc.backend
+    for section, tables in (("overrides", overrides), ("backends", defaults)):
+        table = tables.get(kind, {})
+        for key in table:
+            less = {**tables, kind: {k: v for k, v in table.items() if k != key}}
+            trial = (defaults, less) if section == "overrides" else (less, overrides)
+            if _builds(npc, *trial):
+                return f"{server_file}: [{section}.{kind}] {key}"
     return None
 
 
-def _refusal(
+def _builds(
     npc: NpcConfig,
     defaults: Mapping[str, Mapping[str, Any]],
     overrides: Mapping[str, Mapping[str, Any]],
-) -> str | None:
-    """What building `npc`'s backend under these server-wide tables says (None: it builds)."""
+) -> bool:
+    """Whether `npc`'s backend builds under these server-wide tables."""
     try:
         create_backend(npc, defaults, overrides)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    except ValueError:
+        return False
+    return True
