@@ -3,8 +3,9 @@
 Two sources, and nothing per token on the hot path:
 
 - counters and histograms per connection and per turn, from `node.events`;
-- gauges and queue counters read from the node's statistics by `sample()`,
-  which the scrape runs first (so one process answers exactly).
+- gauges, queue counters and tool-call failures read from the node's
+  statistics by `sample()`, which the scrape runs first (so one process
+  answers exactly).
 
 Several worker processes: with `PROMETHEUS_MULTIPROC_DIR` set before
 prometheus_client is imported (`prepare_multiprocess()`), every worker writes
@@ -191,6 +192,9 @@ class NodeMetrics:
             )
         }
         self.published = self._counter(p + "broker_published_total", "Frames published")
+        self.tool_failures = self._counter(
+            p + "tool_failures_total", "Tool calls that did not answer, by reason", ("reason",)
+        )
 
     def _info(self) -> None:
         info = self._gauge("npc_server_info", "The server's version", ("version",), "max")
@@ -273,6 +277,8 @@ class NodeMetrics:
         broker = node.broker.statistics()
         self.channels.set(broker.channels)
         self._advance("published", broker.published, self.published)
+        for reason, total in node.tools.statistics().failures.items():
+            self._advance(f"tool_failures:{reason}", total, self.tool_failures.labels(reason))
 
     def _sample_queues(self) -> None:
         retired = self.node.hub.retired_queues

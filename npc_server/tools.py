@@ -15,6 +15,12 @@ interrupt cancels the turn's task, and with it the wait and any request in
 flight; the turn runner then ends the call as `cancelled`. The answer, as
 JSON text cut to `[game] tool_result_chars`, is what the model sees and
 what the NPC's memory keeps.
+
+A call that does not answer is counted by reason (`statistics().failures`,
+`/metrics`); an unknown tool and a game server's failures are also logged at
+WARNING, the 1st, 2nd, 4th, 8th ... time of each reason: a model that keeps
+calling a tool that is not there, or a game server that is down, must not
+write a line per call.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from npc_server.protocol.codec import MAX_DEPTH, nesting
 from npc_server.protocol.frames import Tool, ToolEnd
 from npc_server.settings import GameSection
 from npc_server.turns import Conversation, Turn, TurnState
-from npc_server.webhooks import Post
+from npc_server.webhooks import Post, sparse
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,22 @@ TIMEOUT = "timeout"
 ERROR = "error"
 MAX_RESULT_DEPTH = MAX_DEPTH  # a game server's tool result (a client's: MAX_CONTEXT_DEPTH)
 CUT_MARK = "…"
+# Why a call did not answer: each is counted; UNKNOWN_TOOL to TOO_DEEP also logged.
+UNKNOWN_TOOL = "unknown_tool"  # the backend asked for a tool the NPC does not have
+GAME_FAILED = "game_failed"  # no HTTP answer from the game server
+BAD_ANSWER = "bad_answer"  # an answer that is not 2xx JSON with `result`
+TOO_DEEP = "too_deep"  # a result nested deeper than MAX_RESULT_DEPTH
+NO_GAME_URL = "no_game_url"  # a game tool without `[game] url`: the NPC's fallback
+NO_SPEAKER = "no_speaker"  # a client tool in a game-caused room turn
+FAILURE_REASONS = (
+    UNKNOWN_TOOL,
+    GAME_FAILED,
+    BAD_ANSWER,
+    TOO_DEEP,
+    NO_GAME_URL,
+    NO_SPEAKER,
+    TIMEOUT,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +100,7 @@ class ToolRouterStatistics:
     answered: int
     timeouts: int
     errors: int
+    failures: Mapping[str, int]  # calls that did not answer, by reason (unknown tools too)
 
 
 class ToolRouter:
@@ -98,12 +121,14 @@ class ToolRouter:
         # call id -> (the player who may answer, the answer's future)
         self._pending: dict[str, tuple[str, asyncio.Future[Any]]] = {}
         self._counts = {"calls": 0, ANSWERED: 0, TIMEOUT: 0, ERROR: 0}
+        self._failures = dict.fromkeys(FAILURE_REASONS, 0)
 
     async def run_call(self, conversation: Conversation, turn: Turn, piece: ToolCallPiece) -> None:
         """One call of `turn`: `tool`, the question, `tool.end`, memory; `piece.answer` set."""
         spec = conversation.npc.tool(piece.name)
         if spec is None:
-            log.warning("NPC %s called unknown tool %r; answered error", turn.npc, piece.name)
+            message = "NPC %s called unknown tool %r; answered error"
+            self._failed(UNKNOWN_TOOL, message, turn.npc, piece.name)
             self._answer(piece, ERROR, None)
             return
         call = conversation.new_id("c")
@@ -134,6 +159,7 @@ class ToolRouter:
                     status, result = await self._ask_game(question, timeout)
         except TimeoutError:
             status, result = TIMEOUT, None
+            self._failed(TIMEOUT)
         self._counts[status] += 1
         return status, result
 
@@ -148,12 +174,13 @@ class ToolRouter:
     def statistics(self) -> ToolRouterStatistics:
         c = self._counts
         return ToolRouterStatistics(
-            len(self._pending), c["calls"], c[ANSWERED], c[TIMEOUT], c[ERROR]
+            len(self._pending), c["calls"], c[ANSWERED], c[TIMEOUT], c[ERROR], dict(self._failures)
         )
 
     async def _ask_client(self, question: ToolQuestion) -> tuple[str, Any]:
-        if not question.player:
-            return ERROR, None  # a game-caused room turn has no speaker to ask
+        if not question.player:  # a game-caused room turn has no speaker to ask
+            self._failed(NO_SPEAKER)
+            return ERROR, None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[question.call] = (question.player, future)
         try:
@@ -163,6 +190,7 @@ class ToolRouter:
 
     async def _ask_game(self, question: ToolQuestion, limit_s: float) -> tuple[str, Any]:
         if not self.settings.url:
+            self._failed(NO_GAME_URL)
             return ERROR, None
         url = f"{self.settings.url}/tools/{question.name}"
         body = question.body()
@@ -173,9 +201,8 @@ class ToolRouter:
             # The client's own timeout is a backstop: ask()'s bound says "timeout" first.
             answer = await self._post(url, body, headers, limit_s + 1.0)
         except GameHttpError as exc:
-            log.warning(
-                "tool %s for %s: the game server failed: %s", question.name, question.turn, exc
-            )
+            message = "tool %s for %s: the game server failed: %s"
+            self._failed(GAME_FAILED, message, question.name, question.turn, exc)
             return ERROR, None
         return self._read_answer(question, answer.status, answer.body)
 
@@ -185,22 +212,22 @@ class ToolRouter:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict) or "result" not in doc:
-            log.warning(
-                "tool %s for %s: the game server answered HTTP %d without a JSON {result}",
-                question.name,
-                question.turn,
-                status,
-            )
+            message = "tool %s for %s: the game server answered HTTP %d without a JSON {result}"
+            self._failed(BAD_ANSWER, message, question.name, question.turn, status)
             return ERROR, None
         if nesting(doc["result"]) > MAX_RESULT_DEPTH:  # no frame or model request holds it
-            log.warning(
-                "tool %s for %s: the game server's result nests deeper than %d levels",
-                question.name,
-                question.turn,
-                MAX_RESULT_DEPTH,
-            )
+            message = "tool %s for %s: the game server's result nests deeper than %d levels"
+            self._failed(TOO_DEEP, message, question.name, question.turn, MAX_RESULT_DEPTH)
             return ERROR, None
         return ANSWERED, doc["result"]
+
+    def _failed(self, reason: str, message: str = "", *args: object) -> None:
+        """Count a call that did not answer; log `message % args` with the count, at
+        WARNING, the 1st, 2nd, 4th, 8th ... time of `reason` (none without a message)."""
+        self._failures[reason] += 1
+        count = self._failures[reason]
+        if message and sparse(count):
+            log.warning(message + " (%d so far for this reason)", *args, count)
 
     def _answer(self, piece: ToolCallPiece, status: str, result: Any) -> None:
         answer = piece.answer

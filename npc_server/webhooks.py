@@ -45,7 +45,8 @@ RETRY_STATUSES = frozenset({408, 425, 429})
 
 @dataclass(frozen=True, slots=True)
 class WebhookStatistics:
-    """Counts since start: what is waiting, delivered, retried and dropped (and why)."""
+    """Counts since start: what is waiting, delivered, retried and dropped (and why), and
+    the deliveries that crashed (`bugs`, each also among `dropped_failed`)."""
 
     queued: int
     delivered: int
@@ -53,6 +54,7 @@ class WebhookStatistics:
     dropped_full: int
     dropped_failed: int
     dropped_rejected: int
+    bugs: int
 
 
 def action_event(notice: ActionNotice, now: float) -> dict[str, Any]:
@@ -150,6 +152,7 @@ class WebhookSender:
             dropped_full=self._dropped["full"],
             dropped_failed=self._dropped["failed"],
             dropped_rejected=self._dropped["rejected"],
+            bugs=self._bugs,
         )
 
     async def _work(self) -> None:
@@ -211,7 +214,7 @@ class WebhookSender:
         count = self._dropped[why]
         # The 1st, 2nd, 4th, 8th ... drop of each kind: a game server that is down
         # for an hour is in the log, without a line per event.
-        if _sparse(count):
+        if sparse(count):
             log.warning(
                 "webhook %s to %s dropped: %s (%d dropped so far for this reason)",
                 key,
@@ -226,7 +229,7 @@ class WebhookSender:
         # hidden by an outage's drops.
         self._dropped["failed"] += 1
         self._bugs += 1
-        if _sparse(self._bugs):
+        if sparse(self._bugs):
             log.error(
                 "webhook %s to %s dropped: its delivery failed (%d so far)",
                 key,
@@ -236,6 +239,8 @@ class WebhookSender:
             )
 
 
-def _sparse(count: int) -> bool:
-    """Whether the `count`th occurrence is logged: the 1st, 2nd, 4th, 8th ..."""
+def sparse(count: int) -> bool:
+    """Whether the `count`th occurrence of a kind is logged: the 1st, 2nd, 4th, 8th ...
+    (webhook drops here, failed tool calls in npc_server.tools): what repeats at event or
+    token rate is in the log, without a line each."""
     return count & (count - 1) == 0

@@ -11,7 +11,9 @@ from npc_server.config import Config, ConfigError, load_config
 from npc_server.events import Closed, Limited
 from npc_server.metrics import NodeMetrics, close_label
 from npc_server.node import Node
+from npc_server.npcs import AnsweredBy, ToolSpec
 from npc_server.protocol.frames import Ack, Delta
+from npc_server.tools import ToolQuestion
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -56,6 +58,22 @@ def test_queue_counters_are_read_at_scrape_time_and_survive_session_end() -> Non
     assert value(samples, "npc_server_outbound_dropped_total") == 2
     assert value(samples, "npc_server_outbound_queue_frames") == 0
     assert value(samples, "npc_server_sessions", state="detached") == 0
+
+
+async def test_tool_failures_are_read_at_scrape_time_by_reason() -> None:
+    """The router's failures by reason become counter steps, counted once however often
+    the scrape comes: a game tool without a game URL, a client tool nobody answers."""
+    node, metrics = node_and_metrics()
+    question = ToolQuestion("c-1", "weather", {}, "t-1", "scout", "alice", None)
+    assert await node.tools.ask(ToolSpec("weather"), question) == ("error", None)
+    samples = scrape(metrics)
+    assert value(samples, "npc_server_tool_failures_total", reason="no_game_url") == 1
+    assert value(samples, "npc_server_tool_failures_total", reason="timeout") == 0
+    glance = ToolSpec("glance", answered_by=AnsweredBy.CLIENT, timeout_s=0.01)
+    assert await node.tools.ask(glance, question) == ("timeout", None)
+    samples = scrape(metrics)
+    assert value(samples, "npc_server_tool_failures_total", reason="no_game_url") == 1
+    assert value(samples, "npc_server_tool_failures_total", reason="timeout") == 1
 
 
 def test_each_app_has_its_own_registry() -> None:

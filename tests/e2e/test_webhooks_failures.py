@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from npc_server.config import Config, with_overrides
-from npc_server.game_http import HttpAnswer
+from npc_server.game_http import HttpAnswer, post_json
 from npc_server.webhooks import WebhookSender
 from tests.support.client import connect
-from tests.support.game_server import WEBHOOK_SECRET
+from tests.support.game_server import WEBHOOK_SECRET, running_game_server
 from tests.support.redis import free_port
 from tests.support.server import running_server, server_config
 from tests.support.wait import wait_until
@@ -94,6 +94,47 @@ async def test_a_worker_survives_a_delivery_that_raises(caplog: pytest.LogCaptur
         assert "a-1:taken" in error.getMessage() and error.exc_info is not None
     finally:
         await webhooks.aclose()
+
+
+@pytest.mark.server_errors("a delivery that raises what it should not, on purpose")
+async def test_a_crashed_delivery_is_counted_in_healthz(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery that crashes is a bug: /healthz counts it under `webhooks.bugs` (and in
+    `dropped_failed`), apart from the game server's failures; the next event still
+    reaches the game server."""
+    async with (
+        running_game_server() as game,
+        running_server(config_with_game_url(game.url)) as server,
+    ):
+        webhooks = server.node.webhooks
+        posted: list[str] = []
+
+        async def crash_first(
+            url: str, body: bytes, headers: Mapping[str, str], timeout: float
+        ) -> HttpAnswer:
+            posted.append(headers["Idempotency-Key"])
+            if len(posted) == 1:
+                raise RuntimeError("a bug in the first delivery")
+            return await post_json(url, body, headers, timeout)
+
+        monkeypatch.setattr(webhooks, "_post", crash_first)
+        async with connect(server.url) as client:
+            await client.hello(server.token("alice"))
+            await client.send(
+                {"t": "say", "id": 1, "npc": "guard", "text": "which way to the market?"}
+            )
+            await client.recv_until(lambda f: f["t"] == "turn.end")  # `taken` and `done` sent
+        async with asyncio.timeout(WAIT):
+            await webhooks.idle()
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{server.http_url}/healthz")).json()
+    counts = health["webhooks"]
+    assert (counts["bugs"], counts["dropped_failed"], counts["delivered"]) == (1, 1, 1)
+    assert len(posted) == 2 and counts["retries"] == 0
+    assert [event.json["id"] for event in game.events] == posted[1:]  # the one not crashed
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "(1 so far)" in error.getMessage()
 
 
 async def test_the_url_in_a_drop_line_has_no_password(caplog: pytest.LogCaptureFixture) -> None:
