@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 if TYPE_CHECKING:
     from npc_server.config import Config
@@ -33,7 +33,9 @@ def redacted_url(url: str) -> str:
     clients read a lone user as the password. An `@` after the first `/`, `?` or `#`
     belongs to the path or query when what comes before is a plain host[:port]
     (`https://game/hooks?to=ops@example.com` keeps its host); otherwise the password
-    may hold a raw `/`, `?` or `#`, and everything up to the last `@` is masked.
+    may hold a raw `/`, `?` or `#`, and everything up to the last `@` is masked. So it
+    is when the authority holds an `@` but does not parse (`redis://:[@pw@host`): no
+    client reads such a URL, so where its password ends is not known.
     """
     scheme, found, rest = url.partition("://")
     if not found:
@@ -53,22 +55,32 @@ def _userinfo(rest: str) -> tuple[str, str, str]:
     """(userinfo, "@", the rest) of what follows `scheme://`, or ("", "", rest)."""
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     authority = rest[:end]
-    if "@" in authority:
+    parts = _split(authority)
+    if "@" not in rest or ("@" not in authority and _plain_host(authority, parts)):
+        return "", "", rest
+    if "@" in authority and parts is not None:  # what redis-py and httpx read as userinfo
         userinfo, _, host = authority.rpartition("@")
         return userinfo, "@", host + rest[end:]
-    if "@" not in rest or _plain_host(authority):
-        return "", "", rest
+    # Neither a plain host nor userinfo a client reads: the password may run to any `@`
+    # (a raw `/`, `?`, `#` or `[` in it), so all up to the last one is masked.
     return rest.rpartition("@")
 
 
-def _plain_host(authority: str) -> bool:
-    """Whether `authority` reads as host[:port] alone (no userinfo cut short by a `/`)."""
+def _split(authority: str) -> SplitResult | None:
+    """`authority` as urlsplit reads it, or None where it (and so redis-py) raises."""
     try:
         parts = urlsplit(f"//{authority}")
-        port = parts.port
+        _ = parts.port
     except ValueError:
+        return None
+    return parts
+
+
+def _plain_host(authority: str, parts: SplitResult | None) -> bool:
+    """Whether `authority` reads as host[:port] alone (no userinfo cut short by a `/`)."""
+    if parts is None or not parts.hostname:
         return False
-    return bool(parts.hostname) and (port is not None or ":" not in authority.strip("[]"))
+    return parts.port is not None or ":" not in authority.strip("[]")
 
 
 def url_password(url: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from urllib.parse import quote, unquote
+
 import pytest
 
 from npc_server.redaction import redacted_url, url_password
@@ -97,3 +100,82 @@ def test_an_at_sign_in_the_path_or_query_of_a_plain_host_is_left_alone(url: str)
     `8080/npc/` counted as a password, scrubbed from every log line."""
     assert redacted_url(url) == url
     assert url_password(url) == ""
+
+
+def read_by_clients(url: str) -> dict[str, str]:
+    """The password redis-py (for a Redis URL) and httpx read from `url`, decoded ("":
+    none); a client that refuses the URL is left out."""
+    import httpx
+    from redis.asyncio import ConnectionPool
+
+    read = {}
+    if url.startswith(("redis://", "rediss://")):
+        with contextlib.suppress(ValueError):
+            read["redis"] = ConnectionPool.from_url(url).connection_kwargs.get("password") or ""
+    with contextlib.suppress(httpx.InvalidURL):
+        read["httpx"] = httpx.URL(url).password
+    return read
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "read"),
+    [
+        # Both clients read `12` as the port of host `user`: no password, the host shown.
+        (
+            "redis://user:12/3@host:6379/0",
+            "redis://user:12/3@host:6379/0",
+            {"redis": "", "httpx": ""},
+        ),
+        ("redis://:p@ss@host", "redis://:***@host", {"redis": "p@ss", "httpx": "p@ss"}),
+        ("rediss://u:pa%2Fss@h", "rediss://u:***@h", {"redis": "pa/ss", "httpx": "pa/ss"}),
+        # A raw `?` or `#` ends the authority: both clients refuse the port `pa`.
+        ("redis://:pa?ss@host:6379/0", "redis://***@host:6379/0", {}),
+        ("redis://:pa#ss@host:6379/0", "redis://***@host:6379/0", {}),
+        # An authority with an `@` that urlsplit (so redis-py, and the game's client)
+        # refuses, which httpx reads its own way: it showed `[?s3cret`, `s3cret#`.
+        ("rediss://u:@[?s3cret@host", "rediss://***@host", {"httpx": ""}),
+        ("redis://:[@s3cret#@h:6379", "redis://***@h:6379", {"httpx": "["}),
+        ("redis://:b@: 9?s3cret@h:6379/0", "redis://***@h:6379/0", {"httpx": "b"}),
+        ("http://game:[@s3cret#@h/x", "http://***@h/x", {"httpx": "["}),
+    ],
+)
+def test_what_a_client_reads_as_the_password_is_never_shown(
+    url: str, shown: str, read: dict[str, str]
+) -> None:
+    """`redacted_url` shows none of what redis-py or httpx read as the password, and
+    `url_password` (what the log scrubber takes out) finds redis-py's; where a client
+    refuses the URL, nothing of the userinfo up to its last `@` is shown."""
+    assert read_by_clients(url) == read
+    assert redacted_url(url) == shown
+    for password in filter(None, read.values()):
+        assert password not in shown and quote(password, safe="") not in shown
+    if read.get("redis"):
+        assert unquote(url_password(url)) == read["redis"]
+    assert "s3cret" not in shown
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "shown"),
+    [
+        (
+            "NPC_SERVER_CLUSTER_REDIS_URL",
+            "redis://:pa?s3cret@host:6379/0",
+            "redis://***@host:6379/0",
+        ),
+        (
+            "NPC_SERVER_CLUSTER_REDIS_URL",
+            "redis://:pa#s3cret@host:6379/0",
+            "redis://***@host:6379/0",
+        ),
+        ("NPC_SERVER_CLUSTER_REDIS_URL", "redis://:[@s3cret#@h:6379", "redis://***@h:6379"),
+        ("NPC_SERVER_CLUSTER_REDIS_URL", "rediss://u:@[?s3cret@host", "rediss://***@host"),
+        ("NPC_SERVER_GAME_URL", "http://game:[@s3cret#@h/x", "http://***@h/x"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_password(key: str, url: str, shown: str) -> None:
+    """The start-up error for a URL the client cannot use names it masked."""
+    from npc_server.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(env={key: url})
+    assert f"got {shown!r}" in str(refused.value) and "s3cret" not in str(refused.value)
