@@ -97,6 +97,13 @@ class JsonFormatter(logging.Formatter):
         return self.scrub(json.dumps(body, default=str, ensure_ascii=False))
 
 
+def sparse(count: int) -> bool:
+    """Whether the `count`th occurrence of a kind is logged: the 1st, 2nd, 4th, 8th ...
+    (webhook drops, failed tool calls, a model's skipped calls): what repeats at event
+    or token rate is in the log, without a line each."""
+    return count & (count - 1) == 0
+
+
 class _DropRepeatedStartup(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_REPEATED_STARTUP)

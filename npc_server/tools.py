@@ -36,12 +36,13 @@ import orjson
 
 from npc_server.backends.base import MemoryEntry, ToolCallPiece
 from npc_server.game_http import SIGNATURE_HEADER, GameHttpError, post_json, signature
+from npc_server.logs import sparse
 from npc_server.npcs import AnsweredBy, ToolSpec
 from npc_server.protocol.codec import MAX_DEPTH, nesting
 from npc_server.protocol.frames import Tool, ToolEnd
 from npc_server.settings import GameSection
 from npc_server.turns import Conversation, Turn, TurnState
-from npc_server.webhooks import Post, sparse
+from npc_server.webhooks import Post
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from npc_server.game_http import (
     post_json,
     signature,
 )
+from npc_server.logs import sparse
 from npc_server.redaction import redacted_url
 from npc_server.settings import GameSection
 from npc_server.turns import ActionNotice
@@ -237,10 +238,3 @@ class WebhookSender:
                 self._bugs,
                 exc_info=exc,
             )
-
-
-def sparse(count: int) -> bool:
-    """Whether the `count`th occurrence of a kind is logged: the 1st, 2nd, 4th, 8th ...
-    (webhook drops here, failed tool calls in npc_server.tools): what repeats at event or
-    token rate is in the log, without a line each."""
-    return count & (count - 1) == 0

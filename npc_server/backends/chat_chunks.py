@@ -21,6 +21,7 @@ from npc_server.backends.base import (
     ToolCallPiece,
     UsagePiece,
 )
+from npc_server.logs import sparse
 from npc_server.npcs import NpcConfig
 from npc_server.protocol.codec import MAX_DEPTH, nesting
 
@@ -58,8 +59,12 @@ class StreamAssembler:
     `reasoning`) is not shown but counts as its first token.
     """
 
-    def __init__(self, npc: NpcConfig) -> None:
+    def __init__(self, npc: NpcConfig, skipped: dict[str, int] | None = None) -> None:
         self._npc = npc
+        # Calls of the model skipped so far, by message: shared by the streams of one
+        # backend, so a model that keeps calling what the NPC does not have is logged
+        # the 1st, 2nd, 4th, 8th ... time, not once a call.
+        self._skipped = {} if skipped is None else skipped
         self._pending: dict[int, _PendingCall] = {}
         self.started = False  # a token (text, tool call or reasoning) has arrived
         self.finished = False  # a finish_reason has arrived
@@ -153,10 +158,15 @@ class StreamAssembler:
             return last + 1
         return last
 
+    def _skip(self, message: str, *args: object) -> None:
+        count = self._skipped[message] = self._skipped.get(message, 0) + 1
+        if sparse(count):
+            log.warning(message + " (%d so far)", *args, count)
+
     def _action(self, call: _PendingCall) -> ActionPiece | ToolCallPiece | None:
         is_tool = self._npc.tool(call.name) is not None
         if not is_tool and self._npc.action(call.name) is None:
-            log.warning("NPC %r: model called unknown action %r; skipped", self._npc.id, call.name)
+            self._skip("NPC %r: model called unknown action %r; skipped", self._npc.id, call.name)
             return None
         text = "".join(call.arguments).strip() or "{}"
         try:
@@ -168,7 +178,7 @@ class StreamAssembler:
         if isinstance(args, dict) and nesting(args) > MAX_ARGS_DEPTH:
             args = None
         if not isinstance(args, dict):
-            log.warning(
+            self._skip(
                 "NPC %r: action %r has unparseable arguments; skipped", self._npc.id, call.name
             )
             return None

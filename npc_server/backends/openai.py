@@ -167,6 +167,7 @@ class OpenAIBackend:
         self.settings = OpenAISettings.parse(npc.id, settings)
         self._secret = read_api_key(npc.id, self.settings.api_key_env)
         self._sleep = sleep
+        self._skipped: dict[str, int] = {}  # the model's skipped calls, for sparse logs
         s = self.settings
         # The SDK's client builds the request head (never sends): the read timeout it
         # announces is the backstop the SDK had; the turn's deadlines bound every wait.
@@ -250,7 +251,7 @@ class OpenAIBackend:
         usage: list[UsagePiece] = []  # each round's, once reported
 
         for round_ in range(MAX_TOOL_ROUNDS + 1):
-            assembler = StreamAssembler(self.npc)
+            assembler = StreamAssembler(self.npc, self._skipped)
 
             def last(assembler: StreamAssembler = assembler) -> None:
                 if assembler.usage is not None:
@@ -299,7 +300,7 @@ class OpenAIBackend:
         try:
             response = await self._open(messages, limits, deadline)
             reader = EventReader(response, limits, deadline)
-            assembler = StreamAssembler(self.npc)
+            assembler = StreamAssembler(self.npc, self._skipped)
             while (payloads := await reader.next_events(assembler.started)) is not None:
                 for payload in payloads:
                     for piece in self._feed(assembler, payload):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -188,8 +189,27 @@ async def test_unknown_or_unparseable_tool_calls_are_skipped(
         ActionPiece("give_item", json.loads(fits)),
         TextPiece("Done."),
     ]
-    assert "unknown action 'steal'" in caplog.text
-    assert caplog.text.count("'give_item' has unparseable arguments") == 3
+    assert "unknown action 'steal'; skipped (1 so far)" in caplog.text
+    # Three skipped, two lines: the 1st and the 2nd (then the 4th, 8th ...).
+    assert caplog.text.count("'give_item' has unparseable arguments") == 2
+    assert "'give_item' has unparseable arguments; skipped (2 so far)" in caplog.text
+
+
+async def test_a_model_that_keeps_calling_an_unknown_tool_is_logged_sparsely(
+    stub: OpenAIStub, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nine skipped calls over three turns of one backend: lines for the 1st, 2nd, 4th
+    and 8th, each with its count, so a looping model cannot flood the log."""
+    backend = make_backend(include_usage=False)
+    with caplog.at_level(logging.WARNING):
+        for turn in range(3):
+            stub.script(reply("Hm.", *(ToolCall("steal", ["{}"], f"c{turn}{i}") for i in range(3))))
+            pieces, error = await collect(backend)
+            assert error is None and pieces == [TextPiece("Hm.")]
+    counts = [
+        int(m) for m in re.findall(r"unknown action 'steal'; skipped \((\d+) so far\)", caplog.text)
+    ]
+    assert counts == [1, 2, 4, 8]
 
 
 async def test_whole_tool_call_without_index_is_accepted(
