@@ -1,4 +1,4 @@
-"""The Quart application: `/ws`, `/watch`, `/ops/events`, `/healthz` and the `/play` page."""
+"""The Quart application: `/ws`, `/watch`, `/ops/events`, `/healthz`, `/readyz` and the `/play` page."""
 
 from __future__ import annotations
 
@@ -154,6 +154,12 @@ def create_app(
         }
         return jsonify(body)
 
+    @app.get("/readyz")
+    async def readyz() -> tuple[Response, int]:
+        # For a balancer's or an orchestrator's readiness check: 503 while draining,
+        # so no new player is sent here; /healthz stays 200 (the process is alive).
+        return _readiness(node.draining)
+
     @app.get("/npcs")
     async def list_npcs() -> Response:
         return jsonify(
@@ -257,6 +263,12 @@ async def _sweep(node: Node, watch: WatchService) -> None:
         await asyncio.sleep(SWEEP_INTERVAL)
         node.expire_sessions()
         watch.sweep_nowait()
+
+
+def _readiness(draining: bool) -> tuple[Response, int]:
+    if draining:
+        return jsonify({"status": "draining"}), 503
+    return jsonify({"status": "ready"}), 200
 
 
 async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:

@@ -327,7 +327,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class AdminApp:
-    """The ASGI app of the `[metrics] bind` listener: `/metrics` and `/healthz`, no key.
+    """The ASGI app of the `[metrics] bind` listener: `/metrics`, `/healthz`, `/readyz`, no key.
 
     Its own address is its protection (a loopback or private interface); it
     shares the node with the main app and has nothing else to start.
@@ -346,11 +346,15 @@ class AdminApp:
 
     async def _http(self, scope: Scope, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        if method != "GET" or path not in ("/metrics", "/healthz"):
+        draining = self.metrics.node.draining
+        if method != "GET" or path not in ("/metrics", "/healthz", "/readyz"):
             await _respond(send, 404, b"not found", "text/plain")
         elif path == "/healthz":
-            status = "draining" if self.metrics.node.draining else "ok"
+            status = "draining" if draining else "ok"
             await _respond(send, 200, f'{{"status": "{status}"}}'.encode(), "application/json")
+        elif path == "/readyz":  # as the main app's: 503 while draining
+            code, status = (503, "draining") if draining else (200, "ready")
+            await _respond(send, code, f'{{"status": "{status}"}}'.encode(), "application/json")
         else:
             body, content_type = self.metrics.exposition()
             await _respond(send, 200, body, content_type)

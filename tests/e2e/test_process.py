@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,15 +32,35 @@ def write_config(tmp_path: Path, overrides: str) -> Path:
     return path
 
 
+def get(url: str) -> tuple[int, dict[str, object]]:
+    """(status, JSON body) of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+ADMIN = re.compile(r"metrics on (http://[\d.]+:\d+)/metrics")
+
+
 async def test_sigterm_drains_then_closes_1001(tmp_path: Path) -> None:
-    """SIGTERM: draining{retry_after}, the active turn gets its grace, then 1001 and exit 0."""
+    """SIGTERM: draining{retry_after}, the active turn gets its grace, then 1001 and exit 0.
+    Meanwhile /readyz answers 503 on the main port and on the metrics bind, so a balancer
+    or an orchestrator sends no new player, and /healthz stays 200 ("draining")."""
     config = write_config(
         tmp_path, "[overrides.scripted]\ntokens_per_second = 100\nfirst_token_ms = 0\n"
     )
-    server = start_server_process(
-        env={"NPC_SERVER_SERVER_GRACEFUL_TIMEOUT": "60"}, args=["--config", str(config)]
-    )
+    env = {
+        "NPC_SERVER_SERVER_GRACEFUL_TIMEOUT": "60",
+        "NPC_SERVER_METRICS_ENABLED": "true",
+        "NPC_SERVER_METRICS_BIND": "127.0.0.1:0",
+    }
+    server = start_server_process(env=env, args=["--config", str(config)])
     try:
+        [admin] = [m.group(1) for line in server.output if (m := ADMIN.search(line))]
+        for base in (server.http_url, admin):
+            assert await asyncio.to_thread(get, base + "/readyz") == (200, {"status": "ready"})
         async with connect(server.url) as client:
             await client.hello(server.token("alice"))
             await client.send(
@@ -48,6 +71,11 @@ async def test_sigterm_drains_then_closes_1001(tmp_path: Path) -> None:
             server.proc.send_signal(signal.SIGTERM)
             draining = await client.expect("draining")
             assert draining["retry_after"] > 0
+            for base in (server.http_url, admin):
+                ready = await asyncio.to_thread(get, base + "/readyz")
+                assert ready == (503, {"status": "draining"}), base
+                health = await asyncio.to_thread(get, base + "/healthz")
+                assert (health[0], health[1]["status"]) == (200, "draining"), base
             frames = await client.recv_until(lambda f: f["t"] == "turn.end")
             assert (frames[-1]["turn"], frames[-1]["reason"]) == (turn, "done")
             assert await client.close_code() == CloseCode.GOING_AWAY
