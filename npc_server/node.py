@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 EXPIRY_SLACK = 0.01
 
 log = logging.getLogger(__name__)
+NODE_ID_BYTES = 6  # the random node part of ids: 12 hex digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +92,10 @@ class Node:
         self.npcs = dict(npcs)
         self.clock = clock
         self.scheduler = scheduler or LoopScheduler()
-        # One id for the node and its broker (leases, owners and messages name it).
-        self.node_id = getattr(broker, "node_id", "") or secrets.token_hex(3)
+        # One id for the node and its broker (leases, owners and messages name it), and
+        # the node part of every id it makes. 48 random bits: a game that keeps event
+        # ids for ever meets a repeat once in ~16 million starts (24 bits: ~4,800).
+        self.node_id = getattr(broker, "node_id", "") or secrets.token_hex(NODE_ID_BYTES)
         self.broker = broker or create_broker(config.cluster.redis_url, self.node_id)
         self.events = EventBus()
         self.hub = Hub(self.broker)
