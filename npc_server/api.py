@@ -30,7 +30,7 @@ from npc_server.cluster.answers import (
     valid,
 )
 from npc_server.cluster.scatter import Gathered, gather
-from npc_server.cluster.trusted import MAX_VERSION
+from npc_server.cluster.trusted import MAX_VERSION, ClockExhausted
 from npc_server.node import Node
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
 from npc_server.protocol.codes import CloseCode
@@ -41,6 +41,7 @@ from npc_server.turns import GAME, Audience, Refused
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 3600.0
+CLOCK_RETRY_AFTER = 60.0  # a trusted clock at its end: no post goes until it is reset
 
 
 def api_blueprint(api_key: str | None) -> Blueprint:
@@ -158,6 +159,9 @@ async def _context_everywhere(
         raise _over_budget(node, key)
     try:
         version = await copies.save(key, npc, data)
+    except ClockExhausted as exc:  # until an operator acts: a long retry_after
+        log.error("the trusted context of %s was not saved: %s", key, exc)
+        raise ApiError(503, "unavailable", str(exc), CLOCK_RETRY_AFTER) from None
     except Exception as exc:
         log.warning("the trusted context of %s was not saved in Redis: %s", key, exc)
         raise _unreachable() from None
@@ -324,7 +328,8 @@ def _forwarded_context(node: Node, message: Mapping[str, Any]) -> dict[str, Any]
     scope, npc, data = copies.check(message.get("scope"), message.get("npc"), message.get("data"))
     version = message.get("v")  # None from a node of an earlier release
     if version is not None and (type(version) is not int or not 1 <= version <= MAX_VERSION):
-        raise ApiError(400, "invalid", "a forwarded context's version is not a positive integer")
+        expected = f"an integer from 1 to {MAX_VERSION}"
+        raise ApiError(400, "invalid", f"a forwarded context's version must be {expected}")
     if not copies.set_nowait(scope, npc, data, version):
         raise _over_budget(node, scope)
     return {"ok": True}
@@ -387,12 +392,12 @@ async def _kick() -> Response:
     gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
     parked += await _forget_parked(node, player)
     counts = [here, *(c for _, c in valid(gathered, kick_counts))]
-    sessions = merged_sessions(counts) + parked
+    sessions = merged_sessions(counts, parked)  # a session a node parked or unparked: once
     sockets = sum(c["sockets"] for c in counts)
     return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})
 
 
-async def _forget_parked(node: Node, player: str) -> int:
+async def _forget_parked(node: Node, player: str) -> list[str]:
     try:
         return await node.handover.forget_parked(player)
     except Exception:

@@ -8,7 +8,7 @@ node counts as missing (`Gathered.missing`), so a bad node makes an answer
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from npc_server.api_schema import MAX_NAME_CHARS  # as a request's names are checked
@@ -47,10 +47,12 @@ def kick_counts(result: dict[str, Any]) -> dict[str, Any] | None:
     return {"sessions": sessions, "sockets": sockets, "ids": ids}
 
 
-def merged_sessions(counts: list[dict[str, Any]]) -> int:
-    """The sessions a kick ended over the cluster: each id once (a session on its way
-    from one node to another is counted by both), plus the counts that came without."""
-    ids: set[str] = set()
+def merged_sessions(counts: list[dict[str, Any]], parked: Iterable[str] = ()) -> int:
+    """The sessions a kick ended over the cluster, with the `parked` ones it dropped from
+    Redis: each id once (a session on its way from one node to another is counted by
+    both, and so is one a node was parking or unparking as the kick came), plus the
+    counts that came without."""
+    ids: set[str] = set(parked)
     alone = 0
     for count in counts:
         if count.get("ids") is None:

@@ -34,6 +34,7 @@ from npc_server.cancelling import cancel_and_wait
 from npc_server.cluster.late_starts import LateStarts
 from npc_server.cluster.leases import CHECK_EVERY, LEASE_GRACE, TIMEOUT, Leases, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
+from npc_server.cluster.room_gaps import RoomGaps
 from npc_server.cluster.scatter import NodeDirectory
 from npc_server.cluster.trusted import TrustedCopies
 from npc_server.protocol.codec import FrameError, decode_client_frame, fits_context
@@ -43,7 +44,6 @@ from npc_server.protocol.frames import (
     ClientFrame,
     Error,
     RequestId,
-    RoomGap,
     Say,
     ServerFrame,
 )
@@ -96,6 +96,7 @@ class Forwarder:
         self.leases = Leases(broker.client, self.node_id)
         self.remote = RemoteTurns(broker.deliver_local_nowait, self._orphaned)
         self.late = LateStarts(node, broker, self.remote)
+        self.gaps = RoomGaps(broker)
         self.remote.on_missing = self.late.missing
         self._tasks: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
@@ -131,6 +132,7 @@ class Forwarder:
         if self._checker is not None:
             await cancel_and_wait([self._checker])
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.gaps.close_nowait()
         await self.trusted_copies.aclose()
         await self.directory.aclose()
         await self.leases.aclose()
@@ -138,7 +140,9 @@ class Forwarder:
     def statistics(self) -> dict[str, int]:
         """For /healthz: turns relayed from other nodes now, requests waiting on
         other nodes, messages from them that were dropped as malformed, and trusted
-        contexts dropped as malformed (read from Redis) or not applied as older."""
+        contexts dropped as malformed (read from Redis) or not applied as older, and
+        rooms told of a gap in their talk from other nodes, or not told again."""
+        gaps = self.gaps.statistics()
         return {
             "relayed_turns": len(self.remote),
             "waiting": len(self._waiting),
@@ -146,6 +150,8 @@ class Forwarder:
             "late_starts": self.late.asked,
             "trusted_rejected": self.trusted_copies.rejected,
             "trusted_stale": self.trusted_copies.stale,
+            "room_gaps": gaps.told,
+            "room_gaps_merged": gaps.merged,
         }
 
     # --- this node's requests ---------------------------------------------------
@@ -481,14 +487,7 @@ class Forwarder:
         self.remote.end_on(origin, channel, upto)
         if channel.startswith("room:"):  # its talk too: the members here missed some
             self._mark_holes(self.node.hub.members(channel.removeprefix("room:")))
-            self._tell_gap([channel])
-
-    def _tell_gap(self, channels: Iterable[str]) -> None:
-        """The sockets and watchers here of these rooms' channels may have missed talk
-        other nodes published: each gets `room.gap` (they stay connected; a resume from
-        before it gets a snapshot, as `_mark_holes` makes sure)."""
-        for channel in channels:
-            self.broker.deliver_local_nowait(channel, RoomGap(channel.removeprefix("room:")))
+            self.gaps.tell_nowait([channel])
 
     def session_detached(self, session: Session) -> None:
         """A socket left while the link to Redis is down: what other nodes publish for
@@ -523,12 +522,21 @@ class Forwarder:
         if not connected:  # frames of every remote turn may be lost from now on
             self.remote.end_all()
             return
-        self._tell_gap(self.broker.local_channels("room:"))
+        # The loss lasts until Redis delivers this node's channels again: told then (a
+        # link lost again first drops this wait; its return waits anew).
+        self.broker.when_subscribed(self._delivered_again, lambda: None)
         # A Redis that restarted has lost every lease and owner key: renew this node's at
         # once, and judge no other node dead before it had the time to renew its own.
         self._leases_trusted_at = time.monotonic() + LEASE_GRACE
         held = [(c.npc.id, c.audience.key) for c in self.node.all_conversations()]
         self._spawn(self._reassert(held))
+
+    def _delivered_again(self) -> None:
+        """Redis delivers this node's channels again after its link was down: the rooms'
+        sockets and watchers here are told (once: `RoomGaps`) that talk from other nodes
+        may be missing, and no resume replays across what the sessions missed."""
+        self._mark_holes()
+        self.gaps.tell_nowait(self.broker.local_channels("room:"))
 
     async def _reassert(self, held: list[tuple[str, str]]) -> None:
         try:
@@ -539,6 +547,7 @@ class Forwarder:
     async def _check_forever(self) -> None:
         while True:
             await asyncio.sleep(CHECK_EVERY)
+            self.gaps.sweep_nowait()
             await self.check_once()
 
     async def check_once(self) -> None:

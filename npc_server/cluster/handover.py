@@ -82,14 +82,14 @@ PREFIX = "npc:"
 PARKED = "npc:handover:"
 PARKED_OF = "npc:parked:"  # + player: the ids of the player's parked sessions
 SEQS_OF = "npc:parked-seq:"  # + player: hash, their ids -> last seq (for listings)
-# Drop a player's parked states and their lists in one step (a kick): how many there were.
-# (Keys of another type than these scripts expect are strays: dropped by a kick, and
-# listed as nothing.)
+# Drop a player's parked states and their lists in one step (a kick): the ids of the
+# states there were. (Keys of another type than these scripts expect are strays: dropped
+# by a kick, and listed as nothing.)
 FORGET_PARKED = """
-local dropped = 0
+local dropped = {}
 if redis.call('TYPE', KEYS[1]).ok == 'set' then
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    dropped = dropped + redis.call('DEL', ARGV[1] .. id)
+    if redis.call('DEL', ARGV[1] .. id) == 1 then dropped[#dropped + 1] = id end
   end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -675,22 +675,42 @@ class SessionHandover:
                     if at < parked:
                         raise result
                     log.warning("a parked session's list was not written: %s", result)
+        # Ended here while the write was on its way (a kick, a take, its window): gone.
+        ended = [s for s in held if self.node.hub.get(s.id) is not s]
+        if ended:
+            await self._unpark_ended(client, ended)
         for session in held:  # they are in Redis now, for whichever node the player reaches
             self.node.end_session(session, quiet=True)
+        parked -= len(ended)
         self.stats.parked += parked
         return parked
 
-    async def forget_parked(self, player: str) -> int:
-        """Drop the player's parked sessions (a kick): how many there were. Raises if
-        Redis does not answer."""
+    async def _unpark_ended(self, client: Any, ended: list[Session]) -> None:
+        """Drop the parked states of sessions that ended meanwhile: no resume may find
+        one (a kick ended it, and counted it: the kick's own drop may come too late)."""
+        pipe = client.pipeline(transaction=True)
+        for session in ended:
+            pipe.delete(PARKED + session.id)
+            pipe.srem(PARKED_OF + session.player, session.id)
+            pipe.hdel(SEQS_OF + session.player, session.id)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await pipe.execute()
+        except Exception as exc:  # their windows end them in Redis too
+            log.warning("%d sessions ended while parked stay in Redis: %s", len(ended), exc)
+
+    async def forget_parked(self, player: str) -> list[str]:
+        """Drop the player's parked sessions (a kick): the ids of those there were (a
+        node may count one of them too: one it was parking or unparking). Raises if Redis
+        does not answer."""
         client = self._client()
         if client is None:
-            return 0
+            return []
         async with asyncio.timeout(TIMEOUT):
             dropped = await client.eval(
                 FORGET_PARKED, 2, PARKED_OF + player, SEQS_OF + player, PARKED
             )
-        return int(dropped)
+        return [reply_text(i) for i in dropped] if isinstance(dropped, list) else []
 
     async def list_parked(self, player: str) -> list[dict[str, Any]]:
         """The player's parked sessions no node has resumed yet, as a listing shows

@@ -56,12 +56,18 @@ MAX_ROOMS_LOADED = 10_000  # as many scopes as one node keeps (`TrustedContexts.
 
 
 CLOCK_KEY = f"{PREFIX}trusted-clock"
-MAX_VERSION = 2**53  # microseconds: the year 2255
+# The last version: a Redis integer's (INCR's) range. Redis's clock in µs is 2^53 in
+# the year 2255; only a stray clock gets past it, and the versions go on exactly.
+MAX_VERSION = 2**63 - 1
 # A version is Redis's clock in microseconds, never below the last one it gave: later
 # posts get higher versions, also after Redis restarts empty (its clock went on).
 # The copy is refused (nil) when the scope's fields would be over the byte budget
 # (ARGV[5]): Redis, which every node reads, never holds a copy a post was refused for.
-# A clock that is no number, or at or past MAX_VERSION (ARGV[6]), starts again from TIME.
+# Lua's numbers are doubles, exact only up to 2^53 (2^53 + 1 is 2^53 there): a clock
+# ahead of TIME counts on with INCR, exact to MAX_VERSION (ARGV[6]), and is read and
+# written as text. A clock that is no such number starts again from TIME (no version
+# came from it); one at MAX_VERSION answers 0: no later version exists, and starting
+# again below the versions nodes hold would leave their copies as they are (stale).
 SAVE_SCRIPT = """
 local function own(key, kind)  -- a stray key of another type there is replaced
   local found = redis.call('TYPE', key).ok
@@ -78,21 +84,40 @@ for i = 1, #fields, 2 do
 end
 if size > tonumber(ARGV[5]) then return false end
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-if not last or last ~= last or last < 0 or last >= tonumber(ARGV[6]) then last = 0 end
-local version = math.max(now, last + 1)
-redis.call('SET', KEYS[3], string.format('%d', version))
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- exact: below 2^53 until 2255
+local last, version = redis.call('GET', KEYS[3]), nil
+if last and string.match(last, '^[1-9]%d*$')
+    and (#last < #ARGV[6] or (#last == #ARGV[6] and last <= ARGV[6])) then
+  if last == ARGV[6] then return 0 end
+  if tonumber(last) >= now then  -- exact below 2^53; past it, far above any TIME
+    redis.call('INCR', KEYS[3])
+    version = redis.call('GET', KEYS[3])
+  end
+end
+if not version then
+  version = string.format('%d', now)
+  redis.call('SET', KEYS[3], version)
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', version))
+redis.call('HSET', KEYS[2], ARGV[1], version)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[4])
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-return string.format('%d', version)
+return version
 """
+
+
+class ClockExhausted(Exception):
+    """The clock in Redis is at `MAX_VERSION`: no post can get a later version."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the trusted contexts' clock in Redis ({CLOCK_KEY}) is at {MAX_VERSION}, past "
+            "which no version exists; see docs/cluster.md (trusted context, versions)"
+        )
 
 
 def trusted_key(scope: str) -> str:
@@ -160,7 +185,8 @@ class TrustedCopies:
 
     async def save(self, scope: str, npc: str | None, data: Mapping[str, Any]) -> int | None:
         """Write the copy and its version in Redis; the version, or None when the scope
-        in Redis would be over its byte budget. Raises if Redis does not answer."""
+        in Redis would be over its byte budget. Raises if Redis does not answer, and
+        `ClockExhausted` (writing nothing) if its clock can give no later version."""
         room = scope.removeprefix("room:") if scope.startswith("room:") else ""
         keys = (trusted_key(scope), versions_key(scope), CLOCK_KEY, ROOMS_KEY)
         ttl = int(TRUSTED_TTL * 1000)
@@ -172,9 +198,12 @@ class TrustedCopies:
             )
         if version is None:
             return None
-        if not 0 < int(version) <= MAX_VERSION:  # no node would apply it
+        given = int(version)  # decimal text: exact, as every version is from here on
+        if given == 0:
+            raise ClockExhausted()
+        if not 0 < given <= MAX_VERSION:  # no node would apply it
             raise ValueError(f"Redis gave the version {version!r}")
-        return int(version)
+        return given
 
     async def load(self, scope: str) -> bool:
         """Set this node's copy of `scope` from Redis (what is newer than its own);
@@ -222,7 +251,7 @@ class TrustedCopies:
             scope, npc, data = self.check(scope, None if npc == ALL_NPCS else npc, data)
             version = 0 if raw_version is None else int(raw_version)
             if not 0 <= version <= MAX_VERSION:  # one far ahead would pin this copy
-                raise ValueError(f"a version of {version}")
+                raise ValueError(f"a version of {version}, not from 0 to {MAX_VERSION}")
         except (ApiError, ValueError, TypeError, msgpack.UnpackException) as exc:
             self.rejected += 1
             log.warning("dropped a trusted context of %s in Redis: %s", scope, exc)

@@ -120,9 +120,10 @@ async def test_a_redis_outage_ends_relayed_turns_and_serves_again_after(tmp_path
         await wait_for_cluster(b, available=True)
         after = await settle(alice, 9)
         assert not [f for f in after if f.get("turn") == turn]
-        assert {f["room"] for f in after if f["t"] == "room.gap"} == {"inn"}  # once or twice
+        # once: B's own outage and A's report of what it lost meanwhile are one gap
+        assert [f["room"] for f in after if f["t"] == "room.gap"] == ["inn"]
         told = await settle(carol, 11)
-        assert {f["room"] for f in told if f["t"] == "room.gap"} == {"inn"}
+        assert [f["room"] for f in told if f["t"] == "room.gap"] == ["inn"]
         again = await say(alice, 3, "questgiver", "hello again", room="inn")
         assert again["t"] == "ack"
         for client in (alice, carol):
