@@ -102,6 +102,11 @@ def create_app(
         node = Node(config, npcs, backends=backends)
     app.extensions["npc_server.node"] = node
     app.extensions["npc_server.secret"] = secret = resolve_secret(config)
+    if config.game.url and not config.webhook_secret:
+        log.warning(
+            "[game] url is set without NPC_SERVER_WEBHOOK_SECRET: webhooks and tool calls "
+            "to the game server go unsigned"
+        )
     node.events.subscribe(EventLog())
     metrics = _wire_metrics(app, config, node)
     app.register_blueprint(api_blueprint(config.api_key))

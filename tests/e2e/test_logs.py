@@ -72,15 +72,30 @@ async def test_the_command_logs_each_event_as_one_json_object(json_server: Serve
 
 
 def test_each_start_up_line_appears_once() -> None:
-    """The development warning and the listening line are written once each."""
-    server = start_server_process(env={"NPC_SERVER_SECRET": ""})
+    """The development warning and the listening line are written once each; so is the
+    warning that a game URL without a webhook secret gets unsigned requests."""
+    env = {"NPC_SERVER_SECRET": "", "NPC_SERVER_GAME_URL": "http://127.0.0.1:9"}
+    server = start_server_process(env=env)
     try:
         server.terminate()
     finally:
         server.kill()
     out = "\n".join(server.output)
     assert out.count("DEVELOPMENT MODE") == 1
+    assert out.count("without NPC_SERVER_WEBHOOK_SECRET: webhooks and tool calls") == 1
     assert out.count("listening on http") == 1 and "Running on" not in out
+
+
+def test_a_signed_game_url_starts_without_the_unsigned_warning() -> None:
+    """With the webhook secret set, no such warning."""
+    env = {"NPC_SERVER_GAME_URL": "http://127.0.0.1:9", "NPC_SERVER_WEBHOOK_SECRET": "s" * 32}
+    server = start_server_process(env=env)
+    try:
+        server.terminate()
+    finally:
+        server.kill()
+    out = "\n".join(server.output)
+    assert "listening on http" in out and "WEBHOOK_SECRET" not in out
 
 
 class FailingBackend:
