@@ -22,6 +22,7 @@ from npc_server.protocol.frames import (
     Resume,
     Say,
     ServerPing,
+    ToolResult,
     TurnEnd,
     Welcome,
 )
@@ -376,3 +377,13 @@ def test_hello_client_of_another_type_is_ignored_not_refused() -> None:
     for other in (5, {"name": "unity", "version": "1"}):
         frame = decode_client_frame(pack({"t": "hello", "token": "x", "client": other}))
         assert frame == Hello(token="x", client=None)
+
+
+@pytest.mark.parametrize("frame", [{}, {"result": None}])
+def test_a_tool_result_without_a_result_is_the_answer_null(frame: dict[str, Any]) -> None:
+    """protocol.md: `result` absent or nil is the answer `null` (a tool may return
+    nothing), as nil means absent everywhere; `call` stays required."""
+    decoded = decode_client_frame(pack({"t": "tool.result", "id": 3, "call": "c-1", **frame}))
+    assert decoded == ToolResult(call="c-1", result=None, id=3)
+    error = refused(pack({"t": "tool.result", "id": 4, **frame}))
+    assert (error.code, error.request_id) == (ErrorCode.BAD_FRAME, 4)
