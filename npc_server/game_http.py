@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from npc_server.redaction import redacted_reason
+
 SIGNATURE_HEADER = "X-NPC-Signature"
 MAX_ANSWER_BYTES = 64 * 1024
 USER_AGENT = "npc-server"
@@ -94,11 +96,13 @@ async def post_json(
 
 def url_problem(url: str) -> str:
     """Why `post_json` cannot use `url` ("": it can), found without connecting: what
-    the settings' rule for `[game] url` can refuse at start-up."""
+    the settings' rule for `[game] url` can refuse at start-up; it quotes nothing of a
+    password the URL holds (`redacted_reason`)."""
     try:
         _where(url)
     except UnusableUrl as exc:
-        return str(exc)
+        unusable = "unusable URL: "
+        return unusable + redacted_reason(url, str(exc).removeprefix(unusable))
     return ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import fields
@@ -278,12 +279,24 @@ def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("redis://:hunter2@127.0.0.1:notaport/0", "Port could not be cast"),
-        ("redis://:hunter2@127.0.0.1:6379/0?socket_timeout=abc", "socket_timeout"),
-        ("redis://:hunter2@127.0.0.1:6379/0?no_such_option=1", "no_such_option"),
-        ("redis://:hunter2@127.0.0.1:99999/0", "Port out of range"),
-        ("redis://:hunt/er2@127.0.0.1:6379/0", "Port could not be cast"),
-        ("redis://127.0.0.1:6379/0?password=hunter2&protocol=9", "protocol"),
+        ("redis://:hunter2@127.0.0.1:notaport/0", "(the port is not a number)"),
+        (
+            "redis://:hunter2@127.0.0.1:6379/0?socket_timeout=abc",
+            "(the option 'socket_timeout' has a value redis-py cannot read)",
+        ),
+        (
+            "redis://:hunter2@127.0.0.1:6379/0?no_such_option=1",
+            "(the option 'no_such_option' is not one redis-py knows)",
+        ),
+        ("redis://:hunter2@127.0.0.1:99999/0", "(the port is out of range 0-65535)"),
+        (
+            "redis://:hunt/er2@127.0.0.1:6379/0",
+            "(the port is not a number; a / ? # [ or ] in the user or password must be",
+        ),
+        (
+            "redis://127.0.0.1:6379/0?password=hunter2&protocol=9",
+            "(the protocol option is not 2 or 3)",
+        ),
     ],
 )
 def test_a_redis_url_redis_py_refuses_is_refused_without_its_password(
@@ -321,6 +334,31 @@ def test_a_refused_game_url_is_shown_without_its_password() -> None:
     with pytest.raises(ConfigError, match=r"\[game\] url") as info:
         load_config(env={"NPC_SERVER_GAME_URL": "https://bot:hunter2@game.example/"})
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "why"),
+    [
+        ("[game] url", "http://game:s3cret/pa@h/x", "(unusable URL: the port is not a number; "),
+        ("[cluster] redis_url", "redis://:s3\\cret/pw@h:6379/0", "(the port is not a number; "),
+        ("[cluster] redis_url", "redis://:a]b[@1Zq\\@h:99999", "(the host in [ ] is not an IP; "),
+    ],
+    ids=["game-port", "redis-backslash", "redis-past-the-at"],
+)
+def test_a_refused_urls_reason_quotes_nothing_of_its_password(
+    tmp_path: Path, key: str, url: str, why: str
+) -> None:
+    """The client's own text quoted the password: `as 's3cret'` (game), `as 's3\\\\cret'`
+    and `'@1Zq\\\\@h:99999' does not appear to be an IPv4 or IPv6 address` (Redis)."""
+    section, _, name = key.removeprefix("[").partition("] ")
+    path = tmp_path / "server.toml"
+    path.write_text(f"[{section}]\n{name} = {json.dumps(url)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key} must be ") and why in message
+    for piece in ("s3", "cret", "/pa", "1Zq", "@1Z"):
+        assert piece not in message
 
 
 @pytest.mark.parametrize(

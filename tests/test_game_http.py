@@ -30,6 +30,16 @@ async def test_an_unusable_url_fails_as_a_game_http_error(url: str) -> None:
     assert url_problem(url) == str(failed.value)  # what a settings rule can refuse
 
 
+def test_an_unusable_url_with_a_password_is_told_without_it() -> None:
+    """It said `unusable URL: Port could not be cast to integer value as 's3cret'`: a raw
+    `/` cut the password short, urlsplit read it as the port and quoted it."""
+    problem = url_problem("http://game:s3cret/pa@h/x")
+    assert problem == (
+        "unusable URL: the port is not a number; a / ? # [ or ] in the user or password"
+        " must be percent-encoded as %2F %3F %23 %5B %5D"
+    )
+
+
 @pytest.mark.parametrize(
     "url",
     [

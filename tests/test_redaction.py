@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from npc_server.redaction import redacted_url, url_password
+from npc_server.redaction import redacted_reason, redacted_url, url_password
 
 
 @pytest.mark.parametrize(
@@ -24,6 +30,10 @@ from npc_server.redaction import redacted_url, url_password
         ("unix://:s3cretpw@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
         ("unix:///run/redis.sock?PASSWORD=s3cretpw", "unix:///run/redis.sock?PASSWORD=***"),
         ("http://game:s3cretpw@[invalid", "http://game:***@[invalid"),
+        # An `@` with no host after it, then another: a password cut short by a raw `/`
+        # or `?`, once shown as the path (`http://game:***@/s3cret@h/x`).
+        ("http://game:@/s3cret@h/x", "http://***@h/x"),
+        ("redis://:@:?s3cret@h:6379/0", "redis://***@h:6379/0"),
         ("not a url ?password=s3cretpw", "not a url ?password=***"),
     ],
 )
@@ -179,3 +189,122 @@ def test_a_refused_url_is_named_without_its_password(key: str, url: str, shown: 
     with pytest.raises(ConfigError) as refused:
         load_config(env={key: url})
     assert f"got {shown!r}" in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason", "said"),
+    [
+        (
+            "http://game:s3cret/pa@h/x",
+            "Port could not be cast to integer value as 's3cret'",
+            "the port is not a number; a / ? # [ or ] in the user or password must be"
+            " percent-encoded as %2F %3F %23 %5B %5D",
+        ),
+        (
+            "redis://:s3cretpw@h:99999/0",
+            "Port out of range 0-65535",
+            "the port is out of range 0-65535",
+        ),
+        (
+            "redis://:s3cretpw@h/0?db=x",
+            "Invalid value for 'db' in connection URL.",
+            "the option 'db' has a value redis-py cannot read",
+        ),
+        # What redis-py read as the query began in the password: its option is not named.
+        (
+            "redis://:s3?cret=x@h/0",
+            "Invalid value for 's3' in connection URL.",
+            "an option has a value redis-py cannot read; a / ? # [ or ] in the user or"
+            " password must be percent-encoded as %2F %3F %23 %5B %5D",
+        ),
+        (
+            "redis://:s3cretpw@h/0",
+            "something new 's3cretpw'",
+            "the client cannot read it (its own text is not shown: it may quote the password)",
+        ),
+    ],
+)
+def test_a_refusal_of_a_url_with_a_password_is_told_in_fixed_words(
+    url: str, reason: str, said: str
+) -> None:
+    """A library's text quotes what it could not read, often a piece of the password:
+    what it says is wrong is told without it, and a text not known shows nothing."""
+    assert redacted_reason(url, reason) == said
+
+
+def test_a_refusal_of_a_url_without_a_password_keeps_the_librarys_text() -> None:
+    """Nothing is masked in such a URL, so its reason can show nothing that is not shown."""
+    reason = "Port could not be cast to integer value as 'port'"
+    assert redacted_reason("redis://h:port/0", reason) == reason
+
+
+# Letters no message uses, so a piece of a password found in one came from the password.
+_LETTERS = "QXZJqzj"
+_SPECIALS = "/?#@[]\\:%'"
+# user:pw@host, :pw@host, and pw@host (read as a user alone: all of it masked, so the
+# password of that shape has no `:`, or what comes before one is a user, shown).
+_SHAPES = ["Ww:{}@h", ":{}@h", "{}@h"]
+_WRITTEN: dict[str, Callable[[str], str]] = {
+    "raw": lambda pw: pw,
+    "percent-encoded": lambda pw: quote(pw, safe=""),
+    "half-encoded": lambda pw: quote(pw, safe="@:/"),
+}
+_KEYS = {"http://": ("game", "url"), "redis://": ("cluster", "redis_url")}
+
+
+def _refusal(path: Path, scheme: str, url: str) -> str | None:
+    """The start-up error for `url` under its key in a server.toml (None: accepted)."""
+    from npc_server.config import ConfigError, load_config
+
+    section, key = _KEYS[scheme]
+    path.write_text(f"[{section}]\n{key} = {json.dumps(url)}\n", encoding="utf-8")
+    try:
+        load_config(path, env={})
+    except ConfigError as refused:
+        message = str(refused)
+    else:
+        return None
+    assert message.startswith(f"{path}: [{section}] {key} must be ")
+    return message
+
+
+def _pieces(text: str, size: int = 4) -> set[str]:
+    """Every run of `size` characters or more in `text`."""
+    return {text[i : i + n] for n in range(size, len(text) + 1) for i in range(len(text) - n + 1)}
+
+
+@settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    password=st.text(st.sampled_from(_LETTERS + _SPECIALS), min_size=1, max_size=12),
+    scheme=st.sampled_from(sorted(_KEYS)),
+    shape=st.sampled_from(_SHAPES),
+    written=st.sampled_from(sorted(_WRITTEN)),
+    tail=st.sampled_from(["", ":99999", ":port", ":0", "/0", ":6379/0", ":99999/0"]),
+)
+def test_no_piece_of_a_password_is_in_a_refused_url_message(
+    tmp_path: Path, password: str, scheme: str, shape: str, written: str, tail: str
+) -> None:
+    """For `[game] url` and `[cluster] redis_url`, a refused URL's message (the URL shown
+    and the client's reason) holds no 4 characters in a row of the password, as given
+    or as written in the URL, nor a shorter one whole (one with a letter: `/` alone is
+    in every URL); and it still names the file and the key."""
+    if shape == "{}@h":
+        password = password.replace(":", "")
+        assume(password)
+    in_url = _WRITTEN[written](password)
+    url = scheme + shape.format(in_url) + tail
+    message = _refusal(tmp_path / "server.toml", scheme, url)
+    assume(message is not None)
+    assert message is not None
+    for piece in _pieces(password) | _pieces(in_url):
+        assert piece not in message
+    if len(password) < 4 and any(c in _LETTERS for c in password):
+        assert password not in message.partition(" got ")[2]
+    # The client's reason, after the URL shown: nothing of the userinfo, the user too
+    # (but a %XX, which it may name as how to write a character).
+    reason = message.partition(f"got {redacted_url(url)!r}")[2]
+    userinfo = url.removeprefix(scheme).rpartition("@h")[0]
+    for piece in _pieces(userinfo, 3) - set(re.findall("(?=(%[0-9A-F]{2}))", userinfo)):
+        assert piece not in reason

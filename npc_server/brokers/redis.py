@@ -36,7 +36,6 @@ import contextlib
 import functools
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from npc_server.brokers.redis_link import RedisLink, command, open_link
 from npc_server.brokers.redis_publisher import Publisher, PublishRefused
 from npc_server.cancelling import cancel_and_wait
 from npc_server.protocol.frames import ServerFrame
-from npc_server.redaction import MASK, redacted_url
+from npc_server.redaction import redacted_reason, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,9 @@ def url_problem(url: str) -> str:
     redis-py raises its own ValueError or TypeError for a port that is not a
     number, or an option it does not know or cannot read (`?socket_timeout=abc`),
     at `from_url` or at the first connection: checked with the settings, that
-    names the file and the key instead of a traceback at start.
+    names the file and the key instead of a traceback at start. redis-py's text
+    quotes what it could not read, a piece of the password as often as not: a URL
+    with one gets `redacted_reason`'s words instead.
     """
     from redis.asyncio import ConnectionPool
     from redis.exceptions import RedisError
@@ -161,18 +162,8 @@ def url_problem(url: str) -> str:
         pool = ConnectionPool.from_url(url)
         pool.make_connection()  # type: ignore[no-untyped-call]  # built, not connected
     except (ValueError, TypeError, RedisError) as exc:
-        return _unquoted_credentials(str(exc) or type(exc).__name__, url)
+        return redacted_reason(url, str(exc) or type(exc).__name__)
     return ""
-
-
-def _unquoted_credentials(message: str, url: str) -> str:
-    # A message quotes a piece of the URL it could not read (a "port"), and a
-    # password holding a raw "/" or "?" is read as one: such a quote is masked.
-    credentials = url.partition("://")[2].rpartition("@")[0]
-    for quoted in re.findall(r"'([^']*)'", message):
-        if quoted and quoted in credentials:
-            message = message.replace(f"'{quoted}'", f"'{MASK}'")
-    return message
 
 
 def _role(client: Any, refused: type[Exception]) -> str:

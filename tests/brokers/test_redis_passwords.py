@@ -12,7 +12,7 @@ import logging
 import pytest
 import redis as redis_sync
 
-from npc_server.brokers.redis import BrokerUnavailable, RedisBroker, check_reachable
+from npc_server.brokers.redis import BrokerUnavailable, RedisBroker, check_reachable, url_problem
 from npc_server.memories.redis import RedisMemoryStore
 from tests.support.redis import RedisServer
 
@@ -63,6 +63,26 @@ def test_a_url_redis_cannot_use_is_refused_without_its_password() -> None:
     with pytest.raises(BrokerUnavailable) as refused:
         check_reachable("redis://:hunt/er2secret@127.0.0.1:6379/0")
     assert "hunt" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "said", "pieces"),
+    [
+        # redis-py quotes the "port" with repr, `\` doubled: no longer the URL's text.
+        ("redis://:s3\\cret/pw@127.0.0.1:6379/0", "the port is not a number", ["s3\\", "cret"]),
+        # urllib quotes the "host" in [ ], which runs past the password's `@`.
+        ("redis://:a]b[@1Zq\\@h:99999", "the host in [ ] is not an IP", ["@1Z", "1Zq"]),
+    ],
+)
+def test_what_redis_py_refuses_is_told_without_the_password(
+    url: str, said: str, pieces: list[str]
+) -> None:
+    """Its text showed `'s3\\\\cret'` and `'@1Zq\\\\@h:99999' does not appear to be an IPv4
+    or IPv6 address`: quotes that did not match the URL's text were left unmasked."""
+    problem = url_problem(url)
+    assert problem.startswith(f"{said}; a / ? # [ or ] in the user or password must be")
+    for piece in pieces:
+        assert piece not in problem
 
 
 async def test_the_broker_refused_at_start_does_not_show_the_password(
