@@ -297,6 +297,8 @@ def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
             "redis://127.0.0.1:6379/0?password=hunter2&protocol=9",
             "(the protocol option is not 2 or 3)",
         ),
+        # redis-py's own AttributeError on this option was a traceback at start.
+        ("redis://:hunter2@127.0.0.1:6379/0?retry=1", "(the client cannot read it"),
     ],
 )
 def test_a_redis_url_redis_py_refuses_is_refused_without_its_password(
@@ -313,6 +315,15 @@ def test_a_redis_url_redis_py_refuses_is_refused_without_its_password(
     with pytest.raises(ConfigError, match=r"NPC_SERVER_CLUSTER_REDIS_URL") as env_info:
         load_config(env={"NPC_SERVER_CLUSTER_REDIS_URL": url})
     assert "hunt" not in str(env_info.value)
+
+
+def test_a_redis_url_option_redis_py_fails_on_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """`?retry=1` makes redis-py raise AttributeError: a refusal, not a traceback."""
+    path = tmp_path / "server.toml"
+    path.write_text('[cluster]\nredis_url = "redis://127.0.0.1:6379/0?retry=1"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: \[cluster\] redis_url must be ") as info:
+        load_config(path, env={})
+    assert "(redis-py cannot read it (AttributeError))" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,8 @@ def url_problem(url: str) -> str:
         pool.make_connection()  # type: ignore[no-untyped-call]  # built, not connected
     except (ValueError, TypeError, RedisError) as exc:
         return redacted_reason(url, str(exc) or type(exc).__name__)
+    except Exception as exc:  # redis-py's own bug on an option (`?retry=1`: AttributeError)
+        return redacted_reason(url, f"redis-py cannot read it ({type(exc).__name__})")
     return ""
 
 
