@@ -426,7 +426,10 @@ class RedisBroker:
 
     def _publications_lost(self, lost: list[tuple[str, int]], exc: BaseException) -> None:
         self._lost += len(lost)
-        self._gaps.update((c.removeprefix(PREFIX), upto) for c, upto in lost)
+        gaps = self._gaps
+        for c, upto in lost:  # a later publication may be recorded lost already: keep it
+            channel = c.removeprefix(PREFIX)
+            gaps[channel] = max(upto, gaps.get(channel, upto))
         if not isinstance(exc, PublishRefused):  # the link failed, not one publication
             self._set_connected(False)
         log.warning("Redis publish failed (%s); %d publications lost", exc, len(lost))

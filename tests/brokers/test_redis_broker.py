@@ -408,3 +408,19 @@ def test_a_redis_py_without_driver_info_gets_no_such_option(
         finally:
             broker_module._driver_info.cache_clear()
     assert set(broker_module.client_options()) == {"driver_info"}  # this redis-py has it
+
+
+def test_a_failed_batch_never_lowers_the_gap_a_later_lost_publication_recorded() -> None:
+    """Publication 12 on a channel is lost while the link is down, then the batch that
+    carried publication 10 fails: the gap other nodes are told must reach 12, or they
+    would take 11 and 12 as delivered (a relayed turn left running on a lost frame)."""
+    from npc_server.brokers.redis_publisher import PublishRefused
+
+    broker = RedisBroker("redis://127.0.0.1:1/0", "node-a")  # never started: no Redis
+    told: list[tuple[str, dict[str, object]]] = []
+    broker.signal_nowait = lambda channel, message: told.append((channel, dict(message)))  # type: ignore[method-assign]
+    broker._number = 12
+    broker._queue(ROOM, b"twelve")  # not connected: lost, recorded with its number
+    broker._publications_lost([(PREFIX + ROOM, 10)], PublishRefused("full"))
+    broker._report_gaps()
+    assert told == [(ROOM, {"k": "gap", "channel": ROOM, "upto": 12})]
