@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 WEB_DIR = PACKAGE_ROOT / "web"
 SWEEP_INTERVAL = 5.0
 CLOSE_WAIT = 3.0
+# The app's shutdown has 60 s in all (Hypercorn's `shutdown_timeout`): the last webhooks
+# (of turns the stop cuts) wait at most this share of it, whatever is left of the grace.
+FINAL_FLUSH_MAX = 30.0
 
 
 class InsecureSecret(RuntimeError):
@@ -130,9 +133,10 @@ def create_app(
             task.cancel()
         for conversation in node.all_conversations():
             await conversation.aclose()
+        _expire_waiting(node)  # the actions of turns the stop cut: queued before the flush
         for backend in node.backends.values():
             await backend.aclose()
-        await node.webhooks.aclose()
+        await node.webhooks.aclose(at_most=FINAL_FLUSH_MAX)
         await node.socket_claims.aclose()
         await node.aclose()
 
@@ -277,12 +281,15 @@ def _readiness(draining: bool) -> tuple[Response, int]:
 
 
 async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:
-    """Tell every socket to go elsewhere, let turns finish for `grace`, then close 1001."""
+    """Tell every socket to go elsewhere, let turns finish for `grace`, expire the actions
+    waiting for approval, close 1001, and let webhooks go out for what is left of `grace`."""
     node.draining = True
+    node.webhooks.stop_within(grace)  # one grace: the turns', then the webhooks' rest of it
     node.announce_drain(retry_after)
     generating = node.turns.tasks()
     if generating:
         await asyncio.wait(generating, timeout=grace)
+    _expire_waiting(node)
     sockets = list(node.sockets)
     for socket in sockets:
         socket.request_close(CloseCode.GOING_AWAY, "server draining")
@@ -292,6 +299,16 @@ async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:
         for waiter in closed:
             waiter.cancel()
     await _park_sessions(node)
+    await node.webhooks.flush()
+
+
+def _expire_waiting(node: Node) -> None:
+    # An action belongs to the node that made it (its id names the node): none takes it
+    # over, even with its session, so once this node stops nobody can answer it. It ends
+    # now: its `action.end` before the 1001, its webhook before the queue's last flush.
+    expired = node.turns.expire_waiting_nowait()
+    if expired:
+        log.info("%d actions waiting for approval expired: the server stops", expired)
 
 
 async def _park_sessions(node: Node) -> None:

@@ -91,6 +91,19 @@ class TurnRegistry:
     def open_actions(self) -> list[tuple[Conversation, Turn, TurnAction]]:
         return list(self._actions.values())
 
+    def expire_waiting_nowait(self) -> int:
+        """End as `expired` each action waiting for the player's approval after its turn
+        (the node stops for good: no other node takes its actions over, so none could be
+        answered); how many. Those of turns still generating are left to their turn's end."""
+        waiting = [
+            (conversation, turn, action)
+            for conversation, turn, action in self._actions.values()
+            if action.approval and turn.state is TurnState.ENDED
+        ]
+        for conversation, turn, action in waiting:
+            conversation.expire(turn, action)
+        return len(waiting)
+
     @property
     def turn_count(self) -> int:
         return len(self._turns)

@@ -431,6 +431,10 @@ class Conversation:
         """The player answered an action that asked for approval."""
         self._resolve(turn, action, "accepted" if accept else "declined")
 
+    def expire(self, turn: Turn, action: TurnAction) -> None:
+        """End an action waiting for approval now, as its timeout would (the node stops)."""
+        self._resolve(turn, action, "expired")
+
     def _resolve(self, turn: Turn, action: TurnAction, status: str) -> None:
         if action.status is not None:
             return

@@ -9,12 +9,18 @@ header) that stays the same across retries, so the game applies it once.
 A URL that cannot be used at all drops each event at once (no retry would
 change it), and whatever else goes wrong with one event drops that event:
 counted and logged, a worker never ends before the sender closes.
+
+When the server stops, `stop_within` gives the deliveries a deadline (the
+drain's grace): `flush` and `aclose` wait for the queue until then, retrying
+as usual, and what is still queued or in flight when the workers end is
+counted as `dropped_shutdown` and named in one WARNING, never lost silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +48,7 @@ Post = Callable[[str, bytes, Mapping[str, str], float], Awaitable[HttpAnswer]]
 Sleep = Callable[[float], Awaitable[None]]
 # Answers worth another try: the game server may take it later.
 RETRY_STATUSES = frozenset({408, 425, 429})
+LOST_IDS_LOGGED = 5  # the stop's WARNING names this many of the events it gave up
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,7 @@ class WebhookStatistics:
     dropped_full: int
     dropped_failed: int
     dropped_rejected: int
+    dropped_shutdown: int
     bugs: int
 
 
@@ -90,6 +98,7 @@ class WebhookSender:
         post: Post = post_json,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.url = f"{settings.url}/events" if settings.url else None
@@ -97,14 +106,17 @@ class WebhookSender:
         self._post = post
         self._sleep = sleep
         self._wall_clock = wall_clock
+        self._clock = clock
         # (idempotency key, body): the body is encoded once, for every attempt.
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(settings.webhook_queue)
         self._workers: list[asyncio.Task[None]] = []
         self._delivered = self._retries = self._seq = self._bugs = 0
-        self._dropped = {"full": 0, "failed": 0, "rejected": 0}
+        self._dropped = {"full": 0, "failed": 0, "rejected": 0, "shutdown": 0}
         self._idle = asyncio.Event()
         self._idle.set()
-        self._busy = 0
+        self._in_flight: list[str] = []  # the keys the workers are delivering, oldest first
+        self._deadline: float | None = None  # the stop's, on `clock` (`stop_within`)
+        self._closed = False
 
     @property
     def enabled(self) -> bool:
@@ -118,6 +130,9 @@ class WebhookSender:
     def send_nowait(self, event: Mapping[str, Any]) -> bool:
         """Queue one event; False when there is no game server or the queue is full."""
         if self.url is None:
+            return False
+        if self._closed:
+            self._drop("shutdown", str(event.get("id")), "the server has stopped")
             return False
         try:
             self._queue.put_nowait((str(event.get("id", "")), orjson.dumps(event)))
@@ -135,11 +150,38 @@ class WebhookSender:
         for n in range(self.settings.webhook_workers):
             self._workers.append(asyncio.create_task(self._work(), name=f"webhook-{n}"))
 
-    async def aclose(self) -> None:
-        """Stop delivering; events still queued are given up (the server is stopping).
-        Never raises: what went wrong in a delivery was counted and logged there."""
+    def stop_within(self, seconds: float) -> None:
+        """The server stops: deliveries go on, retried as usual, for at most `seconds`
+        more, which `flush` and `aclose` wait for (an earlier deadline is kept)."""
+        deadline = self._clock() + max(seconds, 0.0)
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+
+    async def flush(self, at_most: float = math.inf) -> bool:
+        """Wait until every queued event was delivered or dropped, up to the stop's
+        deadline (no wait before `stop_within`) and `at_most` seconds; whether it was."""
+        left = 0.0 if self._deadline is None else self._deadline - self._clock()
+        left = min(left, at_most)
+        if left > 0 and not self._idle.is_set():
+            try:
+                async with asyncio.timeout(left):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        return self._idle.is_set()
+
+    async def aclose(self, at_most: float = math.inf) -> None:
+        """Stop delivering, after `flush(at_most)`: what is still queued or in flight then
+        is given up, counted as `dropped_shutdown` and logged once. Never raises: what went
+        wrong in a delivery was counted and logged there."""
+        await self.flush(at_most)
+        self._closed = True
+        lost = list(self._in_flight)  # no await until the cancel: exactly these are cut
         await cancel_and_wait(self._workers)
         self._workers.clear()
+        while not self._queue.empty():
+            lost.append(self._queue.get_nowait()[0])
+        if lost:
+            self._lost_at_stop(lost)
 
     async def idle(self) -> None:
         """Return once every queued event was delivered or dropped (for tests, drains)."""
@@ -153,20 +195,21 @@ class WebhookSender:
             dropped_full=self._dropped["full"],
             dropped_failed=self._dropped["failed"],
             dropped_rejected=self._dropped["rejected"],
+            dropped_shutdown=self._dropped["shutdown"],
             bugs=self._bugs,
         )
 
     async def _work(self) -> None:
         while True:
             key, body = await self._queue.get()
-            self._busy += 1
+            self._in_flight.append(key)
             try:
                 await self._deliver(key, body)
             except Exception as exc:  # a bug: the event is lost, the worker goes on
                 self._crashed(key, exc)
             finally:
-                self._busy -= 1
-                if not self._busy and self._queue.empty():
+                self._in_flight.remove(key)
+                if not self._in_flight and self._queue.empty():
                     self._idle.set()
 
     async def _deliver(self, key: str, body: bytes) -> None:
@@ -223,6 +266,21 @@ class WebhookSender:
                 problem,
                 count,
             )
+
+    def _lost_at_stop(self, keys: list[str]) -> None:
+        # One line for the whole stop, however many: the count and the first few ids, so
+        # the game can look them up (an event cut in flight may have reached it).
+        self._dropped["shutdown"] += len(keys)
+        more = len(keys) - LOST_IDS_LOGGED
+        log.warning(
+            "%d webhook events to %s not delivered before the server stopped "
+            "(dropped_shutdown, %d so far): %s%s",
+            len(keys),
+            redacted_url(self.url or ""),
+            self._dropped["shutdown"],
+            ", ".join(keys[:LOST_IDS_LOGGED]),
+            f" and {more} more" if more > 0 else "",
+        )
 
     def _crashed(self, key: str, exc: Exception) -> None:
         # A bug in one delivery: the event counts as failed; the log says ERROR, with the

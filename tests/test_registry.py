@@ -90,3 +90,28 @@ def test_context_store_merges_scopes_and_bounds_bytes_per_player() -> None:
     assert store.bytes_of("alice") == 100
     store.forget("alice")
     assert store.for_npc("alice", "mira") == {} and len(store) == 0
+
+
+class _Answering(_Conversation):
+    """A Conversation stand-in that records the actions it is told to expire."""
+
+    def __init__(self, player: str) -> None:
+        super().__init__(player)
+        self.expired: list[str] = []
+
+    def expire(self, turn: Turn, action: TurnAction) -> None:
+        self.expired.append(action.id)
+
+
+def test_a_stop_expires_only_the_actions_waiting_for_an_answer_after_their_turn() -> None:
+    """expire_waiting_nowait (the node stops): approval actions of ended turns end
+    `expired`; those of a turn still generating wait for its end, which settles them."""
+    registry = TurnRegistry(on_released=lambda c: None)
+    answering = _Answering("alice")
+    conversation: Conversation = answering  # type: ignore[assignment]
+    ended, streaming = _turn("t1", "alice", TurnState.ENDED), _turn("t2", "alice")
+    registry.action_opened(conversation, ended, TurnAction("a1", "open_shop", {}, 0, True, 30))
+    registry.action_opened(conversation, streaming, TurnAction("a2", "open_shop", {}, 0, True, 30))
+    registry.action_opened(conversation, streaming, TurnAction("a3", "gift", {}, 0, False, 30))
+    assert registry.expire_waiting_nowait() == 1
+    assert answering.expired == ["a1"]

@@ -3,7 +3,7 @@
 It plays the game's own backend: it receives action webhooks at `/events`
 and tool calls at `/tools/<name>`, records each request as it arrived
 (headers and raw body, so tests verify signatures as a game would), and
-answers as the test scripts it: a status, a JSON body, or a hang.
+answers as the test scripts it: a status, a JSON body, late, or a hang.
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ class Received:
 
 @dataclass(frozen=True)
 class Answer:
-    """How to answer one request: a status and JSON body, or hang until cancelled."""
+    """How to answer one request: a status and JSON body (after `delay` seconds: a slow
+    game server), or hang until cancelled."""
 
     status: int = 200
     body: Any = field(default_factory=lambda: {"ok": True})  # bytes: sent as they are
     hang: bool = False
+    delay: float = 0.0
 
 
 ToolHandler = Callable[[dict[str, Any]], Answer]
@@ -106,6 +108,8 @@ class GameServer:
                 await self.released.wait()  # until the test ends or the client leaves
             finally:
                 self.hanging -= 1
+        if answer.delay:
+            await asyncio.sleep(answer.delay)  # the game server is slow, not the test waiting
         body = answer.body if isinstance(answer.body, bytes) else orjson.dumps(answer.body)
         return Response(body, answer.status, content_type="application/json")
 
