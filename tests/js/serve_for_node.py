@@ -1,9 +1,11 @@
 """A real npc-server for the JavaScript client's tests (`node --test` in clients/js).
 
 Run from the repository root: `python -m tests.js.serve_for_node [SCRIPTED_JSON]`.
-It serves the demo NPCs on a free loopback port (fast scripted pace, the test
-secret), prints one JSON line `{"url", "http"}`, then answers commands, one
-JSON object a line on stdin, with one JSON line each on stdout:
+It serves the demo NPCs and `scout` (whose tools the client answers: `inventory`
+within 5 s, `glance` within 0.3 s) on a free loopback port (fast scripted pace,
+the test secret, the server API on with `api_key`), prints one JSON line
+`{"url", "http", "api_key"}`, then answers commands, one JSON object a line on
+stdin, with one JSON line each on stdout:
 
   {"op": "token", "player": P, "ttl": S}        -> {"token": T}
   {"op": "watch", "turn": ID}                   -> {"ok": true}   (keep the server's turn)
@@ -20,17 +22,40 @@ End of stdin stops the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from typing import Any
 
+from npc_server.npcs import load_npcs, parse_npc
 from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import RoomGap
 from npc_server.transports.websocket import WebSocketEdge
 from npc_server.turns import Turn
-from tests.support.server import RunningServer, running_server, server_config
+from tests.support.game_server import API_KEY
+from tests.support.server import DEMO_NPCS, RunningServer, running_server, server_config
 
 LONG = {"tokens_per_second": 150, "long_reply_chars": 800}
+# An NPC that asks the speaker's client (docs/game-server.md, "Tools").
+SCOUT = parse_npc(
+    {
+        "id": "scout",
+        "name": "Scout",
+        "tools": [
+            {"name": "inventory", "answered_by": "client", "timeout_s": 5},
+            {"name": "glance", "answered_by": "client", "timeout_s": 0.3},
+        ],
+        "backend": {
+            "kind": "scripted",
+            "defaults": {"item": "nothing"},
+            "topics": [
+                {"keywords": ["carry"], "replies": ["Hm. [[inventory]] You carry {item}."]},
+                {"keywords": ["look"], "replies": ["Hm. [[glance]] I see {item}."]},
+            ],
+        },
+    },
+    "scout.toml",
+)
 
 
 class Commands:
@@ -92,9 +117,12 @@ class Commands:
 
 
 async def serve(scripted: dict[str, Any]) -> None:
-    async with running_server(server_config(scripted=scripted)) as server:
+    config = dataclasses.replace(server_config(scripted=scripted), api_key=API_KEY)
+    npcs = {**load_npcs(DEMO_NPCS), "scout": SCOUT}
+    async with running_server(config, npcs=npcs) as server:
         commands = Commands(server)
-        print(json.dumps({"url": server.url, "http": server.http_url}), flush=True)
+        address = {"url": server.url, "http": server.http_url, "api_key": API_KEY}
+        print(json.dumps(address), flush=True)
         loop = asyncio.get_running_loop()
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             try:

@@ -7,21 +7,23 @@
 // `ping` fences the server's backlog: once its `pong` is in, requests the
 // server never received are resent (resumed session) or fail with RequestLost
 // (new session), and turns and actions missing from a new session's snapshot
-// end (`lost`) and expire.
+// end (`lost`) and expire. Tool calls the NPC asks this client (`tool` with
+// `answered_by:"client"`) go to the `tools` handlers and the "tool" listeners.
 
-import { DEFAULT_BACKOFF, RateBudget, SeenReporter, TypingNotices, backoffDelay } from "./pacing.js";
+import { DEFAULT_BACKOFF, RateBudget, SeenReporter, TypingNotices, reconnectDelay } from "./pacing.js";
 import { Emitter } from "./emitter.js";
 import {
   CloseCode,
   ConnectionClosedError,
   ErrorCode,
   NpcClientError,
+  NpcError,
   RequestLost,
   RequestTimeout,
 } from "./errors.js";
 import { Router } from "./router.js";
 import { decodeFrame, encodeFrame, isOpen, openSocket } from "./socket.js";
-import { Turn } from "./turn.js";
+import { TOOL_ERROR_RESULT, ToolCall, Turn } from "./turn.js";
 import { TokenKeeper } from "./token.js";
 
 export const VERSION = "0.1.0";
@@ -29,7 +31,7 @@ export const VERSION = "0.1.0";
 export const PROTOCOL_VERSION = 1;
 
 const FENCE_TIMEOUT_MS = 10_000;
-const EVENT_FRAMES = new Set(["said", "typing", "presence", "room.gap", "draining", "notice"]);
+const EVENT_FRAMES = new Set(["said", "typing", "presence", "room.gap", "draining", "notice", "tool.end"]);
 
 /** Open a session: connect, send `hello`, wait for `welcome`. The first connect is not retried. */
 export async function connect(options) {
@@ -50,6 +52,11 @@ export class NpcClient extends Emitter {
       throw new TypeError("no WebSocket here: pass WebSocket (e.g. the `ws` package) in the options");
     }
     this._tokens = new TokenKeeper(o.token, o.tokenProvider, o.refreshMarginMs ?? 60_000);
+    this._toolHandlers = new Map();
+    for (const [name, handler] of Object.entries(o.tools ?? {})) {
+      if (typeof handler !== "function") throw new TypeError(`tools.${name} must be a function`);
+      this._toolHandlers.set(name, handler);
+    }
     this._reconnect = o.reconnect ?? true;
     this._backoff = { ...DEFAULT_BACKOFF, ...o.backoff };
     this._requestTimeoutMs = o.requestTimeoutMs ?? 10_000;
@@ -83,6 +90,8 @@ export class NpcClient extends Emitter {
       answer: (action, accept) => this.act(action, accept),
       onForeignTurn: (turn) => this.emit("turn", turn),
       onEvent: (frame) => this._event(frame),
+      toolCall: (frame, turn) => this._newToolCall(frame, turn),
+      onTool: (call, turn) => this._tool(call, turn),
     });
   }
 
@@ -156,6 +165,18 @@ export class NpcClient extends Emitter {
   /** Game state for the NPC's next turns (all NPCs without `npc`); latest wins. */
   context(data, { npc } = {}) {
     return this._request({ t: "context", data, npc }).then(() => undefined);
+  }
+
+  /**
+   * Answer a tool call the NPC asked this client (a ToolCall or its id). True
+   * when the server took the answer; false when the call no longer waits for
+   * it (ended, timed out, answered already, or not this player's: `unknown_call`).
+   */
+  async answerTool(call, result) {
+    if (call instanceof ToolCall) return call.answer(result);
+    const known = this._router.tools.get(String(call));
+    if (known) return known.answer(result);
+    return this._sendToolResult(String(call), result);
   }
 
   /** Replace the token before it expires; later reconnects use it. */
@@ -298,8 +319,9 @@ export class NpcClient extends Emitter {
   async _reconnectLoop(closed) {
     this._setState("resuming", closed.code, closed.reason);
     const started = Date.now();
+    let code = closed.code; // the last refusal: after 4029 the backoff starts at seconds
     // After `draining` the first attempt waits the server's retry_after.
-    let delay = this._drainDelayMs ?? backoffDelay(this._backoff, 0);
+    let delay = this._drainDelayMs ?? reconnectDelay(this._backoff, 0, code);
     this._drainDelayMs = null;
     for (let attempt = 1; ; attempt += 1) {
       await sleep(delay);
@@ -310,6 +332,7 @@ export class NpcClient extends Emitter {
         return;
       } catch (err) {
         if (err instanceof ConnectionClosedError) {
+          code = err.code;
           if (err.code === CloseCode.TOKEN_EXPIRED && this._tokens.renewable) this._tokens.expired = true;
           else if (!err.reconnectable) throw err;
         }
@@ -319,7 +342,7 @@ export class NpcClient extends Emitter {
       if (this._backoff.giveUpAfterMs !== null && Date.now() - started > this._backoff.giveUpAfterMs) {
         throw new ConnectionClosedError(closed.code, `gave up reconnecting after ${this._backoff.giveUpAfterMs} ms`, { reconnectable: true });
       }
-      delay = backoffDelay(this._backoff, attempt);
+      delay = reconnectDelay(this._backoff, attempt, code);
     }
   }
 
@@ -430,6 +453,56 @@ export class NpcClient extends Emitter {
       await this._request({ t: "interrupt", turn: turn.id, shown });
     } catch (err) {
       if (!(err?.code === ErrorCode.UNKNOWN_TURN && turn.ended)) throw err;
+    }
+  }
+
+  // --- tools ---------------------------------------------------------------
+
+  _newToolCall(frame, turn) {
+    // The turn's speaker answers: this client's say, or a turn of this player (a game-caused one).
+    const speaker = turn !== null && (turn.mine || (turn.player !== null && turn.player === this.player));
+    return new ToolCall(frame, {
+      forMe: frame.answered_by === "client" && speaker,
+      answer: (call, result) => this._sendToolResult(call.call, result),
+    });
+  }
+
+  async _sendToolResult(call, result) {
+    try {
+      await this._request({ t: "tool.result", call, result: result === undefined ? null : result });
+      return true;
+    } catch (err) {
+      if (err instanceof NpcError && err.code === ErrorCode.UNKNOWN_CALL) return false; // too late
+      throw err;
+    }
+  }
+
+  _tool(call, turn) {
+    const heard = this.emit("tool", call) || (turn?.listenerCount("tool") ?? 0) > 0;
+    if (!call.forMe) return;
+    const handler = this._toolHandlers.get(call.name);
+    if (handler) this._runTool(handler, call).catch((err) => this._report(err));
+    else if (!heard) {
+      this._report(new NpcClientError(`the NPC asks this client's tool ${call.name} and nothing answers it (pass tools.${call.name} or listen to "tool"): the reply waits for the tool's timeout`));
+    }
+  }
+
+  /** A `tools` handler answers; if it throws (or its result is refused) the NPC gets TOOL_ERROR_RESULT. */
+  async _runTool(handler, call) {
+    let result;
+    try {
+      result = await handler(call.args, call);
+    } catch (err) {
+      this._report(new NpcClientError(`tool ${call.name} failed: ${err?.message ?? err}; answered as an error`, { cause: err }));
+      await call.answer(TOOL_ERROR_RESULT);
+      return;
+    }
+    try {
+      await call.answer(result);
+    } catch (err) {
+      if (err instanceof NpcClientError && !(err instanceof NpcError)) throw err; // closed, lost …
+      this._report(new NpcClientError(`tool ${call.name}: its answer was refused (${err?.message ?? err}); answered as an error`, { cause: err }));
+      await call.answer(TOOL_ERROR_RESULT);
     }
   }
 

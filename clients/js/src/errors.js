@@ -25,6 +25,10 @@ export const ErrorCode = Object.freeze({
   BACKEND_ERROR: "backend_error",
   FORBIDDEN: "forbidden",
   BAD_TOKEN: "bad_token",
+  /** Cluster mode: the request needs the cluster's Redis, out of reach now; has `retry_after`. */
+  UNAVAILABLE: "unavailable",
+  /** A `tool.result` for a call that is not waiting for this player's answer. */
+  UNKNOWN_CALL: "unknown_call",
 });
 
 /** The close codes of protocol v1. */
@@ -33,6 +37,8 @@ export const CloseCode = Object.freeze({
   GOING_AWAY: 1001,
   ABNORMAL: 1006,
   MESSAGE_TOO_BIG: 1009,
+  /** The server refused the WebSocket handshake (a wrong path: seen as HTTP 403). */
+  POLICY_VIOLATION: 1008,
   INTERNAL_ERROR: 1011,
   SLOW_CONSUMER: 4000,
   HEARTBEAT_TIMEOUT: 4001,
@@ -41,10 +47,16 @@ export const CloseCode = Object.freeze({
   AUTH_FAILED: 4500,
   PROTOCOL_VIOLATION: 4501,
   REPLACED: 4503,
+  /** The game server kicked the player (`POST /api/kick`): do not reconnect. */
+  KICKED: 4508,
   TOO_MANY_CONNECTIONS: 4513,
 });
 
-/** docs/protocol.md's client policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 stop. */
+/**
+ * docs/protocol.md's client policy: 4000-4499 and 1001/1006/1011 reconnect;
+ * 4500-4999 (4508 kicked among them) and anything else stop. A 4002 reconnects
+ * only with a new token (the client needs a `tokenProvider`).
+ */
 export function shouldReconnect(code) {
   if (code >= 4000 && code <= 4499) return true;
   if (code >= 4500 && code <= 4999) return false;

@@ -20,7 +20,9 @@ export type ErrorCodeValue =
   | "busy"
   | "backend_error"
   | "forbidden"
-  | "bad_token";
+  | "bad_token"
+  | "unavailable"
+  | "unknown_call";
 
 export declare const ErrorCode: {
   readonly BAD_FRAME: "bad_frame";
@@ -35,12 +37,18 @@ export declare const ErrorCode: {
   readonly BACKEND_ERROR: "backend_error";
   readonly FORBIDDEN: "forbidden";
   readonly BAD_TOKEN: "bad_token";
+  /** Cluster mode: the request needs the cluster's Redis, out of reach now; has `retryAfter`. */
+  readonly UNAVAILABLE: "unavailable";
+  /** A tool answer for a call that does not wait for it (`answer()` resolves false instead). */
+  readonly UNKNOWN_CALL: "unknown_call";
 };
 
 export declare const CloseCode: {
   readonly NORMAL: 1000;
   readonly GOING_AWAY: 1001;
   readonly ABNORMAL: 1006;
+  /** The handshake was refused (a wrong path; seen as HTTP 403). */
+  readonly POLICY_VIOLATION: 1008;
   readonly MESSAGE_TOO_BIG: 1009;
   readonly INTERNAL_ERROR: 1011;
   readonly SLOW_CONSUMER: 4000;
@@ -50,10 +58,12 @@ export declare const CloseCode: {
   readonly AUTH_FAILED: 4500;
   readonly PROTOCOL_VIOLATION: 4501;
   readonly REPLACED: 4503;
+  /** The game server kicked the player (`POST /api/kick`): the client does not reconnect. */
+  readonly KICKED: 4508;
   readonly TOO_MANY_CONNECTIONS: 4513;
 };
 
-/** docs/protocol.md's policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 stop. */
+/** docs/protocol.md's policy: 4000-4499 and 1001/1006/1011 reconnect; 4500-4999 (4508 kicked too) and the rest stop. */
 export declare function shouldReconnect(code: number): boolean;
 /** Length in Unicode code points, the unit of the wire's `at`, `chars`, `kept` and `shown`. */
 export declare function codePoints(text: string): number;
@@ -65,7 +75,7 @@ export declare class NpcError extends NpcClientError {
   readonly code: ErrorCodeValue | (string & {});
   /** The server's explanation. */
   readonly serverMessage: string;
-  /** Seconds to wait, for `rate_limited` and `busy`. */
+  /** Seconds to wait, for `rate_limited`, `busy` and `unavailable`. */
   readonly retryAfter: number | null;
   readonly requestId: string | number | null;
 }
@@ -94,6 +104,8 @@ export declare class ProtocolError extends NpcClientError {}
 
 export type TurnEndReason = "done" | "interrupted" | "superseded" | "error" | "timeout" | "lost";
 export type ActionStatus = "accepted" | "declined" | "expired" | "done" | "retracted";
+/** How a tool call ended; "lost" (client-side): its turn was lost with a replaced session. */
+export type ToolStatus = "answered" | "timeout" | "cancelled" | "error" | "lost";
 export type ConnectionState = "idle" | "connecting" | "open" | "resuming" | "closed";
 
 /** Remove the listener. */
@@ -130,6 +142,56 @@ export declare class Action {
   on(event: "end", listener: (status: ActionStatus) => void): Unsubscribe;
 }
 
+/** What a `tools` handler that throws is answered with (the server's words for a failed call). */
+export declare const TOOL_ERROR_RESULT: { readonly error: string };
+
+/**
+ * A question the NPC asks mid-reply (its `[[tools]]`); the turn's text waits
+ * until the call ends (`tool.end`). With `answeredBy === "client"` the turn's
+ * speaker answers it: `forMe` says whether that is this client's player.
+ */
+export declare class ToolCall {
+  /** The call id (the wire's `call`). */
+  readonly call: string;
+  /** Same as `call`. */
+  readonly id: string;
+  /** The turn's id. */
+  readonly turn: string;
+  readonly name: string;
+  readonly args: Record<string, unknown>;
+  readonly answeredBy: "client" | "game" | (string & {});
+  /** This client's player is to answer it (answered by the client, and the turn's speaker). */
+  readonly forMe: boolean;
+  /** null while open. */
+  readonly status: ToolStatus | (string & {}) | null;
+  /** The server took this client's answer. */
+  readonly answered: boolean;
+  /** Resolves with how the call ended. */
+  readonly done: Promise<ToolStatus | (string & {})>;
+  /**
+   * Answer with `result` (JSON-like, at most 4 levels deep, string map keys).
+   * True when the server took it; false when the call no longer waits for it
+   * (ended, timed out, answered already, or someone else's: `unknown_call`).
+   * Rejects with NpcError when the server refuses the result (e.g. `bad_frame`).
+   */
+  answer(result: unknown): Promise<boolean>;
+  on(event: "end", listener: (status: ToolStatus | (string & {})) => void): Unsubscribe;
+}
+
+/** `tool.end`: a tool call is over; the turn's text goes on (unless cancelled). */
+export interface ToolEnd {
+  call: string;
+  status: ToolStatus | (string & {});
+  turn?: string;
+}
+
+/**
+ * Answers a tool the NPC asks this client; its result (or its promise's) is
+ * sent as `tool.result`. If it throws, the call is answered with
+ * TOOL_ERROR_RESULT and the error goes to the client's "error" event.
+ */
+export type ToolHandler = (args: Record<string, unknown>, call: ToolCall) => unknown;
+
 /**
  * One NPC turn. Iterate it (`for await`) for its text pieces; actions come as
  * "action" events. Iterating throws ConnectionClosedError only when the
@@ -143,6 +205,10 @@ export declare class Turn implements AsyncIterable<string> {
   readonly player: string | null;
   readonly room: string | null;
   readonly replyTo: string | number | null;
+  /** "game" for a turn the game server started (`POST /api/say`): it answers no say. */
+  readonly causedBy: "game" | (string & {}) | null;
+  /** The game's event name (e.g. "theft") of a game-caused turn, when it gave one. */
+  readonly event: string | null;
   /** Place in line when the NPC was busy. */
   readonly queued: number | null;
   readonly started: boolean;
@@ -152,6 +218,8 @@ export declare class Turn implements AsyncIterable<string> {
   readonly kept: number | null;
   readonly error: NpcError | null;
   readonly actions: readonly Action[];
+  /** The tool calls of this turn. */
+  readonly tools: readonly ToolCall[];
   /** All text received so far. */
   readonly text: string;
   /** Code points received. */
@@ -172,6 +240,8 @@ export declare class Turn implements AsyncIterable<string> {
   on(event: "start", listener: (turn: Turn) => void): Unsubscribe;
   on(event: "text", listener: (text: string, at: number) => void): Unsubscribe;
   on(event: "action", listener: (action: Action) => void): Unsubscribe;
+  /** The NPC asks a tool; its text waits until the call ends. */
+  on(event: "tool", listener: (call: ToolCall) => void): Unsubscribe;
   on(event: "end", listener: (end: TurnEnd) => void): Unsubscribe;
   on(event: "error", listener: (error: ConnectionClosedError) => void): Unsubscribe;
 }
@@ -204,7 +274,8 @@ export interface ConnectOptions {
   url: string;
   /** A JWT; or leave it out and pass `tokenProvider`. */
   token?: string;
-  /** Called for a new token after a 4002 close and before the token expires (then sent as `refresh`). */
+  /** Called for a new token after a 4002 close and before the token expires (then sent as `refresh`):
+   *  `refreshMarginMs` before `exp`, at most a third of the token's lifetime before it, at least 1 s apart. */
   tokenProvider?: TokenProvider;
   /** Default: globalThis.WebSocket (browsers, Node 22+). On Node 20 pass the `ws` package. */
   WebSocket?: WebSocketConstructor | (new (url: string) => unknown);
@@ -213,8 +284,10 @@ export interface ConnectOptions {
   backoff?: Backoff;
   requestTimeoutMs?: number | null;
   openTimeoutMs?: number;
-  /** Refresh this long before the token's `exp` (default 60 000). */
+  /** Refresh this long before the token's `exp` (default 60 000), at most a third of its lifetime. */
   refreshMarginMs?: number;
+  /** Handlers for the tools the NPCs ask this client (`answered_by = "client"`), by tool name. */
+  tools?: Record<string, ToolHandler>;
   clientName?: string;
 }
 
@@ -322,6 +395,8 @@ export declare class NpcClient {
   leave(room: string): Promise<void>;
   context(data: Record<string, unknown>, options?: { npc?: string }): Promise<void>;
   refresh(token: string): Promise<void>;
+  /** Answer a tool call (or its id); false when it no longer waits for this answer (`unknown_call`). */
+  answerTool(call: ToolCall | string, result: unknown): Promise<boolean>;
   /** Round trip to the server and back, ms (fractional: loopback is well under one). */
   ping(): Promise<number>;
   /** Call on every keystroke; debounced under the server's rate limit. True if a frame went out. */
@@ -333,8 +408,11 @@ export declare class NpcClient {
   on(event: "resync", listener: (resync: Resync) => void): Unsubscribe;
   on(event: "retry", listener: (retry: Retry) => void): Unsubscribe;
   on(event: "closed", listener: (error: ConnectionClosedError) => void): Unsubscribe;
-  /** Turns this client did not start: room turns of other players. */
+  /** Turns this client did not start: room turns of other players, turns the game started (`causedBy`). */
   on(event: "turn", listener: (turn: Turn) => void): Unsubscribe;
+  /** Every tool call of a turn this client sees; answer it if `forMe` (or pass `tools`). */
+  on(event: "tool", listener: (call: ToolCall) => void): Unsubscribe;
+  on(event: "tool.end", listener: (end: ToolEnd) => void): Unsubscribe;
   on(event: "said", listener: (said: Said) => void): Unsubscribe;
   on(event: "typing", listener: (typing: Typing) => void): Unsubscribe;
   on(event: "presence", listener: (presence: Presence) => void): Unsubscribe;

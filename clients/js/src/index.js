@@ -2,7 +2,7 @@
 // carrying msgpack frames.
 
 export { NpcClient, PROTOCOL_VERSION, VERSION, connect } from "./client.js";
-export { Action, LOST, Turn, codePoints } from "./turn.js";
+export { Action, LOST, TOOL_ERROR_RESULT, ToolCall, Turn, codePoints } from "./turn.js";
 export {
   CloseCode,
   ConnectionClosedError,

@@ -43,10 +43,25 @@ export const DEFAULT_BACKOFF = Object.freeze({
   giveUpAfterMs: 120_000, // the server's default resume window
 });
 
+/** After a 4029 close (rate limited) the backoff starts here: "a few seconds, growing". */
+export const RATE_LIMITED_INITIAL_MS = 2000;
+const RATE_LIMITED = 4029;
+
 /** Reconnect delay for `attempt` (0-based): exponential, capped, times a random 0.5-1. */
 export function backoffDelay(backoff, attempt, random = Math.random) {
   const base = Math.min(backoff.maxMs, backoff.initialMs * backoff.factor ** attempt);
   return base * (0.5 + random() / 2);
+}
+
+/**
+ * The delay before reconnect `attempt` (0-based) after the close `code`:
+ * `backoffDelay`, except that after 4029 (too many frames or connects) it
+ * starts at RATE_LIMITED_INITIAL_MS at least, as docs/protocol.md asks.
+ */
+export function reconnectDelay(backoff, attempt, code, random = Math.random) {
+  if (code !== RATE_LIMITED) return backoffDelay(backoff, attempt, random);
+  const initialMs = Math.max(backoff.initialMs, RATE_LIMITED_INITIAL_MS);
+  return backoffDelay({ ...backoff, initialMs, maxMs: Math.max(backoff.maxMs, initialMs) }, attempt, random);
 }
 
 /**

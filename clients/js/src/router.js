@@ -1,11 +1,11 @@
-// The client's protocol state, sans I/O: seq tracking, requests, turns, actions.
+// The client's protocol state, sans I/O: seq tracking, requests, turns, actions, tool calls.
 //
 // `Router.receive()` takes one decoded server frame and never awaits: it drops
 // frames already processed (by seq), settles pending requests, feeds Turn and
 // Action handles and hands everything else to the client through callbacks.
 
 import { errorFromFrame } from "./errors.js";
-import { Action, LOST, Turn } from "./turn.js";
+import { Action, LOST, ToolCall, Turn } from "./turn.js";
 
 export class Requests {
   constructor() {
@@ -53,10 +53,11 @@ export class Requests {
 }
 
 export class Router {
-  constructor({ newTurn, answer, onForeignTurn, onEvent }) {
+  constructor({ newTurn, answer, onForeignTurn, onEvent, toolCall, onTool }) {
     this.requests = new Requests();
     this.turns = new Map();
     this.actions = new Map();
+    this.tools = new Map(); // open tool calls by call id
     this.lastSeq = 0;
     this.duplicates = 0;
     this.gaps = 0;
@@ -64,6 +65,8 @@ export class Router {
     this._answer = answer;
     this._onForeignTurn = onForeignTurn;
     this._onEvent = onEvent;
+    this._toolCall = toolCall ?? ((frame) => new ToolCall(frame, { forMe: false, answer: async () => false }));
+    this._onTool = onTool ?? (() => {});
     this._byRequest = new Map();
     this._unconfirmed = new Set();
     this._handlers = {
@@ -75,6 +78,8 @@ export class Router {
       action: (f) => this._action(f),
       "action.end": (f) => this._actionEnd(f),
       "turn.end": (f) => this._turnEnd(f),
+      tool: (f) => this._tool(f),
+      "tool.end": (f) => this._toolEnd(f),
     };
   }
 
@@ -118,6 +123,11 @@ export class Router {
       this.actions.delete(action.id);
       action.lost = true;
       if (action._end("expired")) expired.push(action);
+    }
+    for (const call of [...this.tools.values()]) {
+      if (this.turns.has(call.turn)) continue;
+      this.tools.delete(call.call);
+      call._end(LOST);
     }
     return { lost, expired };
   }
@@ -208,7 +218,32 @@ export class Router {
     this._endTurn(turn, String(frame.reason), chars, kept, frame.usage);
   }
 
+  _tool(frame) {
+    if (typeof frame.call !== "string" || this.tools.has(frame.call)) return;
+    const turn = this.turns.get(String(frame.turn)) ?? null;
+    const call = this._toolCall(frame, turn);
+    this.tools.set(call.call, call);
+    turn?._feedTool(call);
+    this._onTool(call, turn);
+  }
+
+  _toolEnd(frame) {
+    if (typeof frame.call !== "string") return;
+    const call = this.tools.get(frame.call);
+    if (call) {
+      this.tools.delete(call.call);
+      call._end(String(frame.status));
+    }
+    this._onEvent(frame);
+  }
+
   _endTurn(turn, reason, chars, kept, usage) {
+    // tool.end comes before turn.end; a call still open here was lost with its frames.
+    for (const call of turn.tools) {
+      if (this.tools.get(call.call) !== call) continue;
+      this.tools.delete(call.call);
+      call._end(reason === LOST ? LOST : "cancelled");
+    }
     turn._feedEnd(reason, chars, kept, usage);
     this.turns.delete(turn.id);
     for (const [id, t] of this._byRequest) if (t === turn) this._byRequest.delete(id);

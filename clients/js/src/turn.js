@@ -75,6 +75,73 @@ export class Action extends Emitter {
   }
 }
 
+/** What a client-answered tool call the handler threw on is answered with (the server's words
+ * for a failed call, docs/game-server.md): the NPC goes on as after a failed call. */
+export const TOOL_ERROR_RESULT = Object.freeze({ error: "the tool's answer is missing: error" });
+
+/**
+ * A question the NPC asks mid-reply (its `[[tools]]`); the turn's text waits
+ * until the call ends. With `answeredBy === "client"` the turn's speaker
+ * answers it (`forMe` says whether that is this client's player) with
+ * `answer(result)`; `done` resolves with how the call ended.
+ */
+export class ToolCall extends Emitter {
+  constructor(frame, { forMe, answer }) {
+    super();
+    /** The call id (the wire's `call`). */
+    this.call = String(frame.call);
+    this.turn = String(frame.turn ?? "");
+    this.name = String(frame.name ?? "");
+    this.args = frame.args && typeof frame.args === "object" ? { ...frame.args } : {};
+    /** "client" (the turn's speaker answers) or "game" (the game server does). */
+    this.answeredBy = String(frame.answered_by ?? "game");
+    /** Whether this client's player is the one to answer it. */
+    this.forMe = forMe;
+    /** null while open; then answered, timeout, cancelled, error, or lost (client-side). */
+    this.status = null;
+    /** True once the server took this client's answer. */
+    this.answered = false;
+    this._send = answer;
+    this._claimed = false;
+    this._settle = null;
+    this.done = new Promise((resolve) => (this._settle = resolve));
+  }
+
+  /** Same as `call`. */
+  get id() {
+    return this.call;
+  }
+
+  /**
+   * Answer the call with `result` (JSON-like: at most 4 levels deep, string map
+   * keys). Resolves true when the server took it, false when the call no longer
+   * waits for it (it ended, timed out, was answered already, or asks someone
+   * else: the server's `unknown_call`). Rejects with NpcError for a refused
+   * result (e.g. `bad_frame`); then it may be answered again.
+   */
+  async answer(result) {
+    if (this.status !== null || this.answeredBy !== "client" || this._claimed) return false;
+    this._claimed = true;
+    let taken;
+    try {
+      taken = await this._send(this, result);
+    } catch (err) {
+      if (this.status === null) this._claimed = false;
+      throw err;
+    }
+    this.answered = taken;
+    return taken;
+  }
+
+  _end(status) {
+    if (this.status !== null) return false;
+    this.status = status;
+    this._settle(status);
+    this.emit("end", status);
+    return true;
+  }
+}
+
 export class Turn extends Emitter {
   constructor(id, { mine, seen, interrupt }) {
     super();
@@ -84,6 +151,10 @@ export class Turn extends Emitter {
     this.player = null;
     this.room = null;
     this.replyTo = null;
+    /** "game" for a turn the game server started (POST /api/say), else null. */
+    this.causedBy = null;
+    /** The game's event name (e.g. "theft") of a game-caused turn, when it gave one. */
+    this.event = null;
     this.queued = null;
     this.started = false;
     this.reason = null;
@@ -93,6 +164,8 @@ export class Turn extends Emitter {
     /** The NpcError (backend_error …) that ended the turn, if any. */
     this.error = null;
     this.actions = [];
+    /** The tool calls the NPC made in this turn. */
+    this.tools = [];
     /** All text received so far. */
     this.text = "";
     this.received = 0;
@@ -182,6 +255,8 @@ export class Turn extends Emitter {
     this.player = frame.player ?? this.player;
     this.room = frame.room ?? this.room;
     this.replyTo = frame.reply_to ?? this.replyTo;
+    if (typeof frame.caused_by === "string") this.causedBy = frame.caused_by;
+    if (typeof frame.event === "string") this.event = frame.event;
     this.emit("start", this);
   }
 
@@ -211,6 +286,11 @@ export class Turn extends Emitter {
   _feedAction(action) {
     this.actions.push(action);
     this.emit("action", action);
+  }
+
+  _feedTool(call) {
+    this.tools.push(call);
+    this.emit("tool", call);
   }
 
   _feedEnd(reason, chars, kept, usage) {

@@ -266,7 +266,7 @@ describe("reconnects", () => {
     };
     const npc = await connect({
       url: server.url,
-      token: await server.token("gus", 4), // expires in 4 s: refreshed 1 s in
+      token: await server.token("gus", 4), // 4 s: refreshed a third of its life (< 3 s) early
       tokenProvider: provide,
       refreshMarginMs: 3000,
       WebSocket,
@@ -281,6 +281,40 @@ describe("reconnects", () => {
       assert.equal(tokens.length, 2, "one refresh before expiry, one new token after 4002");
       assert.equal(npc.statistics().resumed, 1);
       await within(npc.ping());
+    } finally {
+      npc.close();
+    }
+  });
+
+  test("short tokens are renewed after two thirds of their life, not every second", async () => {
+    const calls = [];
+    const provide = async () => {
+      calls.push(performance.now());
+      return server.token("ned", 6);
+    };
+    // The default refreshMarginMs (60 s) is ten times the token's life.
+    const npc = await connect({ url: server.url, tokenProvider: provide, WebSocket });
+    try {
+      await within(until(() => npc.statistics().refreshes >= 1), 8000, "the first refresh");
+      const waited = calls[1] - calls[0];
+      assert.ok(waited >= 2500, `renewed ${Math.round(waited)} ms after a 6 s token arrived`);
+      assert.equal(calls.length, 2, "one token for hello, one refresh");
+      assert.equal(npc.statistics().connects, 1, "refreshed in place, no reconnect");
+    } finally {
+      npc.close();
+    }
+  });
+
+  test("after 4029 (rate limited) the first reconnect waits seconds, not milliseconds", async () => {
+    const npc = await client(server, "ole");
+    try {
+      const welcome = next(npc, "welcome");
+      const closed = performance.now();
+      await server.command("close", { code: CloseCode.RATE_LIMITED, player: "ole" });
+      assert.equal((await within(welcome)).resumed, true);
+      const waited = performance.now() - closed;
+      assert.ok(waited >= 1000, `reconnected ${Math.round(waited)} ms after 4029`);
+      assert.equal(npc.statistics().reconnectAttempts, 1);
     } finally {
       npc.close();
     }

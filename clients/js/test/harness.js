@@ -26,6 +26,7 @@ export class TestServer {
     const address = await server._next();
     server.url = address.url;
     server.http = address.http;
+    server.apiKey = address.api_key;
     return server;
   }
 
@@ -62,6 +63,16 @@ export class TestServer {
 
   async token(player, ttl = 3600) {
     return (await this.command("token", { player, ttl })).token;
+  }
+
+  /** POST the game server's API (docs/game-server.md): `{status, body}`. */
+  async api(path, body) {
+    const answer = await fetch(`${this.http}/api/${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${this.apiKey}` },
+      body: JSON.stringify(body),
+    });
+    return { status: answer.status, body: await answer.json() };
   }
 
   async stop() {

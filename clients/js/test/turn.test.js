@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { DEFAULT_BACKOFF, RateBudget, backoffDelay } from "../src/pacing.js";
+import { DEFAULT_BACKOFF, RATE_LIMITED_INITIAL_MS, RateBudget, backoffDelay, reconnectDelay } from "../src/pacing.js";
 import { Router } from "../src/router.js";
 import { Turn, codePoints } from "../src/turn.js";
 
@@ -13,7 +13,7 @@ function router() {
     newTurn: (id, mine) => new Turn(id, { mine, seen: () => {}, interrupt: async () => {} }),
     answer: async () => {},
     onForeignTurn: (turn) => events.push(["turn", turn.id]),
-    onEvent: (frame) => events.push([frame.t]),
+    onEvent: (frame) => events.push([frame.t, frame]),
   });
   return { r, events };
 }
@@ -79,4 +79,41 @@ test("backoff grows, is capped, and is jittered down to half", () => {
   assert.equal(backoffDelay(backoff, 0, () => 0), 50);
   assert.equal(backoffDelay(backoff, 3, () => 1), 800);
   assert.equal(backoffDelay(backoff, 10, () => 1), 1000);
+});
+
+test("after 4029 the reconnect backoff starts at seconds; other codes keep the configured one", () => {
+  const backoff = { ...DEFAULT_BACKOFF, initialMs: 100, maxMs: 1000 };
+  assert.equal(reconnectDelay(backoff, 0, 1006, () => 1), 100);
+  assert.equal(reconnectDelay(backoff, 0, 4029, () => 1), RATE_LIMITED_INITIAL_MS);
+  assert.equal(reconnectDelay(backoff, 0, 4029, () => 0), RATE_LIMITED_INITIAL_MS / 2);
+  assert.equal(reconnectDelay(backoff, 1, 4029, () => 1), RATE_LIMITED_INITIAL_MS, "a maxMs under it is raised to it");
+  assert.equal(reconnectDelay(DEFAULT_BACKOFF, 1, 4029, () => 1), 2 * RATE_LIMITED_INITIAL_MS, "growing");
+  assert.equal(reconnectDelay({ ...backoff, initialMs: 5000, maxMs: 9000 }, 0, 4029, () => 1), 5000);
+});
+
+test("tool frames: a call joins its turn, tool.end ends it and is an event; a lost turn's call ends lost", async () => {
+  const { r, events } = router();
+  let seq = 0;
+  r.receive({ t: "turn.start", seq: ++seq, turn: "t1", npc: "scout", player: "bob", caused_by: "game", event: "theft" });
+  const turn = r.turns.get("t1");
+  assert.equal(turn.causedBy, "game");
+  assert.equal(turn.event, "theft");
+  const asked = [];
+  turn.on("tool", (call) => asked.push(call));
+  r.receive({ t: "tool", seq: ++seq, turn: "t1", call: "c1", name: "inventory", args: { bag: "left" }, answered_by: "client" });
+  r.receive({ t: "tool", seq: ++seq, turn: "t1", call: "c1", name: "inventory", args: {}, answered_by: "client" }); // again: ignored
+  const [call] = asked;
+  assert.deepEqual([asked.length, call.call, call.name, call.args, call.answeredBy], [1, "c1", "inventory", { bag: "left" }, "client"]);
+  assert.deepEqual(turn.tools, [call]);
+  r.receive({ t: "tool.end", seq: ++seq, call: "c1", status: "answered", turn: "t1" });
+  assert.equal(await call.done, "answered");
+  assert.equal(await call.answer(1), false, "an ended call is not answered");
+  assert.deepEqual(events.filter(([t]) => t === "tool.end").map(([, f]) => [f.call, f.status]), [["c1", "answered"]]);
+
+  r.receive({ t: "tool", seq: ++seq, turn: "t1", call: "c2", name: "glance", args: {}, answered_by: "client" });
+  r.newSession(0);
+  r.snapshotDone(); // the new session does not know t1
+  assert.equal((await turn.done).reason, "lost");
+  assert.equal(await turn.tools[1].done, "lost");
+  assert.equal(r.tools.size, 0);
 });
