@@ -3,8 +3,9 @@
 JSON in and out, `Authorization: Bearer <NPC_SERVER_API_KEY>` compared in
 constant time. Without a key configured every `/api/` path is 404; a missing
 or wrong key is 401. Errors are `{"error": {"code", "message"}}`, and a bad
-body names the field. The description is at `/api/openapi.json` (public
-once the API is on: it holds no secrets).
+body names the field; so are an unknown path (404) and a method a path lacks
+(405, with `Allow`). The description is at `/api/openapi.json` (public once
+the API is on: it holds no secrets).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 
 import msgpack
 import orjson
-from quart import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from quart import Blueprint, Response, current_app, has_request_context, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from npc_server.api_schema import MAX_BODY_BYTES, ApiError, Body, openapi, problem
+from npc_server.api_schema import MAX_TTL_S, ApiError, Body, openapi, problem, read_body
 from npc_server.cluster.answers import (
     interrupt_result,
     kick_counts,
@@ -32,15 +33,14 @@ from npc_server.cluster.answers import (
 from npc_server.cluster.scatter import Gathered, gather
 from npc_server.cluster.trusted import MAX_VERSION, ClockExhausted
 from npc_server.node import Node
-from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
-from npc_server.tokens import is_player_id, issue_token
+from npc_server.tokens import issue_token
 from npc_server.turns import GAME, Audience, Refused
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL_S = 3600.0
+DEFAULT_TTL_S = 3600
 CLOCK_RETRY_AFTER = 60.0  # a trusted clock at its end: no post goes until it is reset
 
 
@@ -61,6 +61,23 @@ def api_blueprint(api_key: str | None) -> Blueprint:
             return problem(401, "unauthorized", "send Authorization: Bearer <NPC_SERVER_API_KEY>")
         return None
 
+    # Routing fails before a blueprint is chosen, so these are the app's handlers: only
+    # paths under /api/ get the API's JSON, after the same key check as its routes.
+    @api.app_errorhandler(NotFound)
+    @api.app_errorhandler(MethodNotAllowed)
+    async def no_route(exc: HTTPException) -> Response | HTTPException:
+        path = request.path if has_request_context() else ""
+        if path != "/api" and not path.startswith("/api/"):
+            return exc  # a page's, or a socket's
+        refused = await authorize()
+        if refused is not None:
+            return refused
+        if isinstance(exc, MethodNotAllowed):
+            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+            return problem(405, "method_not_allowed", message, headers={"Allow": allowed})
+        return problem(404, "not_found", f"no API endpoint {request.path}; see /api/openapi.json")
+
     @api.errorhandler(ApiError)
     async def refused(exc: ApiError) -> Response:
         return problem(exc.status, exc.code, exc.message, exc.retry_after)
@@ -77,7 +94,6 @@ def api_blueprint(api_key: str | None) -> Blueprint:
     api.add_url_rule("/kick", view_func=_kick, methods=["POST"])
     api.add_url_rule("/rooms/<room>", view_func=_room, methods=["GET"])
     api.add_url_rule("/players/<player>", view_func=_player, methods=["GET"])
-    api.add_url_rule("/<path:rest>", view_func=_no_route, methods=["GET", "POST"])
     return api
 
 
@@ -91,9 +107,7 @@ def _json(body: Mapping[str, Any], status: int = 200) -> Response:
 
 
 async def _body() -> Body:
-    data = await request.get_data(cache=False)
-    if len(data) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    data = await read_body()
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -107,15 +121,12 @@ async def _openapi() -> Response:
     return _json(openapi())
 
 
-async def _no_route(rest: str) -> Response:
-    return problem(404, "not_found", f"no API endpoint /api/{rest}; see /api/openapi.json")
-
-
 async def _tokens() -> Response:
-    """POST /api/tokens {player, ttl?} -> {token, player, expires_in}."""
+    """POST /api/tokens {player, ttl?} -> {token, player, expires_in}: `expires_in` is the
+    token's `exp - iat` (whole seconds: `int(now + ttl) - int(now)` is then `ttl`)."""
     body = await _body()
     player = body.player("player")
-    ttl = body.number("ttl", low=1, high=7 * 86400, default=DEFAULT_TTL_S)
+    ttl = body.seconds("ttl", low=1, high=MAX_TTL_S, default=DEFAULT_TTL_S)
     body.done()
     token = issue_token(current_app.extensions["npc_server.secret"], player, ttl)
     return _json({"token": token, "player": player, "expires_in": ttl})
@@ -357,8 +368,10 @@ async def _everywhere(node: Node, message: dict[str, Any]) -> Gathered:
 def _check_present(node: Node, audience: Audience) -> None:
     if audience.room is not None and not node.hub.room_exists(audience.room):
         raise ApiError(404, "unknown_room", f"'room': no room {audience.room!r} has members")
-    if audience.player is not None and not node.attached_sessions(audience.player):
-        raise ApiError(409, "not_connected", f"'player': {audience.player!r} is not connected")
+    # A session held for a resume counts: the turn goes into it, and its resume gets it.
+    if audience.player is not None and not node.hub.is_online(audience.player):
+        message = f"'player': {audience.player!r} has no session (connected or held for a resume)"
+        raise ApiError(409, "not_connected", message)
 
 
 async def _interrupt() -> Response:
@@ -420,7 +433,8 @@ def _kick_here(node: Node, player: str) -> dict[str, Any]:
 async def _room(room: str) -> Response:
     """GET /api/rooms/<room> -> {room, members} (in a cluster: from every node)."""
     node = _node()
-    if node.cluster is None or ROOM_PATTERN.fullmatch(room) is None:
+    room = Body({"room": room}).room()  # a name no join could have: 400, naming the rule
+    if node.cluster is None:
         if not node.hub.room_exists(room):
             raise ApiError(404, "unknown_room", f"no room {room!r} has members")
         return _json({"room": room, "members": list(node.hub.members(room))})
@@ -442,8 +456,9 @@ async def _player(player: str) -> Response:
     every node, each session naming its node, and the sessions a drained node parked in
     Redis, with `state: "parked"` and `node: null`)."""
     node = _node()
+    player = Body({"player": player}).player("player")  # what no hello could have: 400
     here = _player_here(node, player)
-    if node.cluster is None or not is_player_id(player):
+    if node.cluster is None:
         return _json({"player": player, **here})
     gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
     try:
