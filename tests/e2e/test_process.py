@@ -18,6 +18,7 @@ from npc_server.protocol.codes import CloseCode
 from npc_server.tokens import DEV_SECRET, verify_token
 from tests.support.client import connect
 from tests.support.server import DEMO_CONFIG, DEMO_NPCS, REPO, SECRET, start_server_process
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +59,8 @@ async def test_sigterm_drains_then_closes_1001(tmp_path: Path) -> None:
     }
     server = start_server_process(env=env, args=["--config", str(config)])
     try:
+        # The metrics line may come after the listening line start_server_process waits for.
+        await wait_until(lambda: any(ADMIN.search(line) for line in server.output))
         [admin] = [m.group(1) for line in server.output if (m := ADMIN.search(line))]
         for base in (server.http_url, admin):
             assert await asyncio.to_thread(get, base + "/readyz") == (200, {"status": "ready"})
