@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,10 +12,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from npc_client import connect
 from npc_client.terminal import Wrapper
 
+from tests.support.game_server import API_KEY
 from tests.support.server import DEMO_NPCS, SECRET, ServerProcess, start_server_process
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +33,10 @@ long_reply_chars = 3000
 """
 
 
-NO_WRAP = {**os.environ, "COLUMNS": ""}  # a pipe, and no $COLUMNS: replies are not wrapped
+NO_WRAP = {**os.environ, "COLUMNS": ""}
+API_AUTH = {
+    "Authorization": f"Bearer {API_KEY}"
+}  # a pipe, and no $COLUMNS: replies are not wrapped
 
 
 def stop(process: ServerProcess) -> None:
@@ -188,6 +194,18 @@ async def read_until(stream: asyncio.StreamReader, marker: str) -> str:
     return seen
 
 
+async def read_line(stream: asyncio.StreamReader, prefix: str) -> str:
+    """Read until a whole line starting with `prefix` arrived; that line."""
+    seen = ""
+    async with asyncio.timeout(TIMEOUT):
+        while not re.search(f"(^|\n){re.escape(prefix)}[^\n]*\n", seen):
+            chunk = await stream.read(1024)
+            assert chunk, f"output ended before a line {prefix!r}: {seen!r}"
+            seen += chunk.decode()
+    line = seen[seen.rindex(f"\n{prefix}") + 1 if f"\n{prefix}" in seen else 0 :]
+    return line.split("\n", 1)[0]
+
+
 async def test_chat_ctrl_c_interrupts_the_reply_then_exits(tmp_path: Path) -> None:
     """Ctrl-C during a reply interrupts it; Ctrl-C at the prompt exits with 0."""
     config = tmp_path / "server.toml"
@@ -288,3 +306,57 @@ async def test_chat_ctrl_c_with_an_approval_pending_asks_before_quitting(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# Fast replies, every NPC (the guard's own pacing is 15 tokens a second).
+FAST_CONFIG = """\
+[overrides.scripted]
+first_token_ms = 0
+tokens_per_second = 400
+"""
+
+
+async def test_chat_prints_the_actions_of_a_game_caused_turn(tmp_path: Path) -> None:
+    """A turn the game server causes (`POST /api/say`) is printed with its actions where
+    the NPC takes them; one asking approval asks, and `/yes` answers it."""
+    config = tmp_path / "server.toml"
+    config.write_text(FAST_CONFIG)
+    env = {
+        "NPC_SERVER_CONFIG": str(config),
+        "NPC_SERVER_NPCS_DIR": str(DEMO_NPCS),
+        "NPC_SERVER_API_KEY": API_KEY,
+    }
+    server = await asyncio.to_thread(start_server_process, env)
+    proc = await asyncio.create_subprocess_exec(
+        *CHAT, "--url", server.url, "--token", server.token("kai"), "--npc", "merchant",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=NO_WRAP,
+    )  # fmt: skip
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        await read_until(proc.stdout, "talking to Mira the Merchant")  # connected
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=TIMEOUT) as http:
+            theft = {"npc": "guard", "player": "kai", "event": "theft", "text": "kai took a pear"}
+            answer = await http.post("/api/say", json=theft, headers=API_AUTH)
+            assert answer.status_code == 200, answer.text
+            guard = await read_line(proc.stdout, "Brann of the Gate Watch (")
+            assert guard.startswith("Brann of the Gate Watch (game event: theft, to kai): ")
+            assert "Thief!" in guard and " [draw sword] " in guard
+            shop = {"npc": "merchant", "player": "kai", "event": "browse", "text": "the wares"}
+            answer = await http.post("/api/say", json=shop, headers=API_AUTH)
+            assert answer.status_code == 200, answer.text
+            seen = await read_until(proc.stdout, "Answer /yes or /no]\n")
+            mira = seen[seen.rindex("Mira the Merchant (game event: browse, to kai): ") :]
+            assert " [open shop?] " in mira.split("\n", 1)[0]
+            assert "[Mira the Merchant asks: open shop? Answer /yes or /no]" in mira
+        proc.stdin.write(b"/yes\n")
+        await proc.stdin.drain()
+        await read_until(proc.stdout, "[open shop: accepted]\n")
+        proc.stdin.write(b"/quit\n")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stop(server)

@@ -6,14 +6,24 @@ async with await connect("ws://127.0.0.1:8700/ws", token) as npc:
         print(item, end="", flush=True)
 """
 
-from npc_client.client import VERSION, ClientStatistics, NpcClient, ServerInfo, connect
+from npc_client.client import (
+    VERSION,
+    ClientStatistics,
+    NpcClient,
+    ServerInfo,
+    TokenProvider,
+    ToolHandler,
+    connect,
+)
 from npc_client.connection import Backoff, ConnectionState
 from npc_client.errors import (
     BackendError,
     BadFrame,
     BadToken,
     Busy,
+    CloseCode,
     ConnectionClosedError,
+    ErrorCode,
     Forbidden,
     NotInRoom,
     NpcClientError,
@@ -23,13 +33,15 @@ from npc_client.errors import (
     RequestLost,
     ServerUnreachable,
     TooLong,
+    Unavailable,
     UnknownAction,
+    UnknownCall,
     UnknownNpc,
     UnknownTurn,
     UnknownType,
 )
 from npc_client.events import Draining, Event, Presence, RoomGap, Said, ServerNotice, Typing
-from npc_client.turns import Action, Text, Turn
+from npc_client.turns import Action, Text, ToolCall, Turn
 
 __version__ = VERSION
 
@@ -41,9 +53,11 @@ __all__ = [
     "BadToken",
     "Busy",
     "ClientStatistics",
+    "CloseCode",
     "ConnectionClosedError",
     "ConnectionState",
     "Draining",
+    "ErrorCode",
     "Event",
     "Forbidden",
     "NotInRoom",
@@ -60,10 +74,15 @@ __all__ = [
     "ServerNotice",
     "ServerUnreachable",
     "Text",
+    "TokenProvider",
     "TooLong",
+    "ToolCall",
+    "ToolHandler",
     "Turn",
     "Typing",
+    "Unavailable",
     "UnknownAction",
+    "UnknownCall",
     "UnknownNpc",
     "UnknownTurn",
     "UnknownType",

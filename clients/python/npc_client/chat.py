@@ -335,9 +335,39 @@ class Chat:
         self.spawn(self.show_other_turn(turn))
 
     async def show_other_turn(self, turn: Turn) -> None:
-        text = await turn.text()
+        """A turn this client did not start (another player's in a room, one the game
+        caused, one from a snapshot), once it ended: its text with its actions where the
+        NPC took them; an action the player may answer also asks below it."""
+        parts: list[str] = []
+        mine = self.client is not None and bool(turn.player) and turn.player == self.client.player
+        questions: list[Action] = []
+        try:
+            async for item in turn:
+                if not isinstance(item, Action):
+                    parts.append(item)
+                    continue
+                what = describe_action(item)
+                parts.append(f" [{what}?] " if item.approval else f" [{what}] ")
+                if item.approval and mine:  # only the speaker answers (others: forbidden)
+                    questions.append(item)
+        except ConnectionClosedError:
+            return  # closed for good: the chat says so and exits
         where = f"[{turn.room}] " if turn.room else ""
-        self.notice(f"{where}{self.name(turn.npc)} (to {turn.player}): {text}")
+        details = []
+        if turn.caused_by == "game":
+            details.append(f"game event: {turn.event}" if turn.event else "game event")
+        if turn.player:
+            details.append(f"to {turn.player}")
+        about = f" ({', '.join(details)})" if details else ""
+        text = " ".join("".join(parts).split())
+        self.notice(f"{where}{self.name(turn.npc)}{about}: {text}")
+        for action in questions:
+            if action.status is None:
+                self.approvals.append(action)
+                self.notice(
+                    f"[{self.name(turn.npc)} asks: {describe_action(action)}? Answer /yes or /no]"
+                )
+                self.spawn(self.report_status(action))
 
     def on_state(self, state: ConnectionState) -> None:
         if state is ConnectionState.RECONNECTING:

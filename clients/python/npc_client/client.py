@@ -6,6 +6,11 @@ so turns go on streaming into the same `Turn` handles. After every reconnect
 a `ping` fences the server's backlog: once its `pong` is in, requests the
 server never received are resent (resumed session) or failed (new session),
 and turns missing from a new session's snapshot end.
+
+With a token provider the client renews its token ahead of `exp` with
+`refresh`, so the server never has to close with 4002. Every background task
+belongs to the client and ends when it closes, whether `close()` or the
+server closed it for good.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -29,15 +34,18 @@ from npc_client.connection import (
     RateBudget,
 )
 from npc_client.errors import (
+    BadFrame,
     ConnectionClosedError,
     NpcClientError,
     ProtocolError,
     RequestLost,
+    UnknownCall,
     UnknownTurn,
 )
 from npc_client.events import Event, Inbox
 from npc_client.router import Frame, FrameRouter, Pending
-from npc_client.turns import Turn
+from npc_client.tokens import REFRESH_MARGIN, refresh_delay, token_expiry
+from npc_client.turns import ToolCall, Turn
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,9 @@ FENCE_TIMEOUT = 10.0
 DEFAULT_BACKOFF = Backoff()
 
 TokenProvider = Callable[[], str | Awaitable[str]]
+# A tool handler gets the call and returns its result, or an awaitable of it.
+ToolHandler = Callable[[ToolCall], Any]
+ERROR_CHARS = 200  # of a failed handler's message, in the `{"error": …}` it answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,8 @@ class ClientStatistics:
     duplicates: int
     pings_answered: int
     seen_sent: int
+    refreshes: int
+    tools_answered: int
 
 
 async def connect(
@@ -78,9 +91,11 @@ async def connect(
     on_turn: Callable[[Turn], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_state: Callable[[ConnectionState], None] | None = None,
+    tools: Mapping[str, ToolHandler] | None = None,
     backoff: Backoff = DEFAULT_BACKOFF,
     request_timeout: float | None = 10.0,
     open_timeout: float = 10.0,
+    refresh_margin: float = REFRESH_MARGIN,
 ) -> NpcClient:
     """Open a session: connect, send `hello` and wait for `welcome`.
 
@@ -97,9 +112,11 @@ async def connect(
         on_turn=on_turn,
         on_event=on_event,
         on_state=on_state,
+        tools=tools,
         backoff=backoff,
         request_timeout=request_timeout,
         open_timeout=open_timeout,
+        refresh_margin=refresh_margin,
     )
     await client._start()
     return client
@@ -119,9 +136,11 @@ class NpcClient:
         on_turn: Callable[[Turn], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_state: Callable[[ConnectionState], None] | None = None,
+        tools: Mapping[str, ToolHandler] | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
         request_timeout: float | None = 10.0,
         open_timeout: float = 10.0,
+        refresh_margin: float = REFRESH_MARGIN,
     ) -> None:
         self.url = url
         self.session: str | None = None
@@ -134,8 +153,18 @@ class NpcClient:
         self._token_provider = token_provider
         self._on_turn = on_turn
         self._on_event = on_event
+        self._tools: dict[str, ToolHandler] = dict(tools or {})
         self._request_timeout = request_timeout
-        self._router = FrameRouter(self._new_turn, self.act, self._foreign_turn, self._event)
+        self._refresh_margin = refresh_margin
+        self._router = FrameRouter(
+            self._new_turn,
+            self.act,
+            self._foreign_turn,
+            self._event,
+            answer_tool=self.answer_tool,
+            on_tool=self._tool_asked,
+            player=lambda: self.player,
+        )
         callbacks = Callbacks(
             self._hello, self._welcomed, self._router.receive, self._finish, on_state
         )
@@ -150,6 +179,7 @@ class NpcClient:
         )
         self._turn_inbox: Inbox[Turn] = Inbox()
         self._event_inbox: Inbox[Event] = Inbox()
+        self._tool_inbox: Inbox[ToolCall] = Inbox()
         self._budget = RateBudget(20.0, 40)
         self._closed = asyncio.Event()
         self._closing = False
@@ -157,7 +187,14 @@ class NpcClient:
         self._seen_dirty: dict[str, Turn] = {}
         self._seen_wanted = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._counts = {"resumed": 0, "new_sessions": 0, "seen_sent": 0}
+        self._refresher: asyncio.Task[None] | None = None
+        self._counts = {
+            "resumed": 0,
+            "new_sessions": 0,
+            "seen_sent": 0,
+            "refreshes": 0,
+            "tools_answered": 0,
+        }
 
     @property
     def state(self) -> ConnectionState:
@@ -218,9 +255,28 @@ class NpcClient:
         return True
 
     async def refresh(self, token: str) -> None:
-        """Replace the token before it expires; later reconnects use it."""
+        """Replace the token before it expires; later reconnects use it.
+
+        With a `token_provider` the client does this by itself ahead of `exp`.
+        """
         await self._request({"t": "refresh", "token": token})
         self._token = token
+        self._counts["refreshes"] += 1
+        self._schedule_refresh()
+
+    async def answer_tool(self, call: ToolCall | str, result: Any) -> None:
+        """Answer a tool call asked of this client (`ToolCall.answer` does the same).
+
+        Returns after the server's ack; raises `UnknownCall` when the call no
+        longer waits for this player's answer (it ended, timed out, was
+        cancelled, or asks someone else).
+        """
+        call_id = call if isinstance(call, str) else call.id
+        await self._request({"t": "tool.result", "call": call_id, "result": result})
+        handle = self._router.calls.get(call_id) if isinstance(call, str) else call
+        if handle is not None:
+            handle.answered = True
+        self._counts["tools_answered"] += 1
 
     async def ping(self) -> float:
         """Round-trip time in seconds; also stored as `latency`."""
@@ -239,6 +295,10 @@ class NpcClient:
         """Room and server events (`Said`, `Typing`, `Presence` …), unless `on_event`."""
         return self._event_inbox.__aiter__()
 
+    def tool_calls(self) -> AsyncIterator[ToolCall]:
+        """Tool calls this client is asked to answer, except those a `tools` handler answers."""
+        return self._tool_inbox.__aiter__()
+
     def statistics(self) -> ClientStatistics:
         counts = {**self._conn.counts, **self._counts, "duplicates": self._router.duplicates}
         return ClientStatistics(**counts)
@@ -249,8 +309,12 @@ class NpcClient:
         return None if self._closing else self._error
 
     async def wait_closed(self) -> None:
-        """Wait until the client is closed; raise why, unless `close()` closed it."""
+        """Wait until the client is closed; raise why, unless `close()` closed it.
+
+        By then the client's background tasks have ended.
+        """
         await self._closed.wait()
+        await self._reap()
         if self._error is not None and not self._closing:
             raise self._error
 
@@ -258,10 +322,8 @@ class NpcClient:
         """Close the session for good (code 1000: the server forgets it)."""
         self._closing = True
         await self._conn.close()
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._stop_tasks()
+        await self._reap()
 
     # --- session ----------------------------------------------------------
 
@@ -269,15 +331,34 @@ class NpcClient:
         await self._conn.open()
         self._spawn(self._report_seen())
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run `coro` as one of the client's tasks, which end when it closes."""
+        if self._closed.is_set():
+            coro.close()
+            return None
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _reap(self) -> None:
+        """Wait for the client's tasks, stopped by the close, to end."""
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _new_token(self) -> str:
+        assert self._token_provider is not None
+        token = self._token_provider()
+        return await token if inspect.isawaitable(token) else token
 
     async def _hello(self, resume: bool) -> Frame:
         if resume and self._token_provider is not None:
-            token = self._token_provider()
-            self._token = await token if inspect.isawaitable(token) else token
+            self._token = await self._new_token()
         hello: Frame = {"t": "hello", "token": self._token, "client": self._conn.client_name}
         if resume and self.session is not None:
             hello["resume"] = {"session": self.session, "seq": self._router.last_seq}
@@ -299,6 +380,7 @@ class NpcClient:
         if not resumed:
             self._router.new_session(int(welcome.get("seq") or 0))
         self._counts["resumed" if resumed else "new_sessions"] += 1
+        self._schedule_refresh()  # the hello's token counts now
         if reconnected:
             self._spawn(self._settle(resumed, self._conn.generation))
 
@@ -311,18 +393,63 @@ class NpcClient:
             return  # the next reconnect settles instead
         for pending in self._router.requests.sent_before(generation):
             if resumed:  # every earlier answer has arrived: the server never got these
-                await self._send_pending(pending)
+                try:
+                    await self._send_pending(pending)
+                except ConnectionClosedError:
+                    return  # closed for good: fail_all() told the request's waiter
             else:
                 pending.future.set_exception(RequestLost("the session was replaced"))
         if not resumed:
             self._router.snapshot_done()
 
     def _finish(self, error: ConnectionClosedError) -> None:
+        """Closed for good (by `close()` or the server): waiters learn it, tasks end."""
         self._error = error
         self._router.fail_all(error)
         self._turn_inbox.close()
         self._event_inbox.close()
+        self._tool_inbox.close()
+        self._stop_tasks()
         self._closed.set()
+
+    # --- token renewal ----------------------------------------------------
+
+    def _schedule_refresh(self) -> None:
+        """Plan the renewal of the current token ahead of its `exp` (with a provider)."""
+        old, self._refresher = self._refresher, None
+        if old is not None and old is not asyncio.current_task():
+            old.cancel()
+        if self._token_provider is None:
+            return
+        delay = refresh_delay(self._token, time.time(), self._refresh_margin)
+        if delay is not None:
+            self._refresher = self._spawn(self._refresh_when_due(delay))
+
+    async def _refresh_when_due(self, delay: float) -> None:
+        """Renew the token with `refresh`; on failure try again while it is valid."""
+        await asyncio.sleep(delay)
+        while True:
+            current = self._token
+            expires = token_expiry(current) or 0.0
+            try:
+                token = await self._new_token()
+                if (token_expiry(token) or 0.0) <= expires:
+                    raise NpcClientError("token_provider gave no token that expires later")
+                await self.refresh(token)  # plans the next renewal
+                return
+            except ConnectionClosedError:
+                return
+            except Exception as exc:  # the provider is the caller's code
+                left = expires - time.time()
+                if left <= 0:
+                    log.warning(
+                        "could not renew the token before it expired (%s); the client "
+                        "resumes with a new one after the server's 4002",
+                        exc,
+                    )
+                    return
+                log.warning("token renewal failed, trying again: %s", exc)
+                await asyncio.sleep(max(1.0, left / 4))
 
     # --- sending ----------------------------------------------------------
 
@@ -367,6 +494,12 @@ class NpcClient:
 
     async def _report_seen(self) -> None:
         """Send `seen` at most every SEEN_INTERVAL, within the rate budget."""
+        try:
+            await self._report_seen_forever()
+        except ConnectionClosedError:
+            return  # closed for good: nothing more to report
+
+    async def _report_seen_forever(self) -> None:
         while True:
             await self._seen_wanted.wait()
             await asyncio.sleep(SEEN_INTERVAL)
@@ -402,3 +535,50 @@ class NpcClient:
             self._on_event(event)
         except Exception:
             log.exception("on_event callback failed")
+
+    # --- tools ------------------------------------------------------------
+
+    def _tool_asked(self, call: ToolCall) -> None:
+        """A `tool` frame: a handler answers it, else `tool_calls()` yields it."""
+        if not call.for_me:
+            return  # the game server or another player answers it; the turn lists it
+        handler = self._tools.get(call.name)
+        if handler is None:
+            self._tool_inbox.put_nowait(call)
+        else:
+            self._spawn(self._run_tool(call, handler))
+
+    async def _run_tool(self, call: ToolCall, handler: ToolHandler) -> None:
+        """Answer `call` with the handler's result. A handler that raises answers
+        `{"error": …}`, as the server tells a model of a failed call, so the NPC goes
+        on at once (a scripted NPC falls back to its defaults) instead of waiting
+        for the tool's timeout."""
+        try:
+            value = handler(call)
+            result = await value if inspect.isawaitable(value) else value
+            msgpack.packb(result)  # a result that cannot go on the wire fails here
+        except Exception as exc:
+            log.warning("tool handler %r failed; answering an error", call.name, exc_info=True)
+            result = {"error": f"the tool failed: {type(exc).__name__}: {exc}"[:ERROR_CHARS]}
+        for last_try in (False, True):
+            if call.ended:
+                what = (call.id, call.name, call.status)
+                log.info("tool call %s (%s) ended (%s) before it was answered", *what)
+                return
+            try:
+                await self.answer_tool(call, result)
+                return
+            except UnknownCall:
+                log.info("tool call %s (%s) no longer waits for an answer", call.id, call.name)
+                return
+            except BadFrame as exc:  # e.g. nested too deep, or a non-string map key
+                if last_try:
+                    log.warning("tool %r: the server refused the error too: %s", call.name, exc)
+                    return
+                log.warning("tool %r: the server refused the result: %s", call.name, exc)
+                result = {"error": f"the client's answer was refused: {exc.message}"}
+            except ConnectionClosedError:
+                return
+            except (NpcClientError, TimeoutError) as exc:
+                log.warning("tool %r: could not answer call %s: %r", call.name, call.id, exc)
+                return

@@ -24,13 +24,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as open_websocket
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from npc_client.errors import ConnectionClosedError, ProtocolError, ServerUnreachable
+from npc_client.errors import CloseCode, ConnectionClosedError, ProtocolError, ServerUnreachable
 
 log = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 MAX_MESSAGE_BYTES = 16 * 2**20
-TOKEN_EXPIRED = 4002
+TOKEN_EXPIRED = CloseCode.TOKEN_EXPIRED
+# docs/protocol.md: after 4029 "reconnect after a backoff (a few seconds, growing)".
+RATE_LIMITED_DELAY = 2.0
 
 
 class ConnectionState(Enum):
@@ -49,8 +51,13 @@ class Backoff:
     factor: float = 2.0
     give_up_after: float | None = 120.0  # the server's default resume window
 
-    def delay(self, attempt: int) -> float:
-        return min(self.maximum, self.initial * self.factor**attempt) * random.uniform(0.5, 1.0)
+    def delay(self, attempt: int, code: int | None = None) -> float:
+        """The wait before reconnect attempt `attempt` (0 first), after a close with `code`:
+        after 4029 (rate limited) it starts at a few seconds."""
+        initial, maximum = self.initial, self.maximum
+        if code == CloseCode.RATE_LIMITED:
+            initial, maximum = max(initial, RATE_LIMITED_DELAY), max(maximum, RATE_LIMITED_DELAY)
+        return min(maximum, initial * self.factor**attempt) * random.uniform(0.5, 1.0)
 
 
 class RateBudget:
@@ -290,7 +297,10 @@ class Connection:
         self.state = ConnectionState.RECONNECTING
         give_up = self._backoff.give_up_after
         started = time.monotonic()
-        delay = self._backoff.delay(0) if self._drain_delay is None else self._drain_delay
+        last_code = closed.code
+        delay = self._drain_delay
+        if delay is None:
+            delay = self._backoff.delay(0, last_code)
         self._drain_delay = None
         attempt = 0
         while True:
@@ -303,6 +313,7 @@ class Connection:
             except ConnectionClosedError as exc:
                 if not self._may_retry(exc):
                     raise
+                last_code = exc.code
             else:
                 self._opened(ws, welcome, reconnected=True)
                 return
@@ -311,7 +322,7 @@ class Connection:
                 raise ConnectionClosedError(
                     closed.code, f"gave up reconnecting after {give_up:g} s", reconnectable=True
                 )
-            delay = self._backoff.delay(attempt)
+            delay = self._backoff.delay(attempt, last_code)
 
     def _finish(self, error: ConnectionClosedError) -> None:
         if self.state is ConnectionState.CLOSED:

@@ -1,9 +1,9 @@
-"""The client's protocol state, sans I/O: seq tracking, requests, turns, actions.
+"""The client's protocol state, sans I/O: seq tracking, requests, turns, actions, tools.
 
 `FrameRouter.receive()` takes one decoded server frame and never awaits: it
 drops frames already processed (seq), resolves the futures of pending
-requests, feeds `Turn` and `Action` handles and hands everything else to the
-client through callbacks.
+requests, feeds `Turn`, `Action` and `ToolCall` handles and hands everything
+else to the client through callbacks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from npc_client.errors import NpcClientError, error_from_frame
 from npc_client.events import Event, ServerNotice, event_from_frame
-from npc_client.turns import LOST, Action, Turn
+from npc_client.turns import LOST, Action, ToolCall, Turn
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,15 @@ class Requests:
 
 TurnFactory = Callable[[str, bool], Turn]
 AnswerAction = Callable[[str, bool], Awaitable[None]]
+AnswerTool = Callable[[ToolCall, Any], Awaitable[None]]
+
+
+async def _no_answer(call: ToolCall, result: Any) -> None:
+    raise NpcClientError("this client cannot answer tool calls")
+
+
+def _nobody() -> str | None:
+    return None
 
 
 class FrameRouter:
@@ -99,12 +108,20 @@ class FrameRouter:
         answer: AnswerAction,
         on_turn: Callable[[Turn], None],
         on_event: Callable[[Event], None],
+        *,
+        answer_tool: AnswerTool = _no_answer,
+        on_tool: Callable[[ToolCall], None] | None = None,
+        player: Callable[[], str | None] = _nobody,
     ) -> None:
         self._on_turn = on_turn
         self._on_event = on_event
+        self._answer_tool = answer_tool
+        self._on_tool = on_tool
+        self._player = player
         self.requests = Requests()
         self.turns: dict[str, Turn] = {}
         self.actions: dict[str, Action] = {}
+        self.calls: dict[str, ToolCall] = {}  # tool calls waiting for their tool.end
         self.last_seq = 0
         self.duplicates = 0
         self.gaps = 0
@@ -121,6 +138,8 @@ class FrameRouter:
             "action": self._action,
             "action.end": self._action_end,
             "turn.end": self._turn_end,
+            "tool": self._tool,
+            "tool.end": self._tool_end,
         }
 
     def receive(self, frame: Frame) -> None:
@@ -165,6 +184,10 @@ class FrameRouter:
         self.requests.fail_all(error)
         for turn in self.turns.values():
             turn._fail(error)
+        for action in self.actions.values():
+            action._fail(error)
+        for call in self.calls.values():
+            call._fail(error)
 
     # --- handlers ---------------------------------------------------------
 
@@ -241,6 +264,24 @@ class FrameRouter:
         if action is not None:
             action._settle(str(frame.get("status")))
 
+    def _tool(self, frame: Frame) -> None:
+        turn = self.turns.get(str(frame.get("turn")))
+        if turn is None or not isinstance(frame.get("call"), str):
+            return
+        me = self._player()
+        # Only the turn's speaker may answer a client tool (anyone else: unknown_call).
+        for_me = frame.get("answered_by") == "client" and bool(me) and turn.player == me
+        call = ToolCall(frame, for_me=for_me, answer=self._answer_tool)
+        self.calls[call.id] = call
+        turn._feed_tool(call)
+        if self._on_tool is not None:
+            self._on_tool(call)
+
+    def _tool_end(self, frame: Frame) -> None:
+        call = self.calls.pop(str(frame.get("call")), None)
+        if call is not None:
+            call._settle(str(frame.get("status")))
+
     def _turn_end(self, frame: Frame) -> None:
         turn = self.turns.get(str(frame.get("turn")))
         if turn is None:
@@ -259,5 +300,8 @@ class FrameRouter:
     ) -> None:
         turn._feed_end(reason, chars, kept, usage)
         self.turns.pop(turn.id, None)
+        for call in turn.tool_calls:  # tool.end comes before turn.end; a lost turn's may not
+            if self.calls.pop(call.id, None) is not None:
+                call._settle(LOST)
         for request_id in [r for r, t in self._by_request.items() if t is turn]:
             del self._by_request[request_id]

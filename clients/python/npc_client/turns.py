@@ -1,4 +1,4 @@
-"""Handles for NPC turns and actions, fed by the client's frame router.
+"""Handles for NPC turns, actions and tool calls, fed by the client's frame router.
 
 A `Turn` is an async iterator of `Text` pieces and `Action`s in the order the
 NPC produced them. It is fed synchronously (`_feed_*`) and never does I/O
@@ -18,6 +18,7 @@ END_REASONS = ("done", "interrupted", "superseded", "error", "timeout")
 # Client-side reason: the session was replaced and the server no longer knew
 # the turn, so its end (and maybe the end of its text) was never seen.
 LOST = "lost"
+TOOL_END_STATUSES = ("answered", "timeout", "cancelled", "error")
 
 
 class Text(str):
@@ -53,6 +54,7 @@ class Action:
         self.status: str | None = None
         self._answer = answer
         self._settled = asyncio.Event()
+        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"Action({self.name!r}, id={self.id!r}, args={self.args!r}, status={self.status!r})"
@@ -66,14 +68,89 @@ class Action:
         await self._answer(self.id, False)
 
     async def wait(self) -> str:
-        """Wait for the action's final status and return it."""
+        """Wait for the action's final status and return it; raises
+        `ConnectionClosedError` if the connection closed for good before it."""
         await self._settled.wait()
+        if self._failure is not None:
+            raise self._failure
         assert self.status is not None
         return self.status
 
     def _settle(self, status: str) -> None:
         self.status = status
+        self._failure = None
         self._settled.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.status is None and self._failure is None:
+            self._failure = error
+            self._settled.set()
+
+
+class ToolCall:
+    """The NPC asks a tool mid-reply (a `tool` frame); its reply waits for the answer.
+
+    `answered_by` is "client" (the turn's speaker answers with `answer()`) or
+    "game" (the game server answers over HTTP). `for_me` is true when this
+    client is the one asked: a client tool in a turn whose speaker is this
+    client's player. `status` is None while the call waits, then the status of
+    its `tool.end`: `answered`, `timeout`, `cancelled` or `error` (or the
+    client-side `lost` when its turn was lost with a replaced session).
+    """
+
+    def __init__(
+        self,
+        frame: Mapping[str, Any],
+        *,
+        for_me: bool,
+        answer: Callable[[ToolCall, Any], Awaitable[None]],
+    ) -> None:
+        self.id: str = str(frame["call"])
+        self.turn: str = str(frame.get("turn", ""))
+        self.name: str = str(frame.get("name", ""))
+        args = frame.get("args")
+        self.args: dict[str, Any] = dict(args) if isinstance(args, Mapping) else {}
+        self.answered_by: str = str(frame.get("answered_by", ""))
+        self.for_me = for_me
+        self.status: str | None = None
+        self.answered = False  # this client's answer was acked
+        self._answer = answer
+        self._settled = asyncio.Event()
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ToolCall({self.name!r}, id={self.id!r}, args={self.args!r}, "
+            f"answered_by={self.answered_by!r}, status={self.status!r})"
+        )
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None
+
+    async def answer(self, result: Any) -> None:
+        """Answer the call with `result` (msgpack-able, at most 4 levels deep, string map
+        keys); returns after the server's ack. Raises `UnknownCall` when the call no
+        longer waits for this player's answer (it ended, or asks someone else)."""
+        await self._answer(self, result)
+
+    async def wait(self) -> str:
+        """Wait for the call's `tool.end` and return its status."""
+        await self._settled.wait()
+        if self._failure is not None:
+            raise self._failure
+        assert self.status is not None
+        return self.status
+
+    def _settle(self, status: str) -> None:
+        if self.status is None:
+            self.status = status
+            self._settled.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.status is None and self._failure is None:
+            self._failure = error
+            self._settled.set()
 
 
 class Turn:
@@ -84,6 +161,10 @@ class Turn:
     turn failed on the server: it ends, `reason` is "error" and `error` holds
     the `BackendError`. It raises `ConnectionClosedError` only when the
     connection closed for good before the turn ended. One consumer per turn.
+
+    `caused_by` is "game" (and `event` the game's event name, if it gave one)
+    for a turn the game server started; such a turn replies to no `say`. The
+    tools the NPC asked are in `tool_calls` (they are not yielded).
     """
 
     def __init__(
@@ -100,6 +181,9 @@ class Turn:
         self.player: str | None = None
         self.room: str | None = None
         self.reply_to: str | int | None = None
+        # "game" for a turn the game server started (POST /api/say), with its event name
+        self.caused_by: str | None = None
+        self.event: str | None = None
         self.queued: int | None = None
         self.started = False
         self.reason: str | None = None
@@ -108,6 +192,7 @@ class Turn:
         self.usage: dict[str, int] | None = None
         self.error: Exception | None = None
         self.actions: list[Action] = []
+        self.tool_calls: list[ToolCall] = []  # every tool the NPC asked in this turn
         self.reported = 0  # the last `shown` sent in a `seen`
         self._on_consumed = on_consumed
         self._interrupt = interrupt
@@ -194,6 +279,9 @@ class Turn:
         self.player = frame.get("player", self.player)
         self.room = frame.get("room", self.room)
         self.reply_to = frame.get("reply_to", self.reply_to)
+        caused_by, event = frame.get("caused_by"), frame.get("event")
+        self.caused_by = caused_by if isinstance(caused_by, str) else self.caused_by
+        self.event = event if isinstance(event, str) else self.event
 
     def _feed_text(self, text: str, at: int) -> None:
         if self.ended or at + len(text) <= self._received:
@@ -218,6 +306,9 @@ class Turn:
     def _feed_action(self, action: Action) -> None:
         self.actions.append(action)
         self._push(action)
+
+    def _feed_tool(self, call: ToolCall) -> None:
+        self.tool_calls.append(call)
 
     def _push(self, item: Text | Action) -> None:
         self._items.append(item)
