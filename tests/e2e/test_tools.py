@@ -185,6 +185,22 @@ async def test_a_tool_answered_by_the_client() -> None:
         assert (await alice.expect("error"))["code"] == "unknown_call"  # answered already
 
 
+async def test_a_tool_result_without_a_result_answers_null() -> None:
+    """protocol.md: `tool.result` with no `result` is the answer null, acked; the call
+    ends `answered`, the reply goes on (a null result fills nothing: the defaults), and
+    the NPC remembers `null`."""
+    async with scout_server() as (server, alice):
+        await alice.send({"t": "say", "id": 2, "npc": "scout", "text": "what do I carry?"})
+        ask = await alice.expect("tool")
+        await alice.send({"t": "tool.result", "id": 3, "call": ask["call"]})
+        frames = await alice.recv_until(lambda f: f["t"] == "turn.end")
+        assert any(f["t"] == "ack" and f["id"] == 3 for f in frames)
+        assert [f["status"] for f in frames if f["t"] == "tool.end"] == ["answered"]
+        assert text_of(frames).endswith("You carry nothing.") and frames[-1]["reason"] == "done"
+        memory = server.node.all_conversations()[0].memory.lines()
+        assert memory[1].role == "tool" and memory[1].text == "null"
+
+
 async def test_a_tool_nobody_answers_times_out() -> None:
     """Past the tool's timeout_s the call ends as timeout and the reply goes on with defaults."""
     async with scout_server() as (server, client):
