@@ -203,8 +203,7 @@ def interrupt(node: Node, session: Session | Caller, frame: Interrupt) -> None:
     if not npc.interruptible:
         raise Refused(ErrorCode.FORBIDDEN, f"{npc.id} cannot be interrupted")
     speaker_only = npc.room_interrupt is RoomInterrupt.SPEAKER
-    # A room turn the game started has no speaker (player ""): any member may cut it.
-    if turn.room is not None and speaker_only and turn.player not in ("", session.player):
+    if turn.room is not None and speaker_only and not turn.speaker_is(session.player):
         raise Refused(
             ErrorCode.FORBIDDEN, f"only {turn.player} may interrupt this turn of {npc.id}"
         )
@@ -252,8 +251,7 @@ def act(node: Node, session: Session | Caller, frame: Act) -> None:
     conversation, turn, action = entry
     if not action.approval:
         raise Refused(ErrorCode.FORBIDDEN, f"action {action.id} does not ask for approval")
-    # A room turn the game started has no speaker: its first member to answer decides.
-    if turn.room is not None and turn.player not in ("", session.player):
+    if turn.room is not None and not turn.speaker_is(session.player):
         raise Refused(ErrorCode.FORBIDDEN, f"only {turn.player} may answer this action")
     conversation.answer(turn, action, frame.accept)
     _ack(node, session, frame)

@@ -174,6 +174,12 @@ class Turn:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def speaker_is(self, player: str) -> bool:
+        """Whether `player` may act as this turn's speaker (answer its actions, cut it
+        where only the speaker may): the one who spoke, or anyone when no one did (a
+        room turn the game caused has player "")."""
+        return self.player in ("", player)
+
     def note_written(self, end: int) -> None:
         """A socket was handed the text up to character `end`."""
         if end > self.written:  # not max(): this runs for every delta written
