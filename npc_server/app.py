@@ -144,7 +144,7 @@ def create_app(
     async def healthz() -> Response:
         stats = node.statistics()
         body: dict[str, Any] = {
-            "status": "draining" if node.draining else "ok",
+            "status": node.health,
             "version": __version__,
             "node": node.node_id,
             "npcs": sorted(node.npcs),
@@ -167,7 +167,8 @@ def create_app(
     async def readyz() -> tuple[Response, int]:
         # For a balancer's or an orchestrator's readiness check: 503 while draining,
         # so no new player is sent here; /healthz stays 200 (the process is alive).
-        return _readiness(node.draining)
+        code, status = node.readiness
+        return jsonify({"status": status}), code
 
     @app.get("/npcs")
     async def list_npcs() -> Response:
@@ -272,12 +273,6 @@ async def _sweep(node: Node, watch: WatchService) -> None:
         await asyncio.sleep(SWEEP_INTERVAL)
         node.expire_sessions()
         watch.sweep_nowait()
-
-
-def _readiness(draining: bool) -> tuple[Response, int]:
-    if draining:
-        return jsonify({"status": "draining"}), 503
-    return jsonify({"status": "ready"}), 200
 
 
 async def drain(node: Node, grace: float, retry_after: float = 1.0) -> None:

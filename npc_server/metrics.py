@@ -346,14 +346,11 @@ class AdminApp:
 
     async def _http(self, scope: Scope, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        draining = self.metrics.node.draining
+        node = self.metrics.node
         if method != "GET" or path not in ("/metrics", "/healthz", "/readyz"):
             await _respond(send, 404, b"not found", "text/plain")
-        elif path == "/healthz":
-            status = "draining" if draining else "ok"
-            await _respond(send, 200, f'{{"status": "{status}"}}'.encode(), "application/json")
-        elif path == "/readyz":  # as the main app's: 503 while draining
-            code, status = (503, "draining") if draining else (200, "ready")
+        elif path in ("/healthz", "/readyz"):  # as the main app's
+            code, status = (200, node.health) if path == "/healthz" else node.readiness
             await _respond(send, code, f'{{"status": "{status}"}}'.encode(), "application/json")
         else:
             body, content_type = self.metrics.exposition()

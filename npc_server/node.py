@@ -162,6 +162,16 @@ class Node:
         """A turn answers a session on another node: keep what its prompt needs from there."""
         self._callers[turn_id] = caller
 
+    @property
+    def health(self) -> str:
+        """`/healthz` status: "ok", or "draining" (alive, but going away)."""
+        return "draining" if self.draining else "ok"
+
+    @property
+    def readiness(self) -> tuple[int, str]:
+        """`/readyz` (status code, status): 503 while draining, so no new player comes."""
+        return (503, "draining") if self.draining else (200, "ready")
+
     def new_id(self, prefix: str) -> str:
         """An id unique across the cluster: the node's random id plus a counter."""
         return f"{prefix}-{self.node_id}-{next(self._ids)}"
