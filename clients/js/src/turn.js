@@ -37,8 +37,26 @@ export function takeCodePoints(text, n) {
   return text.slice(0, text.length - dropCodePoints(text, n).length);
 }
 
+/** What ends once with a status: `status` (null while open), `done` (resolves with it), "end". */
+class Settles extends Emitter {
+  constructor() {
+    super();
+    this.status = null;
+    this._settle = null;
+    this.done = new Promise((resolve) => (this._settle = resolve));
+  }
+
+  _end(status) {
+    if (this.status !== null) return false;
+    this.status = status;
+    this._settle(status);
+    this.emit("end", status);
+    return true;
+  }
+}
+
 /** Something the NPC does at character `at` of its turn (emote, give item, open shop …). */
-export class Action extends Emitter {
+export class Action extends Settles {
   constructor(frame, answer) {
     super();
     this.id = String(frame.action);
@@ -47,13 +65,10 @@ export class Action extends Emitter {
     this.args = frame.args && typeof frame.args === "object" ? { ...frame.args } : {};
     this.at = Number.isInteger(frame.at) ? frame.at : 0;
     this.approval = frame.approval === true;
-    /** null while open; then accepted, declined, expired, done or retracted. */
-    this.status = null;
+    // `status`: null while open; then accepted, declined, expired, done or retracted.
     /** True when the client expired it itself: its session was lost with its answer. */
     this.lost = false;
     this._answer = answer;
-    this._settle = null;
-    this.done = new Promise((resolve) => (this._settle = resolve));
   }
 
   /** Approve the action; resolves after the server's ack. */
@@ -64,14 +79,6 @@ export class Action extends Emitter {
   /** Refuse the action; resolves after the server's ack. */
   decline() {
     return this._answer(this, false);
-  }
-
-  _end(status) {
-    if (this.status !== null) return false;
-    this.status = status;
-    this._settle(status);
-    this.emit("end", status);
-    return true;
   }
 }
 
@@ -85,7 +92,7 @@ export const TOOL_ERROR_RESULT = Object.freeze({ error: "the tool's answer is mi
  * answers it (`forMe` says whether that is this client's player) with
  * `answer(result)`; `done` resolves with how the call ended.
  */
-export class ToolCall extends Emitter {
+export class ToolCall extends Settles {
   constructor(frame, { forMe, answer }) {
     super();
     /** The call id (the wire's `call`). */
@@ -97,14 +104,11 @@ export class ToolCall extends Emitter {
     this.answeredBy = String(frame.answered_by ?? "game");
     /** Whether this client's player is the one to answer it. */
     this.forMe = forMe;
-    /** null while open; then answered, timeout, cancelled, error, or lost (client-side). */
-    this.status = null;
+    // `status`: null while open; then answered, timeout, cancelled, error, or lost (client-side).
     /** True once the server took this client's answer. */
     this.answered = false;
     this._send = answer;
     this._claimed = false;
-    this._settle = null;
-    this.done = new Promise((resolve) => (this._settle = resolve));
   }
 
   /** Same as `call`. */
@@ -131,14 +135,6 @@ export class ToolCall extends Emitter {
     }
     this.answered = taken;
     return taken;
-  }
-
-  _end(status) {
-    if (this.status !== null) return false;
-    this.status = status;
-    this._settle(status);
-    this.emit("end", status);
-    return true;
   }
 }
 
