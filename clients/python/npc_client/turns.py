@@ -32,7 +32,31 @@ class Text(str):
         return piece
 
 
-class Action:
+class _Ends:
+    """What ends with a status (`status`: None while open), or fails when the
+    connection closes for good first; `wait()` gives the one or raises the other."""
+
+    def __init__(self) -> None:
+        self.status: str | None = None
+        self._settled = asyncio.Event()
+        self._failure: BaseException | None = None
+
+    async def wait(self) -> str:
+        """Wait for the final status and return it; raises `ConnectionClosedError` if the
+        connection closed for good before it."""
+        await self._settled.wait()
+        if self._failure is not None:
+            raise self._failure
+        assert self.status is not None
+        return self.status
+
+    def _fail(self, error: BaseException) -> None:
+        if self.status is None and self._failure is None:
+            self._failure = error
+            self._settled.set()
+
+
+class Action(_Ends):
     """Something the NPC does at character `at` of its turn (emote, open shop …).
 
     `status` is None while open, then one of `accepted`, `declined`,
@@ -50,11 +74,9 @@ class Action:
         args = frame.get("args")
         self.args: dict[str, Any] = dict(args) if isinstance(args, Mapping) else {}
         self.at: int = int(frame.get("at", 0))
+        super().__init__()
         self.approval: bool = bool(frame.get("approval", False))
-        self.status: str | None = None
         self._answer = answer
-        self._settled = asyncio.Event()
-        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"Action({self.name!r}, id={self.id!r}, args={self.args!r}, status={self.status!r})"
@@ -67,27 +89,13 @@ class Action:
         """Refuse this action; returns after the server's ack."""
         await self._answer(self.id, False)
 
-    async def wait(self) -> str:
-        """Wait for the action's final status and return it; raises
-        `ConnectionClosedError` if the connection closed for good before it."""
-        await self._settled.wait()
-        if self._failure is not None:
-            raise self._failure
-        assert self.status is not None
-        return self.status
-
     def _settle(self, status: str) -> None:
         self.status = status
         self._failure = None
         self._settled.set()
 
-    def _fail(self, error: BaseException) -> None:
-        if self.status is None and self._failure is None:
-            self._failure = error
-            self._settled.set()
 
-
-class ToolCall:
+class ToolCall(_Ends):
     """The NPC asks a tool mid-reply (a `tool` frame); its reply waits for the answer.
 
     `answered_by` is "client" (the turn's speaker answers with `answer()`) or
@@ -111,12 +119,10 @@ class ToolCall:
         args = frame.get("args")
         self.args: dict[str, Any] = dict(args) if isinstance(args, Mapping) else {}
         self.answered_by: str = str(frame.get("answered_by", ""))
+        super().__init__()
         self.for_me = for_me
-        self.status: str | None = None
         self.answered = False  # this client's answer was acked
         self._answer = answer
-        self._settled = asyncio.Event()
-        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return (
@@ -134,22 +140,9 @@ class ToolCall:
         longer waits for this player's answer (it ended, or asks someone else)."""
         await self._answer(self, result)
 
-    async def wait(self) -> str:
-        """Wait for the call's `tool.end` and return its status."""
-        await self._settled.wait()
-        if self._failure is not None:
-            raise self._failure
-        assert self.status is not None
-        return self.status
-
     def _settle(self, status: str) -> None:
         if self.status is None:
             self.status = status
-            self._settled.set()
-
-    def _fail(self, error: BaseException) -> None:
-        if self.status is None and self._failure is None:
-            self._failure = error
             self._settled.set()
 
 
