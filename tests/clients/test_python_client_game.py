@@ -36,12 +36,13 @@ from npc_client.errors import error_from_frame, should_reconnect
 from npc_client.tokens import refresh_delay
 
 from npc_server.config import Config
-from npc_server.npcs import load_npcs, parse_npc
+from npc_server.npcs import load_npcs
 from npc_server.protocol.codes import CloseCode as ServerCloseCode
 from npc_server.tokens import issue_token
 from npc_server.transports.websocket import WebSocketEdge
 from tests.support.game_server import API_KEY
 from tests.support.redis import RedisServer, redis_server
+from tests.support.scout import scout
 from tests.support.server import (
     DEMO_NPCS,
     REPO,
@@ -61,27 +62,7 @@ PROTOCOL_MD = REPO / "docs" / "protocol.md"
 # An NPC with tools its client answers (as tests/e2e/test_tools.py declares one). The
 # timeouts are long: a call the client failed to answer would outlast the test's TIMEOUT,
 # except `glance`, which is meant to time out.
-SCOUT = parse_npc(
-    {
-        "id": "scout",
-        "name": "Scout",
-        "tools": [
-            {"name": "inventory", "answered_by": "client", "timeout_s": 30},
-            {"name": "glance", "answered_by": "client", "timeout_s": 0.2},
-            {"name": "weather", "answered_by": "game", "timeout_s": 5},
-        ],
-        "backend": {
-            "kind": "scripted",
-            "defaults": {"item": "nothing", "sky": "grey"},
-            "topics": [
-                {"keywords": ["carry"], "replies": ["Hm. [[inventory]] You carry {item}."]},
-                {"keywords": ["look"], "replies": ["Hm. [[glance]] I see {item}."]},
-                {"keywords": ["weather"], "replies": ["Let me ask. [[weather]] The sky is {sky}."]},
-            ],
-        },
-    },
-    "scout.toml",
-)
+SCOUT = scout(inventory_s=30, glance_s=0.2)
 
 
 def api_config(**kwargs: Any) -> Config:

@@ -20,32 +20,13 @@ from npc_server.prompt import build_messages
 from tests.backends.openai_stub import OpenAIStub, ToolCall, reply
 from tests.support.client import Frame, RawClient, connect
 from tests.support.game_server import WEBHOOK_SECRET, Answer, running_game_server
+from tests.support.scout import scout
 from tests.support.server import DEMO_NPCS, RunningServer, running_server, server_config
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
-SCOUT = parse_npc(
-    {
-        "id": "scout",
-        "name": "Scout",
-        "tools": [
-            {"name": "inventory", "answered_by": "client", "timeout_s": 5},
-            {"name": "glance", "answered_by": "client", "timeout_s": 0.05},
-            {"name": "weather", "answered_by": "game", "timeout_s": 5},
-        ],
-        "backend": {
-            "kind": "scripted",
-            "defaults": {"item": "nothing", "sky": "grey"},
-            "topics": [
-                {"keywords": ["carry"], "replies": ["Hm. [[inventory]] You carry {item}."]},
-                {"keywords": ["look"], "replies": ["Hm. [[glance]] I see {item}."]},
-                {"keywords": ["weather"], "replies": ["Let me ask. [[weather]] The sky is {sky}."]},
-            ],
-        },
-    },
-    "scout.toml",
-)
+SCOUT = scout()
 
 
 def game_config(url: str = "", **game: Any) -> Config:

@@ -27,35 +27,18 @@ import json
 import sys
 from typing import Any
 
-from npc_server.npcs import load_npcs, parse_npc
+from npc_server.npcs import load_npcs
 from npc_server.protocol.codes import CloseCode
 from npc_server.protocol.frames import RoomGap
 from npc_server.transports.websocket import WebSocketEdge
 from npc_server.turns import Turn
 from tests.support.game_server import API_KEY
+from tests.support.scout import scout
 from tests.support.server import DEMO_NPCS, RunningServer, running_server, server_config
 
 LONG = {"tokens_per_second": 150, "long_reply_chars": 800}
 # An NPC that asks the speaker's client (docs/game-server.md, "Tools").
-SCOUT = parse_npc(
-    {
-        "id": "scout",
-        "name": "Scout",
-        "tools": [
-            {"name": "inventory", "answered_by": "client", "timeout_s": 5},
-            {"name": "glance", "answered_by": "client", "timeout_s": 0.3},
-        ],
-        "backend": {
-            "kind": "scripted",
-            "defaults": {"item": "nothing"},
-            "topics": [
-                {"keywords": ["carry"], "replies": ["Hm. [[inventory]] You carry {item}."]},
-                {"keywords": ["look"], "replies": ["Hm. [[glance]] I see {item}."]},
-            ],
-        },
-    },
-    "scout.toml",
-)
+SCOUT = scout(inventory_s=5, glance_s=0.3)
 
 
 class Commands:
