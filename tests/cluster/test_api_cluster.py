@@ -63,3 +63,42 @@ async def test_api_say_and_interrupt_reach_the_owner_from_another_node(tmp_path:
         finally:
             a.kill()
             b.kill()
+
+
+async def test_a_member_on_another_node_answers_a_game_caused_room_turns_action(
+    tmp_path: Path,
+) -> None:
+    """A room turn the game started has no speaker, so any member may answer its action,
+    across nodes too: the game asks node A for the merchant's turn in the market, Dave on
+    node B accepts her shop (his act is routed to A), and Carol on A gets the same end."""
+    with redis_server() as redis:
+        config = slow_config(tmp_path, redis)
+        env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_API_KEY": API_KEY}
+        a, b = start_server_process(env=env), start_server_process(env=env)
+        try:
+            async with (
+                connect(a.url) as carol,
+                connect(b.url) as dave,
+                httpx.AsyncClient(base_url=a.http_url) as game,
+            ):
+                await carol.hello(a.token("carol"))
+                await dave.hello(b.token("dave"))
+                await join(carol, "market")
+                await join(dave, "market")
+                body = {"npc": "merchant", "room": "market", "text": "what wares do you sell?"}
+                answer = await game.post("/api/say", json=body, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                action = await dave.expect("action")
+                assert action["name"] == "open_shop" and action["approval"] is True
+                await dave.send({"t": "act", "id": 7, "action": action["action"], "accept": True})
+                ended = lambda f: f["t"] == "action.end" and f["action"] == action["action"]  # noqa: E731
+                frames = await dave.recv_until(lambda f: f["t"] == "ack" and f.get("id") == 7)
+                assert not [f for f in frames if f["t"] == "error"], frames
+                if not any(ended(f) for f in frames):  # the end crosses Redis: it may follow
+                    frames += await dave.recv_until(ended)
+                ends = [f["status"] for f in frames if ended(f)]
+                ends += [f["status"] for f in await carol.recv_until(ended) if ended(f)]
+                assert ends == ["accepted", "accepted"]
+        finally:
+            a.kill()
+            b.kill()
