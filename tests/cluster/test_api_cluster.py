@@ -11,7 +11,7 @@ import pytest
 from npc_server.cluster.forward import owner_of
 from tests.cluster.test_cluster import join
 from tests.cluster.test_ownership import say, slow_config
-from tests.support.client import connect
+from tests.support.client import Frame, connect
 from tests.support.redis import redis_server
 from tests.support.server import start_server_process
 
@@ -91,7 +91,10 @@ async def test_a_member_on_another_node_answers_a_game_caused_room_turns_action(
                 action = await dave.expect("action")
                 assert action["name"] == "open_shop" and action["approval"] is True
                 await dave.send({"t": "act", "id": 7, "action": action["action"], "accept": True})
-                ended = lambda f: f["t"] == "action.end" and f["action"] == action["action"]  # noqa: E731
+
+                def ended(f: Frame) -> bool:
+                    return bool(f["t"] == "action.end" and f["action"] == action["action"])
+
                 frames = await dave.recv_until(lambda f: f["t"] == "ack" and f.get("id") == 7)
                 assert not [f for f in frames if f["t"] == "error"], frames
                 if not any(ended(f) for f in frames):  # the end crosses Redis: it may follow
