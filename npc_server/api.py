@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from quart import Blueprint, Response, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from npc_server.api_schema import MAX_TTL_S, ApiError, Body, openapi, problem, read_body
+from npc_server.bans import MAX_BAN_S
 from npc_server.cluster.answers import (
     interrupt_result,
     kick_counts,
@@ -92,6 +94,7 @@ def api_blueprint(api_key: str | None) -> Blueprint:
     api.add_url_rule("/say", view_func=_say, methods=["POST"])
     api.add_url_rule("/interrupt", view_func=_interrupt, methods=["POST"])
     api.add_url_rule("/kick", view_func=_kick, methods=["POST"])
+    api.add_url_rule("/unban", view_func=_unban, methods=["POST"])
     api.add_url_rule("/rooms/<room>", view_func=_room, methods=["GET"])
     api.add_url_rule("/players/<player>", view_func=_player, methods=["GET"])
     return api
@@ -318,7 +321,21 @@ def _forwarded_interrupt(node: Node, message: Mapping[str, Any]) -> dict[str, An
 
 
 def _forwarded_kick(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
-    return _kick_here(node, Body({"player": message.get("player")}).player("player"))
+    body = Body({"player": message.get("player"), "ban": message.get("ban")})
+    player, ban = body.player("player"), _ban_seconds(body)
+    if ban:
+        node.bans.note(player, ban)
+    return _kick_here(node, player)
+
+
+def _forwarded_unban(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
+    player = Body({"player": message.get("player")}).player("player")
+    return {"lifted": node.bans.forget(player)}
+
+
+def _ban_seconds(body: Body) -> int:
+    """`ban`: whole seconds the player stays refused after a kick (absent: 0, no ban)."""
+    return body.seconds("ban", low=1, high=MAX_BAN_S, default=0)
 
 
 def _forwarded_room(node: Node, message: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,6 +367,7 @@ _FORWARDED: dict[str, Callable[[Node, Mapping[str, Any]], dict[str, Any]]] = {
     "say": _forwarded_say,
     "interrupt": _forwarded_interrupt,
     "kick": _forwarded_kick,
+    "unban": _forwarded_unban,
     "room": _forwarded_room,
     "player": _forwarded_player,
     "context": _forwarded_context,
@@ -388,26 +406,51 @@ async def _interrupt() -> Response:
 
 
 async def _kick() -> Response:
-    """POST /api/kick {player}: close every socket of the player with 4508 (in a
+    """POST /api/kick {player, ban?}: close every socket of the player with 4508 (in a
     cluster: on every node, and the sessions a drained node parked in Redis, counted
-    together)."""
+    together); with `ban`, refuse the player's hellos for that many seconds too."""
     node = _node()
     body = await _body()
-    player = body.player("player")
+    player, ban = body.player("player"), _ban_seconds(body)
     body.done()
+    if ban:  # before the sockets close: a reconnect that follows finds the ban
+        try:
+            await node.bans.ban(player, ban)
+        except Exception:
+            raise _unreachable() from None
+    banned = {"banned_for": ban} if ban else {}
     here = _kick_here(node, player)
     if node.cluster is None:
-        return _json({"player": player, "sessions": here["sessions"], "sockets": here["sockets"]})
+        mine = {"sessions": here["sessions"], "sockets": here["sockets"]}
+        return _json({"player": player, **mine, **banned})
     # Sessions a drained node left in Redis would resume without it: dropped before the
     # other nodes are asked (a resume meanwhile must not unpark one), and again after
     # (a node that parked while it was asked).
     parked = await _forget_parked(node, player)
-    gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player})
+    gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player, **banned})
     parked += await _forget_parked(node, player)
     counts = [here, *(c for _, c in valid(gathered, kick_counts))]
     sessions = merged_sessions(counts, parked)  # a session a node parked or unparked: once
     sockets = sum(c["sockets"] for c in counts)
-    return _json({"player": player, "sessions": sessions, "sockets": sockets, **gathered.partial()})
+    partial = gathered.partial()
+    return _json({"player": player, "sessions": sessions, "sockets": sockets, **banned, **partial})
+
+
+async def _unban() -> Response:
+    """POST /api/unban {player} -> {player, lifted}: the player may say hello again (in a
+    cluster: in Redis and on every live node); `lifted`: whether a ban was running."""
+    node = _node()
+    body = await _body()
+    player = body.player("player")
+    body.done()
+    try:
+        lifted = await node.bans.lift(player)
+    except Exception:
+        raise _unreachable() from None
+    if node.cluster is None:
+        return _json({"player": player, "lifted": lifted})
+    gathered = await _everywhere(node, {"k": "api", "op": "unban", "player": player})
+    return _json({"player": player, "lifted": lifted, **gathered.partial()})
 
 
 async def _forget_parked(node: Node, player: str) -> list[str]:
@@ -458,8 +501,9 @@ async def _player(player: str) -> Response:
     node = _node()
     player = Body({"player": player}).player("player")  # what no hello could have: 400
     here = _player_here(node, player)
+    banned = {"banned_for": math.ceil(await node.bans.remaining_shared(player))}
     if node.cluster is None:
-        return _json({"player": player, **here})
+        return _json({"player": player, **here, **banned})
     gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
     try:
         parked = await node.handover.list_parked(player)
@@ -478,6 +522,7 @@ async def _player(player: str) -> Response:
             "online": online,
             "sessions": sessions,
             "rooms": sorted(rooms),
+            **banned,
             **gathered.partial(),
         }
     )

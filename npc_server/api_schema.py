@@ -17,6 +17,7 @@ import orjson
 from quart import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from npc_server.bans import MAX_BAN_S
 from npc_server.protocol.codec import _ROOM as ROOM_PATTERN
 from npc_server.protocol.codec import MAX_CONTEXT_DEPTH, ROOM_RULE, nesting, string_keys
 from npc_server.protocol.frames import Limits
@@ -248,6 +249,7 @@ _ERROR_CODES: dict[str, _Codes] = {
         503: ("unavailable",),
     },
     "/api/kick": {**_BODY, 503: ("unavailable",)},
+    "/api/unban": {**_BODY, 503: ("unavailable",)},
     "/api/rooms/{room}": {400: ("invalid",), 404: ("unknown_room",), 503: ("unavailable",)},
     "/api/players/{player}": {400: ("invalid",), 503: ("unavailable",)},
 }
@@ -294,6 +296,7 @@ def _get(path: str, summary: str, name: str, schema: dict[str, Any], answer: Any
 
 def _paths() -> dict[str, Any]:
     ttl = {"type": "integer", "minimum": 1, "maximum": MAX_TTL_S}
+    ban = {"type": "integer", "minimum": 1, "maximum": MAX_BAN_S}
     return {
         **_post(
             "/api/tokens",
@@ -333,9 +336,19 @@ def _paths() -> dict[str, Any]:
         ),
         **_post(
             "/api/kick",
-            "Close every socket of a player (close code 4508; in a cluster, on every node)",
+            "Close every socket of a player (close code 4508; in a cluster, on every node); "
+            "with `ban`, refuse the player's hellos (4508) for that many seconds",
+            _object({"player": _PLAYER}, {"ban": _nullable(ban)}),
+            _object(
+                {"player": _S, "sessions": _COUNT, "sockets": _COUNT},
+                {"banned_for": ban, **_PARTIAL},
+            ),
+        ),
+        **_post(
+            "/api/unban",
+            "Lift a player's ban (in a cluster, on every node); `lifted`: one was running",
             _object({"player": _PLAYER}),
-            _object({"player": _S, "sessions": _COUNT, "sockets": _COUNT}, _PARTIAL),
+            _object({"player": _S, "lifted": {"type": "boolean"}}, _PARTIAL),
         ),
         **_get(
             "/api/rooms/{room}",
@@ -346,7 +359,7 @@ def _paths() -> dict[str, Any]:
         ),
         **_get(
             "/api/players/{player}",
-            "A player's sessions and rooms (in a cluster, from every node, and the sessions "
+            "A player's sessions, rooms and ban (`banned_for` seconds; in a cluster, from every node, and the sessions "
             "a drained node parked in Redis: state parked, node null)",
             "player",
             _PLAYER,
@@ -356,6 +369,7 @@ def _paths() -> dict[str, Any]:
                     "online": {"type": "boolean"},
                     "sessions": {"type": "array", "items": _SESSION},
                     "rooms": _NAMES,
+                    "banned_for": _COUNT,
                 },
                 _PARTIAL,
             ),

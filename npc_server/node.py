@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from npc_server import __version__
 from npc_server.admission import ConnectLimiter, TokenBudget
 from npc_server.backends import Backend, GenerationRequest, MemoryEntry, create_backend
+from npc_server.bans import Bans
 from npc_server.brokers import Broker, create_broker
 from npc_server.cluster.handover import SessionHandover
 from npc_server.cluster.sockets import SocketClaims
@@ -132,6 +133,7 @@ class Node:
         # Cluster mode: sessions move between nodes; the socket cap spans them.
         self.handover = SessionHandover(self)
         self.socket_claims = SocketClaims(self)
+        self.bans = Bans(clock, self.broker)
 
     async def start(self) -> None:
         """Connect the broker and, in cluster mode, take this node's part in the cluster."""

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
+from npc_server.bans import refusal_reason
 from npc_server.cluster.handover import Kicked
 from npc_server.cluster.sockets import Claim
 from npc_server.events import AuthFailed, Closed, Limited, SessionAttached
@@ -134,6 +135,9 @@ class ClientLink:
         if not self.node.player_connects.allow_nowait(claims.player):
             self.node.events.emit(Limited("connects_player", claims.player))
             self._refuse(CloseCode.RATE_LIMITED, "too many connects for this player")
+        banned = self.node.bans.remaining(claims.player)  # a cluster asks Redis in `attach_async`
+        if banned and not self.node.bans.shared:
+            self._refuse(CloseCode.KICKED, refusal_reason(banned))
         if not self.node.socket_claims.enabled:  # a cluster counts in `attach_async`
             self._socket_cap(claims.player)
         return claims
@@ -159,7 +163,11 @@ class ClientLink:
     async def attach_async(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
         """`attach` in a cluster: a session another node holds is handed over here
         (`cluster/handover.py`), and the socket cap counts every node's sockets;
-        raises `Refusal` over the cap. One process: exactly `attach`."""
+        raises `Refusal` over the cap or for a ban. One process: exactly `attach`."""
+        if self.node.bans.shared:  # Redis's word (this node's copy if it cannot answer)
+            banned = await self.node.bans.remaining_shared(claims.player)
+            if banned:
+                self._refuse(CloseCode.KICKED, refusal_reason(banned))
         handed = None
         if resume is not None and self.node.find_resumable(claims.player, resume.session) is None:
             try:

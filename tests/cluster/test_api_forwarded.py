@@ -78,6 +78,10 @@ async def answer_to(client: Any, pubsub: Any, number: int, message: dict[str, An
 FORGED: list[tuple[dict[str, Any], int]] = [
     ({"op": "kick", "player": 7}, 400),
     ({"op": "kick"}, 400),
+    ({"op": "kick", "player": "alice", "ban": "60"}, 400),
+    ({"op": "kick", "player": "alice", "ban": 0}, 400),
+    ({"op": "kick", "player": "alice", "ban": 10**9}, 400),
+    ({"op": "unban", "player": 7}, 400),
     ({"op": "room", "room": "bad room!"}, 400),
     ({"op": "player", "player": "x" * 500}, 400),
     ({"op": "context", "scope": "player:alice", "npc": "nobody", "data": {}}, 404),
@@ -104,6 +108,7 @@ async def test_forged_api_requests_are_refused_and_change_nothing(redis: RedisSe
             answer = await answer_to(client, pubsub, number, {"k": "api", **message, "ask": number})
             assert answer["ask"] == number and answer["error"]["status"] == status, message
         assert x.hub.get(session.id) is session
+        assert x.bans.remaining("alice") == 0
         assert x.contexts.trusted.for_npc("alice", None, "merchant") == {}
         bad_ask = {"k": "api", "op": "kick", "player": "alice", "ask": "one"}
         await client.publish("npc:node:x", wire.encode_message("forger", bad_ask, 100))

@@ -16,7 +16,7 @@ from npc_server.protocol.codes import CloseCode
 from tests.cluster.test_cluster import cluster_config, join, turn_text
 from tests.cluster.test_handover import drop, health, resume_of
 from tests.cluster.test_ownership import say
-from tests.support.client import connect
+from tests.support.client import connect, refused_hello
 from tests.support.redis import RedisServer, redis_server
 from tests.support.server import ServerProcess, start_server_process
 
@@ -74,6 +74,46 @@ async def test_a_kick_sent_to_one_node_closes_sockets_on_every_node(tmp_path: Pa
             b.kill()
 
 
+async def test_a_ban_sent_to_one_node_holds_on_every_node_and_one_started_after(
+    tmp_path: Path,
+) -> None:
+    """Kicked with a ban through A, alice is refused 4508 by B (told with the kick) and by
+    C, started after the ban (it finds it in Redis); lifted through C, A lets her in."""
+    with redis_server() as redis:
+        config = cluster_config(tmp_path, redis)
+        a, b = api_node(config), api_node(config)
+        c: ServerProcess | None = None
+        try:
+            async with connect(a.url) as alice, httpx.AsyncClient(base_url=a.http_url) as game:
+                token = a.token("alice")
+                await alice.hello(token)
+                kick = {"player": "alice", "ban": 300}
+                answer = await game.post("/api/kick", json=kick, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == {
+                    "player": "alice",
+                    "sessions": 1,
+                    "sockets": 1,
+                    "banned_for": 300,
+                }
+                assert await alice.close_code() == CloseCode.KICKED
+            assert (await refused_hello(b.url, token)).startswith("banned for ")
+            c = api_node(config)
+            assert (await refused_hello(c.url, token)).startswith("banned for ")
+            async with httpx.AsyncClient(base_url=c.http_url) as game:
+                info = (await game.get("/api/players/alice", headers=AUTH)).json()
+                assert 290 <= info["banned_for"] <= 300
+                lift = await game.post("/api/unban", json={"player": "alice"}, headers=AUTH)
+                assert lift.json() == {"player": "alice", "lifted": True}
+            for node in (a, b):
+                async with connect(node.url) as back:
+                    assert (await back.hello(token))["resumed"] is False
+        finally:
+            for started in (a, b, c):
+                if started is not None:
+                    started.kill()
+
+
 async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -> None:
     """Alice is away when A, the only node, drains and parks her session in Redis; B,
     started after, lists it (parked, on no node); a kick sent to B counts it and drops
@@ -114,7 +154,8 @@ async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -
 async def test_listings_from_one_node_show_every_node(tmp_path: Path) -> None:
     """Node A lists the inn's members on A and B and bob's session on B (naming B); with a
     node that does not answer, A answers what came and names the missing node; without
-    Redis, 503 `unavailable` with retry_after (a listing, and a kick)."""
+    Redis, 503 `unavailable` with retry_after (a listing, a kick, a ban that kicks
+    nobody, and an unban)."""
     with redis_server() as redis:
         config = cluster_config(tmp_path, redis)
         a, b = api_node(config), api_node(config)
@@ -152,6 +193,14 @@ async def test_listings_from_one_node_show_every_node(tmp_path: Path) -> None:
                 kick = await game.post("/api/kick", json={"player": "bob"}, headers=AUTH)
                 assert kick.status_code == 503  # parked sessions cannot be dropped: retry
                 assert kick.json()["error"]["code"] == "unavailable"
+                ban = {"player": "alice", "ban": 60}
+                banned = await game.post("/api/kick", json=ban, headers=AUTH)
+                assert banned.status_code == 503  # a ban other nodes would not find: none
+                assert banned.json()["error"]["code"] == "unavailable"
+                lift = await game.post("/api/unban", json={"player": "alice"}, headers=AUTH)
+                assert lift.status_code == 503
+                await alice.send({"t": "ping", "id": 7})  # and alice was not kicked
+                assert (await alice.expect("pong"))["id"] == 7
         finally:
             a.kill()
             b.kill()
@@ -196,6 +245,6 @@ async def test_a_context_posted_to_one_node_is_used_on_others(tmp_path: Path) ->
                 routing = (await health(a))["cluster"]["routing"]
                 assert (routing["trusted_rejected"], routing["trusted_stale"]) == (0, 0)
         finally:
-            for node in (a, b, c):
-                if node is not None:
-                    node.kill()
+            for started in (a, b, c):
+                if started is not None:
+                    started.kill()

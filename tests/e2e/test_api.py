@@ -10,13 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
+from npc_server.app import create_app
 from npc_server.backends.base import GenerationRequest
 from npc_server.config import Config, with_overrides
 from npc_server.contexts import TrustedContexts
 from npc_server.npcs import NpcConfig
 from npc_server.prompt import build_messages
 from npc_server.protocol.codes import CloseCode
-from tests.support.client import RawClient, connect
+from tests.support.client import RawClient, connect, refused_hello
 from tests.support.game_server import API_KEY
 from tests.support.server import RunningServer, running_server, server_config
 
@@ -134,19 +135,19 @@ async def test_bodies_that_are_not_json_objects_are_400() -> None:
 
 
 async def test_openapi_describes_every_endpoint() -> None:
-    """/api/openapi.json is an OpenAPI 3.1 document listing every route of the API."""
-    async with api_server() as (_, http):
+    """/api/openapi.json is an OpenAPI 3.1 document listing every route of the API: the
+    app's own routes under /api/ (a route added without a description fails this)."""
+    async with api_server() as (server, http):
         doc = (await http.get("/api/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {
-        "/api/tokens",
-        "/api/context",
-        "/api/say",
-        "/api/interrupt",
-        "/api/kick",
-        "/api/rooms/{room}",
-        "/api/players/{player}",
+    app = create_app(server.config, node=server.node)
+    routes = {
+        rule.rule.replace("<", "{").replace(">", "}")
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/") and rule.rule != "/api/openapi.json"
     }
+    assert set(doc["paths"]) == routes
+    assert {"/api/kick", "/api/unban", "/api/players/{player}"} <= routes
 
 
 async def test_game_caused_turn_reaches_the_whole_room() -> None:
@@ -249,6 +250,73 @@ async def test_kick_closes_every_socket_of_the_player() -> None:
         assert alice["sessions"] == [] and not alice["online"]
         await other.send({"t": "ping", "id": 1})
         assert (await other.expect("pong"))["id"] == 1
+
+
+async def test_a_kick_with_a_ban_keeps_the_player_out_until_it_is_lifted() -> None:
+    """Kicked with `ban`, alice's own token, a fresh one and her resume are all refused
+    with 4508 (the reason says how long); bob is not; her player entry shows the ban;
+    once lifted, her old token opens a session again."""
+    async with (
+        api_server() as (server, http),
+        connect(server.url) as alice,
+        connect(server.url) as bob,
+    ):
+        token = server.token("alice")
+        await alice.hello(token)
+        await player(server, bob, "bob", None)
+        kick = {"player": "alice", "ban": 600}
+        answer = await http.post("/api/kick", json=kick, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"player": "alice", "sessions": 1, "sockets": 1, "banned_for": 600}
+        assert await alice.close_code() == CloseCode.KICKED
+        reason = await refused_hello(server.url, token)
+        assert reason.startswith("banned for ") and reason.endswith(" more seconds")
+        assert 595 <= int(reason.split()[2]) <= 600
+        fresh = (await http.post("/api/tokens", json={"player": "alice"}, headers=AUTH)).json()
+        assert (await refused_hello(server.url, fresh["token"])).startswith("banned")
+        resume = {"session": alice.session, "seq": alice.last_seq}
+        assert (await refused_hello(server.url, token, resume)).startswith("banned")
+        info = (await http.get("/api/players/alice", headers=AUTH)).json()
+        assert 595 <= info["banned_for"] <= 600 and info["sessions"] == []
+        assert (await http.get("/api/players/bob", headers=AUTH)).json()["banned_for"] == 0
+        await bob.send({"t": "ping", "id": 1})
+        assert (await bob.expect("pong"))["id"] == 1
+        lift = await http.post("/api/unban", json={"player": "alice"}, headers=AUTH)
+        assert lift.json() == {"player": "alice", "lifted": True}
+        again = await http.post("/api/unban", json={"player": "alice"}, headers=AUTH)
+        assert again.json() == {"player": "alice", "lifted": False}
+        async with connect(server.url) as back:
+            welcome = await back.hello(token)
+            assert welcome["resumed"] is False
+        info = (await http.get("/api/players/alice", headers=AUTH)).json()
+        assert info["banned_for"] == 0
+
+
+async def test_a_kick_without_a_ban_leaves_the_player_free_to_return() -> None:
+    """A plain kick bans nobody: the same token says hello again at once."""
+    async with api_server() as (server, http), connect(server.url) as alice:
+        token = server.token("alice")
+        await alice.hello(token)
+        answer = await http.post("/api/kick", json={"player": "alice"}, headers=AUTH)
+        assert "banned_for" not in answer.json()
+        assert await alice.close_code() == CloseCode.KICKED
+        async with connect(server.url) as back:
+            assert (await back.hello(token))["t"] == "welcome"
+
+
+async def test_a_ban_that_is_not_whole_seconds_in_range_is_400_and_kicks_nobody() -> None:
+    async with api_server() as (server, http), connect(server.url) as alice:
+        await alice.hello(server.token("alice"))
+        for ban in (0, -5, 1.5, "60", True, 30 * 86400 + 1):
+            answer = await http.post(
+                "/api/kick", json={"player": "alice", "ban": ban}, headers=AUTH
+            )
+            assert answer.status_code == 400, (ban, answer.text)
+            assert "'ban'" in answer.json()["error"]["message"]
+        await alice.send({"t": "ping", "id": 1})
+        assert (await alice.expect("pong"))["id"] == 1
+        unknown = await http.post("/api/unban", json={"player": "alice", "x": 1}, headers=AUTH)
+        assert unknown.status_code == 400
 
 
 async def test_rooms_and_players_can_be_read() -> None:

@@ -167,13 +167,14 @@ def schema_fields(schema: dict[str, Any]) -> set[str]:
 
 # --- the answers -----------------------------------------------------------------
 
-POSTS = ["/api/tokens", "/api/context", "/api/say", "/api/interrupt", "/api/kick"]
+POSTS = ["/api/tokens", "/api/context", "/api/say", "/api/interrupt", "/api/kick", "/api/unban"]
 BAD = {
     "/api/tokens": {"player": "alice", "ttl": 1.5},
     "/api/context": {"player": "alice", "data": [1]},
     "/api/say": {"npc": "guard", "room": "tavern"},
     "/api/interrupt": {},
     "/api/kick": {"player": 5},
+    "/api/unban": {"player": ""},
 }
 
 
@@ -193,6 +194,8 @@ async def successes(api: Recorder) -> None:
     await api.call("GET", "/api/rooms/{room}", "/api/rooms/tavern")
     await api.call("GET", "/api/players/{player}", "/api/players/alice")
     await api.call("POST", "/api/kick", json={"player": "nobody"})
+    await api.call("POST", "/api/kick", json={"player": "nobody", "ban": 60})
+    await api.call("POST", "/api/unban", json={"player": "nobody"})
 
 
 async def errors(api: Recorder, server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:

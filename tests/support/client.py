@@ -11,6 +11,8 @@ import msgpack
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from npc_server.protocol.codes import CloseCode
+
 Frame = dict[str, Any]
 TIMEOUT = 10.0
 
@@ -101,3 +103,13 @@ async def session_for(url: str, token: str) -> tuple[Any, RawClient]:
     client = RawClient(ws)
     await client.hello(token)
     return ws, client
+
+
+async def refused_hello(url: str, token: str, resume: dict[str, Any] | None = None) -> str:
+    """Say hello on a new socket that the server must refuse with 4508; its reason."""
+    async with connect(url) as client:
+        frame: dict[str, Any] = {"t": "hello", "token": token}
+        await client.send(frame if resume is None else {**frame, "resume": resume})
+        assert await client.close_code() == CloseCode.KICKED
+        reason: str = client.ws.close_reason or ""
+        return reason
