@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks import recv_floor
 from benchmarks.runner import Result, Runner
 from benchmarks.servers import Proc, start_fake_openai, write_relay_npcs
 from benchmarks.stats import ratio
@@ -33,6 +34,8 @@ CONTAMINATED_PCT = 20.0
 # NPC), so more players per NPC reconnected to the model server per turn. The
 # backend's own pool keeps them all now; the spread stays, so runs compare.
 PLAYERS_PER_NPC = 100
+# The receive floor (benchmarks/recv_floor.py) at issue 11's player targets: (tok/s, sockets).
+FLOOR_AT = ((20.0, 1200), (60.0, 1000))
 
 
 @contextlib.contextmanager
@@ -172,7 +175,17 @@ def relay(run: Runner) -> Result:
     series = [_series(run, "npc", rate, delta) for rate, delta in plan.relay_configs]
     rates = sorted({rate for rate, _ in plan.relay_configs})
     series += [_series(run, "tutorial", rate, 0) for rate in rates]
-    return {"first_token_ms": plan.first_token_ms, "series": series, **_ratios(series)}
+    floors = [
+        recv_floor.measure(min(players, max(plan.relay_levels)), rate, plan.relay_duration_s)
+        for rate, players in FLOOR_AT
+        if rate in rates
+    ]
+    return {
+        "first_token_ms": plan.first_token_ms,
+        "series": series,
+        "receive_floor": floors,
+        **_ratios(series),
+    }
 
 
 def _ratios(series: list[Result]) -> dict[str, Any]:

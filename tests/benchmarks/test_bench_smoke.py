@@ -150,3 +150,8 @@ def test_relay_streams_through_npc_server_and_the_tutorial(
             assert step["tokens"] > 0 and step["errors"] == 0
             assert step["cpu_us_per_token"] > 0 and step["model_cpu_pct"] >= 0
     assert relay["npc_vs_tutorial_cpu_60_50"]["ratio"] > 0
+    [floor] = relay["receive_floor"]  # the tiny plan runs 60 tok/s on 5 sockets
+    assert (floor["rate"], floor["sockets"]) == (60.0, 5)
+    assert 0.5 * 300 < floor["chunks_per_s"] < 1.5 * 300  # 5 sockets x 60 a second
+    assert floor["cpu_us_per_chunk"] > 0
+    assert f"**{floor['cpu_us_per_chunk']} us** of CPU a chunk at 5 sockets" in run[1]
