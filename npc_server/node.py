@@ -205,6 +205,7 @@ class Node:
         limits = self.config.limits.session_limits()
         session_id = session_id or self.new_id("s")
         session = Session(session_id, player, limits, self.clock(), self.turns.note_written)
+        session.on_ended = self._ended_itself
         self.hub.add(session)
         self._end_when_window_ends(session)  # one adopted from a draining node stays detached
         return session
@@ -259,6 +260,15 @@ class Node:
                 self.cluster.session_detached(session)
             self._end_when_window_ends(session)
         else:
+            self.end_session(session)
+
+    def _ended_itself(self, session: Session) -> None:
+        """A held session outgrew its bounds and ended: forget it (its rooms see the
+        player leave, listings and says stop finding it) once the push that overflowed it
+        is done (it may be one of a room's fan-out)."""
+        try:
+            asyncio.get_running_loop().call_soon(self.end_session, session)
+        except RuntimeError:  # no loop (a test's fake clock): at once
             self.end_session(session)
 
     def _end_when_window_ends(self, session: Session) -> None:

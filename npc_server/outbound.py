@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from npc_server.protocol.frames import Delta, ServerFrame, TypingNotice
+from npc_server.protocol.frames import Delta, Presence, ServerFrame, TypingNotice
 
 FRAME_OVERHEAD_BYTES = 48
 
@@ -75,8 +75,17 @@ def estimate_size(frame: ServerFrame) -> int:
     return 4 * FRAME_OVERHEAD_BYTES
 
 
-def _typing_key(frame: TypingNotice) -> tuple[str, str | None, str | None]:
-    return (frame.player, frame.room, frame.npc)
+_Key = tuple[str, str | None, str | None, str | None]
+
+
+def _state_key(frame: ServerFrame) -> _Key | None:
+    """The key of a frame that only states what is now (who is typing, who is in a
+    room): a later one of the same key replaces a queued one in place. None: kept."""
+    if isinstance(frame, TypingNotice):
+        return ("typing", frame.player, frame.room, frame.npc)
+    if isinstance(frame, Presence):
+        return ("presence", frame.player, frame.room, None)
+    return None
 
 
 class OutboundQueue:
@@ -87,7 +96,7 @@ class OutboundQueue:
         self.max_bytes = max_bytes
         self._entries: deque[_Entry] = deque()
         self._open_delta: dict[str, _Entry] = {}
-        self._typing: dict[tuple[str, str | None, str | None], _Entry] = {}
+        self._states: dict[_Key, _Entry] = {}  # the queued typing and presence frames
         self._depth = 0
         self._bytes = 0
         # Frames other than deltas: while one waits, pacing holds nothing back.
@@ -130,8 +139,8 @@ class OutboundQueue:
                 self._append(entry)
                 self._open_delta[frame.turn] = entry
                 result = _QUEUED
-        elif isinstance(frame, TypingNotice):
-            result = self._push_typing(frame)
+        elif (key := _state_key(frame)) is not None:
+            result = self._push_state(key, frame)
         else:
             self._close_delta_of(frame)
             self._append(_Entry(frame, estimate_size(frame)))
@@ -151,16 +160,15 @@ class OutboundQueue:
         if turn is not None:
             self._open_delta.pop(turn, None)
 
-    def _push_typing(self, frame: TypingNotice) -> PushResult:
-        key = _typing_key(frame)
-        entry = self._typing.get(key)
+    def _push_state(self, key: _Key, frame: ServerFrame) -> PushResult:
+        entry = self._states.get(key)
         if entry is not None and entry.alive:
             entry.frame = frame
             self._replaced += 1
             return PushResult.REPLACED
         entry = _Entry(frame, estimate_size(frame))
         self._append(entry)
-        self._typing[key] = entry
+        self._states[key] = entry
         return PushResult.QUEUED
 
     def _append(self, entry: _Entry) -> None:
@@ -193,7 +201,7 @@ class OutboundQueue:
         # Nothing stays queued, so nothing stays indexed: no per-entry bookkeeping.
         self._entries.clear()
         self._open_delta.clear()
-        self._typing.clear()
+        self._states.clear()
         self._depth = self._bytes = self._urgent = 0
         self._popped += len(frames)
         return frames
@@ -207,10 +215,9 @@ class OutboundQueue:
                 del self._open_delta[entry.turn]
             return
         self._urgent -= 1
-        if isinstance(entry.frame, TypingNotice):
-            key = _typing_key(entry.frame)
-            if self._typing.get(key) is entry:
-                del self._typing[key]
+        key = _state_key(entry.frame)
+        if key is not None and self._states.get(key) is entry:
+            del self._states[key]
 
     def drop_turn_nowait(self, turn: str) -> int:
         """Drop every queued delta of a turn (it was interrupted); returns how many."""
@@ -227,7 +234,7 @@ class OutboundQueue:
         count = self._depth
         self._entries.clear()
         self._open_delta.clear()
-        self._typing.clear()
+        self._states.clear()
         self._dropped += count
         self._depth = self._bytes = self._urgent = 0
         return count

@@ -111,6 +111,10 @@ def _ignore_close(code: CloseCode) -> None:
     return None
 
 
+def _ignore_session(session: Session) -> None:
+    pass
+
+
 def _ignore_frame(frame: ServerFrame) -> None:
     return None
 
@@ -138,6 +142,9 @@ class Session:
         self.on_ready: Callable[[], None] = _noop
         self.on_close: Callable[[CloseCode], None] = _ignore_close
         self.on_written = on_written
+        # Told when the session ends itself (a held one whose queue outgrew its bounds),
+        # so its node forgets it as it does a session it ends (`Node.end_session`).
+        self.on_ended: Callable[[Session], None] = _ignore_session
         self.owner: object | None = None
         self.delta_window = 0.0
         # When held deltas may go (None: nothing is held back).
@@ -214,6 +221,7 @@ class Session:
         too_many = stats.depth > limits.detached_factor * self.queue.max_frames
         if too_many or stats.bytes > limits.hold_bytes:
             self.expire()
+            self.on_ended(self)
 
     def drop_turn_nowait(self, turn: str) -> int:
         """Drop queued deltas of an interrupted turn."""

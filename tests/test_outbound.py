@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from npc_server.outbound import FRAME_OVERHEAD_BYTES, OutboundQueue, PushResult
-from npc_server.protocol.frames import Ack, Delta, ServerFrame, TurnEnd, TypingNotice
+from npc_server.protocol.frames import Ack, Delta, Presence, ServerFrame, TurnEnd, TypingNotice
 
 
 def drain(queue: OutboundQueue) -> list[ServerFrame]:
@@ -63,6 +63,27 @@ def test_newer_typing_replaces_queued_one() -> None:
         TypingNotice("eve", True, "inn"),
     ]
     assert queue.statistics().replaced == 1
+
+
+def test_newer_presence_of_a_member_replaces_the_queued_one() -> None:
+    """Joins and leaves of one member in one room, queued, keep only the latest, in place:
+    a flapping member costs a slow or absent reader one frame, not one per flap."""
+    queue = OutboundQueue(10, 10_000)
+    queue.push_nowait(Presence("inn", "eve", "joined"))
+    queue.push_nowait(Ack(1))
+    for state in ("left", "joined", "left") * 100:
+        assert queue.push_nowait(Presence("inn", "eve", state)) is PushResult.REPLACED
+    queue.push_nowait(Presence("inn", "bob", "joined"))  # another member: its own
+    queue.push_nowait(Presence("cellar", "eve", "joined"))  # another room: its own
+    assert drain(queue) == [
+        Presence("inn", "eve", "left"),
+        Ack(1),
+        Presence("inn", "bob", "joined"),
+        Presence("cellar", "eve", "joined"),
+    ]
+    assert queue.statistics().replaced == 300
+    queue.push_nowait(Presence("inn", "eve", "joined"))  # written: a new one queues
+    assert len(queue) == 1
 
 
 def test_drop_turn_removes_only_that_turns_deltas() -> None:
