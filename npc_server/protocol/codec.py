@@ -189,6 +189,16 @@ def _kind(value: Any) -> str:
     return "nil" if value is None else type(value).__name__
 
 
+def _shown(value: Any) -> str:
+    """A field's value in an error: a number or boolean as it came (`-1`, `1.5`, `true`:
+    its type alone would not say what is wrong with it), anything else by its type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and len(text := repr(value)) <= 24:
+        return text
+    return _kind(value)
+
+
 class _Fields:
     """Typed access to a frame's keys; errors name the frame, key and expectation."""
 
@@ -205,7 +215,7 @@ class _Fields:
         self.limits = limits
 
     def fail(self, key: str, expected: str) -> FrameError:
-        got = _kind(self.doc.get(key))
+        got = _shown(self.doc.get(key))
         return FrameError(
             ErrorCode.BAD_FRAME, f"{self.t}.{key} must be {expected}, got {got}", self.id
         )

@@ -387,3 +387,15 @@ def test_a_tool_result_without_a_result_is_the_answer_null(frame: dict[str, Any]
     assert decoded == ToolResult(call="c-1", result=None, id=3)
     error = refused(pack({"t": "tool.result", "id": 4, **frame}))
     assert (error.code, error.request_id) == (ErrorCode.BAD_FRAME, 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(-1, "-1"), (1.5, "1.5"), (True, "true"), ("50", "str"), ([50], "list")],
+)
+def test_a_field_of_the_wrong_value_is_named_with_what_came(value: Any, shown: str) -> None:
+    """A number or boolean is shown as it came (its type alone says nothing wrong with
+    `-1`); anything else by its type."""
+    exc = refused(pack({"t": "hello", "token": "x", "delta_ms": value}))
+    assert exc.code is ErrorCode.BAD_FRAME
+    assert exc.message == f"hello.delta_ms must be a non-negative integer, got {shown}"
