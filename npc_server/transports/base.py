@@ -124,7 +124,8 @@ class ClientLink:
     # --- admission --------------------------------------------------------
 
     def admit(self, token: str) -> TokenClaims:
-        """Check the token, the player's connect rate and socket cap; raise `Refusal`."""
+        """Check the token, the player's connect rate and ban; raise `Refusal` (the socket
+        cap is counted once the hello's session is known: `attach`)."""
         try:
             claims = verify_token(self._secret, token)
         except TokenError as exc:
@@ -138,17 +139,17 @@ class ClientLink:
         banned = self.node.bans.remaining(claims.player)  # a cluster asks Redis in `attach_async`
         if banned and not self.node.bans.shared:
             self._refuse(CloseCode.KICKED, refusal_reason(banned))
-        if not self.node.socket_claims.enabled:  # a cluster counts in `attach_async`
-            self._socket_cap(claims.player)
         return claims
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
         self.request_close(code, reason)
         raise Refusal(code, reason)
 
-    def _socket_cap(self, player: str) -> None:
+    def _socket_cap(self, session: Session) -> None:
+        """The player's socket cap on this node. A resume that takes `session` over from
+        the socket holding it adds no socket: that one is not counted (it gets 4503)."""
         limits = self.node.config.limits
-        attached = self.node.attached_sessions(player)
+        attached = [s for s in self.node.attached_sessions(session.player) if s is not session]
         if len(attached) < limits.max_sockets_per_player:
             return
         if limits.sockets_policy != "replace":
@@ -156,8 +157,10 @@ class ClientLink:
         attached[0].on_close(CloseCode.REPLACED)
 
     def attach(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
-        """Open or resume the session; the frames to replay, or None for a new session."""
+        """Open or resume the session; the frames to replay, or None for a new session.
+        Raises `Refusal` over the socket cap."""
         session, replay = self._open_session(claims.player, resume)
+        self._capped(session, replay, self._socket_cap)
         return self._attached(claims, resume, session, replay)
 
     async def attach_async(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
@@ -177,6 +180,8 @@ class ClientLink:
         session, replay = handed or self._open_session(claims.player, resume)
         if self.node.socket_claims.enabled:
             await self._claim_socket(session, replay)
+        else:
+            self._capped(session, replay, self._socket_cap)
         await self._subscriptions_live()
         return self._attached(claims, resume, session, replay)
 
@@ -200,11 +205,22 @@ class ClientLink:
 
     async def _claim_socket(self, session: Session, replay: list[bytes] | None) -> None:
         claim = await self.node.socket_claims.claim(session.player, session.id)
-        try:
+
+        def check(session: Session) -> None:
             if claim is Claim.LOCAL:  # Redis away: the cap counts this node's sockets
-                self._socket_cap(session.player)
+                self._socket_cap(session)
             elif claim is Claim.REFUSED:
                 self._refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this player")
+
+        self._capped(session, replay, check)
+
+    def _capped(
+        self, session: Session, replay: list[bytes] | None, check: Callable[[Session], None]
+    ) -> None:
+        """Run the cap's `check` on the session the hello got; if it refuses, a session
+        opened for this hello alone ends (a resumed one waits for its window)."""
+        try:
+            check(session)
         except Refusal:
             if replay is None and session.owner is None:
                 self.node.end_session(session)  # new, never attached; a resumed one waits

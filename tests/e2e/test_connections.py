@@ -159,6 +159,32 @@ async def test_socket_cap_refuses_the_newest_with_4513() -> None:
             assert (await one.expect("pong"))["id"] == 1
 
 
+async def test_a_resume_that_takes_over_a_session_at_the_cap_is_welcomed() -> None:
+    """At the cap (2), a third socket that resumes the first one's session adds no socket:
+    it is welcomed with the replay and the first socket gets 4503 (it is not refused with
+    4513, which would tell the client to give up). A fresh hello at the cap is still
+    refused, and leaves no session behind."""
+    async with running_server(server_config(limits={"max_sockets_per_player": 2})) as server:
+        async with (
+            connect(server.url) as one,
+            connect(server.url) as two,
+            connect(server.url) as three,
+            connect(server.url) as four,
+        ):
+            await one.hello(server.token("alice"))
+            await two.hello(server.token("alice"))
+            resume = {"session": one.session, "seq": one.last_seq}
+            welcome = await three.hello(server.token("alice"), resume=resume)
+            assert welcome["resumed"] is True and welcome["session"] == one.session
+            assert await one.close_code() == CloseCode.REPLACED
+            await four.send({"t": "hello", "token": server.token("alice")})
+            assert await four.close_code() == CloseCode.TOO_MANY_CONNECTIONS
+            assert len(server.node.hub.sessions_of("alice")) == 2
+            for client in (two, three):
+                await client.send({"t": "ping", "id": 1})
+                assert (await client.expect("pong"))["id"] == 1
+
+
 async def test_socket_cap_can_replace_the_oldest_with_4503() -> None:
     """With sockets_policy=replace the oldest socket is closed with 4503."""
     limits = {"max_sockets_per_player": 1, "sockets_policy": "replace"}
