@@ -19,6 +19,9 @@ MAX_PLAYER_CHARS = 128
 # Claim times after 9999-12-31T23:59:59Z are not times but attacks on float().
 MAX_SECONDS = 253_402_300_799
 WATCH_CLAIM = "watch"
+# How far ahead of this server's clock a token's `iat` and `nbf` may be: the game's
+# backend that signs it runs on another host, whose clock may be a little ahead.
+CLOCK_LEEWAY_S = 30.0
 WATCH_SUBJECT = "watcher"
 
 
@@ -55,15 +58,17 @@ def verify_token(secret: str, token: str, now: float | None = None) -> TokenClai
 
 
 def _check_times(claims: dict[str, Any], now: float | None) -> float:
-    """Check `exp`, and `iat` and `nbf` when present; returns `exp`."""
+    """Check `exp`, and `iat` and `nbf` when present (each may be up to CLOCK_LEEWAY_S
+    ahead of this clock); returns `exp`."""
     expires_at = _seconds(claims, "exp")
     times = {name: _seconds(claims, name) for name in ("iat", "nbf") if name in claims}
     at = time.time() if now is None else now
     if expires_at <= at:
         raise TokenError("token expired", expired=True)
-    if times.get("nbf", at) > at:
+    ahead = at + CLOCK_LEEWAY_S
+    if times.get("nbf", at) > ahead:
         raise TokenError("invalid token: not valid before its 'nbf'")
-    if times.get("iat", at) > at:
+    if times.get("iat", at) > ahead:
         raise TokenError("invalid token: 'iat' is in the future")
     return expires_at
 

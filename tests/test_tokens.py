@@ -8,7 +8,13 @@ import jwt
 import pytest
 
 from npc_server.protocol.codes import CloseCode, ErrorCode
-from npc_server.tokens import MAX_SECONDS, TokenError, issue_token, verify_token
+from npc_server.tokens import (
+    CLOCK_LEEWAY_S,
+    MAX_SECONDS,
+    TokenError,
+    issue_token,
+    verify_token,
+)
 from tests.support.client import connect
 from tests.support.server import SECRET, running_server
 
@@ -75,11 +81,16 @@ def test_bad_iat_and_nbf_are_invalid(claim: str, value: Any) -> None:
 
 
 def test_times_are_checked_against_now() -> None:
-    """An exp at or before now is expired; nbf or iat after now is invalid."""
+    """An exp at or before now is expired; nbf or iat more than the leeway after now is
+    invalid; up to the leeway ahead (the signer's clock runs a little fast) they pass."""
     assert refused(signed(sub="alice", exp=NOW)).expired
-    assert not refused(signed(sub="alice", exp=NOW + 60, nbf=NOW + 10)).expired
-    assert not refused(signed(sub="alice", exp=NOW + 60, iat=NOW + 10)).expired
+    late = NOW + CLOCK_LEEWAY_S + 1
+    assert not refused(signed(sub="alice", exp=NOW + 60, nbf=late)).expired
+    assert not refused(signed(sub="alice", exp=NOW + 60, iat=late)).expired
     verify_token(SECRET, signed(sub="alice", exp=NOW + 60, nbf=NOW, iat=NOW - 5), now=NOW)
+    ahead = NOW + CLOCK_LEEWAY_S
+    claims = verify_token(SECRET, signed(sub="alice", exp=NOW + 60, iat=ahead, nbf=ahead), now=NOW)
+    assert claims.player == "alice"
 
 
 def test_a_string_exp_in_the_past_is_invalid_not_expired() -> None:
