@@ -41,12 +41,13 @@ class ConfigError(ValueError):
     """A configuration key is unknown or has a value of the wrong kind or range."""
 
 
-def unknown_key(where: str, key: str, valid: Collection[str]) -> ConfigError:
-    """The error for a key that is not one of `valid`: the close matches, then all of them."""
+def unknown_key(where: str, key: str, valid: Collection[str], kind: str = "key") -> ConfigError:
+    """The error for a key (or, with `kind`, a section) that is not one of `valid`: the
+    close matches, then all of them."""
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     return ConfigError(
-        f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(sorted(valid))}"
+        f"{where}: unknown {kind} {key!r}{hint}; valid {kind}s: {', '.join(sorted(valid))}"
     )
 
 
@@ -258,7 +259,7 @@ def _read(path: Path | None) -> dict[str, Any]:
     known = [*_SECTIONS, "backends", "overrides"]
     for name in doc:
         if name not in known:
-            raise unknown_key(f"{path}: section", name, known)
+            raise unknown_key(str(path), name, known, kind="section")
     for name in ("backends", "overrides"):
         tables = doc.get(name, {})
         if not isinstance(tables, Mapping) or not all(

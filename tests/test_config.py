@@ -53,8 +53,11 @@ def test_bad_values_name_the_key(tmp_path: Path) -> None:
         load_config(env={"NPC_SERVER_LIMITS_HEARTBEAT": "soon"})
     path = tmp_path / "c.toml"
     path.write_text("[limit]\nx = 1\n")
-    with pytest.raises(ConfigError, match="limit"):
+    with pytest.raises(ConfigError) as section:
         load_config(path, env={})
+    message = str(section.value)
+    assert message.startswith(f"{path}: unknown section 'limit' (did you mean 'limits'")
+    assert "; valid sections: auth, " in message
     path.write_text("[server]\nport = 'high'\n")
     with pytest.raises(ConfigError, match="port"):
         load_config(path, env={})
