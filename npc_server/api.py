@@ -1,16 +1,17 @@
 """The server API under `/api/`: what the game's own backend may do (docs/game-server.md).
 
-JSON in and out, `Authorization: Bearer <NPC_SERVER_API_KEY>` compared in
-constant time. Without a key configured every `/api/` path is 404; a missing
-or wrong key is 401. Errors are `{"error": {"code", "message"}}`, and a bad
-body names the field; so are an unknown path (404) and a method a path lacks
-(405, with `Allow`). The description is at `/api/openapi.json` (public once
-the API is on: it holds no secrets).
+JSON in and out, `Authorization: Bearer <NPC_SERVER_API_KEY>` checked by the
+app's `ApiKeyGate`. Without a key configured every `/api/` path is 404; a
+missing or wrong key is 401, and 429 `rate_limited` once its address has sent
+too many. Errors are `{"error": {"code", "message"}}`, and a bad body names the
+field (a key repeated in one object too: parsers disagree on which one wins);
+so are an unknown path (404) and a method a path lacks (405, with `Allow`).
+The description is at `/api/openapi.json` (public once the API is on: it holds
+no secrets).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -20,8 +21,17 @@ import msgpack
 import orjson
 from quart import Blueprint, Response, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import BaseConverter
 
-from npc_server.api_schema import MAX_TTL_S, ApiError, Body, openapi, problem, read_body
+from npc_server.api_schema import (
+    MAX_TTL_S,
+    ApiError,
+    Body,
+    openapi,
+    problem,
+    read_body,
+    refuse_repeated_keys,
+)
 from npc_server.bans import MAX_BAN_S
 from npc_server.cluster.answers import (
     interrupt_result,
@@ -35,6 +45,7 @@ from npc_server.cluster.answers import (
 from npc_server.cluster.scatter import Gathered, gather
 from npc_server.cluster.trusted import MAX_VERSION, ClockExhausted
 from npc_server.node import Node
+from npc_server.ops import RETRY_AFTER_S, ApiKeyGate, KeyCheck
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
 from npc_server.tokens import issue_token
@@ -46,20 +57,32 @@ DEFAULT_TTL_S = 3600
 CLOCK_RETRY_AFTER = 60.0  # a trusted clock at its end: no post goes until it is reset
 
 
-def api_blueprint(api_key: str | None) -> Blueprint:
-    """The `/api/` routes; all 404 when `api_key` is None."""
+class PlayerIdConverter(BaseConverter):
+    """`/players/<player:...>`: the rest of the path, whatever it holds. A player id is
+    any printable text (`a/b`, `..`, `/x`, sent percent-encoded): the path arrives
+    decoded, so the default converter stopped at a `/` and `path` at a leading one."""
+
+    regex = ".+"
+    part_isolating = False  # it may match across `/`
+
+
+def api_blueprint(gate: ApiKeyGate | None) -> Blueprint:
+    """The `/api/` routes; all 404 when `gate` is None (no key configured)."""
     api = Blueprint("npc_api", __name__, url_prefix="/api")
+    # Before the routes below: a rule is compiled, its converters looked up, as it is added.
+    api.record_once(lambda state: state.app.url_map.converters.update(player=PlayerIdConverter))
 
     @api.before_request
     async def authorize() -> Response | None:
-        if api_key is None:
+        if gate is None:
             return problem(404, "not_found", "the API is off (set NPC_SERVER_API_KEY)")
         if request.path == "/api/openapi.json":
             return None
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), api_key.encode()
-        ):
+        verdict = gate.check(request.headers.get("Authorization"), request.remote_addr or "unknown")
+        if verdict is KeyCheck.LIMITED:
+            message = "too many requests with a wrong key from this address"
+            return problem(429, "rate_limited", message, float(RETRY_AFTER_S))
+        if verdict is KeyCheck.WRONG:
             return problem(401, "unauthorized", "send Authorization: Bearer <NPC_SERVER_API_KEY>")
         return None
 
@@ -96,7 +119,7 @@ def api_blueprint(api_key: str | None) -> Blueprint:
     api.add_url_rule("/kick", view_func=_kick, methods=["POST"])
     api.add_url_rule("/unban", view_func=_unban, methods=["POST"])
     api.add_url_rule("/rooms/<room>", view_func=_room, methods=["GET"])
-    api.add_url_rule("/players/<player>", view_func=_player, methods=["GET"])
+    api.add_url_rule("/players/<player:player>", view_func=_player, methods=["GET"])
     return api
 
 
@@ -117,6 +140,7 @@ async def _body() -> Body:
         raise ApiError(400, "invalid", "the body must be a JSON object") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "invalid", "the body must be a JSON object")
+    refuse_repeated_keys(data)
     return Body(doc)
 
 
@@ -132,7 +156,9 @@ async def _tokens() -> Response:
     ttl = body.seconds("ttl", low=1, high=MAX_TTL_S, default=DEFAULT_TTL_S)
     body.done()
     token = issue_token(current_app.extensions["npc_server.secret"], player, ttl)
-    return _json({"token": token, "player": player, "expires_in": ttl})
+    answer = _json({"token": token, "player": player, "expires_in": ttl})
+    answer.headers["Cache-Control"] = "no-store"  # a credential: no cache keeps a copy
+    return answer
 
 
 async def _context() -> Response:

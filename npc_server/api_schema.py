@@ -3,11 +3,13 @@
 `Body` reads one JSON object field by field; each check raises `ApiError(400)`
 with a message naming the field and what was expected, and `done()` refuses
 fields the endpoint does not know (a typo would otherwise be ignored).
+`refuse_repeated_keys` refuses a body with a key twice in one object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -88,6 +90,40 @@ async def read_body() -> bytes:
     except RequestEntityTooLarge:  # Quart's own bound, should chunks pile up unread
         raise _too_large() from None
     return bytes(data)
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Repeated(key)
+        seen.add(key)
+
+
+def _ignored(_: str) -> None:
+    return None
+
+
+def refuse_repeated_keys(data: bytes) -> None:
+    """Raise ApiError(400) naming a key that one object of `data` (JSON orjson took) has
+    twice, at any depth. orjson keeps the last silently, so `{"player": "x", "player":
+    "admin"}` would be admin here and may be x to a proxy or a check in front of us.
+    orjson cannot tell; the standard parser hands over each object's pairs, and is only
+    asked to check (no object or number is built: the hooks return None). At most
+    MAX_BODY_BYTES, so a second parse is cheap."""
+    try:
+        json.loads(data, object_pairs_hook=_once_each, parse_int=_ignored, parse_float=_ignored)
+    except _Repeated as exc:
+        message = f"the key {exc.key!r:.80} appears twice in one object; give each once"
+        raise ApiError(400, "invalid", message) from None
+    except RecursionError:  # orjson takes 1,024 levels; no field of any endpoint nests so
+        raise ApiError(400, "invalid", "the body nests too deep") from None
 
 
 def _kind(value: Any) -> str:
@@ -221,7 +257,8 @@ _WHY = {
     408: f"the body did not all arrive within {BODY_TIMEOUT_S:g} s; the connection closes",
     409: "the player has no session here (neither connected nor held for a resume)",
     413: f"the body is over {MAX_BODY_BYTES} bytes (the connection closes), or `data` over a bound",
-    429: "busy; retry after `retry_after` seconds",
+    429: "too many wrong keys from this address (`rate_limited`; a right key still "
+    "passes), or busy (`busy`); retry after `retry_after` seconds",
     500: "a fault of npc-server's own (logged); worth a bug report",
     502: "cluster: the node that runs it answered something malformed",
     503: "draining, or cluster: Redis or the node that runs it cannot be reached; "
@@ -229,7 +266,12 @@ _WHY = {
 }
 _RETRY = (429, 503)  # these always carry `retry_after` and `Retry-After`
 _Codes = dict[int, tuple[str, ...]]
-_EVERY: _Codes = {401: ("unauthorized",), 404: ("not_found",), 500: ("http_error",)}
+_EVERY: _Codes = {
+    401: ("unauthorized",),
+    404: ("not_found",),
+    429: ("rate_limited",),
+    500: ("http_error",),
+}
 _BODY: _Codes = {400: ("invalid",), 408: ("timeout",), 413: ("too_large",)}
 _ERROR_CODES: dict[str, _Codes] = {
     "/api/tokens": _BODY,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -15,13 +14,14 @@ from quart import Quart, Response, jsonify, request
 
 from npc_server import __version__
 from npc_server.api import api_blueprint
+from npc_server.api_schema import ApiError, refuse_repeated_keys
 from npc_server.backends import Backend
 from npc_server.config import PACKAGE_ROOT, Config, ConfigError
 from npc_server.logs import EventLog
 from npc_server.metrics import NodeMetrics
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, load_npcs
-from npc_server.ops import OpsService
+from npc_server.ops import RETRY_AFTER_S, ApiKeyGate, KeyCheck, OpsService
 from npc_server.pages import Pages
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.codes import CloseCode
@@ -99,6 +99,10 @@ def create_app(
 ) -> Quart:
     """Build the app; the node holds all server state (and `backends`, built at start-up)."""
     app = Quart(__name__)
+    # Before any route: werkzeug would answer `/play//x?token=T` with a 308 to
+    # `http://<the Host header>/play/x?token=T` (a redirect the client names, the token
+    # repeated), and `/api//kick` so before the key check. Unmerged, they are 404s.
+    app.url_map.merge_slashes = False
     app.asgi_websocket_class = NpcWebsocketConnection
     if node is None:
         npcs = npcs if npcs is not None else load_npcs(config.npcs_path)
@@ -111,10 +115,11 @@ def create_app(
             "to the game server go unsigned"
         )
     node.events.subscribe(EventLog())
-    metrics = _wire_metrics(app, config, node)
-    app.register_blueprint(api_blueprint(config.api_key))
+    gate = ApiKeyGate(node, config.api_key) if config.api_key else None
+    metrics = _wire_metrics(app, config, node, gate)
+    app.register_blueprint(api_blueprint(gate))
     watch = app.extensions["npc_server.watch"] = WatchService(node, secret)
-    ops = OpsService(node, config.api_key)
+    ops = OpsService(node, gate)
     sweeper: list[asyncio.Task[None]] = []
 
     @app.before_serving
@@ -182,10 +187,12 @@ def create_app(
         if config.secret:
             return "not found", 404
         body = await _dev_body()
+        if isinstance(body, str):
+            return body, 400
         player = body.get("player")
         if not isinstance(player, str) or not is_player_id(player):  # what hello accepts
             return f"player must be a name of 1 to {MAX_PLAYER_CHARS} printable characters", 400
-        return jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True})
+        return _no_store(jsonify({"token": issue_token(DEV_SECRET, player, 3600.0), "dev": True}))
 
     @app.post("/dev/watch-token")
     async def dev_watch_token() -> Response | tuple[str, int]:
@@ -193,11 +200,13 @@ def create_app(
         if config.secret:
             return "not found", 404
         body = await _dev_body()
+        if isinstance(body, str):
+            return body, 400
         room = body.get("room")
         if not isinstance(room, str) or _ROOM.fullmatch(room) is None:
             return f"room must be a room name: {ROOM_RULE}", 400
         token = issue_watch_token(DEV_SECRET, [room], config.watch.token_ttl)
-        return jsonify({"token": token, "dev": True})
+        return _no_store(jsonify({"token": token, "dev": True}))
 
     @app.get("/watch")
     async def watch_room() -> Response:
@@ -219,17 +228,20 @@ def create_app(
     @app.get("/play")
     @app.get("/play/")
     async def play() -> Response:
-        return _no_referrer(await pages.respond("index.html"))
+        return _page_headers(await pages.respond("index.html"))
 
     @app.get("/play/<path:name>")
     async def play_asset(name: str) -> Response:
-        return _no_referrer(await pages.respond(name))
+        return _page_headers(await pages.respond(name))
 
     return app
 
 
-def _wire_metrics(app: Quart, config: Config, node: Node) -> NodeMetrics | None:
-    """Listen for metrics if enabled; `/metrics` on this app unless on its own bind."""
+def _wire_metrics(
+    app: Quart, config: Config, node: Node, gate: ApiKeyGate | None
+) -> NodeMetrics | None:
+    """Listen for metrics if enabled; `/metrics` on this app unless on its own bind
+    (behind `gate`, the API key's, when one is configured)."""
     check_metrics_guard(config)
     if not config.metrics.enabled:
         return None
@@ -241,23 +253,18 @@ def _wire_metrics(app: Quart, config: Config, node: Node) -> NodeMetrics | None:
 
     @app.get("/metrics")
     async def scrape() -> Response | tuple[str, int, dict[str, str]]:
-        if config.api_key and not bearer_matches(request.headers.get("Authorization"), config):
-            return "a bearer API key is required", 401, {"WWW-Authenticate": "Bearer"}
+        if gate is not None:
+            address = request.remote_addr or "unknown"
+            verdict = gate.check(request.headers.get("Authorization"), address)
+            if verdict is KeyCheck.LIMITED:
+                retry = {"Retry-After": str(RETRY_AFTER_S)}
+                return "too many requests with a wrong key from this address", 429, retry
+            if verdict is KeyCheck.WRONG:
+                return "a bearer API key is required", 401, {"WWW-Authenticate": "Bearer"}
         body, content_type = metrics.exposition()
         return Response(body, content_type=content_type)
 
     return metrics
-
-
-def bearer_matches(header: str | None, config: Config) -> bool:
-    """Whether `Authorization: Bearer <key>` carries NPC_SERVER_API_KEY (in constant time)."""
-    scheme, _, given = (header or "").partition(" ")
-    key = config.api_key or ""
-    return (
-        bool(key)
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(given.strip().encode(), key.encode())
-    )
 
 
 async def _watch(node: Node) -> None:
@@ -326,20 +333,36 @@ async def _park_sessions(node: Node) -> None:
         log.info("parked %d sessions in Redis for a resume on another node", parked)
 
 
-async def _dev_body() -> dict[str, Any]:
+async def _dev_body() -> dict[str, Any] | str:
     """A /dev/ endpoint's JSON object, or {} for anything else (bytes that are not UTF-8,
-    JSON nested past the parser, not an object): those answer 400 by what is missing."""
+    JSON nested past the parser, not an object): those answer 400 by what is missing.
+    A key given twice is the message refusing it (400): which one counts is up to
+    the parser, as in `/api/`."""
+    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     try:
-        doc = orjson.loads(await request.get_data(cache=False))
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return {}
+    try:
+        refuse_repeated_keys(data)
+    except ApiError as exc:
+        return exc.message
     return doc if isinstance(doc, dict) else {}
 
 
-def _no_referrer(response: Response) -> Response:
+def _no_store(response: Response) -> Response:
+    """A token in the answer: no cache, the browser's or one on the way, keeps a copy."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _page_headers(response: Response) -> Response:
     """The pages take a token in their URL (`?token=`): a request they make must not
-    carry it on in its Referer header (to access logs, to other sites)."""
+    carry it on in its Referer header (to access logs, to other sites), and no other
+    site may frame them (a click-jacker would drive a player's session)."""
     response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
     return response
 
 

@@ -7,10 +7,15 @@ fields as JSON (`event_fields`): connects, sessions, closes with their codes,
 auth failures, limits, turns started and ended with their timings, backend
 errors, drain. The first event is `feed` (the node's id and version). No replay: a feed that falls `MAX_QUEUED` events behind is
 closed, like a slow socket.
+
+`ApiKeyGate` is the one check of that key for every route that takes it
+(`/ops/events`, `/api/`, `/metrics` on the main port): a wrong key costs its
+address, a right one never does.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 from collections import deque
 from collections.abc import Callable
@@ -64,26 +69,56 @@ class OpsFeed(SseStream):
         super().release()
 
 
+# What a refused address is told to wait (its bucket refills at connects_per_s_address).
 RETRY_AFTER_S = 5
+
+
+class KeyCheck(enum.Enum):
+    """What `ApiKeyGate.check` found: each route answers it in its own format."""
+
+    GOOD = "good"
+    WRONG = "wrong"  # 401
+    LIMITED = "limited"  # 429 with Retry-After: too many wrong keys from this address
+
+
+class ApiKeyGate:
+    """`Authorization: Bearer <NPC_SERVER_API_KEY>`, checked in constant time, where
+    guessing costs: a wrong (or missing) key takes from its address's connect bucket
+    (`node.address_connects`, shared with WebSocket connects and refused watch
+    requests), and once that is empty the address is LIMITED until it refills. A good
+    key takes nothing and is never refused, so an operator or the game server is not
+    locked out by a guesser, from its own address or another."""
+
+    def __init__(self, node: Node, key: str) -> None:
+        self.node = node
+        self._key = key
+
+    def check(self, authorization: str | None, address: str) -> KeyCheck:
+        if bearer_matches(authorization, self._key):
+            return KeyCheck.GOOD
+        if not self.node.address_connects.allow_nowait(address):
+            self.node.events.emit(Limited("connects_address", None))
+            return KeyCheck.LIMITED
+        return KeyCheck.WRONG
 
 
 class OpsService:
     """Admission to `/ops/events`."""
 
-    def __init__(self, node: Node, key: str | None) -> None:
+    def __init__(self, node: Node, gate: ApiKeyGate | None) -> None:
         self.node = node
-        self._key = key
+        self._gate = gate
 
     def open(self, authorization: str | None, address: str) -> Response:
-        """The feed, or 404 (no key configured) or 401 (missing or wrong key)."""
-        if self._key is None:
+        """The feed, or 404 (no key configured), 401 (missing or wrong key) or 429 (too
+        many wrong keys from this address)."""
+        if self._gate is None:
             return refusal(404, "not found")
-        if not bearer_matches(authorization, self._key):
-            # A wrong key takes from the address's connect bucket: guessing keys costs.
-            if not self.node.address_connects.allow_nowait(address):
-                self.node.events.emit(Limited("connects_address", None))
-                headers = {"Retry-After": str(RETRY_AFTER_S)}
-                return refusal(429, "too many refused requests from this address", headers)
+        verdict = self._gate.check(authorization, address)
+        if verdict is KeyCheck.LIMITED:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            return refusal(429, "too many refused requests from this address", headers)
+        if verdict is KeyCheck.WRONG:
             reason = "a valid API key is needed as 'Authorization: Bearer <key>'"
             self.node.events.emit(AuthFailed("ops", address, int(CloseCode.AUTH_FAILED), reason))
             return refusal(401, reason, {"WWW-Authenticate": 'Bearer realm="ops"'})

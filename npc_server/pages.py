@@ -6,6 +6,10 @@ after an asset leaves that file for the garbage collector (a `ResourceWarning` p
 request, an open descriptor until then). The pages are a few small files: each is
 read whole, kept, and read again only when its size or modification time changes,
 so a developer editing `app.js` sees the change on reload.
+
+The HTML pages are `Cache-Control: private, no-cache`: their URLs may carry a
+token (`/play?token=`), which no shared cache may keep; the browser still
+revalidates its own copy by ETag. The other files are public.
 """
 
 from __future__ import annotations
@@ -74,7 +78,11 @@ class Pages:
         response = Response(page.data, mimetype=page.mimetype)
         response.last_modified = page.modified  # type: ignore[assignment]
         response.set_etag(page.etag)
-        response.cache_control.public = True
-        response.cache_control.max_age = MAX_AGE
+        if page.mimetype == "text/html":
+            response.cache_control.private = True
+            response.cache_control.no_cache = True
+        else:
+            response.cache_control.public = True
+            response.cache_control.max_age = MAX_AGE
         await response.make_conditional(request)
         return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -142,7 +143,7 @@ async def test_openapi_describes_every_endpoint() -> None:
     assert doc["openapi"].startswith("3.1")
     app = create_app(server.config, node=server.node)
     routes = {
-        rule.rule.replace("<", "{").replace(">", "}")
+        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # `<player:player>`: `{player}`
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith("/api/") and rule.rule != "/api/openapi.json"
     }

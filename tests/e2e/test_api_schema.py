@@ -232,6 +232,21 @@ async def errors(api: Recorder, server: RunningServer, monkeypatch: pytest.Monke
     monkeypatch.undo()
 
 
+async def locked_out(api: Recorder) -> None:
+    """Each endpoint's 429 `rate_limited`: wrong keys until the address's bucket is empty
+    (it does not refill within the test), then one more to each endpoint."""
+    wrong = {"Authorization": "Bearer guess"}
+    for _ in range(1000):
+        if (await api.http.get("/api/rooms/x", headers=wrong)).status_code == 429:
+            break
+    else:
+        pytest.fail("wrong keys were never refused with 429")
+    for path in POSTS:
+        await api.call("POST", path, json={}, headers=wrong)
+    await api.call("GET", "/api/rooms/{room}", "/api/rooms/x", headers=wrong)
+    await api.call("GET", "/api/players/{player}", "/api/players/x", headers={})
+
+
 async def stalled(server: RunningServer, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection(server.host, server.port)
     head = f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\n"
@@ -248,13 +263,15 @@ async def test_every_answer_of_every_endpoint_fits_the_openapi_document(
     """Each real body fits the document's schema for its endpoint and status (no field
     more, none missing or renamed), every status the document lists for an endpoint is
     one it answers (bar cluster-only ones), and every answer field was seen sent."""
-    config = api_config(scripted=LONG, limits={"max_generations": 1})
+    limits = {"max_generations": 1, "connects_per_s_address": 0.001}
+    config = api_config(scripted=LONG, limits=limits)
     async with api_server(config) as (server, http), connect(server.url) as alice:
         await player(server, alice, "alice", "tavern")
         api = Recorder(http)
         doc = (await api.call("GET", "/api/openapi.json", headers={})).body
         await successes(api)
         await errors(api, server, monkeypatch)
+        await locked_out(api)
         await api.call("POST", "/api/kick", json={"player": "alice"})
         await drain(server.node, grace=0)
         await api.call("POST", "/api/say", json={"npc": "guard", "room": "tavern", "text": "x"})

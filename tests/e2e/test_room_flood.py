@@ -22,9 +22,13 @@ pytestmark = pytest.mark.e2e
 SMALL = {"queue_frames": 8, "rate_per_s": 1000, "rate_burst": 1000}  # held: 4 x 8 frames
 
 
+async def acked(client: RawClient, request: int) -> None:
+    await client.recv_until(lambda f: f.get("t") == "ack" and f.get("id") == request)
+
+
 async def join(client: RawClient, room: str, request: int) -> None:
     await client.send({"t": "join", "id": request, "room": room})
-    await client.recv_until(lambda f: f.get("t") == "ack" and f.get("id") == request)
+    await acked(client, request)
 
 
 async def held(server: RunningServer, client: RawClient) -> None:
@@ -79,7 +83,7 @@ async def test_a_held_session_that_outgrows_its_bounds_is_forgotten_at_once() ->
             for i in range(40):
                 say = {"t": "say", "id": 100 + i, "npc": "guard", "room": "inn", "text": f"hey {i}"}
                 await bob.send(say)
-                await bob.recv_until(lambda f, i=i: f.get("t") == "ack" and f.get("id") == 100 + i)
+                await acked(bob, 100 + i)
                 if not server.node.hub.sessions_of("alice"):
                     break
             else:
