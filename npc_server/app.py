@@ -17,6 +17,7 @@ from npc_server.api import api_blueprint
 from npc_server.api_schema import ApiError, refuse_repeated_keys
 from npc_server.backends import Backend
 from npc_server.config import PACKAGE_ROOT, Config, ConfigError
+from npc_server.forwarded import ForwardedFor
 from npc_server.logs import EventLog
 from npc_server.metrics import NodeMetrics
 from npc_server.node import Node
@@ -104,6 +105,8 @@ def create_app(
     # repeated), and `/api//kick` so before the key check. Unmerged, they are 404s.
     app.url_map.merge_slashes = False
     app.asgi_websocket_class = NpcWebsocketConnection
+    if config.server.trusted_proxy_hops:  # the client's address from X-Forwarded-For
+        app.asgi_app = ForwardedFor(app.asgi_app, config.server.trusted_proxy_hops)  # type: ignore[method-assign,assignment]
     if node is None:
         npcs = npcs if npcs is not None else load_npcs(config.npcs_path)
         node = Node(config, npcs, backends=backends)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from npc_server.forwarded import MAX_HOPS
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.frames import Limits
 from npc_server.redaction import redacted_url
@@ -41,6 +42,9 @@ class ServerSection:
     graceful_timeout: float = 5.0
     # Server processes on one port (--workers); more than one needs [cluster] redis_url.
     workers: int = 1
+    # Behind proxies: how many of them append to X-Forwarded-For (npc_server/forwarded.py);
+    # 0 reads no header. Set it only when no client can reach the server directly.
+    trusted_proxy_hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +330,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "production": ANY,
         "graceful_timeout": SECONDS_OR_ZERO,
         "workers": positive(MAX_WORKERS),
+        "trusted_proxy_hops": non_negative(MAX_HOPS),
     },
     "auth": {"auth_timeout": SECONDS, "expiry_grace": SECONDS_OR_ZERO},
     "limits": {
