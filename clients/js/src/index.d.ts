@@ -58,7 +58,7 @@ export declare const CloseCode: {
   readonly AUTH_FAILED: 4500;
   readonly PROTOCOL_VIOLATION: 4501;
   readonly REPLACED: 4503;
-  /** The game server kicked the player (`POST /api/kick`): the client does not reconnect. */
+  /** The game server kicked the player (`POST /api/kick`), or banned them (the close reason says for how long): the client does not reconnect. */
   readonly KICKED: 4508;
   readonly TOO_MANY_CONNECTIONS: 4513;
 };

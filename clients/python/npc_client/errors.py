@@ -52,7 +52,7 @@ class CloseCode(IntEnum):
     AUTH_FAILED = 4500
     PROTOCOL_VIOLATION = 4501
     REPLACED = 4503
-    KICKED = 4508  # the game server kicked the player: do not reconnect
+    KICKED = 4508  # the game server kicked (or banned) the player: do not reconnect
     TOO_MANY_CONNECTIONS = 4513
 
 
