@@ -106,7 +106,8 @@ def create_app(
     app.url_map.merge_slashes = False
     app.asgi_websocket_class = NpcWebsocketConnection
     if config.server.trusted_proxy_hops:  # the client's address from X-Forwarded-For
-        app.asgi_app = ForwardedFor(app.asgi_app, config.server.trusted_proxy_hops)  # type: ignore[method-assign,assignment]
+        hops, proxies = config.server.trusted_proxy_hops, config.server.trusted_proxies
+        app.asgi_app = ForwardedFor(app.asgi_app, hops, proxies)  # type: ignore[method-assign,assignment]
     if node is None:
         npcs = npcs if npcs is not None else load_npcs(config.npcs_path)
         node = Node(config, npcs, backends=backends)

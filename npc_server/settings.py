@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from npc_server.forwarded import MAX_HOPS
+from npc_server.forwarded import MAX_HOPS, networks
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.frames import Limits
 from npc_server.redaction import redacted_url
@@ -43,8 +43,10 @@ class ServerSection:
     # Server processes on one port (--workers); more than one needs [cluster] redis_url.
     workers: int = 1
     # Behind proxies: how many of them append to X-Forwarded-For (npc_server/forwarded.py);
-    # 0 reads no header. Set it only when no client can reach the server directly.
+    # 0 reads no header. Only connections from `trusted_proxies` (addresses or networks)
+    # are believed: any other peer keeps its own address.
     trusted_proxy_hops: int = 0
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +296,17 @@ def _room_names(value: tuple[str, ...]) -> bool:
 ROOM_NAMES = Rule(_room_names, f"a list of room names ({ROOM_RULE})")
 
 
+def _networks(value: tuple[str, ...]) -> bool:
+    try:
+        networks(value)
+    except ValueError:
+        return False
+    return True
+
+
+NETWORKS = Rule(_networks, 'a list of IP addresses or networks ("10.0.0.5", "10.0.0.0/8")')
+
+
 def one_of(*values: str) -> Rule:
     return Rule(lambda v: v in values, "one of " + ", ".join(repr(v) for v in values))
 
@@ -331,6 +344,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = {
         "graceful_timeout": SECONDS_OR_ZERO,
         "workers": positive(MAX_WORKERS),
         "trusted_proxy_hops": non_negative(MAX_HOPS),
+        "trusted_proxies": NETWORKS,
     },
     "auth": {"auth_timeout": SECONDS, "expiry_grace": SECONDS_OR_ZERO},
     "limits": {

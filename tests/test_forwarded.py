@@ -52,7 +52,7 @@ async def test_the_middleware_sets_the_client_for_http_and_websocket_only() -> N
     async def send(message: Any) -> None:
         pass
 
-    middleware = ForwardedFor(app, hops=1)
+    middleware = ForwardedFor(app, hops=1, proxies=["10.0.0.0/24", "::1"])
     for kind in ("http", "websocket"):
         scope = {"type": kind, "client": ("10.0.0.1", 5000), "headers": xff("203.0.113.7")}
         await middleware(scope, receive, send)
@@ -61,6 +61,27 @@ async def test_the_middleware_sets_the_client_for_http_and_websocket_only() -> N
     no_header = {"type": "http", "client": ("10.0.0.1", 5000), "headers": []}
     await middleware(no_header, receive, send)
     assert seen == [("203.0.113.7", 0), ("203.0.113.7", 0), None, ("10.0.0.1", 5000)]
+
+
+async def test_a_peer_that_is_no_trusted_proxy_keeps_its_own_address() -> None:
+    """A client that reaches the server directly cannot name another address: the header
+    is believed only from the proxies listed (a Unix socket's peer is none of them)."""
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope.get("client"))
+
+    async def receive() -> Any:
+        return {}
+
+    async def send(message: Any) -> None:
+        pass
+
+    middleware = ForwardedFor(app, hops=1, proxies=["10.0.0.0/24"])
+    for peer in (("198.51.100.4", 5000), ("10.0.1.1", 5000), ("/run/npc.sock", 0), None):
+        scope = {"type": "websocket", "client": peer, "headers": xff("203.0.113.7")}
+        await middleware(scope, receive, send)
+    assert seen == [("198.51.100.4", 5000), ("10.0.1.1", 5000), ("/run/npc.sock", 0), None]
 
 
 LIMITED = {"connects_per_s_address": 0.01, "connects_burst_address": 2}
@@ -90,6 +111,15 @@ async def test_behind_one_trusted_proxy_each_client_address_has_its_own_connect_
     async with running_server(config) as server:
         assert await connects_from(server, "203.0.113.7") == [None, None, CloseCode.RATE_LIMITED]
         assert await connects_from(server, "203.0.113.8") == [None, None, CloseCode.RATE_LIMITED]
+
+
+async def test_from_a_peer_that_is_no_trusted_proxy_the_header_is_ignored() -> None:
+    """With hops set but the proxies elsewhere (the test connects from loopback), every
+    connect keeps the socket's address: one limit for all, whatever the header says."""
+    server = {"trusted_proxy_hops": 1, "trusted_proxies": ["10.9.9.9"]}
+    async with running_server(server_config(limits=LIMITED, server=server)) as running:
+        assert await connects_from(running, "203.0.113.7") == [None, None, CloseCode.RATE_LIMITED]
+        assert await connects_from(running, "203.0.113.8") == [CloseCode.RATE_LIMITED] * 3
 
 
 async def test_without_trusted_proxies_the_header_is_ignored() -> None:
