@@ -80,7 +80,7 @@ _Key = tuple[str, str | None, str | None, str | None]
 
 def _state_key(frame: ServerFrame) -> _Key | None:
     """The key of a frame that only states what is now (who is typing, who is in a
-    room): a later one of the same key replaces a queued one in place. None: kept."""
+    room): a later one of the same key replaces the queued one. None: kept."""
     if isinstance(frame, TypingNotice):
         return ("typing", frame.player, frame.room, frame.npc)
     if isinstance(frame, Presence):
@@ -163,13 +163,29 @@ class OutboundQueue:
     def _push_state(self, key: _Key, frame: ServerFrame) -> PushResult:
         entry = self._states.get(key)
         if entry is not None and entry.alive:
-            entry.frame = frame
             self._replaced += 1
+            if key[0] == "typing":  # in place: typing orders nothing else
+                entry.frame = frame
+                return PushResult.REPLACED
+            # A presence moves to the end: a member's `left` must not come before what
+            # they said after their `joined`. The old entry stays dead in the deque.
+            self._forget(entry)
+            self._append_state(key, frame)
+            self._compact()
             return PushResult.REPLACED
+        self._append_state(key, frame)
+        return PushResult.QUEUED
+
+    def _append_state(self, key: _Key, frame: ServerFrame) -> None:
         entry = _Entry(frame, estimate_size(frame))
         self._append(entry)
         self._states[key] = entry
-        return PushResult.QUEUED
+
+    def _compact(self) -> None:
+        # Dead entries (replaced presence) past the live ones are dropped from the deque,
+        # so a member flapping at a reader that never drains costs no memory per flap.
+        if len(self._entries) > 2 * self._depth + 64:
+            self._entries = deque(entry for entry in self._entries if entry.alive)
 
     def _append(self, entry: _Entry) -> None:
         self._entries.append(entry)

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from npc_server.outbound import FRAME_OVERHEAD_BYTES, OutboundQueue, PushResult
-from npc_server.protocol.frames import Ack, Delta, Presence, ServerFrame, TurnEnd, TypingNotice
+from npc_server.protocol.frames import (
+    Ack,
+    Delta,
+    Presence,
+    Said,
+    ServerFrame,
+    TurnEnd,
+    TypingNotice,
+)
 
 
 def drain(queue: OutboundQueue) -> list[ServerFrame]:
@@ -65,25 +73,28 @@ def test_newer_typing_replaces_queued_one() -> None:
     assert queue.statistics().replaced == 1
 
 
-def test_newer_presence_of_a_member_replaces_the_queued_one() -> None:
-    """Joins and leaves of one member in one room, queued, keep only the latest, in place:
-    a flapping member costs a slow or absent reader one frame, not one per flap."""
+def test_newer_presence_of_a_member_replaces_the_queued_one_at_the_end() -> None:
+    """Joins and leaves of one member in one room, queued, keep only the latest, moved
+    to the end: a flapping member costs a slow or absent reader one frame, and what the
+    member said after joining never comes after their `left`."""
     queue = OutboundQueue(10, 10_000)
     queue.push_nowait(Presence("inn", "eve", "joined"))
-    queue.push_nowait(Ack(1))
+    queue.push_nowait(Said("inn", "eve", "guard", "hi"))
     for state in ("left", "joined", "left") * 100:
         assert queue.push_nowait(Presence("inn", "eve", state)) is PushResult.REPLACED
     queue.push_nowait(Presence("inn", "bob", "joined"))  # another member: its own
     queue.push_nowait(Presence("cellar", "eve", "joined"))  # another room: its own
+    assert len(queue) == 4 and len(queue._entries) <= 2 * 4 + 64  # dead ones compacted
     assert drain(queue) == [
+        Said("inn", "eve", "guard", "hi"),
         Presence("inn", "eve", "left"),
-        Ack(1),
         Presence("inn", "bob", "joined"),
         Presence("cellar", "eve", "joined"),
     ]
     assert queue.statistics().replaced == 300
     queue.push_nowait(Presence("inn", "eve", "joined"))  # written: a new one queues
     assert len(queue) == 1
+    assert queue.pop_all_nowait() == [Presence("inn", "eve", "joined")]
 
 
 def test_drop_turn_removes_only_that_turns_deltas() -> None:
