@@ -453,7 +453,8 @@ async def _kick() -> Response:
     # other nodes are asked (a resume meanwhile must not unpark one), and again after
     # (a node that parked while it was asked).
     parked = await _forget_parked(node, player)
-    gathered = await _everywhere(node, {"k": "api", "op": "kick", "player": player, **banned})
+    told = {"k": "api", "op": "kick", "player": player, **({"ban": ban} if ban else {})}
+    gathered = await _everywhere(node, told)
     parked += await _forget_parked(node, player)
     counts = [here, *(c for _, c in valid(gathered, kick_counts))]
     sessions = merged_sessions(counts, parked)  # a session a node parked or unparked: once

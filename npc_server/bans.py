@@ -39,15 +39,19 @@ class Bans:
         self._clock = clock
         self._broker = broker  # a RedisBroker in a cluster (its redis-py `client`)
         self._until: dict[str, float] = {}
+        self._purge_at = PURGE_AT
         self._failures = 0
 
     # --- this node's copy (sans I/O) ---------------------------------------
 
     def note(self, player: str, seconds: float) -> None:
         """Refuse `player` for `seconds` from now on this node."""
-        if len(self._until) >= PURGE_AT:
+        if len(self._until) >= self._purge_at:
             now = self._clock()
             self._until = {p: t for p, t in self._until.items() if t > now}
+            # Many bans still running: the next purge waits until the table doubles, so
+            # a purge costs O(1) a ban, however many run.
+            self._purge_at = max(PURGE_AT, 2 * len(self._until))
         self._until[player] = self._clock() + seconds
 
     def forget(self, player: str) -> bool:
@@ -110,6 +114,7 @@ class Bans:
         client = self._client()
         if client is None:
             return self.remaining(player)
+        before = self._until.get(player)
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 left_ms = await client.pttl(KEY + player)
@@ -118,12 +123,17 @@ class Bans:
             if sparse(self._failures):
                 log.warning("bans read from this node's copy, Redis did not answer: %s", exc)
             return self.remaining(player)
+        if self._until.get(player) != before:
+            # A kick or a lift reached this node while Redis answered: that is newer than
+            # the answer (a read just before a kick's SET would let the player in).
+            return self.remaining(player)
         if not isinstance(left_ms, int) or left_ms <= 0:
             # -2: no key; -1: a key without a TTL is no ban of ours. Lifted elsewhere.
             self._until.pop(player, None)
             return 0.0
         seconds = min(left_ms / 1000, MAX_BAN_S)
-        self.note(player, seconds)
+        if before is None or abs(before - self._clock() - seconds) > 1.0:
+            self.note(player, seconds)  # this node's copy follows Redis
         return seconds
 
 

@@ -77,8 +77,8 @@ async def test_a_kick_sent_to_one_node_closes_sockets_on_every_node(tmp_path: Pa
 async def test_a_ban_sent_to_one_node_holds_on_every_node_and_one_started_after(
     tmp_path: Path,
 ) -> None:
-    """Kicked with a ban through A, alice is refused 4508 by B (told with the kick) and by
-    C, started after the ban (it finds it in Redis); lifted through C, A lets her in."""
+    """Kicked with a ban through A, alice is refused 4508 by B and by C, started after the
+    ban (it finds it in Redis); lifted through C, A and B let her in."""
     with redis_server() as redis:
         config = cluster_config(tmp_path, redis)
         a, b = api_node(config), api_node(config)
@@ -112,6 +112,27 @@ async def test_a_ban_sent_to_one_node_holds_on_every_node_and_one_started_after(
             for started in (a, b, c):
                 if started is not None:
                     started.kill()
+
+
+async def test_a_node_told_of_a_ban_keeps_it_while_redis_is_away(tmp_path: Path) -> None:
+    """B heard of alice's ban with the kick sent to A; with Redis stopped, B cannot ask it
+    and refuses her from its own copy, while it still welcomes bob."""
+    with redis_server() as redis:
+        config = cluster_config(tmp_path, redis)
+        a, b = api_node(config), api_node(config)
+        try:
+            async with httpx.AsyncClient(base_url=a.http_url) as game:
+                kick = {"player": "alice", "ban": 300}
+                answer = await game.post("/api/kick", json=kick, headers=AUTH)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["banned_for"] == 300 and "partial" not in answer.json()
+            redis.stop()
+            assert (await refused_hello(b.url, b.token("alice"))).startswith("banned for ")
+            async with connect(b.url) as bob:
+                assert (await bob.hello(b.token("bob")))["t"] == "welcome"
+        finally:
+            a.kill()
+            b.kill()
 
 
 async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -> None:
