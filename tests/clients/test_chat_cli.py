@@ -186,11 +186,16 @@ def test_chat_without_token_says_how_to_get_one() -> None:
 
 async def read_until(stream: asyncio.StreamReader, marker: str) -> str:
     seen = ""
-    async with asyncio.timeout(TIMEOUT):
-        while marker not in seen:
-            chunk = await stream.read(1024)
-            assert chunk, f"output ended before {marker!r}: {seen!r}"
-            seen += chunk.decode()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while marker not in seen:
+                chunk = await stream.read(1024)
+                assert chunk, f"output ended before {marker!r}: {seen!r}"
+                seen += chunk.decode()
+    except TimeoutError:
+        raise AssertionError(
+            f"no {marker!r} within {TIMEOUT} s; the chat printed {seen!r}"
+        ) from None
     return seen
 
 
