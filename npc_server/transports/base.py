@@ -124,8 +124,8 @@ class ClientLink:
     # --- admission --------------------------------------------------------
 
     def admit(self, token: str) -> TokenClaims:
-        """Check the token, the player's connect rate and ban; raise `Refusal` (the socket
-        cap is counted once the hello's session is known: `attach`)."""
+        """Check the token and the player's connect rate; raise `Refusal` (a ban and the
+        socket cap are checked in `attach_async`, the cap once the session is known)."""
         try:
             claims = verify_token(self._secret, token)
         except TokenError as exc:
@@ -136,9 +136,6 @@ class ClientLink:
         if not self.node.player_connects.allow_nowait(claims.player):
             self.node.events.emit(Limited("connects_player", claims.player))
             self._refuse(CloseCode.RATE_LIMITED, "too many connects for this player")
-        banned = self.node.bans.remaining(claims.player)  # a cluster asks Redis in `attach_async`
-        if banned and not self.node.bans.shared:
-            self._refuse(CloseCode.KICKED, refusal_reason(banned))
         return claims
 
     def _refuse(self, code: CloseCode, reason: str) -> None:
@@ -156,21 +153,14 @@ class ClientLink:
             self._refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this player")
         attached[0].on_close(CloseCode.REPLACED)
 
-    def attach(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
-        """Open or resume the session; the frames to replay, or None for a new session.
-        Raises `Refusal` over the socket cap."""
-        session, replay = self._open_session(claims.player, resume)
-        self._capped(session, replay, self._socket_cap)
-        return self._attached(claims, resume, session, replay)
-
     async def attach_async(self, claims: TokenClaims, resume: Resume | None) -> list[bytes] | None:
-        """`attach` in a cluster: a session another node holds is handed over here
-        (`cluster/handover.py`), and the socket cap counts every node's sockets;
-        raises `Refusal` over the cap or for a ban. One process: exactly `attach`."""
-        if self.node.bans.shared:  # Redis's word (this node's copy if it cannot answer)
-            banned = await self.node.bans.remaining_shared(claims.player)
-            if banned:
-                self._refuse(CloseCode.KICKED, refusal_reason(banned))
+        """Open or resume the session; the frames to replay, or None for a new session.
+        Raises `Refusal` for a ban or over the socket cap. In a cluster a session another
+        node holds is handed over here (`cluster/handover.py`), and the ban and the cap
+        are the cluster's (Redis's word; this node's own while Redis is away)."""
+        banned = await self.node.bans.remaining_shared(claims.player)
+        if banned:
+            self._refuse(CloseCode.KICKED, refusal_reason(banned))
         handed = None
         if resume is not None and self.node.find_resumable(claims.player, resume.session) is None:
             try:
@@ -178,10 +168,9 @@ class ClientLink:
             except Kicked:
                 self._refuse(CloseCode.KICKED, "kicked")
         session, replay = handed or self._open_session(claims.player, resume)
-        if self.node.socket_claims.enabled:
-            await self._claim_socket(session, replay)
-        else:
-            self._capped(session, replay, self._socket_cap)
+        sockets = self.node.socket_claims  # the cluster's count; one process: this node's
+        claim = await sockets.claim(session.player, session.id) if sockets.enabled else Claim.LOCAL
+        self._cap(session, replay, claim)
         await self._subscriptions_live()
         return self._attached(claims, resume, session, replay)
 
@@ -203,24 +192,15 @@ class ClientLink:
         except TimeoutError:
             pass
 
-    async def _claim_socket(self, session: Session, replay: list[bytes] | None) -> None:
-        claim = await self.node.socket_claims.claim(session.player, session.id)
-
-        def check(session: Session) -> None:
-            if claim is Claim.LOCAL:  # Redis away: the cap counts this node's sockets
+    def _cap(self, session: Session, replay: list[bytes] | None, claim: Claim) -> None:
+        """The socket cap for the session the hello got: the cluster's answer (`claim`), or
+        this node's count (LOCAL: one process, or Redis away). If it refuses, a session
+        opened for this hello alone ends (a resumed one waits for its window)."""
+        try:
+            if claim is Claim.LOCAL:
                 self._socket_cap(session)
             elif claim is Claim.REFUSED:
                 self._refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this player")
-
-        self._capped(session, replay, check)
-
-    def _capped(
-        self, session: Session, replay: list[bytes] | None, check: Callable[[Session], None]
-    ) -> None:
-        """Run the cap's `check` on the session the hello got; if it refuses, a session
-        opened for this hello alone ends (a resumed one waits for its window)."""
-        try:
-            check(session)
         except Refusal:
             if replay is None and session.owner is None:
                 self.node.end_session(session)  # new, never attached; a resumed one waits
