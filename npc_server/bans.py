@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from npc_server.brokers import live_redis
 from npc_server.logs import sparse
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,7 @@ class Bans:
         return getattr(self._broker, "client", None) is not None
 
     def _client(self) -> Any:
-        """The Redis client while Redis is up (None: one process, or Redis away)."""
-        client = getattr(self._broker, "client", None)
-        return client if client is not None and self._broker.available else None
+        return live_redis(self._broker) if self._broker is not None else None
 
     async def ban(self, player: str, seconds: int) -> None:
         """Ban `player` here and, in a cluster, in Redis (raises if Redis cannot be told:

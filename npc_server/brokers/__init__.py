@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from npc_server.brokers.base import (
     Broker,
     BrokerStatistics,
@@ -18,6 +20,7 @@ __all__ = [
     "MemoryBroker",
     "Subscriber",
     "create_broker",
+    "live_redis",
     "player_channel",
     "room_channel",
     "session_channel",
@@ -31,3 +34,10 @@ def create_broker(redis_url: str = "", node_id: str = "") -> Broker:
     from npc_server.brokers.redis import RedisBroker
 
     return RedisBroker(redis_url, node_id)
+
+
+def live_redis(broker: Broker) -> Any:
+    """The redis-py client of a broker on Redis while Redis is up; None in one process
+    (no client) or while Redis is away (what then cannot be asked is decided here)."""
+    client = getattr(broker, "client", None)
+    return client if client is not None and broker.available else None

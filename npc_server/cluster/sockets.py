@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from npc_server.brokers import session_channel
+from npc_server.brokers import live_redis, session_channel
 from npc_server.brokers.redis import reply_text
 from npc_server.cluster.leases import alive_key
 from npc_server.protocol.codes import CloseCode
@@ -139,8 +139,7 @@ class SocketClaims:
         self.broker.on_message("sockets.replace", self._on_replace)
 
     def _client(self) -> Any:
-        client = getattr(self.broker, "client", None)
-        return client if client is not None and self.broker.available else None
+        return live_redis(self.broker)
 
     @property
     def enabled(self) -> bool:
