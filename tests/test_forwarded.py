@@ -40,18 +40,26 @@ def test_the_address_is_the_one_the_trusted_proxies_saw(
     assert forwarded_address(headers, hops) == address
 
 
+class Recorder:
+    """An ASGI app that keeps the `client` of each scope it is called with."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.seen.append(scope.get("client"))
+
+
+async def receive() -> Any:
+    return {}
+
+
+async def send(message: Any) -> None:
+    pass
+
+
 async def test_the_middleware_sets_the_client_for_http_and_websocket_only() -> None:
-    seen: list[Any] = []
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        seen.append(scope.get("client"))
-
-    async def receive() -> Any:
-        return {}
-
-    async def send(message: Any) -> None:
-        pass
-
+    app = Recorder()
     middleware = ForwardedFor(app, hops=1, proxies=["10.0.0.0/24", "::1"])
     for kind in ("http", "websocket"):
         scope = {"type": kind, "client": ("10.0.0.1", 5000), "headers": xff("203.0.113.7")}
@@ -60,28 +68,18 @@ async def test_the_middleware_sets_the_client_for_http_and_websocket_only() -> N
     await middleware({"type": "lifespan"}, receive, send)
     no_header = {"type": "http", "client": ("10.0.0.1", 5000), "headers": []}
     await middleware(no_header, receive, send)
-    assert seen == [("203.0.113.7", 0), ("203.0.113.7", 0), None, ("10.0.0.1", 5000)]
+    assert app.seen == [("203.0.113.7", 0), ("203.0.113.7", 0), None, ("10.0.0.1", 5000)]
 
 
 async def test_a_peer_that_is_no_trusted_proxy_keeps_its_own_address() -> None:
     """A client that reaches the server directly cannot name another address: the header
     is believed only from the proxies listed (a Unix socket's peer is none of them)."""
-    seen: list[Any] = []
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        seen.append(scope.get("client"))
-
-    async def receive() -> Any:
-        return {}
-
-    async def send(message: Any) -> None:
-        pass
-
+    app = Recorder()
     middleware = ForwardedFor(app, hops=1, proxies=["10.0.0.0/24"])
     for peer in (("198.51.100.4", 5000), ("10.0.1.1", 5000), ("/run/npc.sock", 0), None):
         scope = {"type": "websocket", "client": peer, "headers": xff("203.0.113.7")}
         await middleware(scope, receive, send)
-    assert seen == [("198.51.100.4", 5000), ("10.0.1.1", 5000), ("/run/npc.sock", 0), None]
+    assert app.seen == [("198.51.100.4", 5000), ("10.0.1.1", 5000), ("/run/npc.sock", 0), None]
 
 
 LIMITED = {"connects_per_s_address": 0.01, "connects_burst_address": 2}
