@@ -231,7 +231,8 @@ async def _say() -> Response:
     if node.cluster is None:
         _check_present(node, audience)
         return _json(_game_say(node, npc.id, audience, text, event))
-    return _json(await cluster_say(node, npc.id, audience, text, event))
+    unsure = await _check_present_everywhere(node, audience)
+    return _json({**await cluster_say(node, npc.id, audience, text, event), **unsure.partial()})
 
 
 async def cluster_say(
@@ -241,7 +242,7 @@ async def cluster_say(
     in the order the says for it reached that node, this one included: its first say
     reads the audience's trusted context from Redis (that node may have started after
     the post), and the says meanwhile wait behind it. The player may be on any node
-    (not checked)."""
+    (the caller checked that some node has them)."""
     assert node.cluster is not None
     here = node.find_conversation(npc_id, audience) is not None
     if here and not node.cluster.starting(npc_id, audience.key):
@@ -409,13 +410,46 @@ async def _everywhere(node: Node, message: dict[str, Any]) -> Gathered:
         raise _unreachable() from None
 
 
-def _check_present(node: Node, audience: Audience) -> None:
+def _absent(node: Node, audience: Audience) -> ApiError | None:
+    """Why a game say has nobody to reach on this node (None: it has)."""
     if audience.room is not None and not node.hub.room_exists(audience.room):
-        raise ApiError(404, "unknown_room", f"'room': no room {audience.room!r} has members")
+        return ApiError(404, "unknown_room", f"'room': no room {audience.room!r} has members")
     # A session held for a resume counts: the turn goes into it, and its resume gets it.
     if audience.player is not None and not node.hub.is_online(audience.player):
         message = f"'player': {audience.player!r} has no session (connected or held for a resume)"
-        raise ApiError(409, "not_connected", message)
+        return ApiError(409, "not_connected", message)
+    return None
+
+
+def _check_present(node: Node, audience: Audience) -> None:
+    absent = _absent(node, audience)
+    if absent is not None:
+        raise absent
+
+
+async def _check_present_everywhere(node: Node, audience: Audience) -> Gathered:
+    """`_check_present` over the cluster: this node, else every other live node (and for
+    a player, the sessions a drained node parked in Redis). A node that does not answer
+    may hold them, so the say goes ahead: what was gathered, for the answer's `partial`."""
+    absent = _absent(node, audience)
+    if absent is None:
+        return Gathered()
+    if audience.room is not None:
+        gathered = await _everywhere(node, {"k": "api", "op": "room", "room": audience.room})
+        if any(members for _, members in valid(gathered, member_list)) or gathered.missing:
+            return gathered
+        raise absent
+    player = audience.player or ""
+    gathered = await _everywhere(node, {"k": "api", "op": "player", "player": player})
+    if any(part["sessions"] for _, part in valid(gathered, player_part)) or gathered.missing:
+        return gathered
+    try:
+        parked = await node.handover.list_parked(player)
+    except Exception:
+        raise _unreachable() from None
+    if parked:
+        return gathered
+    raise absent
 
 
 async def _interrupt() -> Response:

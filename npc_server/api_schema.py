@@ -362,7 +362,7 @@ def _paths() -> dict[str, Any]:
                 {"npc": _NAME},
                 {**_AUDIENCE, "text": _nullable({**_S, "minLength": 1}), "event": _nullable(_NAME)},
             ),
-            _object({"turn": _S, "queued": {"type": ["integer", "null"], "minimum": 1}}),
+            _object({"turn": _S, "queued": {"type": ["integer", "null"], "minimum": 1}}, _PARTIAL),
         ),
         **_post(
             "/api/interrupt",

@@ -10,6 +10,8 @@ import pytest
 
 from npc_server.cluster.forward import owner_of
 from tests.cluster.test_cluster import join
+from tests.cluster.test_cluster_api import a_ghost_node
+from tests.cluster.test_handover import drop, resume_of
 from tests.cluster.test_ownership import say, slow_config
 from tests.support.client import Frame, connect
 from tests.support.redis import redis_server
@@ -102,6 +104,49 @@ async def test_a_member_on_another_node_answers_a_game_caused_room_turns_action(
                 ends = [f["status"] for f in frames if ended(f)]
                 ends += [f["status"] for f in await carol.recv_until(ended) if ended(f)]
                 assert ends == ["accepted", "accepted"]
+        finally:
+            a.kill()
+            b.kill()
+
+
+async def test_a_game_say_checks_presence_on_every_node(tmp_path: Path) -> None:
+    """Node B holds nobody: a say it gets for a player or room no node has is refused as
+    in one process (409, 404); for Carol, whose socket on A just dropped, it runs and her
+    resume on A gets it; with a node that does not answer it goes ahead, `partial`."""
+    with redis_server() as redis:
+        config = slow_config(tmp_path, redis, tokens_per_second=200)
+        env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_API_KEY": API_KEY}
+        a, b = start_server_process(env=env), start_server_process(env=env)
+        try:
+            async with httpx.AsyncClient(base_url=b.http_url) as game:
+                async with connect(a.url) as first:
+                    await first.hello(a.token("carol"))
+                    await join(first, "inn")
+                    drop(first)
+                nobody = {"npc": "guard", "player": "nobody", "text": "halt"}
+                gone = await game.post("/api/say", json=nobody, headers=AUTH)
+                assert gone.status_code == 409, gone.text
+                assert gone.json()["error"]["code"] == "not_connected"
+                cellar = {"npc": "guard", "room": "cellar", "event": "fire"}
+                empty = await game.post("/api/say", json=cellar, headers=AUTH)
+                assert empty.status_code == 404 and empty.json()["error"]["code"] == "unknown_room"
+                held = {"npc": "guard", "player": "carol", "text": "the gate is closing"}
+                answer = await game.post("/api/say", json=held, headers=AUTH)
+                assert answer.status_code == 200 and "partial" not in answer.json(), answer.text
+                async with connect(a.url) as second:
+                    welcome = await second.hello(a.token("carol"), resume=resume_of(first))
+                    assert welcome["resumed"] is True
+                    turn = answer.json()["turn"]
+                    started = await second.recv_until(
+                        lambda f: f["t"] == "turn.start" and f["turn"] == turn
+                    )
+                    assert started[-1]["caused_by"] == "game"
+
+                await a_ghost_node(redis)
+                unsure = await game.post("/api/say", json=nobody, headers=AUTH)
+                assert unsure.status_code == 200, unsure.text
+                assert unsure.json()["partial"] is True
+                assert unsure.json()["nodes_missing"] == ["ghost"]
         finally:
             a.kill()
             b.kill()

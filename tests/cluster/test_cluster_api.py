@@ -159,12 +159,17 @@ async def test_a_kick_drops_the_sessions_a_drained_node_parked(tmp_path: Path) -
                 [parked] = info["sessions"]
                 assert parked["session"] == first.session and parked["state"] == "parked"
                 assert parked["node"] is None and parked["last_seq"] > 0
+                event = {"npc": "guard", "player": "alice", "event": "bell_rings"}
+                say = await game.post("/api/say", json=event, headers=AUTH)
+                assert say.status_code == 200, say.text  # a parked session is held for her
                 answer = await game.post("/api/kick", json={"player": "alice"}, headers=AUTH)
                 assert answer.json() == {"player": "alice", "sessions": 1, "sockets": 0}
                 again = await game.post("/api/kick", json={"player": "alice"}, headers=AUTH)
                 assert again.json()["sessions"] == 0
                 after = (await game.get("/api/players/alice", headers=AUTH)).json()
                 assert after["sessions"] == []
+                say = await game.post("/api/say", json=event, headers=AUTH)
+                assert say.status_code == 409 and say.json()["error"]["code"] == "not_connected"
             async with connect(b.url) as second:
                 welcome = await second.hello(b.token("alice"), resume=resume_of(first))
                 assert welcome["resumed"] is False and welcome["session"] != first.session
