@@ -29,6 +29,10 @@ class Plan:
     # 4 + 7. delivery lag, tokens/s and CPU per token as players grow
     lag_levels: tuple[int, ...] = (100, 500, 1000, 2000)
     lag_refine: int = 3  # extra steps bisecting the knee (1,000-2,000 down to an eighth)
+    # When the largest level is still within the knee, step up by a quarter at a
+    # time, at most this many steps: on a fast machine 2,000 players is not the knee,
+    # and a knee ratio read there would be only a lower bound.
+    lag_extend: int = 4
     lag_duration_s: float = 10.0
     lag_ramp_s: float = 2.0
     lag_knee_ms: float = 100.0
@@ -103,6 +107,7 @@ QUICK = Plan(
     interrupt_grace_s=0.1,
     lag_levels=(50, 200),
     lag_refine=0,
+    lag_extend=0,
     lag_duration_s=2.5,
     lag_ramp_s=0.5,
     memory_levels=(200, 1000),

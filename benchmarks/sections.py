@@ -150,6 +150,12 @@ def lag(run: Runner) -> Result:
     plan = run.plan
     levels = sorted({1, *plan.lag_levels})  # one player alone: the floor of the method
     steps = [_stream(run, f"lag-{n}", _stream_params(run, n)) for n in levels]
+    for _ in range(plan.lag_extend):
+        below, above = knee_bounds(steps, plan.lag_knee_ms)
+        if above is not None or below is None:
+            break
+        players = extended(below)
+        steps.append(_stream(run, f"lag-{players}", _stream_params(run, players)))
     for _ in range(plan.lag_refine):
         below, above = knee_bounds(steps, plan.lag_knee_ms)
         if below is None or above is None or above - below <= max(50, below // 10):
@@ -163,6 +169,12 @@ def lag(run: Runner) -> Result:
         "steps": steps,
         "knee": {"max_players_within": below, "first_players_over": above},
     }
+
+
+def extended(players: int) -> int:
+    """The next count to try above a step that was still within the knee: a quarter
+    more, rounded up to a hundred."""
+    return -(-players * 5 // 4 // 100) * 100
 
 
 def knee_bounds(steps: list[Result], limit_ms: float) -> tuple[int | None, int | None]:
