@@ -16,7 +16,7 @@ Run it (see docs/game-server.md):
 
     GAME_API_KEY=... GAME_WEBHOOK_SECRET=... python examples/game_server/game.py
 
-Needs Quart (installed with npc-server) and httpx (`pip install httpx`).
+Needs Quart (installed with npc-server) and httpx (`.venv/bin/pip install httpx`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -147,10 +148,23 @@ def apply(player: Player, event: dict[str, Any]) -> None:
             player.inventory.append("healing potion")
 
 
-if __name__ == "__main__":
+def main() -> int:
+    missing = [n for n in ("GAME_API_KEY", "GAME_WEBHOOK_SECRET") if not os.environ.get(n)]
+    if missing:
+        print(
+            f"game.py: set {' and '.join(missing)} (the npc-server's NPC_SERVER_API_KEY and "
+            "NPC_SERVER_WEBHOOK_SECRET; see docs/game-server.md)",
+            file=sys.stderr,
+        )
+        return 2
     game = create_game(
         os.environ.get("GAME_NPC_URL", "http://127.0.0.1:8700"),
         os.environ["GAME_API_KEY"],
         os.environ["GAME_WEBHOOK_SECRET"],
     )
     game.run(host="127.0.0.1", port=int(os.environ.get("GAME_PORT", "8800")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -290,10 +290,12 @@ async def test_chat_keeps_a_streaming_reply_whole(tmp_path: Path) -> None:
 async def test_chat_ctrl_c_with_an_approval_pending_asks_before_quitting(
     server: ServerProcess,
 ) -> None:
-    """Ctrl-C at the prompt while an action waits for an answer asks; a second one quits."""
+    """Ctrl-C at the prompt while an action waits for an answer asks; a second one quits,
+    cleanly: nothing on stderr (the question's watcher once left a traceback there)."""
     proc = await asyncio.create_subprocess_exec(
         *CHAT, "--url", server.url, "--token", server.token("jade"), "--npc", "merchant",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=NO_WRAP,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=NO_WRAP,
     )  # fmt: skip
     try:
         assert proc.stdin is not None
@@ -307,6 +309,8 @@ async def test_chat_ctrl_c_with_an_approval_pending_asks_before_quitting(
         assert proc.returncode is None
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        assert proc.stderr is not None
+        assert (await proc.stderr.read()).decode() == ""
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import socket
+import subprocess
 import sys
 from types import ModuleType
 
@@ -30,6 +31,18 @@ def example() -> ModuleType:
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def test_example_refuses_to_start_without_its_key_and_secret() -> None:
+    """Started in a new terminal without the exports, it says what to set (it once
+    started and answered every login with a 500: an empty bearer header)."""
+    path = REPO / "examples" / "game_server" / "game.py"
+    env = {"PATH": "/usr/bin:/bin", "GAME_API_KEY": "", "GAME_PORT": "1"}
+    done = subprocess.run(
+        [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("game.py: set GAME_API_KEY and GAME_WEBHOOK_SECRET ")
 
 
 def test_example_checks_signatures_as_documented() -> None:

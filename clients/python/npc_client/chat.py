@@ -299,7 +299,10 @@ class Chat:
         self.spawn(self.report_status(action))
 
     async def report_status(self, action: Action) -> None:
-        status = await action.wait()
+        try:
+            status = await action.wait()
+        except ConnectionClosedError:
+            return  # the chat is quitting (or closed for good, and says so)
         self.notice(f"[{describe_action(action)}: {status}]")
 
     async def answer(self, accept: bool) -> None:
