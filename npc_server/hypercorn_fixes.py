@@ -8,9 +8,11 @@ does it), after checking the versions and that every patched attribute exists:
    handshake itself and then tells the app `websocket.disconnect` with 1006
    whenever the app had not closed first, so a player who quits (1000) looked
    like a dropped network and their session lingered for the resume window.
-2. The kernel's ETIMEDOUT while closing is not an unhandled error. With
-   TCP_USER_TIMEOUT the kernel drops a peer that stopped reading and
-   `wait_closed()` raises `TimeoutError`, which Hypercorn does not expect.
+2. The kernel's ETIMEDOUT while closing or writing is not an unhandled error.
+   With TCP_USER_TIMEOUT the kernel drops a peer that stopped reading, and
+   `wait_closed()` or the `drain()` after Hypercorn's own write (a pong, a
+   close frame) raises `TimeoutError`, which Hypercorn does not expect: the
+   write's was an ERROR traceback per stalled client, from its task group.
 3. A finished app lets go of its socket. Hypercorn feeds client messages into
    a bounded queue (10) that only the app reads; when the app has returned
    after closing a socket whose client kept sending, Hypercorn's reader stayed
@@ -36,6 +38,14 @@ does it), after checking the versions and that every patched attribute exists:
    the path is not the one checked here (another worker class, HTTP/2, an
    extension such as permessage-deflate). Not a patch: nothing of Hypercorn's
    changes, so its own writes (pongs, close frames) go on as before.
+8. Frames the app never sees are bounded. The app's rate limit counts whole
+   messages; wsproto and Hypercorn parse fragments and control frames below
+   it, so one socket sending pings, or a message that never ends in empty
+   continuation frames, kept a core busy and the other players waiting
+   (seconds of lag) without limit. Such frames (pings, pongs, unfinished
+   message frames) now take from a bucket per socket (`FRAME_BURST`,
+   refilled at `FRAME_RATE` a second); past it the socket closes with 4029,
+   as the app's flood close does.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
@@ -50,12 +61,14 @@ from typing import Any
 import h11
 import h11._connection
 from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.events import Closed
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Message, Ping, Pong
 
+from npc_server.protocol.codes import CloseCode
 from npc_server.transports.framing import binary_frames
 
 log = logging.getLogger(__name__)
@@ -103,14 +116,16 @@ def check_dependencies() -> None:
 
 
 def install_fixes() -> None:
-    """Install fixes 1-3, 5 and 6 and allow 7; idempotent."""
+    """Install fixes 1-3, 5, 6 and 8 and allow 7; idempotent."""
     global _installed
     if _installed:
         return
     check_dependencies()
     _installed = True
     _pass_client_close_codes()
+    _bound_unseen_frames()  # over fix 1: it counts what fix 1 then sorts
     _guard_close_timeouts()
+    _guard_write_timeouts()
     _release_finished_apps()
     _close_ambiguous_requests()
 
@@ -198,6 +213,64 @@ def _guard_close_timeouts() -> None:
             log.debug("connection dropped by the kernel while closing")
 
     TCPServer._close = _close  # type: ignore[method-assign]
+
+
+def _guard_write_timeouts() -> None:
+    original = TCPServer.protocol_send
+
+    async def protocol_send(self: TCPServer, event: Any) -> None:
+        try:
+            await original(self, event)
+        except OSError:  # ETIMEDOUT from drain(); Hypercorn catches only ConnectionError
+            log.debug("connection dropped by the kernel while writing")
+            await self.protocol.handle(Closed())
+
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
+
+
+# Fix 8: frames below the app's rate limit, per socket.
+FRAME_BURST = 512
+FRAME_RATE = 128.0  # a second
+_BUDGET = "_npc_unseen_frames"  # (tokens, at) on the WSStream; "closed" once over
+
+
+def _unseen(event: object) -> bool:
+    """A frame the app never gets as a message of its own."""
+    if isinstance(event, Message):
+        return not event.message_finished
+    return isinstance(event, Ping | Pong)
+
+
+def _bound_unseen_frames() -> None:
+    inner = WSStream._handle_events
+
+    async def _handle_events(self: WSStream) -> None:
+        budget = getattr(self, _BUDGET, None)
+        if budget == "closed":  # over once: what still comes is dropped
+            list(self.connection.events())
+            return
+        events = list(self.connection.events())
+        unseen = sum(1 for event in events if _unseen(event))
+        if unseen:
+            now = time.monotonic()
+            tokens, at = budget if isinstance(budget, tuple) else (float(FRAME_BURST), now)
+            tokens = min(float(FRAME_BURST), tokens + (now - at) * FRAME_RATE) - unseen
+            if tokens < 0 and self.connection.state == ConnectionState.OPEN:
+                setattr(self, _BUDGET, "closed")
+                log.info("closed a socket over %d frames the app never sees", FRAME_BURST)
+                code = int(CloseCode.RATE_LIMITED)
+                if self.app_put is not None:
+                    await self.app_put(
+                        {"type": "websocket.disconnect", "code": code, FAILED_HERE: True}
+                    )
+                await self._send_wsproto_event(CloseConnection(code=code, reason="too many frames"))
+                await self.send(StreamClosed(stream_id=self.stream_id))
+                return
+            setattr(self, _BUDGET, (tokens, now))
+        self.connection._events.extendleft(reversed(events))
+        await inner(self)
+
+    WSStream._handle_events = _handle_events  # type: ignore[method-assign]
 
 
 def _close_ambiguous_requests() -> None:

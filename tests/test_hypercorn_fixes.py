@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import h11._connection
 import httpx
 import msgpack
 import pytest
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.events import Closed as HypercornClosed
+from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +33,8 @@ from npc_server import hypercorn_fixes
 from npc_server.config import with_overrides
 from npc_server.events import Closed, NodeEvent
 from npc_server.hypercorn_fixes import UnsupportedDependency, check_dependencies
+from npc_server.protocol.codes import CloseCode
+from tests.support.client import connect
 from tests.support.server import RunningServer, running_server, server_config
 from tests.support.wait import wait_until
 
@@ -303,3 +310,129 @@ def test_a_missing_internal_of_the_write_path_refuses_to_install() -> None:
         del H11Protocol.stream_send
         with pytest.raises(UnsupportedDependency, match="stream_send"):
             check_dependencies()
+
+
+def fragment(opcode: int, payload: bytes = b"") -> bytes:
+    """One client frame that does not end its message (FIN 0), masked with the key 0."""
+    return bytes([opcode, 0x80 | len(payload)]) + b"\x00" * 4 + payload
+
+
+# Fix 8: frames the app never gets as messages, sent far past the bucket at once.
+UNSEEN_FLOODS = pytest.mark.parametrize(
+    "flood",
+    [
+        client_frame(0x9, b"") * (4 * hypercorn_fixes.FRAME_BURST),
+        client_frame(0xA, b"") * (4 * hypercorn_fixes.FRAME_BURST),
+        fragment(0x2, b"\x81") + fragment(0x0) * (4 * hypercorn_fixes.FRAME_BURST),
+    ],
+    ids=["pings", "pongs", "a-message-that-never-ends"],
+)
+
+
+@UNSEEN_FLOODS
+@pytest.mark.parametrize("after_hello", [True, False], ids=["after-hello", "before-hello"])
+async def test_a_flood_of_frames_the_app_never_sees_closes_with_4029(
+    flood: bytes, after_hello: bool
+) -> None:
+    """Pings, pongs or a message's endless empty fragments never reach the app's rate
+    limit: past the bucket the socket is closed with 4029 (the server's close; a session
+    waits for a resume), and another player is served meanwhile."""
+    async with running_server() as server:
+        events: list[NodeEvent] = []
+        server.node.events.subscribe(events.append)
+        async with upgraded_socket(server) as (reader, writer):
+            if after_hello:
+                hello = {"t": "hello", "token": server.token("alice")}
+                writer.write(client_frame(0x2, msgpack.packb(hello)))
+                opcode, payload = await server_frame(reader)
+                assert (opcode, msgpack.unpackb(payload)["t"]) == (0x2, "welcome")
+            writer.write(flood)
+            assert await close_code_received(reader) == CloseCode.RATE_LIMITED
+        if after_hello:
+            await wait_until(lambda: any(isinstance(e, Closed) for e in events), what="closed")
+            [closed] = [e for e in events if isinstance(e, Closed)]
+            assert (closed.code, closed.peer_code) == (CloseCode.RATE_LIMITED, None)
+            [session] = server.node.hub.sessions_of("alice")
+            assert session.state.value == "detached"
+        async with connect(server.url) as other:
+            await other.hello(server.token("bob"))
+            await other.send({"t": "ping", "id": 1})
+            assert (await other.expect("pong"))["id"] == 1
+
+
+async def test_pings_within_the_bucket_are_answered_and_the_socket_stays() -> None:
+    """A client's own WebSocket pings, as many as the bucket holds, each get a pong."""
+    async with running_server() as server, upgraded_socket(server) as (reader, writer):
+        hello = {"t": "hello", "token": server.token("alice")}
+        writer.write(client_frame(0x2, msgpack.packb(hello)))
+        assert (await server_frame(reader))[0] == 0x2  # welcome
+        count = hypercorn_fixes.FRAME_BURST // 2
+        writer.write(b"".join(client_frame(0x9, b"%d" % i) for i in range(count)))
+        pongs = [await server_frame(reader) for _ in range(count)]
+        assert pongs == [(0xA, b"%d" % i) for i in range(count)]
+        writer.write(client_frame(0x2, msgpack.packb({"t": "ping", "id": 5})))
+        opcode, payload = await server_frame(reader)
+        assert (opcode, msgpack.unpackb(payload)["t"]) == (0x2, "pong")
+
+
+async def test_a_peer_that_stopped_reading_pongs_is_dropped_without_an_error() -> None:
+    """A client sends pings (within the bucket) and never reads the pongs: the server's
+    writes stall, the kernel gives up on the peer (TCP_USER_TIMEOUT), and the session
+    closes with nothing logged as an error (the autouse check fails the test on one)."""
+    config = server_config(server={"send_buffer_bytes": 4096, "tcp_user_timeout_ms": 500})
+    async with running_server(config) as server:
+        events: list[NodeEvent] = []
+        server.node.events.subscribe(events.append)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                f"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            assert (await read_head(reader)).startswith(b"http/1.1 101")
+            hello = {"t": "hello", "token": server.token("alice")}
+            writer.write(client_frame(0x2, msgpack.packb(hello)))
+            assert (await server_frame(reader))[0] == 0x2  # welcome; then never read again
+            cast(asyncio.Transport, writer.transport).pause_reading()
+            ping = client_frame(0x9, b"p" * 125)
+            writer.write(ping * (hypercorn_fixes.FRAME_BURST - 10))  # 63 KB of pongs
+            await writer.drain()
+            await wait_until(
+                lambda: any(isinstance(e, Closed) for e in events), what="closed", timeout=30
+            )
+        finally:
+            writer.transport.abort()
+
+
+async def test_a_write_the_kernel_timed_out_ends_the_connection_without_an_error() -> None:
+    """Fix 2, the write side: with TCP_USER_TIMEOUT the kernel drops a peer that stopped
+    reading and the `drain()` after Hypercorn's own write raises ETIMEDOUT, an OSError
+    Hypercorn does not catch (it catches ConnectionError): the connection is closed as
+    for a reset, and nothing escapes into Hypercorn's task group. The kernel's timeout is
+    played by the writer; the TCPServer and its patched method are Hypercorn's."""
+    hypercorn_fixes.install_fixes()
+
+    class TimedOutWriter:
+        def write(self, data: bytes) -> None:
+            pass
+
+        async def drain(self) -> None:
+            raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+    handled: list[object] = []
+
+    class Protocol:
+        async def handle(self, event: object) -> None:
+            handled.append(event)
+
+    server = TCPServer.__new__(TCPServer)
+    server.writer = TimedOutWriter()  # type: ignore[assignment]
+    server.send_lock = asyncio.Lock()
+    server.protocol = Protocol()  # type: ignore[assignment]
+    await server.protocol_send(RawData(b"\x8a\x00"))  # a pong
+    assert [type(event) for event in handled] == [HypercornClosed]
