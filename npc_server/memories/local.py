@@ -4,8 +4,11 @@ Without Redis (one process) an NPC still remembers a player who reconnects:
 a conversation is forgotten when its audience leaves, its lines stay here.
 Nothing survives a restart. Bounded two ways: an entry expires `ttl` seconds
 after its last save, and past `max_entries` the entry saved longest ago is
-dropped first. Each entry is bounded by its NPC's `memory_chars`, so the whole
-store holds at most `max_entries` x the largest `memory_chars` characters.
+dropped first. Rooms are counted apart, against `max_room_entries`: room names
+are the clients' choice, so a client hopping through fresh rooms pushes out
+other rooms' memories only, never a player's. Each entry is bounded by its
+NPC's `memory_chars`, so the whole store holds at most `max_entries +
+max_room_entries` x the largest `memory_chars` characters.
 """
 
 from __future__ import annotations
@@ -19,38 +22,50 @@ from npc_server.memories.base import Lines, MemoryStatistics
 from npc_server.memory import bounded
 
 MAX_ENTRIES = 10_000
+MAX_ROOM_ENTRIES = 5_000
+ROOM_PREFIX = "room:"  # the audience key of a room's conversation
+
+
+def is_room(audience_key: str) -> bool:
+    return audience_key.startswith(ROOM_PREFIX)
 
 
 class LocalMemoryStore:
-    """A `MemoryStore` in a dict, oldest save first: expiry and the cap drop from the front."""
+    """A `MemoryStore` in two dicts (players', rooms'), oldest save first: expiry and the
+    caps drop from the front."""
 
     def __init__(
         self,
         ttl: float,
         *,
         max_entries: int = MAX_ENTRIES,
+        max_room_entries: int = MAX_ROOM_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
-        self.max_entries = max_entries
+        self._caps = {False: max_entries, True: max_room_entries}
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, Lines]] = OrderedDict()
+        self._shelves: dict[bool, OrderedDict[tuple[str, str], tuple[float, Lines]]] = {
+            False: OrderedDict(),
+            True: OrderedDict(),
+        }
         self._loads = self._saves = 0
 
     async def load(self, npc_id: str, audience_key: str) -> Lines | None:
         self._loads += 1
         self._expire()
-        held = self._entries.get((npc_id, audience_key))
+        held = self._shelves[is_room(audience_key)].get((npc_id, audience_key))
         return () if held is None else held[1]
 
     def save_nowait(self, npc_id: str, audience_key: str, lines: Lines) -> None:
         self._saves += 1
-        key = (npc_id, audience_key)
-        self._entries[key] = (self._clock() + self.ttl, lines)
-        self._entries.move_to_end(key)
+        room = is_room(audience_key)
+        shelf, key = self._shelves[room], (npc_id, audience_key)
+        shelf[key] = (self._clock() + self.ttl, lines)
+        shelf.move_to_end(key)
         self._expire()
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        while len(shelf) > self._caps[room]:
+            shelf.popitem(last=False)
 
     async def append(
         self, npc_id: str, audience_key: str, entries: Sequence[MemoryEntry], max_chars: int
@@ -61,18 +76,20 @@ class LocalMemoryStore:
 
     def _expire(self) -> None:
         now = self._clock()
-        while self._entries:
-            expires, _ = next(iter(self._entries.values()))
-            if expires > now:
-                return
-            self._entries.popitem(last=False)
+        for shelf in self._shelves.values():
+            while shelf:
+                expires, _ = next(iter(shelf.values()))
+                if expires > now:
+                    break
+                shelf.popitem(last=False)
 
     async def flush(self) -> None:
         """Nothing to wait for: a save is done when it returns."""
 
     def statistics(self) -> MemoryStatistics:
-        entries = len(self._entries)
+        entries = sum(len(shelf) for shelf in self._shelves.values())
         return MemoryStatistics(entries, 0, self._loads, self._saves, self._saves, 0, 0)
 
     async def aclose(self) -> None:
-        self._entries.clear()
+        for shelf in self._shelves.values():
+            shelf.clear()

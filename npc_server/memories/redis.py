@@ -14,6 +14,14 @@ and retried after `RETRY_AFTER`; so are loads refused meanwhile (`None`),
 so that a turn never waits on a Redis that is away. A stored value that is
 not ours (another version, truncated, another type) is logged once per key
 and read as empty; the next save replaces it.
+
+Room memories are also indexed, in one sorted set `npc:mem:rooms` (member:
+the memory's key; score: its last save, ms of the writing node's clock), and
+at most `max_room_memories` of them are kept: each write drops the index's
+expired members and, past the cap, deletes the room memories saved longest
+ago. Room names are the clients' choice, so a client hopping through fresh
+rooms would otherwise fill Redis for `ttl` (30 days); now it pushes out
+other rooms' memories only, never a player's.
 """
 
 from __future__ import annotations
@@ -42,6 +50,31 @@ APPEND_ATTEMPTS = 32  # optimistic transactions lost to concurrent writers (one 
 MAX_WARNED = 1024
 
 
+MAX_ROOM_MEMORIES = 50_000  # over every NPC: ~100 MB at 2,000 characters each
+ROOMS_INDEX = KEY_PREFIX + "rooms"
+ROOM_PREFIX = "room:"
+
+# KEYS[1] the index; ARGV: now ms, ttl ms, cap, then the room memories just written.
+# Another type at the index (a stray key) is replaced. Returns the memories deleted.
+INDEX_ROOMS = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+local now, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+local over = redis.call('ZCARD', KEYS[1]) - cap
+local deleted = 0
+while over > 0 do
+  local victims = redis.call('ZRANGE', KEYS[1], 0, math.min(over, 1000) - 1)
+  deleted = deleted + redis.call('DEL', unpack(victims))
+  redis.call('ZREM', KEYS[1], unpack(victims))
+  over = over - #victims
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return deleted
+"""
+
+
 def memory_key(npc_id: str, audience_key: str) -> str:
     return f"{KEY_PREFIX}{npc_id}:{audience_key}"
 
@@ -55,16 +88,21 @@ class RedisMemoryStore:
         ttl: float,
         *,
         timeout: float = TIMEOUT,
+        max_room_memories: int = MAX_ROOM_MEMORIES,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
         self.ttl = ttl
         self.timeout = timeout
+        self.max_room_memories = max_room_memories
+        self._wall = wall
         self._clock = clock
         self._redis: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._pending: dict[str, Lines] = {}
         self._writing: dict[str, Lines] = {}
+        self._rooms: set[str] = set()  # pending keys that are room memories
         self._flusher: asyncio.Task[None] | None = None
         self._down_until = float("-inf")
         self._written_at = float("-inf")
@@ -117,8 +155,12 @@ class RedisMemoryStore:
         key = memory_key(npc_id, audience_key)
         self._pending.pop(key, None)  # to the end: the oldest save is dropped first
         self._pending[key] = lines
+        if audience_key.startswith(ROOM_PREFIX):
+            self._rooms.add(key)
         while len(self._pending) > MAX_PENDING:
-            del self._pending[next(iter(self._pending))]
+            dropped = next(iter(self._pending))
+            del self._pending[dropped]
+            self._rooms.discard(dropped)
             self._failed += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(
@@ -152,7 +194,16 @@ class RedisMemoryStore:
             pipe = self._client().pipeline(transaction=False)
             for key, lines in batch.items():
                 pipe.set(key, codec.encode(lines), px=self._px)
+            rooms = [key for key in batch if key in self._rooms]
+            self._index_rooms(pipe, rooms)
             await pipe.execute()
+        self._rooms.difference_update(key for key in rooms if key not in self._pending)
+
+    def _index_rooms(self, pipe: Any, keys: Sequence[str]) -> None:
+        if keys:
+            now = round(self._wall() * 1000)
+            args = (now, self._px, self.max_room_memories, *keys)
+            pipe.eval(INDEX_ROOMS, 1, ROOMS_INDEX, *args)
 
     @property
     def _px(self) -> int:
@@ -163,14 +214,17 @@ class RedisMemoryStore:
     ) -> bool:
         await self._flush_briefly()  # this node's own saves of the key go first
         key = memory_key(npc_id, audience_key)
+        room = audience_key.startswith(ROOM_PREFIX)
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._append(key, entries, max_chars)
+                return await self._append(key, room, entries, max_chars)
         except self._errors as exc:
             self._fail("append", exc)
             return False
 
-    async def _append(self, key: str, entries: Sequence[MemoryEntry], max_chars: int) -> bool:
+    async def _append(
+        self, key: str, room: bool, entries: Sequence[MemoryEntry], max_chars: int
+    ) -> bool:
         from redis.exceptions import WatchError
 
         async with self._client().pipeline(transaction=True) as pipe:
@@ -181,6 +235,7 @@ class RedisMemoryStore:
                     pipe.multi()
                     lines = bounded((*stored, *entries), max_chars)
                     pipe.set(key, codec.encode(lines), px=self._px)
+                    self._index_rooms(pipe, [key] if room else [])
                     await pipe.execute()
                     self._written += 1
                     self._answered()

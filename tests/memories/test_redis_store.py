@@ -177,3 +177,23 @@ async def test_a_memory_of_nested_length_claims_is_refused_in_bounded_memory(
     with peak_allocation() as peak:
         assert await store.load("mira", "player:alice") == ()
     assert peak.bytes < 2_000_000
+
+
+async def test_a_stray_key_at_the_room_index_is_replaced(
+    redis: RedisServer, raw: aioredis.Redis
+) -> None:
+    """Another type at `npc:mem:rooms` (another version, a stray key) never stops the
+    writes: the index is made again, and the cap holds from there."""
+    store = RedisMemoryStore(redis.url, TTL, max_room_memories=1)
+    try:
+        await raw.set("npc:mem:rooms", b"stray")
+        store.save_nowait("guard", "room:a", said("a"))
+        await store.flush()
+        store.save_nowait("guard", "room:b", said("b"))
+        await store.flush()
+        assert store.statistics().failed == 0
+        assert await store.load("guard", "room:a") == ()
+        assert await store.load("guard", "room:b") == said("b")
+        assert await raw.type("npc:mem:rooms") == b"zset"
+    finally:
+        await store.aclose()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
+import redis.asyncio as aioredis
 
 from npc_server.backends.base import MemoryEntry
 from npc_server.memories import LocalMemoryStore, MemoryStore
@@ -164,3 +165,49 @@ async def test_statistics_count_loads_and_saves(kind: str, redis: RedisServer) -
         stats = store.statistics()
         assert (stats.loads, stats.saves, stats.pending, stats.failed) == (1, 2, 0, 0)
         assert stats.written >= 1
+
+
+CAPPED: dict[str, Callable[[RedisServer, int], MemoryStore]] = {
+    "local": lambda redis, rooms: LocalMemoryStore(TTL, max_room_entries=rooms),
+    "redis": lambda redis, rooms: RedisMemoryStore(redis.url, TTL, max_room_memories=rooms),
+}
+
+
+async def test_room_memories_past_their_cap_push_out_rooms_never_players(kind: str) -> None:
+    """Room names are the clients' choice: a client hopping through fresh rooms (here
+    twelve, with room for three) pushes out the room memories saved longest ago, and a
+    player's memory stays; appends count too. On Redis the older rooms' keys are gone."""
+    with redis_server() as own:  # the Redis index of rooms is shared: a server of its own
+        store = CAPPED[kind](own, 3)
+        try:
+            store.save_nowait("guard", ALICE, said("hello guard"))
+            store.save_nowait("guard", "room:inn", said("in the inn"))
+            for i in range(10):
+                store.save_nowait("guard", f"room:hop-{i}", said(f"hop {i}"))
+                await store.flush()
+            assert await store.append("guard", "room:last", said("appended"), max_chars=100)
+            await store.flush()
+            assert await store.load("guard", ALICE) == said("hello guard")
+            assert await store.load("guard", "room:inn") == ()
+            kept = [f"room:hop-{i}" for i in (8, 9)]
+            for i in range(8):
+                assert await store.load("guard", f"room:hop-{i}") == ()
+            for room in kept:
+                assert await store.load("guard", room) != ()
+            assert await store.load("guard", "room:last") == said("appended")
+        finally:
+            await store.aclose()
+        if kind == "redis":
+            raw = aioredis.from_url(own.url)
+            try:
+                keys = sorted(
+                    k.decode() if isinstance(k, bytes) else k
+                    for k in await raw.keys("npc:mem:guard:*")
+                )
+                assert keys == sorted(
+                    ["npc:mem:guard:player:alice", "npc:mem:guard:room:last"]
+                    + [f"npc:mem:guard:{room}" for room in kept]
+                )
+                assert 0 < await raw.pttl("npc:mem:rooms") <= TTL * 1000
+            finally:
+                await raw.aclose()
