@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import msgpack
 import orjson
@@ -560,6 +561,7 @@ async def _player(player: str) -> Response:
     every node, each session naming its node, and the sessions a drained node parked in
     Redis, with `state: "parked"` and `node: null`)."""
     node = _node()
+    _utf8_path()
     player = Body({"player": player}).player("player")  # what no hello could have: 400
     here = _player_here(node, player)
     banned = {"banned_for": math.ceil(await node.bans.remaining_shared(player))}
@@ -587,6 +589,15 @@ async def _player(player: str) -> Response:
             **gathered.partial(),
         }
     )
+
+
+def _utf8_path() -> None:
+    """A path whose percent-escapes are not UTF-8 (`%ff`) is a 400: decoded, it would
+    name the player U+FFFD instead."""
+    try:
+        unquote_to_bytes(request.scope.get("raw_path") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid", "'player': the path's escapes are not UTF-8") from None
 
 
 def _player_here(node: Node, player: str) -> dict[str, Any]:

@@ -170,8 +170,10 @@ class SseBody:
                 raise StopAsyncIteration
             stream = self._stream = self._start()
             stream.bind_task(asyncio.current_task())
-            # The reconnect delay rides on the first event (alone it would be an empty event).
-            return RETRY + await stream.next_chunk()
+            # At once, whether or not an event waits (a reconnect that is up to date
+            # has none): a `retry:` line sets the delay as it is read, and with no
+            # blank line after it, it is not an event of its own.
+            return RETRY
         return await stream.next_chunk()
 
     async def aclose(self) -> None:

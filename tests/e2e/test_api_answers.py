@@ -175,6 +175,11 @@ async def test_lookups_of_ids_no_hello_could_have_are_400() -> None:
             assert "'room'" in error["message"] and ROOM_RULE in error["message"]
         assert (await http.get(f"/api/players/{'a' * 128}", headers=AUTH)).status_code == 200
         assert_error(await http.get(f"/api/rooms/{'a' * 64}", headers=AUTH), 404, "unknown_room")
+        # Escapes that are not UTF-8 would decode to U+FFFD, a player nobody is.
+        error = assert_error(await http.get("/api/players/%ff", headers=AUTH), 400, "invalid")
+        assert "not UTF-8" in error["message"]
+        ok = await http.get("/api/players/caf%C3%A9", headers=AUTH)
+        assert ok.status_code == 200 and ok.json()["player"] == "caf\u00e9"
 
 
 async def test_a_game_say_while_draining_is_503_draining() -> None:

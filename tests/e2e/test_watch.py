@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any
 
+import httpx
 import pytest
 from httpx_sse import ServerSentEvent
 
@@ -445,3 +446,22 @@ async def test_refused_watch_requests_take_from_the_address_connect_bucket() -> 
                 assert good.status == 200
             async with connect(server.url) as late:  # the same address's bucket is spent
                 assert await late.close_code() == CloseCode.RATE_LIMITED
+
+
+async def test_a_reconnect_that_is_up_to_date_gets_its_retry_at_once() -> None:
+    """Back with the id of the newest event, a watcher has nothing to replay: its stream
+    still starts at once with `retry: 1000`, not at the next event or keep-alive (15 s)."""
+    async with running_server() as server, connect(server.url) as alice:
+        await member(alice, server, "alice")
+        params = watch_params(server)
+        async with watch(server.http_url, params=params) as first:
+            await first.next()  # `live`: the newest event
+        last = first.last_id
+        assert last is not None
+        async with (
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            http.stream("GET", "/watch", params=params, headers={"Last-Event-ID": last}) as body,
+        ):
+            assert body.status_code == 200
+            chunk = await asyncio.wait_for(anext(body.aiter_raw()), 5.0)
+            assert chunk == b"retry: 1000\n"
