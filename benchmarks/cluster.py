@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from benchmarks.redis_proc import redis_url, start_redis
-from benchmarks.relay import knee_of
+from benchmarks.relay import extended, knee_of
 from benchmarks.runner import Result, Runner
 from benchmarks.servers import LOAD_CPU, SERVER_CPU, Proc, start_npc_server
 
@@ -243,6 +243,11 @@ def _knee_series(run: Runner, kind: str) -> Result:
         steps.append(_knee_step(run, kind, players))
         if steps[-1]["lag"]["p99"] > plan.lag_knee_ms or steps[-1]["errors"]:
             break
+    for _ in range(plan.cluster_extend):  # the last level still within: a faster machine
+        below, above = knee_of(steps, plan.lag_knee_ms)
+        if above is not None or below is None:
+            break
+        steps.append(_knee_step(run, kind, extended(below)))
     for _ in range(plan.cluster_refine):
         below, above = knee_of(steps, plan.lag_knee_ms)
         if below is None or above is None or above - below <= max(50, below // 10):

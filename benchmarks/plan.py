@@ -68,6 +68,7 @@ class Plan:
     cluster_duration_s: float = 10.0
     cluster_knee_levels: tuple[int, ...] = (100, 200, 300, 400, 600, 800, 1000, 1200)
     cluster_refine: int = 2
+    cluster_extend: int = 5  # steps of a quarter more past the last level while within
     cluster_idle_sessions: int = 2000
     cluster_idle_window_s: float = 20.0
 
@@ -92,6 +93,7 @@ QUICK = Plan(
     cluster_duration_s=2.5,
     cluster_knee_levels=(100, 300),
     cluster_refine=0,
+    cluster_extend=0,
     cluster_idle_sessions=200,
     cluster_idle_window_s=2.0,
     quiet_wait_s=0.0,

@@ -136,6 +136,12 @@ def _series(run: Runner, kind: str, rate: float, delta_ms: int) -> Result:
     }
 
 
+def extended(players: int) -> int:
+    """The next count to try above a step that was still within the knee: a quarter
+    more, rounded up to a hundred."""
+    return -(-players * 5 // 4 // 100) * 100
+
+
 def knee_of(steps: list[Result], limit_ms: float) -> tuple[int | None, int | None]:
     """Largest count with p99 lag within `limit_ms` (and every token delivered); smallest over."""
 

@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 from benchmarks.cluster import cluster
-from benchmarks.relay import relay
+from benchmarks.relay import extended, relay
 from benchmarks.runner import Result, Runner
 from benchmarks.stats import ratio
 
@@ -169,12 +169,6 @@ def lag(run: Runner) -> Result:
         "steps": steps,
         "knee": {"max_players_within": below, "first_players_over": above},
     }
-
-
-def extended(players: int) -> int:
-    """The next count to try above a step that was still within the knee: a quarter
-    more, rounded up to a hundred."""
-    return -(-players * 5 // 4 // 100) * 100
 
 
 def knee_bounds(steps: list[Result], limit_ms: float) -> tuple[int | None, int | None]:

@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks import sections
 from benchmarks.plan import FULL
+from benchmarks.relay import extended
 from benchmarks.relay_report import _scripted_knee_ratio
 from benchmarks.runner import Runner
-from benchmarks.sections import extended
 
 
 def test_extended_steps_up_a_quarter_rounded_up_to_a_hundred() -> None:
@@ -68,3 +68,23 @@ def test_the_knee_ratio_of_a_sweep_that_never_went_over_is_a_lower_bound() -> No
     assert undecided["status"] == "N/A" and "lower bound" in undecided["note"]
     passed = _scripted_knee_ratio(_results(2000, None, 41_000.0, 80_000.0))
     assert passed["status"] == "PASS" and passed["measured"] == 0.512
+
+
+def test_the_cluster_knee_steps_past_its_last_level_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Section 9's knee series (one process, --workers 2) does the same past 1,200."""
+    from benchmarks import cluster
+
+    measured: list[int] = []
+
+    def step(run: Runner, kind: str, players: int) -> dict[str, Any]:
+        measured.append(players)
+        p99 = 40.0 if players <= 1700 else 300.0
+        return {"players": players, "lag": {"p99": p99, "n": 100}, "errors": 0}
+
+    monkeypatch.setattr(cluster, "_knee_step", step)
+    series = cluster._knee_series(Runner(FULL, tmp_path), "single")
+    assert measured[: len(FULL.cluster_knee_levels) + 2][-3:] == [1200, 1500, 1900]
+    knee = series["knee"]
+    assert 1500 <= knee["max_players_within"] <= 1700 < knee["first_players_over"] <= 1900
