@@ -110,6 +110,8 @@ class StreamAssembler:
 
     def flush(self) -> list[Piece]:
         """Emit every pending tool call, in index order."""
+        if not self._pending:
+            return []
         pieces = [self._action(call) for _, call in sorted(self._pending.items())]
         self._pending.clear()
         return [p for p in pieces if p is not None]

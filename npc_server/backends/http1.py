@@ -233,7 +233,13 @@ class ResponseParser:
                 line_end = data.find(b"\r\n", pos)
                 if line_end < 0:
                     break
-                self._line(data[pos:line_end])
+                line = data[pos:line_end]
+                if state is _SIZE and 0 < len(line) < 16 and not line.strip(_HEX):
+                    # a bare size (the common line), as `_line` would read it
+                    self._remaining = int(line, 16)
+                    self._state = _DATA if self._remaining else _TRAILERS
+                else:
+                    self._line(line)
                 pos = line_end + 2
                 end = pos + self._remaining
                 if self._state is _DATA and data[end : end + 2] == b"\r\n":

@@ -88,7 +88,7 @@ class H1Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one request at a time, its body buffered until read."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # the loop it was made in, and serves
         self.transport: asyncio.Transport | None = None
         self._parser: ResponseParser | None = None
         self._body: list[bytes] = []
@@ -99,6 +99,8 @@ class H1Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         # Called where a waiter would be woken (bytes, end, failure), in the callback itself.
         self._listener: Callable[[], None] | None = None
+        # Offered body bytes as they arrive while none are buffered (see `listen`).
+        self._sink: Callable[[bytes], bool] | None = None
         self.closed = False
         self.idle_since = 0.0
         self.pooled = False  # waiting in its pool's idle list
@@ -122,11 +124,17 @@ class H1Connection(asyncio.Protocol):
             self.close()
         else:
             if body:
-                self._body.append(body)
-                self._buffered += len(body)
-                if self._buffered > HIGH_WATER and not self._paused and self.transport:
-                    self._paused = True
-                    self.transport.pause_reading()
+                sink = self._sink
+                if sink is not None and not self._body and parser.error is None and sink(body):
+                    # Taken whole, as a read would have: wake only for a waiter or the end.
+                    if self._waiter is None and not parser.complete:
+                        return
+                else:
+                    self._body.append(body)
+                    self._buffered += len(body)
+                    if self._buffered > HIGH_WATER and not self._paused and self.transport:
+                        self._paused = True
+                        self.transport.pause_reading()
             if parser.error is not None:  # broken after that body: it is still read first
                 self._error = parser.error
                 self.close()
@@ -156,6 +164,7 @@ class H1Connection(asyncio.Protocol):
         assert self.transport is not None
         self._parser = ResponseParser()
         self._listener = None
+        self._sink = None
         self._got_bytes = False
         self.transport.write(data)
 
@@ -193,15 +202,22 @@ class H1Connection(asyncio.Protocol):
 
     def readable(self) -> asyncio.Future[None]:
         """A future done at the next bytes, end or failure (one waiter at a time)."""
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = self.loop.create_future()
         return waiter
 
-    def listen(self, listener: Callable[[], None] | None) -> None:
+    def listen(
+        self, listener: Callable[[], None] | None, sink: Callable[[bytes], bool] | None = None
+    ) -> None:
         """Call `listener()` whenever a waiter would be woken (None: stop).
 
-        It runs inside `data_received` and the other callbacks, so it must not raise.
+        With a `sink`, body bytes that arrive while none are buffered are first
+        offered to `sink(data)`: True means it took them (as `read_nowait` would
+        have returned them), and then `listener()` runs only at the body's end;
+        False leaves them buffered, as without a sink. Both run inside
+        `data_received` and the other callbacks, so they must not raise.
         """
         self._listener = listener
+        self._sink = sink
 
     @property
     def complete(self) -> bool:

@@ -63,11 +63,14 @@ class StreamResponse:
         assert self._conn is not None, "read after close"
         return self._conn.readable()
 
-    def listen(self, listener: Callable[[], None] | None) -> None:
+    def listen(
+        self, listener: Callable[[], None] | None, sink: Callable[[bytes], bool] | None = None
+    ) -> None:
         """Have `listener()` called in the connection's callbacks when more of the body
-        (or its end, or a failure) has arrived; None stops it. It must not raise."""
+        (or its end, or a failure) has arrived; None stops it. A `sink` is offered the
+        bytes first, as they arrive (`H1Connection.listen`). Neither may raise."""
         assert self._conn is not None, "read after close"
-        self._conn.listen(listener)
+        self._conn.listen(listener, sink)
 
     @property
     def complete(self) -> bool:
@@ -129,14 +132,19 @@ class ConnectionPool:
         """Connections waiting for a request."""
         return len(self._idle)
 
-    async def request(self, data: bytes) -> StreamResponse:
+    async def request(
+        self, data: bytes, loop: asyncio.AbstractEventLoop | None = None
+    ) -> StreamResponse:
         """Send a whole request (head and body); the response once its head is in.
 
         A reused connection found dead is closed and the next one tried (after a
-        server restart, every idle one is), ending with a new connection.
+        server restart, every idle one is), ending with a new connection. `loop`:
+        the running loop, when the caller has it (saves looking it up).
         """
+        if loop is None:
+            loop = asyncio.get_running_loop()
         while True:
-            conn, reused = await self._acquire()
+            conn, reused = await self._acquire(loop)
             try:
                 conn.send_nowait(data)
                 head = await conn.receive_head(reused)
@@ -153,7 +161,7 @@ class ConnectionPool:
         if self._closed or not conn.reusable_nowait():
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()  # the running loop: the one it just served in
         conn.pooled = True
         self._idle.append(conn)
         self._wake_one()
@@ -174,9 +182,9 @@ class ConnectionPool:
             conn.pooled = False
             conn.close()
 
-    async def _acquire(self) -> tuple[H1Connection, bool]:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> tuple[H1Connection, bool]:
         while True:
-            self._expire()
+            self._expire(loop)
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely stale
                 conn.pooled = False
@@ -187,10 +195,10 @@ class ConnectionPool:
                 return await self._connect(), False
             await self._slot()
 
-    def _expire(self) -> None:
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         idle = self._idle
         if idle:
-            oldest = asyncio.get_running_loop().time() - self._keepalive_s
+            oldest = loop.time() - self._keepalive_s
             while idle and idle[0].idle_since < oldest:
                 conn = idle.popleft()
                 conn.pooled = False

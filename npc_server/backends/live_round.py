@@ -41,7 +41,11 @@ class ListenedBody(Protocol):
     """A response body that calls back as it arrives (`http_pool.StreamResponse` is one)."""
 
     def read_nowait(self) -> bytes | None: ...
-    def listen(self, listener: Callable[[], None] | None) -> None: ...
+    @property
+    def complete(self) -> bool: ...
+    def listen(
+        self, listener: Callable[[], None] | None, sink: Callable[[bytes], bool] | None = None
+    ) -> None: ...
 
 
 class LiveRound:
@@ -62,6 +66,7 @@ class LiveRound:
         "_error",
         "_handle",
         "_held",
+        "_idle_s",
         "_limits",
         "_loop",
         "_npc_id",
@@ -72,8 +77,12 @@ class LiveRound:
         "_queued",
         "_ready",
         "_replied",
+        "_said_append",
         "_take",
+        "_ticking",
+        "_time",
         "_timer_at",
+        "_total_at",
         "_waiter",
         "_when",
         "calls",
@@ -91,8 +100,9 @@ class LiveRound:
         *,
         calls_allowed: bool,
         npc_id: str,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop() if loop is None else loop
         self._body = body
         self._limits = limits
         self._assembler = assembler
@@ -116,8 +126,19 @@ class LiveRound:
         self._handle: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the timer fires
         self._when = limits.next_wait(started=False)
-        self._schedule()
-        body.listen(self._notify)
+        # The idle wait's terms, for `_data` to restart it per read without a call
+        # (`next_wait` once first, so `limits` knows a token arrived, for its errors).
+        self._ticking = False
+        self._time = self._loop.time
+        self._idle_s = limits.idle_s
+        self._total_at = limits.total_at
+        self._said_append = self.said.append
+        # Armed no later than an idle wait from now, so that the first token's idle
+        # wait (never earlier) does not pull the timer in: a timer that fires before
+        # `_when` only re-arms at it.
+        self._timer_at = min(self._when, self._time() + self._idle_s)
+        self._handle = self._loop.call_at(self._timer_at, self._fire)
+        body.listen(self._notify, self._offered)
         self._notify()  # the body bytes that came with the head
 
     async def next_call(self) -> ToolCallPiece | None:
@@ -174,6 +195,19 @@ class LiveRound:
         if not self._paused:
             self._read()
 
+    def _offered(self, data: bytes) -> bool:
+        """The body's sink: bytes as they arrive, none buffered before them (as `_read`
+        would read them); False leaves them buffered (a call is out, or the round is over)."""
+        if self._paused or self._over or self._error is not None:
+            return False
+        try:
+            self._data(data)
+        except Exception as exc:  # as `_guarded`
+            self._error = exc
+            self.close()
+            self._wake()
+        return True
+
     def _read(self) -> None:
         body = self._body
         while True:
@@ -188,24 +222,50 @@ class LiveRound:
                 return
             if not data:
                 return
-            if self._replied:
-                continue  # after [DONE]: read and dropped
-            try:
-                events = self._decoder.feed(data)
-            except EventTooLarge:
-                raise GenerationError(MALFORMED) from None
-            if events:
-                if len(events) == 1 and not self._held and not self._queued:
-                    self._one_event(events[0])
-                else:
-                    self._queued.extend(events)
-                    self._hand_over()
-                if self._paused:
-                    return
-                if not self._replied:
-                    self._when = when = self._limits.next_wait(self._assembler.started)
-                    if when < self._timer_at:  # the idle wait is shorter than the first
-                        self._schedule()
+            self._data(data)
+            if self._paused:
+                return
+
+    def _data(self, data: bytes) -> None:
+        """One read of the body: its events, handed over; the idle wait restarted."""
+        if self._replied:
+            return  # after [DONE]: read and dropped
+        try:
+            events = self._decoder.feed(data)
+        except EventTooLarge:
+            raise GenerationError(MALFORMED) from None
+        if not events:
+            return
+        if self._held or self._queued:
+            self._queued.extend(events)
+            self._hand_over()
+        else:  # `_hand_over` with nothing waiting: text pieces go at once, in order
+            parse, said, take = self._parse, self._said_append, self._take
+            for i, event in enumerate(events):
+                if not event.startswith(b"[DONE]"):
+                    pieces = parse(event)
+                    if len(pieces) == 1 and type(piece := pieces[0]) is TextPiece:
+                        said(piece.text)
+                        take(piece)
+                        continue
+                    self._held.extend(pieces)
+                    i += 1
+                self._queued.extend(events[i:] if i else events)
+                self._hand_over()
+                break
+        if self._paused or self._replied:
+            return
+        if self._ticking:  # as `next_wait(started=True)`, without the call
+            when = self._time() + self._idle_s
+            if when > self._total_at:
+                when = self._total_at
+        else:
+            started = self._assembler.started
+            when = self._limits.next_wait(started)
+            self._ticking = started
+        self._when = when
+        if when < self._timer_at:  # the idle wait is shorter than the first
+            self._schedule()
 
     def _hand_over(self) -> None:
         """Pieces and events in order until a call pauses them; the end of the reply."""
@@ -224,19 +284,6 @@ class LiveRound:
                 break
         if self._replied and not self._paused and not self._done:
             self._reply_done()
-
-    def _one_event(self, event: bytes) -> None:
-        """`_hand_over` of one event with nothing waiting: a text piece goes at once."""
-        if not event.startswith(b"[DONE]"):
-            pieces = self._parse(event)
-            if len(pieces) == 1 and type(piece := pieces[0]) is TextPiece:
-                self.said.append(piece.text)
-                self._take(piece)
-                return
-            self._held.extend(pieces)
-        else:
-            self._queued.append(event)
-        self._hand_over()
 
     def _piece(self, piece: Piece) -> None:
         if isinstance(piece, TextPiece):
@@ -263,7 +310,8 @@ class LiveRound:
         if not self.calls:
             self._on_last()
         self._when = min(self._limits.total_at, self._loop.time() + DRAIN_S)
-        self._schedule()
+        if not self._body.complete:  # else the end is read in this same callback: no wait
+            self._schedule()
         self._wake()
 
     def _body_ended(self) -> None:

@@ -25,7 +25,7 @@ class EventTooLarge(ValueError):
 class SSEDecoder:
     """Feed it body bytes as they arrive; it returns the data of each complete event."""
 
-    __slots__ = ("_buffer", "_cr_pending", "_data", "_data_size", "_max", "_started")
+    __slots__ = ("_buffer", "_clean", "_cr_pending", "_data", "_data_size", "_max", "_started")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
@@ -34,23 +34,31 @@ class SSEDecoder:
         self._data_size = 0
         self._cr_pending = False  # the last read ended in CR: a following LF is its pair
         self._started = False
+        # Between events: no line, data or CR pending, the BOM checked (see `feed`).
+        self._clean = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """Decode the next bytes of the body; return the data of the events they complete."""
-        if not data:
-            return []  # an empty read must not forget a CR still waiting for its LF
         if (
-            not self._buffer
-            and not self._data
-            and self._started
-            and not self._cr_pending
+            self._clean
             and data.startswith(b"data: ")
-            and data.find(b"\n") == len(data) - 2
             and data.endswith(b"\n\n")
             and b"\r" not in data
             and len(data) <= self._max
-        ):  # the common read of a stream: exactly one event of one data line
-            return [data[6:-2]]
+        ):  # between events, whole "data: ...\n\n" ones come (LF line ends, no BOM)
+            end = len(data) - 2
+            if data.find(b"\n", 6) == end:  # the common read: exactly one, of one line
+                return [data[6:end]]
+            if (events := _whole_events(data)) is not None:  # a backlog read at once
+                return events
+        if not data:
+            return []  # an empty read must not forget a CR still waiting for its LF
+        self._clean = False  # until this read is decoded (it may raise `EventTooLarge`)
+        events = self._feed(data)
+        self._clean = self._started and not self._buffer and not self._data and not self._cr_pending
+        return events
+
+    def _feed(self, data: bytes) -> list[bytes]:
         if not self._started:
             data = self._strip_bom(data)
         if self._cr_pending:
@@ -94,3 +102,18 @@ class SSEDecoder:
         if self._data_size > self._max:
             raise EventTooLarge(f"an event is longer than {self._max} bytes")
         self._data.append(value)
+
+
+def _whole_events(data: bytes) -> list[bytes] | None:
+    """The data of `data` (which starts with "data: " and ends in LF LF, no CR) when
+    it is whole events of one data line each; else None (for the general decoding).
+
+    Each event but the first starts after "\\n\\ndata: ", which holds two of the line
+    ends, and the last two are the end: with no other line end, every line is a
+    `data: ` field or the blank line after it."""
+    events = data.split(b"\n\ndata: ")
+    if data.count(b"\n") != 2 * len(events):
+        return None
+    events[0] = events[0][6:]
+    events[-1] = events[-1][:-2]
+    return events

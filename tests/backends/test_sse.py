@@ -116,3 +116,37 @@ def test_a_read_of_one_whole_event_decodes_as_a_split_one(event: bytes) -> None:
     whole = decode([first, event])
     assert whole == decode([first, event[:1], event[1:]]) == decode([first + event])
     assert whole[0] == b'{"first": true}'
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        b'data: {"x": 1}\n\ndata: {"y": 2}\n\ndata: [DONE]\n\n',
+        b"data: \n\ndata: \n\n",
+        b"data: data: x\n\ndata: y\n\n",
+        b"data:  two spaces\n\ndata: z\n\n",
+        b"data: a\n\n\ndata: b\n\n",
+        b"data: a\n\n\n\ndata: b\n\n",
+        b"data: a\n\ndata: b\ndata: c\n\n",
+        b"data: a\n\ndata:b\n\n",
+        b"data: a\n\n: ping\n\ndata: b\n\n",
+        b"data: a\n\ndata: b\n\ndata: c\n",
+        b"data: a\n\ndata: b\r\n\r\n",
+    ],
+)
+def test_a_read_of_several_events_decodes_as_a_split_one(events: bytes) -> None:
+    """A read holding several events (a busy server's backlog, decoded without splitting
+    lines when each is one `data: ` line) gives what the same bytes give one at a time."""
+    first = b'data: {"first": true}\n\n'
+    whole = decode([first, events])
+    assert whole == decode([first, *(events[i : i + 1] for i in range(len(events)))])
+    assert whole == decode([first + events])
+
+
+def test_several_one_line_events_keep_the_decoder_between_events() -> None:
+    """After a read of several whole events, an event split over reads still decodes."""
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: 0\n\n") == [b"0"]
+    assert decoder.feed(b"data: 1\n\ndata: 2\n\n") == [b"1", b"2"]
+    assert decoder.feed(b"data: 3\n") == []
+    assert decoder.feed(b"\ndata: 4\n\n") == [b"3", b"4"]
