@@ -235,9 +235,11 @@ _BUDGET = "_npc_unseen_frames"  # (tokens, at) on the WSStream; "closed" once ov
 
 
 def _unseen(event: object) -> bool:
-    """A frame the app never gets as a message of its own."""
+    """A whole frame the app never gets as a message of its own: a ping, a pong, or a
+    fragment that does not end its message. A frame's payload read in parts (a 16 KiB
+    message arrives over a dozen TCP reads) is one frame, counted at most once."""
     if isinstance(event, Message):
-        return not event.message_finished
+        return event.frame_finished and not event.message_finished
     return isinstance(event, Ping | Pong)
 
 

@@ -436,3 +436,20 @@ async def test_a_write_the_kernel_timed_out_ends_the_connection_without_an_error
     server.protocol = Protocol()  # type: ignore[assignment]
     await server.protocol_send(RawData(b"\x8a\x00"))  # a pong
     assert [type(event) for event in handled] == [HypercornClosed]
+
+
+def test_a_large_message_read_in_parts_is_not_counted_as_unseen_frames() -> None:
+    """Fix 8 counts whole frames: a 16 KiB message whose one frame arrives over many
+    reads (wsproto hands over each part) costs nothing; its fragments as frames of
+    their own (FIN 0) count one each; pings count."""
+    server = Connection(ConnectionType.SERVER)
+    payload = b"x" * 16_000
+    frame = bytes([0x82, 0xFE]) + len(payload).to_bytes(2, "big") + b"\x00" * 4 + payload
+    parts: list[object] = []
+    for start in range(0, len(frame), 1448):  # one TCP segment a read
+        server.receive_data(frame[start : start + 1448])
+        parts.extend(server.events())
+    assert len(parts) > 10 and sum(hypercorn_fixes._unseen(e) for e in parts) == 0
+    fragmented = fragment(0x2, b"a") + fragment(0x0, b"b") + client_frame(0x0, b"c")
+    server.receive_data(fragmented + client_frame(0x9, b""))
+    assert [hypercorn_fixes._unseen(e) for e in server.events()] == [True, True, False, True]

@@ -196,7 +196,11 @@ class RedisMemoryStore:
                 pipe.set(key, codec.encode(lines), px=self._px)
             rooms = [key for key in batch if key in self._rooms]
             self._index_rooms(pipe, rooms)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except BaseException:
+                self._rooms.update(rooms)  # retried: still room memories, even if dropped
+                raise
         self._rooms.difference_update(key for key in rooms if key not in self._pending)
 
     def _index_rooms(self, pipe: Any, keys: Sequence[str]) -> None:
