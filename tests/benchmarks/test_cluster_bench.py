@@ -26,9 +26,10 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 PLAN = dataclasses.replace(
     TINY,
-    # Enough tokens in the window for CPU times (10 ms clock ticks) to be above zero.
-    cluster_players=10,
-    cluster_duration_s=1.0,
+    # Enough tokens in the window for CPU times (10 ms clock ticks) to be above zero,
+    # also on a fast host (10 players for 1 s were 200 tokens, ~6 ms of CPU: 0 ticks).
+    cluster_players=40,
+    cluster_duration_s=2.0,
     lag_ramp_s=0.1,
     cluster_knee_levels=(10,),
     cluster_idle_sessions=6,
