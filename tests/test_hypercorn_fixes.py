@@ -121,6 +121,15 @@ async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
 
 
+async def hello_raw(
+    server: RunningServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """alice's hello on a raw upgraded socket, and its welcome read."""
+    writer.write(client_frame(0x2, msgpack.packb({"t": "hello", "token": server.token("alice")})))
+    opcode, payload = await server_frame(reader)
+    assert (opcode, msgpack.unpackb(payload)["t"]) == (0x2, "welcome")
+
+
 async def close_code_received(reader: asyncio.StreamReader) -> int:
     """Skip data frames up to the server's close frame; its code, once TCP has closed."""
     opcode, payload = await server_frame(reader)
@@ -128,6 +137,20 @@ async def close_code_received(reader: asyncio.StreamReader) -> int:
         opcode, payload = await server_frame(reader)
     assert await until_eof(reader) == b""  # nothing follows the close frame
     return int.from_bytes(payload[:2], "big")
+
+
+async def closed_by(
+    server: RunningServer, data: bytes, after_hello: bool
+) -> tuple[int, list[NodeEvent]]:
+    """`data` sent on a raw socket (after alice's hello, or before any): the close code
+    the server answers with, and the node's events (watched from before the socket)."""
+    events: list[NodeEvent] = []
+    server.node.events.subscribe(events.append)
+    async with upgraded_socket(server) as (reader, writer):
+        if after_hello:
+            await hello_raw(server, reader, writer)
+        writer.write(data)
+        return await close_code_received(reader), events
 
 
 async def closes_counted(server: RunningServer) -> dict[tuple[str, str], float]:
@@ -156,16 +179,8 @@ async def test_a_protocol_violation_is_the_servers_close_not_the_peers(
     caplog.set_level("INFO", logger="npc_server.connections")
     config = replace(with_overrides(server_config(), metrics={"enabled": True}), api_key=API_KEY)
     async with running_server(config) as server:
-        events: list[NodeEvent] = []
-        server.node.events.subscribe(events.append)
-        async with upgraded_socket(server) as (reader, writer):
-            if after_hello:
-                hello = {"t": "hello", "token": server.token("alice")}
-                writer.write(client_frame(0x2, msgpack.packb(hello)))
-                opcode, payload = await server_frame(reader)
-                assert (opcode, msgpack.unpackb(payload)["t"]) == (0x2, "welcome")
-            writer.write(frame)
-            assert await close_code_received(reader) == code
+        received, events = await closed_by(server, frame, after_hello)
+        assert received == code
         await wait_until(lambda: any(isinstance(e, Closed) for e in events), what="closed")
         [closed] = [e for e in events if isinstance(e, Closed)]
         assert (closed.code, closed.peer_code) == (code, None)
@@ -338,16 +353,8 @@ async def test_a_flood_of_frames_the_app_never_sees_closes_with_4029(
     limit: past the bucket the socket is closed with 4029 (the server's close; a session
     waits for a resume), and another player is served meanwhile."""
     async with running_server() as server:
-        events: list[NodeEvent] = []
-        server.node.events.subscribe(events.append)
-        async with upgraded_socket(server) as (reader, writer):
-            if after_hello:
-                hello = {"t": "hello", "token": server.token("alice")}
-                writer.write(client_frame(0x2, msgpack.packb(hello)))
-                opcode, payload = await server_frame(reader)
-                assert (opcode, msgpack.unpackb(payload)["t"]) == (0x2, "welcome")
-            writer.write(flood)
-            assert await close_code_received(reader) == CloseCode.RATE_LIMITED
+        received, events = await closed_by(server, flood, after_hello)
+        assert received == CloseCode.RATE_LIMITED
         if after_hello:
             await wait_until(lambda: any(isinstance(e, Closed) for e in events), what="closed")
             [closed] = [e for e in events if isinstance(e, Closed)]
@@ -363,9 +370,7 @@ async def test_a_flood_of_frames_the_app_never_sees_closes_with_4029(
 async def test_pings_within_the_bucket_are_answered_and_the_socket_stays() -> None:
     """A client's own WebSocket pings, as many as the bucket holds, each get a pong."""
     async with running_server() as server, upgraded_socket(server) as (reader, writer):
-        hello = {"t": "hello", "token": server.token("alice")}
-        writer.write(client_frame(0x2, msgpack.packb(hello)))
-        assert (await server_frame(reader))[0] == 0x2  # welcome
+        await hello_raw(server, reader, writer)
         count = hypercorn_fixes.FRAME_BURST // 2
         writer.write(b"".join(client_frame(0x9, b"%d" % i) for i in range(count)))
         pongs = [await server_frame(reader) for _ in range(count)]
@@ -395,9 +400,7 @@ async def test_a_peer_that_stopped_reading_pongs_is_dropped_without_an_error() -
                 f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
             )
             assert (await read_head(reader)).startswith(b"http/1.1 101")
-            hello = {"t": "hello", "token": server.token("alice")}
-            writer.write(client_frame(0x2, msgpack.packb(hello)))
-            assert (await server_frame(reader))[0] == 0x2  # welcome; then never read again
+            await hello_raw(server, reader, writer)  # then never read again
             cast(asyncio.Transport, writer.transport).pause_reading()
             ping = client_frame(0x9, b"p" * 125)
             writer.write(ping * (hypercorn_fixes.FRAME_BURST - 10))  # 63 KB of pongs
