@@ -19,8 +19,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from npc_server.backends.base import MemoryEntry
+from npc_server.brokers.base import room_channel
 
 Lines = tuple[MemoryEntry, ...]
+ROOM_PREFIX = room_channel("")  # a room's audience key starts so
+
+
+def is_room(audience_key: str) -> bool:
+    """Whether an audience key is a room's: its memory is capped apart from players'."""
+    return audience_key.startswith(ROOM_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,16 +18,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from npc_server.backends.base import MemoryEntry
-from npc_server.memories.base import Lines, MemoryStatistics
+from npc_server.memories.base import Lines, MemoryStatistics, is_room
 from npc_server.memory import bounded
 
 MAX_ENTRIES = 10_000
 MAX_ROOM_ENTRIES = 5_000
-ROOM_PREFIX = "room:"  # the audience key of a room's conversation
-
-
-def is_room(audience_key: str) -> bool:
-    return audience_key.startswith(ROOM_PREFIX)
 
 
 class LocalMemoryStore:

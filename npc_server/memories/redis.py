@@ -31,11 +31,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from npc_server.backends.base import MemoryEntry
 from npc_server.memories import codec
-from npc_server.memories.base import Lines, MemoryStatistics
+from npc_server.memories.base import Lines, MemoryStatistics, is_room
 from npc_server.memory import bounded
 from npc_server.redaction import redacted_url
 
@@ -52,7 +52,6 @@ MAX_WARNED = 1024
 
 MAX_ROOM_MEMORIES = 50_000  # over every NPC: ~100 MB at 2,000 characters each
 ROOMS_INDEX = KEY_PREFIX + "rooms"
-ROOM_PREFIX = "room:"
 
 # KEYS[1] the index; ARGV: now ms, ttl ms, cap, then the room memories just written.
 # Another type at the index (a stray key) is replaced. Returns the memories deleted.
@@ -73,6 +72,11 @@ end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return deleted
 """
+
+
+class _Save(NamedTuple):
+    lines: Lines
+    room: bool  # a room memory: indexed and capped (an NPC id may hold ':', so the key cannot say)
 
 
 def memory_key(npc_id: str, audience_key: str) -> str:
@@ -100,9 +104,9 @@ class RedisMemoryStore:
         self._clock = clock
         self._redis: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-        self._pending: dict[str, Lines] = {}
-        self._writing: dict[str, Lines] = {}
-        self._rooms: set[str] = set()  # pending keys that are room memories
+        # Saved lines by key, and whether the key is a room memory (indexed as it is written).
+        self._pending: dict[str, _Save] = {}
+        self._writing: dict[str, _Save] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._down_until = float("-inf")
         self._written_at = float("-inf")
@@ -118,7 +122,7 @@ class RedisMemoryStore:
         key = memory_key(npc_id, audience_key)
         latest = self._pending.get(key, self._writing.get(key))
         if latest is not None:
-            return latest  # saved here and not yet written: newer than Redis
+            return latest.lines  # saved here and not yet written: newer than Redis
         if self._down():
             self._failed += 1
             return None
@@ -154,13 +158,9 @@ class RedisMemoryStore:
         self._saves += 1
         key = memory_key(npc_id, audience_key)
         self._pending.pop(key, None)  # to the end: the oldest save is dropped first
-        self._pending[key] = lines
-        if audience_key.startswith(ROOM_PREFIX):
-            self._rooms.add(key)
+        self._pending[key] = _Save(lines, is_room(audience_key))
         while len(self._pending) > MAX_PENDING:
-            dropped = next(iter(self._pending))
-            del self._pending[dropped]
-            self._rooms.discard(dropped)
+            del self._pending[next(iter(self._pending))]
             self._failed += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(
@@ -184,24 +184,18 @@ class RedisMemoryStore:
                 self._answered()
             except self._errors as exc:
                 self._fail("save", exc)
-                for key, lines in self._writing.items():
-                    self._pending.setdefault(key, lines)  # unless saved again meanwhile
+                for key, save in self._writing.items():
+                    self._pending.setdefault(key, save)  # unless saved again meanwhile
             finally:
                 self._writing = {}
 
-    async def _write(self, batch: dict[str, Lines]) -> None:
+    async def _write(self, batch: dict[str, _Save]) -> None:
         async with asyncio.timeout(self.timeout):
             pipe = self._client().pipeline(transaction=False)
-            for key, lines in batch.items():
-                pipe.set(key, codec.encode(lines), px=self._px)
-            rooms = [key for key in batch if key in self._rooms]
-            self._index_rooms(pipe, rooms)
-            try:
-                await pipe.execute()
-            except BaseException:
-                self._rooms.update(rooms)  # retried: still room memories, even if dropped
-                raise
-        self._rooms.difference_update(key for key in rooms if key not in self._pending)
+            for key, save in batch.items():
+                pipe.set(key, codec.encode(save.lines), px=self._px)
+            self._index_rooms(pipe, [key for key, save in batch.items() if save.room])
+            await pipe.execute()
 
     def _index_rooms(self, pipe: Any, keys: Sequence[str]) -> None:
         if keys:
@@ -218,10 +212,9 @@ class RedisMemoryStore:
     ) -> bool:
         await self._flush_briefly()  # this node's own saves of the key go first
         key = memory_key(npc_id, audience_key)
-        room = audience_key.startswith(ROOM_PREFIX)
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._append(key, room, entries, max_chars)
+                return await self._append(key, is_room(audience_key), entries, max_chars)
         except self._errors as exc:
             self._fail("append", exc)
             return False
