@@ -122,8 +122,7 @@ def install_fixes() -> None:
         return
     check_dependencies()
     _installed = True
-    _pass_client_close_codes()
-    _bound_unseen_frames()  # over fix 1: it counts what fix 1 then sorts
+    _pass_client_close_codes()  # and fix 8, in the same pass over the events
     _guard_close_timeouts()
     _guard_write_timeouts()
     _release_finished_apps()
@@ -141,6 +140,9 @@ def _pass_client_close_codes() -> None:
         # wsproto's events() yields its `_events` deque before parsing new frames,
         # so what is not a close can be handed back to Hypercorn's own handler.
         events = list(self.connection.events())
+        if _over_budget(self, events):
+            await _close_flooded(self)
+            return
         closes = [e for e in events if isinstance(e, CloseConnection)]
         if not closes:
             self.connection._events.extendleft(reversed(events))
@@ -231,7 +233,7 @@ def _guard_write_timeouts() -> None:
 # Fix 8: frames below the app's rate limit, per socket.
 FRAME_BURST = 512
 FRAME_RATE = 128.0  # a second
-_BUDGET = "_npc_unseen_frames"  # (tokens, at) on the WSStream; "closed" once over
+_BUDGET = "_npc_unseen_frames"  # (tokens, at) on the WSStream
 
 
 def _unseen(event: object) -> bool:
@@ -243,36 +245,27 @@ def _unseen(event: object) -> bool:
     return isinstance(event, Ping | Pong)
 
 
-def _bound_unseen_frames() -> None:
-    inner = WSStream._handle_events
+def _over_budget(stream: WSStream, events: list[Any]) -> bool:
+    """Take this read's unseen frames from the socket's bucket; True once it is spent
+    (only while OPEN: after the close, what still comes is wsproto's to sort)."""
+    unseen = sum(1 for event in events if _unseen(event))
+    if not unseen:
+        return False
+    now = time.monotonic()
+    tokens, at = getattr(stream, _BUDGET, None) or (float(FRAME_BURST), now)
+    tokens = min(float(FRAME_BURST), tokens + (now - at) * FRAME_RATE) - unseen
+    setattr(stream, _BUDGET, (tokens, now))
+    return tokens < 0 and stream.connection.state == ConnectionState.OPEN
 
-    async def _handle_events(self: WSStream) -> None:
-        budget = getattr(self, _BUDGET, None)
-        if budget == "closed":  # over once: what still comes is dropped
-            list(self.connection.events())
-            return
-        events = list(self.connection.events())
-        unseen = sum(1 for event in events if _unseen(event))
-        if unseen:
-            now = time.monotonic()
-            tokens, at = budget if isinstance(budget, tuple) else (float(FRAME_BURST), now)
-            tokens = min(float(FRAME_BURST), tokens + (now - at) * FRAME_RATE) - unseen
-            if tokens < 0 and self.connection.state == ConnectionState.OPEN:
-                setattr(self, _BUDGET, "closed")
-                log.info("closed a socket over %d frames the app never sees", FRAME_BURST)
-                code = int(CloseCode.RATE_LIMITED)
-                if self.app_put is not None:
-                    await self.app_put(
-                        {"type": "websocket.disconnect", "code": code, FAILED_HERE: True}
-                    )
-                await self._send_wsproto_event(CloseConnection(code=code, reason="too many frames"))
-                await self.send(StreamClosed(stream_id=self.stream_id))
-                return
-            setattr(self, _BUDGET, (tokens, now))
-        self.connection._events.extendleft(reversed(events))
-        await inner(self)
 
-    WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+async def _close_flooded(stream: WSStream) -> None:
+    """Fix 8's close: 4029 to the client and, as the server's own close, to the app."""
+    log.info("closed a socket over %d frames the app never sees", FRAME_BURST)
+    code = int(CloseCode.RATE_LIMITED)
+    if stream.app_put is not None:
+        await stream.app_put({"type": "websocket.disconnect", "code": code, FAILED_HERE: True})
+    await stream._send_wsproto_event(CloseConnection(code=code, reason="too many frames"))
+    await stream.send(StreamClosed(stream_id=stream.stream_id))
 
 
 def _close_ambiguous_requests() -> None:
