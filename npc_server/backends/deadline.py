@@ -30,9 +30,8 @@ class Deadline:
 
     __slots__ = ("_armed", "_expired", "_handle", "_loop", "_task", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """`loop`: the running loop, when the caller has it (saves looking it up)."""
-        self._loop = asyncio.get_running_loop() if loop is None else loop
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._when = 0.0
         self._armed = False
         self._expired = False
@@ -68,7 +67,7 @@ class Deadline:
     def _arm(self, when: float) -> None:
         self._when = when
         self._armed = True
-        self._task = asyncio.current_task(self._loop)
+        self._task = asyncio.current_task()
         handle = self._handle
         if handle is None:
             self._handle = self._loop.call_at(when, self._fire)

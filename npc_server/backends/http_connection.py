@@ -88,7 +88,7 @@ class H1Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one request at a time, its body buffered until read."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()  # the loop it was made in, and serves
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._parser: ResponseParser | None = None
         self._body: list[bytes] = []
@@ -202,7 +202,7 @@ class H1Connection(asyncio.Protocol):
 
     def readable(self) -> asyncio.Future[None]:
         """A future done at the next bytes, end or failure (one waiter at a time)."""
-        waiter = self._waiter = self.loop.create_future()
+        waiter = self._waiter = self._loop.create_future()
         return waiter
 
     def listen(

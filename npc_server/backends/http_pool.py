@@ -132,19 +132,14 @@ class ConnectionPool:
         """Connections waiting for a request."""
         return len(self._idle)
 
-    async def request(
-        self, data: bytes, loop: asyncio.AbstractEventLoop | None = None
-    ) -> StreamResponse:
+    async def request(self, data: bytes) -> StreamResponse:
         """Send a whole request (head and body); the response once its head is in.
 
         A reused connection found dead is closed and the next one tried (after a
-        server restart, every idle one is), ending with a new connection. `loop`:
-        the running loop, when the caller has it (saves looking it up).
+        server restart, every idle one is), ending with a new connection.
         """
-        if loop is None:
-            loop = asyncio.get_running_loop()
         while True:
-            conn, reused = await self._acquire(loop)
+            conn, reused = await self._acquire()
             try:
                 conn.send_nowait(data)
                 head = await conn.receive_head(reused)
@@ -161,7 +156,7 @@ class ConnectionPool:
         if self._closed or not conn.reusable_nowait():
             conn.close()
             return
-        conn.idle_since = conn.loop.time()  # the running loop: the one it just served in
+        conn.idle_since = asyncio.get_running_loop().time()
         conn.pooled = True
         self._idle.append(conn)
         self._wake_one()
@@ -182,9 +177,9 @@ class ConnectionPool:
             conn.pooled = False
             conn.close()
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> tuple[H1Connection, bool]:
+    async def _acquire(self) -> tuple[H1Connection, bool]:
         while True:
-            self._expire(loop)
+            self._expire()
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely stale
                 conn.pooled = False
@@ -195,10 +190,10 @@ class ConnectionPool:
                 return await self._connect(), False
             await self._slot()
 
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _expire(self) -> None:
         idle = self._idle
         if idle:
-            oldest = loop.time() - self._keepalive_s
+            oldest = asyncio.get_running_loop().time() - self._keepalive_s
             while idle and idle[0].idle_since < oldest:
                 conn = idle.popleft()
                 conn.pooled = False

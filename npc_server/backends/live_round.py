@@ -66,7 +66,6 @@ class LiveRound:
         "_error",
         "_handle",
         "_held",
-        "_idle_s",
         "_limits",
         "_loop",
         "_npc_id",
@@ -79,10 +78,7 @@ class LiveRound:
         "_replied",
         "_said_append",
         "_take",
-        "_ticking",
-        "_time",
         "_timer_at",
-        "_total_at",
         "_waiter",
         "_when",
         "calls",
@@ -100,9 +96,8 @@ class LiveRound:
         *,
         calls_allowed: bool,
         npc_id: str,
-        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop() if loop is None else loop
+        self._loop = asyncio.get_running_loop()
         self._body = body
         self._limits = limits
         self._assembler = assembler
@@ -126,17 +121,11 @@ class LiveRound:
         self._handle: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the timer fires
         self._when = limits.next_wait(started=False)
-        # The idle wait's terms, for `_data` to restart it per read without a call
-        # (`next_wait` once first, so `limits` knows a token arrived, for its errors).
-        self._ticking = False
-        self._time = self._loop.time
-        self._idle_s = limits.idle_s
-        self._total_at = limits.total_at
         self._said_append = self.said.append
         # Armed no later than an idle wait from now, so that the first token's idle
         # wait (never earlier) does not pull the timer in: a timer that fires before
         # `_when` only re-arms at it.
-        self._timer_at = min(self._when, self._time() + self._idle_s)
+        self._timer_at = min(self._when, self._loop.time() + limits.idle_s)
         self._handle = self._loop.call_at(self._timer_at, self._fire)
         body.listen(self._notify, self._offered)
         self._notify()  # the body bytes that came with the head
@@ -255,15 +244,7 @@ class LiveRound:
                 break
         if self._paused or self._replied:
             return
-        if self._ticking:  # as `next_wait(started=True)`, without the call
-            when = self._time() + self._idle_s
-            if when > self._total_at:
-                when = self._total_at
-        else:
-            started = self._assembler.started
-            when = self._limits.next_wait(started)
-            self._ticking = started
-        self._when = when
+        self._when = when = self._limits.next_wait(self._assembler.started)
         if when < self._timer_at:  # the idle wait is shorter than the first
             self._schedule()
 

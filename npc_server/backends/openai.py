@@ -249,7 +249,6 @@ class OpenAIBackend:
         """
         messages = build_messages(request, self.settings.max_prompt_chars)
         usage: list[UsagePiece] = []  # each round's, once reported
-        loop = asyncio.get_running_loop()  # looked up once: each lookup is a getpid() call
 
         for round_ in range(MAX_TOOL_ROUNDS + 1):
             assembler = StreamAssembler(self.npc, self._skipped)
@@ -262,12 +261,12 @@ class OpenAIBackend:
                 if finished is not None:
                     finished()
 
-            limits = TurnLimits(self.settings, loop)
-            deadline = Deadline(loop)
+            limits = TurnLimits(self.settings)
+            deadline = Deadline()
             response: StreamResponse | None = None
             live: LiveRound | None = None
             try:
-                response = await self._open(messages, limits, deadline, loop)
+                response = await self._open(messages, limits, deadline)
                 live = LiveRound(
                     response,
                     limits,
@@ -277,7 +276,6 @@ class OpenAIBackend:
                     last,
                     calls_allowed=round_ < MAX_TOOL_ROUNDS,
                     npc_id=self.npc.id,
-                    loop=loop,
                 )
                 while (call := await live.next_call()) is not None:
                     yield call
@@ -296,12 +294,11 @@ class OpenAIBackend:
 
     async def _round(self, messages: list[Message]) -> AsyncIterator[Piece]:
         """One completion request and its stream."""
-        loop = asyncio.get_running_loop()
-        limits = TurnLimits(self.settings, loop)
-        deadline = Deadline(loop)
+        limits = TurnLimits(self.settings)
+        deadline = Deadline()
         response: StreamResponse | None = None
         try:
-            response = await self._open(messages, limits, deadline, loop)
+            response = await self._open(messages, limits, deadline)
             reader = EventReader(response, limits, deadline)
             assembler = StreamAssembler(self.npc, self._skipped)
             while (payloads := await reader.next_events(assembler.started)) is not None:
@@ -328,19 +325,16 @@ class OpenAIBackend:
             raise GenerationError(MALFORMED) from None
 
     async def _open(
-        self,
-        messages: list[Message],
-        limits: TurnLimits,
-        deadline: Deadline,
-        loop: asyncio.AbstractEventLoop,
+        self, messages: list[Message], limits: TurnLimits, deadline: Deadline
     ) -> StreamResponse:
         """Send the request; retry connect errors, 429 and 5xx before any piece exists."""
+        loop = asyncio.get_running_loop()
         s = self.settings
         request = self._request(messages)
         for attempt in range(s.retries + 1):
             limits.start_attempt()
             try:
-                return await self._send(request, limits, deadline, loop)
+                return await self._send(request, limits, deadline)
             except (TransportError, UpstreamStatus) as exc:
                 delay = retry_delay(exc, attempt)
                 if attempt == s.retries or delay is None or loop.time() + delay >= limits.total_at:
@@ -357,17 +351,11 @@ class OpenAIBackend:
                 raise GenerationError("the model client failed to send the request") from None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _send(
-        self,
-        request: bytes,
-        limits: TurnLimits,
-        deadline: Deadline,
-        loop: asyncio.AbstractEventLoop,
-    ) -> StreamResponse:
+    async def _send(self, request: bytes, limits: TurnLimits, deadline: Deadline) -> StreamResponse:
         """One attempt: the response once its head is in (an error status raises)."""
         when = limits.next_wait(started=False)
         try:
-            response = await deadline.wait(self._pool.request(request, loop), when)
+            response = await deadline.wait(self._pool.request(request), when)
         except Expired:
             raise limits.expired(when) from None
         head = response.head

@@ -47,12 +47,9 @@ class TurnLimits:
 
     __slots__ = ("_first_token_at", "_idle_s", "_settings", "_started", "_time", "total_at")
 
-    def __init__(
-        self, settings: TimeoutSettings, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        """`loop`: the running loop, when the caller has it (saves looking it up)."""
+    def __init__(self, settings: TimeoutSettings) -> None:
         self._settings = settings
-        self._time = (asyncio.get_running_loop() if loop is None else loop).time
+        self._time = asyncio.get_running_loop().time
         self.total_at = self._time() + settings.total_timeout_s
         self._idle_s = settings.idle_timeout_s
         self._first_token_at = self.total_at
