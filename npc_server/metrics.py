@@ -79,7 +79,9 @@ def prepare_multiprocess(directory: Path) -> None:
 
 def worker_exited(pid: int) -> None:
     """For the parent: drop a dead worker's gauges (its counters stay in the totals)."""
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    # Any: prometheus-client annotates its multiprocess module in some releases only.
+    untyped: Any = multiprocess
+    untyped.mark_process_dead(pid)
 
 
 def close_label(event: Closed) -> tuple[str, str]:
@@ -317,7 +319,8 @@ class NodeMetrics:
         if not self.multiprocess:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        untyped: Any = multiprocess  # as in worker_exited
+        untyped.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

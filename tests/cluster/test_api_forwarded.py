@@ -54,14 +54,15 @@ def cluster(node: Node) -> Forwarder:
 @asynccontextmanager
 async def forger(redis: RedisServer) -> AsyncIterator[tuple[Any, Any]]:
     """A Redis client posing as node "forger", listening on its node channel."""
-    client = aioredis.from_url(redis.url)
-    pubsub = client.pubsub()
+    # Any: redis-py's annotations differ between its releases (`aclose` typed in some).
+    client: Any = aioredis.from_url(redis.url)
+    pubsub: Any = client.pubsub()
     await pubsub.subscribe("npc:node:forger")
     await pubsub.get_message(timeout=5)  # the subscription's confirmation
     try:
         yield client, pubsub
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await client.aclose()
 
 
