@@ -33,7 +33,7 @@ from npc_server.brokers.base import player_channel
 from npc_server.events import BackendFailed, EventBus, TurnEnded, TurnStarted
 from npc_server.memories import MemoryStore
 from npc_server.memory import ConversationMemory
-from npc_server.npcs import BusyPolicy, NpcConfig
+from npc_server.npcs import BusyPolicy, NpcConfig, RoomInterrupt
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import (
     Action,
@@ -215,7 +215,7 @@ class Conversation:
             self._acquire_slot()
             started = self._accept(Started(turn, None), accepted)
             self._start(turn)
-        elif self.supersedes:
+        elif self.supersedes and self._may_cut(self.active, turn):
             started = self._accept(Started(turn, None), accepted)
             self._end(self.active, EndReason.SUPERSEDED, keep_slot=True)
             self._start(turn)
@@ -232,6 +232,18 @@ class Conversation:
     def supersedes(self) -> bool:
         """Whether a say now would end the active turn instead of waiting for it."""
         return self.npc.busy is BusyPolicy.INTERRUPT and self.npc.interruptible
+
+    def _may_cut(self, active: Turn, turn: Turn) -> bool:
+        """Whether `turn`'s say may supersede `active`: in a room where only the speaker
+        may interrupt, another member's say waits in line instead (as under `busy =
+        "queue"`), or a say would be an interrupt the rule refuses. The game's own says
+        (`caused_by`) are trusted, as its interrupts are."""
+        return (
+            turn.room is None
+            or turn.caused_by is not None
+            or self.npc.room_interrupt is RoomInterrupt.ANYONE
+            or active.speaker_is(turn.player)
+        )
 
     def _accept(self, started: Started, accepted: Callable[[Started], None]) -> Started:
         self.index.turn_added(self, started.turn)

@@ -18,7 +18,7 @@ from npc_server.backends.base import (
     TextPiece,
     UsagePiece,
 )
-from npc_server.npcs import ActionSpec, BusyPolicy, NpcConfig
+from npc_server.npcs import ActionSpec, BusyPolicy, NpcConfig, RoomInterrupt
 from npc_server.protocol.codes import ErrorCode
 from npc_server.protocol.frames import (
     Action,
@@ -135,9 +135,11 @@ NPC = NpcConfig(
 
 
 class Rig:
-    def __init__(self, npc: NpcConfig = NPC, limit: int = 10) -> None:
+    def __init__(
+        self, npc: NpcConfig = NPC, limit: int = 10, audience: Audience | None = None
+    ) -> None:
         self.backend = PuppetBackend()
-        audience = Audience(player="alice")
+        audience = audience or Audience(player="alice")
         self.delivery = RecordingDelivery(audience.key)
         self.limiter = GenerationLimiter(limit)
         self.scheduler = FakeScheduler()
@@ -337,6 +339,36 @@ async def test_supersede_policy_ends_the_active_turn() -> None:
     rig.backend.feed("two", END)
     await rig.finished(second)
     assert rig.limiter.active == 0
+
+
+async def test_in_a_room_only_who_may_interrupt_supersedes() -> None:
+    """busy=interrupt in a room under room_interrupt="speaker": another member's say
+    waits in line (a supersede would be the interrupt the rule refuses); the speaker's
+    own say, the game's, and anyone's under "anyone" still supersede."""
+    rig = Rig(replace(NPC, busy=BusyPolicy.INTERRUPT, max_queue=1), audience=Audience(room="hall"))
+    first = rig.say("one")
+    await rig.stream(first, TextPiece("abc"))
+    bobs = rig.conversation.submit("bob", "me next", reply_to=7)
+    assert bobs.queued == 1 and first.state is TurnState.ACTIVE
+    with pytest.raises(Refused) as info:  # the line is full (max_queue)
+        rig.conversation.submit("carol", "and me", reply_to=8)
+    assert info.value.code is ErrorCode.BUSY
+    again = rig.say("one more")  # the speaker changes their mind: supersedes
+    assert (await rig.finished(first)).reason == "superseded"
+    assert again.state is TurnState.ACTIVE and bobs.turn.state is TurnState.QUEUED
+    game = rig.conversation.submit("", "the gate opens", reply_to=None, caused_by="game")
+    assert (await rig.finished(again)).reason == "superseded"
+    rig.backend.feed(game.turn.text_in, END)
+    await rig.finished(game.turn)
+    assert bobs.turn.state is TurnState.ACTIVE  # its turn came
+
+    anyone = Rig(
+        replace(NPC, busy=BusyPolicy.INTERRUPT, room_interrupt=RoomInterrupt.ANYONE),
+        audience=Audience(room="hall"),
+    )
+    first = anyone.say("one")
+    cut = anyone.conversation.submit("bob", "hey", reply_to=7)
+    assert cut.queued is None and (await anyone.finished(first)).reason == "superseded"
 
 
 async def test_queue_policy_waits_its_turn() -> None:
