@@ -6,20 +6,29 @@ the client's, and prompts show which is which.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 ALL_NPCS = "*"
+
+log = logging.getLogger(__name__)
+
+# At most one warning a minute that a scope in use was forgotten for room.
+EVICTED_LIVE_LOG_S = 60.0
 
 
 class ContextStore:
     """Per player: one data map for every NPC (`*`) and one per NPC, within a byte budget."""
 
-    def __init__(self, max_bytes_per_player: int) -> None:
+    def __init__(
+        self, max_bytes_per_player: int, in_use: Callable[[str], bool] | None = None
+    ) -> None:
         self.max_bytes_per_player = max_bytes_per_player
         self._data: dict[str, dict[str, tuple[Mapping[str, Any], int]]] = {}
         # What the game server says (POST /api/context): a layer of its own.
-        self.trusted = TrustedContexts(max_bytes_per_player)
+        self.trusted = TrustedContexts(max_bytes_per_player, in_use=in_use)
 
     def set_nowait(self, player: str, npc: str | None, data: Mapping[str, Any], size: int) -> bool:
         """Replace a player's context for `npc` (None: all NPCs); False if over the budget."""
@@ -64,13 +73,26 @@ class TrustedContexts:
 
     Kept per player and per room, each scope all-NPC (`*`) or per NPC, within the
     same byte budget per scope as a player's own contexts; at most `max_scopes`
-    players and rooms are held, the least recently set forgotten first.
+    players and rooms are held. Past that, the least recently set scope *not in use*
+    is forgotten first (`in_use(scope)`: a player with a session here, a room with
+    members here), so posts for players who never connect, or for a stream of
+    rooms, cannot push out the state of a player who is playing (the client's claim
+    would win again). Only when every scope is in use does the oldest go; that is
+    counted (`evicted_in_use`) and logged.
     """
 
-    def __init__(self, max_bytes_per_scope: int, max_scopes: int = 10_000) -> None:
+    def __init__(
+        self,
+        max_bytes_per_scope: int,
+        max_scopes: int = 10_000,
+        in_use: Callable[[str], bool] | None = None,
+    ) -> None:
         self.max_bytes_per_scope = max_bytes_per_scope
         self.max_scopes = max_scopes
+        self._in_use = in_use
         self._data: dict[str, dict[str, tuple[Mapping[str, Any], int]]] = {}
+        self.evicted_in_use = 0
+        self._logged_at = -EVICTED_LIVE_LOG_S
 
     def fits(self, scope: str, npc: str | None, size: int) -> bool:
         """Whether `size` bytes for `npc` would stay within the scope's budget."""
@@ -87,8 +109,30 @@ class TrustedContexts:
         scopes[key] = (dict(data), size)
         self._data[scope] = scopes  # newest last: the oldest scope goes first
         while len(self._data) > self.max_scopes:
-            del self._data[next(iter(self._data))]
+            self._evict(scope)
         return True
+
+    def _evict(self, keep: str) -> None:
+        """Forget the oldest scope not in use (never `keep`, the one just set)."""
+        in_use = self._in_use
+        if in_use is not None:
+            for old in self._data:
+                if old != keep and not in_use(old):
+                    del self._data[old]
+                    return
+        oldest = next(iter(self._data))
+        del self._data[oldest]
+        if in_use is not None:
+            self.evicted_in_use += 1
+            now = time.monotonic()
+            if now - self._logged_at >= EVICTED_LIVE_LOG_S:
+                self._logged_at = now
+                log.warning(
+                    "the game's trusted contexts are at their limit of %d players and "
+                    "rooms, all in use: the oldest post is forgotten (%d so far)",
+                    self.max_scopes,
+                    self.evicted_in_use,
+                )
 
     def for_npc(self, player: str, room: str | None, npc: str) -> dict[str, Any]:
         """The room's trusted state, then the player's over it; per-NPC maps over all-NPC ones."""

@@ -109,7 +109,7 @@ class Node:
         )
         self.backends: dict[str, Backend] = dict(backends or {})
         self.turns = TurnRegistry(on_released=self.forget_if_unused)
-        self.contexts = ContextStore(limits.context_bytes_player)
+        self.contexts = ContextStore(limits.context_bytes_player, self._scope_in_use)
         self._conversations: dict[tuple[str, str], Conversation] = {}
         # Each detached session's end at its window's end (by id; cancelled when it ends
         # another way, so a timer never holds an ended session and its replay).
@@ -417,6 +417,14 @@ class Node:
             )
 
         return make
+
+    def _scope_in_use(self, scope: str) -> bool:
+        """Whether a trusted context's scope is in play here: the player has a session
+        (connected or held for a resume), the room has members."""
+        kind, _, name = scope.partition(":")
+        if kind == "room":
+            return self.hub.room_exists(name)
+        return self.hub.is_online(name)
 
     def forget_if_unused(self, conversation: Conversation) -> None:
         """Drop an idle conversation whose audience has no session here (and, in a

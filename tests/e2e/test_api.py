@@ -202,6 +202,30 @@ async def test_trusted_context_wins_over_the_client() -> None:
         assert any(line in text for line in night), text
 
 
+async def test_posts_for_other_scopes_never_push_out_a_playing_players_context() -> None:
+    """Past the scope cap, posts for rooms nobody is in (or players not connected) go
+    first: a connected player's trusted state is kept, so the client's claim never wins
+    again (it did: 10,000 room posts pushed alice's out)."""
+    async with api_server() as (server, http), connect(server.url) as alice:
+        server.node.contexts.trusted.max_scopes = 5  # the cap (10,000) in small
+        await player(server, alice, "alice", None)
+        await alice.send({"t": "context", "id": 2, "data": {"time": "day"}})
+        await alice.expect("ack")
+        body = {"player": "alice", "npc": "merchant", "data": {"time": "night"}}
+        assert (await http.post("/api/context", json=body, headers=AUTH)).status_code == 200
+        for i in range(20):
+            flood = (
+                {"room": f"r{i}", "data": {"x": 1}} if i % 2 else {"player": f"p{i}", "data": {}}
+            )
+            assert (await http.post("/api/context", json=flood, headers=AUTH)).status_code == 200
+        assert len(server.node.contexts.trusted) == 5
+        await alice.send({"t": "say", "id": 3, "npc": "merchant", "text": "what do you sell?"})
+        frames = await alice.recv_until(lambda f: f["t"] == "turn.end")
+        text = "".join(f["text"] for f in frames if f["t"] == "delta")
+        assert any(line in text for line in ("Stall's shut", "At this hour?")), text
+        assert server.node.contexts.trusted.evicted_in_use == 0
+
+
 def test_prompt_marks_trusted_and_client_context() -> None:
     """The system prompt shows the game's state as true and the client's as unverified."""
     npc = NpcConfig(id="m", name="Mira")
@@ -382,6 +406,21 @@ def test_trusted_contexts_are_bounded_and_layered() -> None:
     assert store.set_nowait("player:bob", None, {"gold": 1}, 10)  # a third scope
     assert store.for_npc("alice", "gate", "guard") == {"gold": 3}  # the room's was oldest
     assert len(store) == 2
+
+
+def test_trusted_contexts_in_use_are_forgotten_last() -> None:
+    """Over the cap the oldest scope not in use goes; only when all are in use does the
+    oldest go, counted."""
+    playing = {"player:alice", "room:hall"}
+    store = TrustedContexts(max_bytes_per_scope=100, max_scopes=3, in_use=playing.__contains__)
+    for scope in ("player:alice", "room:hall", "room:empty", "player:away"):
+        assert store.set_nowait(scope, None, {"k": scope}, 10)
+    assert store.for_npc("alice", "hall", "guard") == {"k": "player:alice"}
+    assert store.for_npc("nobody", "empty", "guard") == {}  # the oldest not in use went
+    assert store.evicted_in_use == 0
+    playing.add("player:away")
+    assert store.set_nowait("player:bob", None, {"k": "bob"}, 10)  # all in use now
+    assert store.evicted_in_use == 1 and store.for_npc("alice", None, "guard") == {}
 
 
 async def test_a_game_say_to_an_unknown_npc_is_404_naming_the_known_ones() -> None:
