@@ -63,7 +63,7 @@ class PlayerIdConverter(BaseConverter):
     any printable text (`a/b`, `..`, `/x`, sent percent-encoded): the path arrives
     decoded, so the default converter stopped at a `/` and `path` at a leading one."""
 
-    regex = ".+"
+    regex = r"[\s\S]+"  # `.` would stop at a newline (`%0A`): a 404, not the id's 400
     part_isolating = False  # it may match across `/`
 
 

@@ -165,7 +165,7 @@ async def test_lookups_of_ids_no_hello_could_have_are_400() -> None:
     """A player id over 128 characters or not printable, a room name outside the room
     rule: 400 naming the rule, not an empty answer or `unknown_room`."""
     async with api_server() as (_, http):
-        for name in ("a" * 129, "a%01b"):
+        for name in ("a" * 129, "a%01b", "%0A", "a%0Ab"):  # a newline too, not a 404
             error = assert_error(
                 await http.get(f"/api/players/{name}", headers=AUTH), 400, "invalid"
             )
