@@ -46,6 +46,13 @@ does it), after checking the versions and that every patched attribute exists:
    message frames) now take from a bucket per socket (`FRAME_BURST`,
    refilled at `FRAME_RATE` a second); past it the socket closes with 4029,
    as the app's flood close does.
+9. HTTP/1.1 only. With `h2` installed (Hypercorn requires it), Hypercorn
+   switched a cleartext connection to HTTP/2 on an `Upgrade: h2c` request or
+   the HTTP/2 preface (`PRI * HTTP/2.0`): a second protocol stack facing the
+   internet that the fixes above, the tests and deploy/ never meant to serve
+   (an h2 connection's streams bypass fixes 1, 7 and 8's paths). An h2c
+   upgrade is now ignored (answered in HTTP/1.1, as Hypercorn already does
+   for one with a body) and the preface is a 505 that closes the connection.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ import h11
 import h11._connection
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed
+from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
@@ -109,6 +117,8 @@ def check_dependencies() -> None:
         (TCPServer, "protocol_send"),
         (ASGIWebsocketState, "CONNECTED"),
         (Connection(ConnectionType.SERVER), "_proto"),
+        (H11Protocol, "_check_protocol"),  # fix 9
+        (ProtocolWrapper, "handle"),
     ]
     for owner, attribute in needed:
         if not hasattr(owner, attribute):
@@ -116,7 +126,7 @@ def check_dependencies() -> None:
 
 
 def install_fixes() -> None:
-    """Install fixes 1-3, 5, 6 and 8 and allow 7; idempotent."""
+    """Install fixes 1-3, 5, 6, 8 and 9 and allow 7; idempotent."""
     global _installed
     if _installed:
         return
@@ -127,6 +137,7 @@ def install_fixes() -> None:
     _guard_write_timeouts()
     _release_finished_apps()
     _close_ambiguous_requests()
+    _serve_http1_only()
 
 
 # The key of a `websocket.disconnect` whose code the server's WebSocket layer sent.
@@ -279,6 +290,34 @@ def _close_ambiguous_requests() -> None:
         return bool(original(event))
 
     h11._connection._keep_alive = _keep_alive
+
+
+def _serve_http1_only() -> None:
+    async def _check_protocol(self: H11Protocol, event: h11.Request) -> None:
+        if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+            # The HTTP/2 preface: say so in HTTP/1.1 and close (h11 then parses no more).
+            headers = [*self.config.response_headers("h11"), (b"connection", b"close")]
+            await self._send_h11_event(
+                h11.Response(status_code=505, headers=[*headers, (b"content-length", b"0")])
+            )
+            await self._send_h11_event(h11.EndOfMessage())
+            raise _Preface()  # no stream for it: the wrapper below closes the connection
+        # An `Upgrade: h2c` is ignored: the request is served in HTTP/1.1.
+
+    original_handle = ProtocolWrapper.handle
+
+    async def handle(self: ProtocolWrapper, event: Any) -> None:
+        try:
+            return await original_handle(self, event)
+        except _Preface:
+            await self.send(Closed())
+
+    H11Protocol._check_protocol = _check_protocol  # type: ignore[method-assign]
+    ProtocolWrapper.handle = handle  # type: ignore[method-assign]
+
+
+class _Preface(Exception):
+    """The HTTP/2 preface was refused: the connection is over."""
 
 
 _ORIGINAL_ACCEPT = Handshake.accept

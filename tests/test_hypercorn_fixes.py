@@ -218,6 +218,34 @@ async def test_a_plain_request_keeps_its_connection() -> None:
             await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
 
 
+async def test_an_h2c_upgrade_is_served_in_http1() -> None:
+    """Fix 9: `Upgrade: h2c` gets the HTTP/1.1 answer, no 101 into HTTP/2, and the
+    connection goes on in HTTP/1.1."""
+    async with running_server() as server, raw_socket(server) as (reader, writer):
+        for _ in range(2):
+            writer.write(
+                b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
+            head = await read_head(reader)
+            assert head.startswith(b"http/1.1 200"), head
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert b'"ok"' in await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+
+
+async def test_the_http2_preface_is_a_505_and_the_connection_ends() -> None:
+    """Fix 9: an HTTP/2 client with prior knowledge gets a 505 in HTTP/1.1 and the
+    close (it was served HTTP/2); the server goes on serving others."""
+    async with running_server() as server:
+        async with raw_socket(server) as (reader, writer):
+            writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            head = await read_head(reader)
+            assert head.startswith(b"http/1.1 505") and b"connection: close" in head, head
+            assert await until_eof(reader) == b""
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{server.http_url}/healthz")).status_code == 200
+
+
 def test_an_unsupported_version_refuses_to_install() -> None:
     """A dependency outside the tested range is refused by name before anything is patched."""
     with mock.patch.object(hypercorn_fixes, "version", return_value="0.19.0"):
