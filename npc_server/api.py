@@ -49,7 +49,7 @@ from npc_server.node import Node
 from npc_server.ops import RETRY_AFTER_S, ApiKeyGate, KeyCheck
 from npc_server.protocol.codes import CloseCode
 from npc_server.session import SessionState
-from npc_server.tokens import issue_token
+from npc_server.tokens import issue_token, issue_watch_token
 from npc_server.turns import GAME, Audience, Refused
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def api_blueprint(gate: ApiKeyGate | None) -> Blueprint:
 
     api.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
     api.add_url_rule("/tokens", view_func=_tokens, methods=["POST"])
+    api.add_url_rule("/watch-tokens", view_func=_watch_tokens, methods=["POST"])
     api.add_url_rule("/context", view_func=_context, methods=["POST"])
     api.add_url_rule("/say", view_func=_say, methods=["POST"])
     api.add_url_rule("/interrupt", view_func=_interrupt, methods=["POST"])
@@ -158,6 +159,21 @@ async def _tokens() -> Response:
     body.done()
     token = issue_token(current_app.extensions["npc_server.secret"], player, ttl)
     answer = _json({"token": token, "player": player, "expires_in": ttl})
+    answer.headers["Cache-Control"] = "no-store"  # a credential: no cache keeps a copy
+    return answer
+
+
+async def _watch_tokens() -> Response:
+    """POST /api/watch-tokens {rooms, ttl?} -> {token, rooms, expires_in}: a token that
+    may watch these rooms over SSE (`GET /watch`), as `npc-server token --watch` makes,
+    so that the game never needs the server's secret."""
+    body = await _body()
+    rooms = body.rooms("rooms")
+    default = max(1, round(_node().config.watch.token_ttl))
+    ttl = body.seconds("ttl", low=1, high=MAX_TTL_S, default=default)
+    body.done()
+    token = issue_watch_token(current_app.extensions["npc_server.secret"], rooms, ttl)
+    answer = _json({"token": token, "rooms": rooms, "expires_in": ttl})
     answer.headers["Cache-Control"] = "no-store"  # a credential: no cache keeps a copy
     return answer
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024
 MAX_NAME_CHARS = 128
 MAX_TTL_S = 7 * 86400  # a player token's longest life
+MAX_WATCH_ROOMS = 64  # rooms one watch token names
 # A body that stops coming is answered 408 after this (Quart alone waits 60 s).
 BODY_TIMEOUT_S = 5.0
 
@@ -166,6 +167,18 @@ class Body:
             raise self.fail(key, f"a room name ({ROOM_RULE})")
         return value
 
+    def rooms(self, key: str) -> list[str]:
+        """A non-empty list of room names, at most `MAX_WATCH_ROOMS`, each once."""
+        self.read.add(key)
+        value = self.doc.get(key)
+        expected = f"a list of 1 to {MAX_WATCH_ROOMS} room names ({ROOM_RULE})"
+        if not isinstance(value, list) or not 0 < len(value) <= MAX_WATCH_ROOMS:
+            raise self.fail(key, expected)
+        for room in value:
+            if not isinstance(room, str) or ROOM_PATTERN.fullmatch(room) is None:
+                raise ApiError(400, "invalid", f"'{key}' must be {expected}, got {room!r}")
+        return list(dict.fromkeys(value))
+
     def seconds(self, key: str, *, low: int, high: int, default: int) -> int:
         """A whole number of seconds (`60` or `60.0`, not `1.5`); absent or null: `default`."""
         self.read.add(key)
@@ -275,6 +288,7 @@ _EVERY: _Codes = {
 _BODY: _Codes = {400: ("invalid",), 408: ("timeout",), 413: ("too_large",)}
 _ERROR_CODES: dict[str, _Codes] = {
     "/api/tokens": _BODY,
+    "/api/watch-tokens": _BODY,
     "/api/context": {**_BODY, 404: ("unknown_npc",), 503: ("unavailable",)},
     "/api/say": {
         **_BODY,
@@ -345,6 +359,23 @@ def _paths() -> dict[str, Any]:
             "Issue a player token; `expires_in` is its `exp - iat` in seconds",
             _object({"player": _PLAYER}, {"ttl": _nullable(ttl)}),
             _object({"token": _S, "player": _S, "expires_in": ttl}),
+        ),
+        **_post(
+            "/api/watch-tokens",
+            "Issue a watch token for spectators of these rooms (`GET /watch`); `ttl` "
+            "defaults to `[watch] token_ttl`",
+            _object(
+                {
+                    "rooms": {
+                        "type": "array",
+                        "items": _ROOM,
+                        "minItems": 1,
+                        "maxItems": MAX_WATCH_ROOMS,
+                    }
+                },
+                {"ttl": _nullable(ttl)},
+            ),
+            _object({"token": _S, "rooms": {"type": "array", "items": _S}, "expires_in": ttl}),
         ),
         **_post(
             "/api/context",

@@ -21,6 +21,7 @@ from npc_server.protocol.codes import CloseCode
 from tests.support.client import RawClient, connect, refused_hello
 from tests.support.game_server import API_KEY
 from tests.support.server import RunningServer, running_server, server_config
+from tests.support.sse import data, watch
 
 pytestmark = pytest.mark.e2e
 
@@ -200,6 +201,42 @@ async def test_trusted_context_wins_over_the_client() -> None:
         text = "".join(f["text"] for f in frames if f["t"] == "delta")
         night = ("Stall's shut", "At this hour?")
         assert any(line in text for line in night), text
+
+
+async def test_the_game_mints_watch_tokens_for_spectators() -> None:
+    """POST /api/watch-tokens: the game gets a watch token without the server's secret;
+    it opens exactly its rooms' streams (another room is 403), for `ttl` seconds."""
+    async with api_server() as (server, http), connect(server.url) as alice:
+        await player(server, alice, "alice", "hall")
+        body = {"rooms": ["hall", "gate", "hall"], "ttl": 120}
+        answer = await http.post("/api/watch-tokens", json=body, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        minted = answer.json()
+        assert minted["rooms"] == ["hall", "gate"] and minted["expires_in"] == 120
+        assert answer.headers["cache-control"] == "no-store"
+        async with watch(server.http_url, params={"room": "hall", "token": minted["token"]}) as w:
+            assert w.status == 200
+            live = await w.next()
+            assert live.event == "live" and data(live)["room"] == "hall"
+        token = minted["token"]
+        async with watch(server.http_url, params={"room": "cellar", "token": token}) as w:
+            assert w.status == 403
+        default = await http.post("/api/watch-tokens", json={"rooms": ["hall"]}, headers=AUTH)
+        assert default.json()["expires_in"] == round(server.node.config.watch.token_ttl)
+        bodies: list[dict[str, Any]] = [
+            {},
+            {"rooms": []},
+            {"rooms": "hall"},
+            {"rooms": ["bad room!"]},
+            {"rooms": ["hall"] * 65},
+            {"rooms": ["hall"], "ttl": 0},
+            {"rooms": ["hall"], "x": 1},
+        ]
+        for bad in bodies:
+            refused = await http.post("/api/watch-tokens", json=bad, headers=AUTH)
+            assert refused.status_code == 400, bad
+            assert refused.json()["error"]["code"] == "invalid"
+        assert (await http.post("/api/watch-tokens", json=body)).status_code == 401
 
 
 async def test_posts_for_other_scopes_never_push_out_a_playing_players_context() -> None:

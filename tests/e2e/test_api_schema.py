@@ -167,9 +167,18 @@ def schema_fields(schema: dict[str, Any]) -> set[str]:
 
 # --- the answers -----------------------------------------------------------------
 
-POSTS = ["/api/tokens", "/api/context", "/api/say", "/api/interrupt", "/api/kick", "/api/unban"]
+POSTS = [
+    "/api/tokens",
+    "/api/watch-tokens",
+    "/api/context",
+    "/api/say",
+    "/api/interrupt",
+    "/api/kick",
+    "/api/unban",
+]
 BAD = {
     "/api/tokens": {"player": "alice", "ttl": 1.5},
+    "/api/watch-tokens": {"rooms": ["a b"]},
     "/api/context": {"player": "alice", "data": [1]},
     "/api/say": {"npc": "guard", "room": "tavern"},
     "/api/interrupt": {},
@@ -181,6 +190,7 @@ BAD = {
 async def successes(api: Recorder) -> None:
     """Every endpoint's 200, with each optional answer field that one process sends."""
     await api.call("POST", "/api/tokens", json={"player": "bob", "ttl": 60})
+    await api.call("POST", "/api/watch-tokens", json={"rooms": ["tavern"], "ttl": 60})
     room_context = {"room": "tavern", "data": {"alarm": True}}
     await api.call("POST", "/api/context", json=room_context)
     await api.call("POST", "/api/context", json={"player": "alice", "npc": "merchant", "data": {}})
