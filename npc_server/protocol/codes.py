@@ -31,6 +31,14 @@ class CloseCode(IntEnum):
         return should_reconnect(int(self))
 
 
+# What a close says when the code that sent it gave no words of its own: a session's
+# `on_close` passes the code alone. Every close of the server names its cause.
+DEFAULT_REASONS = {
+    CloseCode.SLOW_CONSUMER: "too slow: the frames waiting for this socket overflowed its queue",
+    CloseCode.REPLACED: "replaced by a newer socket of this session or player",
+}
+
+
 def should_reconnect(code: int) -> bool:
     """The documented client policy for any close code, known or not."""
     if 4000 <= code <= 4499:

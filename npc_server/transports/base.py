@@ -19,7 +19,7 @@ from npc_server.cluster.handover import Kicked
 from npc_server.cluster.sockets import Claim
 from npc_server.events import AuthFailed, Closed, Limited, SessionAttached
 from npc_server.node import Node
-from npc_server.protocol.codes import CloseCode, ErrorCode
+from npc_server.protocol.codes import DEFAULT_REASONS, CloseCode, ErrorCode
 from npc_server.protocol.frames import Ack, Error, Refresh, Resume, ServerFrame, ServerPing, Welcome
 from npc_server.session import Session, SessionState
 from npc_server.tokens import TokenClaims, TokenError, verify_token
@@ -88,7 +88,7 @@ class ClientLink:
         if self.closing.is_set():
             return
         self.close_code = code
-        self.close_reason = reason
+        self.close_reason = reason or (DEFAULT_REASONS.get(code, "") if code is not None else "")
         self.closing.set()
 
     @property

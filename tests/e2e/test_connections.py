@@ -193,6 +193,7 @@ async def test_socket_cap_can_replace_the_oldest_with_4503() -> None:
             await old.hello(server.token("alice"))
             await new.hello(server.token("alice"))
             assert await old.close_code() == CloseCode.REPLACED
+            assert "replaced" in (old.ws.close_reason or "")
             await new.send({"t": "ping", "id": 1})
             assert (await new.expect("pong"))["id"] == 1
 

@@ -168,6 +168,7 @@ async def test_stalled_reader_is_closed_4000_and_others_are_not_slowed() -> None
             assert session.state is SessionState.DETACHED
             stalled.ws.transport.resume_reading()
             assert await stalled.close_code(timeout=15) == CloseCode.SLOW_CONSUMER
+            assert "too slow" in (stalled.ws.close_reason or "")  # a close names its cause
 
 
 async def test_bad_frames_get_errors_then_4501() -> None:
