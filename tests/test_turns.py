@@ -360,7 +360,8 @@ async def test_in_a_room_only_who_may_interrupt_supersedes() -> None:
     assert (await rig.finished(again)).reason == "superseded"
     rig.backend.feed(game.turn.text_in, END)
     await rig.finished(game.turn)
-    assert bobs.turn.state is TurnState.ACTIVE  # its turn came
+    state: TurnState = bobs.turn.state  # mypy narrowed it to QUEUED above
+    assert state is TurnState.ACTIVE  # its turn came
 
     anyone = Rig(
         replace(NPC, busy=BusyPolicy.INTERRUPT, room_interrupt=RoomInterrupt.ANYONE),
