@@ -6,7 +6,9 @@ Every key of a section can be set from the environment as
 Anything wrong is a `ConfigError` naming the file (or variable), the key and
 what was expected: an unknown key or variable, a value of the wrong type or
 outside its range (`RULES`), a file that does not exist, cannot be read or is
-not UTF-8 text.
+not UTF-8 text. In production (`[server] production`, `--production`) the API
+key and the webhook secret must be at least `MIN_PRODUCTION_KEY_CHARS` long,
+and a `[game] url` needs the webhook secret (`check_production`).
 """
 
 from __future__ import annotations
@@ -269,6 +271,40 @@ def _read(path: Path | None) -> dict[str, Any]:
     return doc
 
 
+# A bearer key or an HMAC key shorter than this is guessed: production refuses it (the
+# token secret has its own, longer minimum: app.MIN_SECRET_BYTES).
+MIN_PRODUCTION_KEY_CHARS = 16
+_KEY_HINT = "(e.g. openssl rand -hex 16)"
+
+
+def check_production(config: Config) -> None:
+    """In production, refuse an API key or a webhook secret shorter than
+    MIN_PRODUCTION_KEY_CHARS, and a `[game] url` without a webhook secret (its webhooks
+    and tool calls would go unsigned); outside production nothing is checked here."""
+    if not config.server.production:
+        return
+    least = MIN_PRODUCTION_KEY_CHARS
+    for variable, value in (
+        ("NPC_SERVER_API_KEY", config.api_key),
+        ("NPC_SERVER_WEBHOOK_SECRET", config.webhook_secret),
+    ):
+        if value is not None and len(value) < least:
+            raise ConfigError(
+                f"{variable} is {_characters(len(value))}; production ([server] production, "
+                f"--production) needs at least {least} random characters {_KEY_HINT}"
+            )
+    if config.game.url and config.webhook_secret is None:
+        raise ConfigError(
+            "[game] url (NPC_SERVER_GAME_URL) is set without NPC_SERVER_WEBHOOK_SECRET; "
+            "production ([server] production, --production) needs one of at least "
+            f"{least} random characters to sign webhooks and tool calls {_KEY_HINT}"
+        )
+
+
+def _characters(count: int) -> str:
+    return f"{count} character" + ("" if count == 1 else "s")
+
+
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any), then apply environment overrides."""
     env = os.environ if env is None else env
@@ -278,7 +314,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     source = str(path or "defaults")
     sections = {name: _section(name, doc.get(name, {}), env, source) for name in _SECTIONS}
     npcs_dir, npcs_origin = _npcs_dir(sections["server"].npcs_dir, path, env)
-    return Config(
+    config = Config(
         server=sections["server"],
         auth=sections["auth"],
         limits=sections["limits"],
@@ -296,6 +332,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         api_key=env.get("NPC_SERVER_API_KEY") or None,
         webhook_secret=env.get("NPC_SERVER_WEBHOOK_SECRET") or None,
     )
+    check_production(config)
+    return config
 
 
 def _npcs_dir(from_file: str, path: Path | None, env: Mapping[str, str]) -> tuple[Path, str]:
@@ -316,7 +354,8 @@ def _npcs_dir(from_file: str, path: Path | None, env: Mapping[str, str]) -> tupl
 def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
     """A copy of `config` with some section keys replaced (used by tests and CLI flags).
 
-    Section values go through the same rules as the file's.
+    Section values go through the same rules as the file's, and the copy through
+    `check_production` (`--production` comes this way).
     """
     changes: dict[str, Any] = {}
     for name, values in sections.items():
@@ -325,7 +364,9 @@ def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
             changes[name] = replace(getattr(config, name), **checked)
         else:
             changes[name] = values
-    return replace(config, **changes)
+    changed = replace(config, **changes)
+    check_production(changed)
+    return changed
 
 
 def _checked_overrides(name: str, values: Mapping[str, Any]) -> dict[str, Any]:

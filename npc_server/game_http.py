@@ -6,6 +6,11 @@ request. Every request is signed like a Stripe webhook, so the game server
 can check it came from npc-server and is fresh:
 
     X-NPC-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">
+
+The signature covers the time and the body, not the method or the path: each
+body says what it is for (a webhook's `"type": "action"`, a tool call's
+`"tool": "<name>"`), and the game server checks that against the path it came
+to, or a signed request replays to another path within the tolerance.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ def verify_signature(
 ) -> bool:
     """Whether `header` signs `body` with `secret` within `tolerance_s` of `now`.
 
-    What a game server does with each webhook (examples/game_server does the same).
+    What a game server does with each webhook (examples/game_server does the same);
+    it then checks that the body is meant for the path (see the module's text).
     """
     fields = dict(part.partition("=")[::2] for part in header.split(","))
     try:

@@ -182,12 +182,18 @@ def url_password(url: str) -> str:
 # A URL's password shorter than this is not scrubbed from every line (a password "ab"
 # would take every "ab" out of the logs); messages naming a URL mask it whatever its size.
 MIN_SCRUBBED_PASSWORD = 6
+# Nor a secret or key shorter than this: an API key "a" took every "a" out of every line
+# (`npc_server.[redacted]pp`), and a key that short hides nothing worth the mangling
+# (production refuses it: config.check_production).
+MIN_SCRUBBED_SECRET = 8
 
 
 def config_secrets(config: Config) -> list[str]:
-    """What the log scrubber takes out of every line: the token secret, the API key and
-    the passwords of the Redis and game URLs (a library's own error text may print a URL
-    its own way)."""
+    """What the log scrubber takes out of every line: the token secret, the API key, the
+    webhook secret (each of MIN_SCRUBBED_SECRET characters or more) and the passwords of
+    the Redis and game URLs (a library's own error text may print a URL its own way)."""
     passwords = (url_password(config.cluster.redis_url), url_password(config.game.url))
-    long_enough = [p for p in passwords if len(p) >= MIN_SCRUBBED_PASSWORD]
-    return [s for s in (config.secret, config.api_key, *long_enough) if s]
+    long_passwords = [p for p in passwords if len(p) >= MIN_SCRUBBED_PASSWORD]
+    secrets = (config.secret, config.api_key, config.webhook_secret)
+    long_secrets = [s for s in secrets if s is not None and len(s) >= MIN_SCRUBBED_SECRET]
+    return [*long_secrets, *long_passwords]

@@ -5,9 +5,13 @@ which tells the audience (`tool{turn, call, name, args, answered_by}`), asks
 whoever answers the tool, and ends the call with `tool.end{call, status}`:
 
 - `answered_by = "game"`: a POST to `{[game] url}/tools/<name>` with
-  `{turn, call, npc, player, room, args}`, signed like the webhooks, answered
-  with JSON `{"result": ...}`. Without a game URL the call ends in `error` at
-  once, which the scripted backend answers with its documented fallback.
+  `{tool, turn, call, npc, player, room, args}`, signed like the webhooks, answered
+  with JSON `{"result": ...}`. The signature covers the body, not the path: `tool`
+  names the tool in the signed bytes, so a game server checks it against the path
+  (a call signed for `check_purse` must not pass at `/tools/give_gold`), and the
+  name goes into the path as one percent-encoded segment. Without a game URL the
+  call ends in `error` at once, which the scripted backend answers with its
+  documented fallback.
 - `answered_by = "client"`: the turn's speaker answers with `tool.result{call, result}`.
 
 Each call has its tool's `timeout_s` (default `[game] tool_timeout_s`). An
@@ -31,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -82,8 +87,11 @@ class ToolQuestion:
     room: str | None
 
     def body(self) -> bytes:
+        # `tool` is signed with the rest: the signature does not cover the path, so the
+        # game server compares it with the path's name (a replay to another tool fails).
         return orjson.dumps(
             {
+                "tool": self.name,
                 "turn": self.turn,
                 "call": self.call,
                 "npc": self.npc,
@@ -193,7 +201,8 @@ class ToolRouter:
         if not self.settings.url:
             self._failed(NO_GAME_URL)
             return ERROR, None
-        url = f"{self.settings.url}/tools/{question.name}"
+        # One path segment whatever the name holds (a name of the OpenAI rule is unchanged).
+        url = f"{self.settings.url}/tools/{quote(question.name, safe='')}"
         body = question.body()
         headers = {"Idempotency-Key": question.call}
         if self._secret:

@@ -308,3 +308,36 @@ def test_no_piece_of_a_password_is_in_a_refused_url_message(
     userinfo = url.removeprefix(scheme).rpartition("@h")[0]
     for piece in _pieces(userinfo, 3) - set(re.findall("(?=(%[0-9A-F]{2}))", userinfo)):
         assert piece not in reason
+
+
+def test_secrets_too_short_to_mean_anything_are_not_scrubbed() -> None:
+    """An API key `a` was taken out of every `a` of every line (`npc_server.[redacted]pp`):
+    a secret, key or webhook secret under 8 characters is left in the lines; from 8 on
+    each is scrubbed, the webhook secret too."""
+    from dataclasses import replace
+
+    from npc_server.config import load_config
+    from npc_server.redaction import MIN_SCRUBBED_SECRET, config_secrets
+
+    config = load_config(None, env={})
+    short = "k" * (MIN_SCRUBBED_SECRET - 1)
+    long = "k" * MIN_SCRUBBED_SECRET
+    assert config_secrets(replace(config, secret=short, api_key="a", webhook_secret=short)) == []
+    scrubbed = replace(config, secret=long + "s", api_key=long + "a", webhook_secret=long + "w")
+    assert config_secrets(scrubbed) == [long + "s", long + "a", long + "w"]
+
+
+def test_a_one_character_api_key_leaves_the_start_up_lines_readable() -> None:
+    """The real command in development with NPC_SERVER_API_KEY=a: its warning about the
+    unsigned game URL reads as written, not `[g[redacted]me] url`."""
+    from tests.support.server import start_server_process
+
+    env = {"NPC_SERVER_API_KEY": "a", "NPC_SERVER_GAME_URL": "http://127.0.0.1:9"}
+    server = start_server_process(env=env)
+    try:
+        server.terminate()
+    finally:
+        server.kill()
+    out = "\n".join(server.output)
+    assert "npc_server.app: [game] url is set without NPC_SERVER_WEBHOOK_SECRET" in out
+    assert "[redacted]" not in out

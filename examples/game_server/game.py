@@ -6,10 +6,11 @@ It owns each player's gold and inventory, and:
   gets them a token (`POST /api/tokens`), so the signing secret stays with
   npc-server;
 - answers the merchant's `check_purse` tool (`POST /tools/check_purse`) from
-  its own data;
-- receives the action webhooks (`POST /events`), checks each signature and
-  applies each event once: `give_item` hands the item over, an accepted
-  `open_shop` sells the player a potion;
+  its own data, once the signature checks out and the signed body names that
+  tool (`"tool": "check_purse"`: the signature does not cover the path);
+- receives the action webhooks (`POST /events`), checks each signature (and
+  that the body is an action event) and applies each event once: `give_item`
+  hands the item over, an accepted `open_shop` sells the player a potion;
 - makes the guard shout when a player steals (`POST /api/say`).
 
 Run it (see docs/game-server.md):
@@ -102,6 +103,10 @@ def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:
         if body is None:
             return "bad signature", 401
         call = json.loads(body)
+        # The signature covers the body, not the path: a call signed for another tool
+        # (replayed here within the tolerance) must not be answered as this one.
+        if call.get("tool") != "check_purse":
+            return "signed for another tool", 400
         player = players.get(call["player"], Player())
         return jsonify({"result": {"gold": player.gold}})
 
@@ -111,6 +116,8 @@ def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:
         if body is None:
             return "bad signature", 401
         event = json.loads(body)
+        if event.get("type") != "action":  # e.g. a signed tool call replayed here
+            return "not an action event", 400
         if event["id"] not in applied:  # a retry of an event already applied is a no-op
             applied.add(event["id"])
             apply(players.setdefault(event["player"], Player()), event)

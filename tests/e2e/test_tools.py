@@ -82,6 +82,7 @@ async def test_merchant_asks_the_game_for_the_purse() -> None:
             start["turn"],
         )
         assert body == {
+            "tool": "check_purse",  # signed, so the game can check it against the path
             "turn": start["turn"],
             "call": start["call"],
             "npc": "merchant",
