@@ -36,6 +36,7 @@ start-up (`npc_server.backends.build_backends`). Errors name the file and key.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -51,6 +52,19 @@ BACKEND_KINDS = ("scripted", "openai")
 
 class NpcConfigError(ConfigError):
     """An NPC file has an unknown or missing key, or a value of the wrong kind or range."""
+
+
+# Actions and tools are functions a model may call: OpenAI's rule for a function's name
+# (a model server refuses others), which also keeps a tool's name one plain path segment
+# of its game server's URL (`{url}/tools/<name>`).
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FUNCTION_NAME_RULE = "1 to 64 letters, digits, '_' or '-'"
+
+
+def _function_name(doc: Mapping[str, Any], where: str) -> None:
+    name = doc["name"]
+    if isinstance(name, str) and FUNCTION_NAME.fullmatch(name) is None:
+        raise NpcConfigError(f"{where}: 'name' must be {FUNCTION_NAME_RULE}, got {name!r}")
 
 
 class BusyPolicy(StrEnum):
@@ -194,6 +208,7 @@ def parse_action(doc: Any, where: str) -> ActionSpec:
     if "name" not in doc:
         raise NpcConfigError(f"{where}: every [[actions]] entry needs a 'name'")
     _check_keys(doc, ACTION_KEYS, where)
+    _function_name(doc, where)
     fields = dict(doc)
     if "parameters" in fields:
         fields["parameters"] = dict(fields["parameters"])
@@ -218,6 +233,7 @@ def parse_tool(doc: Any, where: str) -> ToolSpec:
     if "name" not in doc:
         raise NpcConfigError(f"{where}: every [[tools]] entry needs a 'name'")
     _check_keys(doc, TOOL_KEYS, where)
+    _function_name(doc, where)
     fields = dict(doc)
     if "parameters" in fields:
         fields["parameters"] = dict(fields["parameters"])

@@ -131,6 +131,22 @@ def test_bad_actions() -> None:
         parse_npc({**base, "actions": [{"name": "a"}, {"name": "b", "approval": "yes"}]})
 
 
+@pytest.mark.parametrize("kind", ["actions", "tools"])
+@pytest.mark.parametrize("name", ["../../events?x=1 y", "", "a b", "x" * 65, "café", "a/b"])
+def test_action_and_tool_names_follow_the_function_name_rule(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    """A name a model server would refuse, or that would not be one path segment of the
+    game server's URL, refuses to start naming the file and the entry."""
+    path = write(
+        tmp_path, "mira.toml", f'id = "mira"\nname = "Mira"\n[[{kind}]]\nname = "{name}"\n'
+    )
+    with pytest.raises(NpcConfigError, match=rf"mira\.toml.*{kind}\[0\]: 'name' must be"):
+        load_npc_file(path)
+    ok = write(tmp_path, "ok.toml", f'id = "ok"\nname = "Ok"\n[[{kind}]]\nname = "{"x" * 61}-_9"\n')
+    assert load_npc_file(ok).id == "ok"
+
+
 def test_invalid_toml_names_file(tmp_path: Path) -> None:
     """A file that is not TOML fails with its path in the message."""
     path = write(tmp_path, "broken.toml", "id = \n")
