@@ -477,9 +477,23 @@ async def _interrupt() -> Response:
     body.done()
     owner = node.cluster_owner_of(turn_id) if node.cluster is not None else None
     if owner is not None and owner != node.node_id:
+        await _check_turn_node_alive(node, owner, turn_id)
         message = {"k": "api", "op": "interrupt", "turn": turn_id}
         return _json(await _at(node, owner, message, interrupt_result))
     return _json(_game_interrupt(node, turn_id))
+
+
+async def _check_turn_node_alive(node: Node, owner: str, turn_id: str) -> None:
+    """The node a turn's id names holds no turn once its lease is gone (it stopped, or
+    never was): 404 at once, as for a turn that ended, not 503 after waiting for an
+    answer that cannot come. 503 if Redis cannot say."""
+    assert node.cluster is not None
+    try:
+        alive = await node.cluster.leases.alive(owner)
+    except Exception:
+        raise _unreachable() from None
+    if not alive:
+        raise ApiError(404, "unknown_turn", f"'turn': no active turn {turn_id!r}")
 
 
 async def _kick() -> Response:

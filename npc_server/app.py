@@ -221,7 +221,7 @@ def create_app(
             last_event_id=request.headers.get("Last-Event-ID") or request.args.get("last_id"),
             address=request.remote_addr or "unknown",
         )
-        return watch.open(ask)
+        return await watch.open(ask)
 
     @app.get("/ops/events")
     async def ops_events() -> Response:

@@ -8,13 +8,18 @@ The answers before a stream starts, in the order they are checked:
 - 401: a token that is bad or expired (or none, for a room that is not public);
 - 403: a valid token that does not name the room;
 - 404: a room this node does not know: not public, no members, no active
-  turn, and no log (nobody watched it within `resume_window`);
-- 503 with `Retry-After`: the node is draining;
+  turn, and no log (nobody watched it within `resume_window`); in a cluster,
+  the other nodes are asked then, and it is a 404 only if none has a member
+  (one that does not answer may have: the stream opens);
+- 503 with `Retry-After`: the node is draining (in a cluster also: Redis
+  cannot say which nodes live, when they had to be asked);
 - 429 with `Retry-After`: too many watchers of the room, or from the address.
 
 Then every event of the room's log (`roomlog.py`), after a replay from
 `Last-Event-ID` or, for a new watcher or one the window no longer covers, a
-snapshot of the room's active turns followed by `live`.
+snapshot of the room's active turns followed by `live` (in a cluster: with the
+turns other nodes run that this node relays, and the members of every node;
+`cluster/watchers.py`).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from dataclasses import dataclass
 
 from quart import Response
 
+from npc_server.cluster.watchers import delivered, members_elsewhere, relayed_snapshot
 from npc_server.events import AuthFailed, Connected, Limited
 from npc_server.node import Node
 from npc_server.protocol.codec import _ROOM, ROOM_RULE
 from npc_server.protocol.codes import CloseCode
+from npc_server.protocol.frames import ServerFrame
 from npc_server.roomlog import RoomLog, RoomLogs
 from npc_server.tokens import TokenError, verify_watch_token
 from npc_server.transports.base import close_code_for
@@ -73,24 +80,63 @@ class Watcher(SseStream):
         self.log = log
         self.room = log.room
         self._on_released = on_released
-        self.cursor, self._opening = self._start_at(last_event_id)
+        self.cursor, self._opening = log.last_seq, b""
+        self._live_id, self._members = log.event_id(), list[str]()
+        # A replay from Last-Event-ID, or else a snapshot (after a reset) and `live`.
+        seq = log.position_of(last_event_id) if last_event_id else None
+        self._reset = bool(last_event_id) and seq is None
+        # In a cluster a snapshot waits for the other nodes (`prepare`): meanwhile the
+        # watcher has not started, so it is never behind the room.
+        self._pending = seq is None and node.cluster is not None
+        if seq is not None:
+            self.cursor = seq
+        elif node.cluster is None:  # all there is to know is here
+            self._open_at_tip([])
         logs.add_reader(log, self)
 
-    def _start_at(self, last_event_id: str | None) -> tuple[int, bytes]:
-        """Where reading starts, and what comes before: nothing (a replay) or a snapshot."""
+    async def prepare(self) -> None:
+        """In a cluster, the snapshot waits for the room's channel (a new log's frames from
+        other nodes start once they know this node listens) and `live` for the members
+        the other nodes hold (`cluster/watchers.py`)."""
+        cluster = self.node.cluster
+        if cluster is None or not self._pending:
+            return
+        await delivered(cluster)
+        self._open_at_tip(relayed_snapshot(cluster, self.room), pending=True)
+        try:
+            others, _ = await members_elsewhere(cluster, self.room)
+        except Exception:  # Redis cannot say which nodes live: what this node knows
+            others = []
+        self._opening += self._live(others)
+        # Read at once (no wait between this and `take_nowait`): what came meanwhile goes
+        # out with the opening, unless it fell out of the replay window.
+        self._pending = False
+
+    def _open_at_tip(self, relayed: list[ServerFrame], *, pending: bool = False) -> None:
+        """Read from the log's last event on, after a snapshot of the room's turns here
+        (and `relayed`, other nodes' turns this node follows), then `live` (unless
+        `pending`: the other nodes' members are still asked)."""
         log = self.log
-        if last_event_id:
-            seq = log.position_of(last_event_id)
-            if seq is not None:
-                return seq, b""
+        self.cursor = log.last_seq
+        self._live_id = log.event_id()
+        self._members = list(self.node.hub.members(self.room))
         parts = []
-        if last_event_id:
+        if self._reset:
             reason = "the events after Last-Event-ID are no longer kept"
             parts.append(json_event("reset", {"room": self.room, "reason": reason}))
         parts.extend(frame_event(frame) for frame in self.node.room_snapshot(self.room))
-        live = {"room": self.room, "members": list(self.node.hub.members(self.room))}
-        parts.append(json_event("live", live, log.event_id()))
-        return log.last_seq, b"".join(parts)
+        parts.extend(frame_event(frame) for frame in relayed)
+        self._opening = b"".join(parts) + (b"" if pending else self._live([]))
+
+    def _live(self, others: list[str]) -> bytes:
+        """`live` with the id of the position the snapshot was taken at: this node's
+        members then, with `others` (each member once)."""
+        members, seen = self._members, set(self._members)
+        for member in others:
+            if member not in seen:
+                seen.add(member)
+                members.append(member)
+        return json_event("live", {"room": self.room, "members": members}, self._live_id)
 
     def take_nowait(self) -> bytes:
         data = self.log.read_after(self.cursor)
@@ -106,6 +152,8 @@ class Watcher(SseStream):
         self.ready.set()
 
     def overrun(self) -> None:
+        if self._pending:
+            return
         lag = self.log.max_lag
         self.request_close(CloseCode.SLOW_CONSUMER, f"over {lag} events behind the room")
 
@@ -137,7 +185,7 @@ class WatchService:
         )
         self._by_address: dict[str, int] = {}
 
-    def open(self, ask: WatchRequest) -> Response:
+    async def open(self, ask: WatchRequest) -> Response:
         """The stream for a watch request, or the status that refuses it (a refused
         request is no connection: counted, if at all, as the auth failure or limit it is).
 
@@ -153,18 +201,42 @@ class WatchService:
         else:
             refused, failed = self._authorize(room, ask)
         if refused is not None:
-            if not self.node.address_connects.allow_nowait(ask.address):
-                return self._limited(
-                    "connects_address", "too many refused requests from this address"
-                )
-            if failed is not None:
-                self.node.events.emit(failed)
-            return refused
+            return self._refused(refused, failed, ask.address)
         assert room is not None
+        if not self.known(room):
+            if self.node.cluster is None:
+                return self._refused(self._unknown(room), None, ask.address)
+            return await self._decide_in_cluster(room, ask)
+        return self._admitted(room, ask)
+
+    def _refused(self, refused: Response, failed: AuthFailed | None, address: str) -> Response:
+        if not self.node.address_connects.allow_nowait(address):
+            return self._limited("connects_address", "too many refused requests from this address")
+        if failed is not None:
+            self.node.events.emit(failed)
+        return refused
+
+    def _admitted(self, room: str, ask: WatchRequest) -> Response:
         refused = self._admit(room, ask.address)
         if refused is not None:
             return refused
         return sse_response(SseBody(lambda: self._start(room, ask)))
+
+    def _unknown(self, room: str) -> Response:
+        return refusal(404, f"no room {room!r} on this server")
+
+    async def _decide_in_cluster(self, room: str, ask: WatchRequest) -> Response:
+        """Admitted if another node has a member of the room, or may have: one that does
+        not answer in time (as a game say goes ahead then); 503 if Redis cannot say which
+        nodes live."""
+        assert self.node.cluster is not None
+        try:
+            members, unsure = await members_elsewhere(self.node.cluster, room)
+        except Exception:
+            return _unreachable()
+        if not members and not unsure and not self.known(room):
+            return self._refused(self._unknown(room), None, ask.address)
+        return self._admitted(room, ask)
 
     def _authorize(self, room: str, ask: WatchRequest) -> tuple[Response | None, AuthFailed | None]:
         if ask.token is None and room in self.public:
@@ -177,12 +249,11 @@ class WatchService:
             return refusal(401, message, {"WWW-Authenticate": 'Bearer realm="watch"'}), failed
         if room not in claims.rooms and room not in self.public:
             return refusal(403, f"the token does not name room {room!r}"), None
-        if not self.known(room):
-            return refusal(404, f"no room {room!r} on this server"), None
         return None, None
 
     def known(self, room: str) -> bool:
-        """Whether `room` can be watched: public, or members, turns or a log on this node."""
+        """Whether `room` can be watched as this node knows: public, or members, turns or
+        a log here (in a cluster, the other nodes are asked when it is none of these)."""
         node = self.node
         return (
             room in self.public
@@ -225,3 +296,7 @@ class WatchService:
     def sweep_nowait(self) -> int:
         """Forget room logs nobody watched within the resume window."""
         return self.logs.sweep_nowait()
+
+
+def _unreachable() -> Response:
+    return refusal(503, "the cluster cannot be reached", {"Retry-After": str(DRAIN_RETRY_S)})

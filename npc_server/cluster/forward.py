@@ -102,8 +102,9 @@ class Forwarder:
         self._checker: asyncio.Task[None] | None = None
         self.rejected = 0
         # Requests sent to other nodes and not answered yet: (session, request id) ->
-        # (the node, what to do if that node dies first).
-        self._waiting: dict[tuple[str, RequestId], tuple[str, Callable[[], None]]] = {}
+        # (the node, what to do if that node dies first, whether Redis named that node:
+        # a say's owner had a lease, while a turn's id is what a client sent).
+        self._waiting: dict[tuple[str, RequestId], tuple[str, Callable[[], None], bool]] = {}
         broker.observe_remote(self._observe)
         broker.add_state_listener(self._link_changed)
         broker.on_message("say", self._on_say)
@@ -191,7 +192,13 @@ class Forwarder:
         else:
             self.broker.send_nowait(owner, self._say_message(caller, frame, npc, audience, hops))
             # Its owner may have died a moment ago: then the say is claimed again.
-            self._wait(owner, caller, frame, lambda: self.route_say(caller, frame, npc, audience))
+            self._wait(
+                owner,
+                caller,
+                frame,
+                lambda: self.route_say(caller, frame, npc, audience),
+                claimed=True,
+            )
 
     def _say_message(
         self, caller: Any, frame: Say, npc: NpcConfig, audience: Audience, hops: int
@@ -236,12 +243,18 @@ class Forwarder:
         self._wait(node_id, caller, frame, lambda: self._answer_gone(caller, frame, code))
 
     def _wait(
-        self, node_id: str, caller: Any, frame: ClientFrame, if_gone: Callable[[], None]
+        self,
+        node_id: str,
+        caller: Any,
+        frame: ClientFrame,
+        if_gone: Callable[[], None],
+        *,
+        claimed: bool = False,
     ) -> None:
         if frame.id is not None and not isinstance(caller, Caller):
             if len(self._waiting) >= MAX_WAITING:  # answers lost while their node lives
                 del self._waiting[next(iter(self._waiting))]
-            self._waiting[(caller.id, frame.id)] = (node_id, if_gone)
+            self._waiting[(caller.id, frame.id)] = (node_id, if_gone, claimed)
 
     def _answer_gone(self, caller: Any, frame: ClientFrame, code: ErrorCode) -> None:
         error = Error(code, "its server stopped", frame.id)
@@ -554,16 +567,22 @@ class Forwarder:
         """End the turns relayed here whose nodes' leases lapsed."""
         if time.monotonic() < self._leases_trusted_at:
             return
-        waited_on = {node for node, _ in self._waiting.values()}
-        watched = self.remote.origins() | self.remote.queued_from() | waited_on
+        waited_on = {node for node, _, _ in self._waiting.values()}
+        # The nodes known to have run: their frames reached this node, or Redis named
+        # them (a say's owner). Any other is only a name in an id a client sent.
+        lived = self.remote.origins() | self.remote.queued_from()
+        lived.update(node for node, _, claimed in self._waiting.values() if claimed)
+        watched = lived | waited_on
         dead = await self.leases.dead(watched - {self.node_id})
         if not dead:
             return
         ended = self.remote.end_from(dead)
-        log.warning("nodes %s stopped; %d of their turns ended here", sorted(dead), len(ended))
-        gone = [key for key, (node, _) in self._waiting.items() if node in dead]
+        stopped = sorted(dead & lived)
+        if stopped:  # each once: what they ran here ends now, and nothing names them again
+            log.warning("nodes %s stopped; %d of their turns ended here", stopped, len(ended))
+        gone = [key for key, (node, _, _) in self._waiting.items() if node in dead]
         for key in gone:
-            _, if_gone = self._waiting.pop(key)
+            _, if_gone, _ = self._waiting.pop(key)
             if_gone()
 
     def _orphaned(self, turn: RemoteTurn) -> None:

@@ -130,6 +130,13 @@ class Leases:
             async with asyncio.timeout(TIMEOUT):
                 await self._release(keys=[owner_key(npc, audience)], args=[self.node_id])
 
+    async def alive(self, node: str) -> bool:
+        """Whether `node` holds a lease now (a node without one runs nothing: it stopped,
+        or never was); raises if Redis does not answer."""
+        async with asyncio.timeout(TIMEOUT):
+            found = await self.client.exists(alive_key(node))
+        return bool(found)
+
     async def dead(self, nodes: set[str]) -> set[str]:
         """Which of `nodes` have no lease (an empty set if Redis cannot say)."""
         if not nodes:

@@ -75,6 +75,7 @@ class SseStream(ClientLink):
         self._keepalive_due = False
         self._farewell_sent = False
         self._released = False
+        self._prepared = False
 
     # --- what a kind of stream writes --------------------------------------
 
@@ -86,6 +87,11 @@ class SseStream(ClientLink):
         """The last chunk after a close was asked for (b"": none)."""
         return b""
 
+    async def prepare(self) -> None:
+        """Once, before the first event: what the stream must learn before it writes
+        (nothing here). The stream is registered meanwhile, so a client that leaves
+        during it is released as from any other wait."""
+
     # --- the body's side ---------------------------------------------------
 
     def bind_task(self, task: asyncio.Task[Any] | None) -> None:
@@ -95,6 +101,9 @@ class SseStream(ClientLink):
     async def next_chunk(self) -> bytes:
         """The next bytes to send; waits until there are some. StopAsyncIteration at the end."""
         self.write_finished()
+        if not self._prepared:
+            self._prepared = True
+            await self.prepare()
         while True:
             if self.closing.is_set():
                 data = b"" if self._farewell_sent else self.farewell()
