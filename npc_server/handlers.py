@@ -253,7 +253,7 @@ def act(node: Node, session: Session | Caller, frame: Act) -> None:
         raise Refused(ErrorCode.FORBIDDEN, f"action {action.id} does not ask for approval")
     if turn.room is not None and not turn.speaker_is(session.player):
         raise Refused(ErrorCode.FORBIDDEN, f"only {turn.player} may answer this action")
-    conversation.answer(turn, action, frame.accept)
+    conversation.answer(turn, action, frame.accept, session.player)
     _ack(node, session, frame)
 
 

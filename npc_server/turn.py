@@ -222,6 +222,9 @@ class ActionNotice:
     npc: str
     player: str
     room: str | None
+    # Who accepted or declined (`act`); None for the other statuses. In a room turn
+    # the game started (`player` ""), any member may answer: this names them.
+    answered_by: str | None = None
 
 
 class ToolAsker(Protocol):

@@ -439,15 +439,15 @@ class Conversation:
                 expire = lambda a=action: self._resolve(turn, a, "expired")  # noqa: E731
                 action.timer = self.scheduler.call_later(action.timeout_s, expire)
 
-    def answer(self, turn: Turn, action: TurnAction, accept: bool) -> None:
-        """The player answered an action that asked for approval."""
-        self._resolve(turn, action, "accepted" if accept else "declined")
+    def answer(self, turn: Turn, action: TurnAction, accept: bool, by: str | None = None) -> None:
+        """A player (`by`) answered an action that asked for approval."""
+        self._resolve(turn, action, "accepted" if accept else "declined", by)
 
     def expire(self, turn: Turn, action: TurnAction) -> None:
         """End an action waiting for approval now, as its timeout would (the node stops)."""
         self._resolve(turn, action, "expired")
 
-    def _resolve(self, turn: Turn, action: TurnAction, status: str) -> None:
+    def _resolve(self, turn: Turn, action: TurnAction, status: str, by: str | None = None) -> None:
         if action.status is not None:
             return
         action.status = status
@@ -456,7 +456,7 @@ class Conversation:
         self.open_actions -= 1
         self.publisher.publish_nowait(self.channel, ActionEnd(action.id, status, turn.id))
         self.index.action_resolved(action)
-        self._notify(turn, action, status)
+        self._notify(turn, action, status, by)
 
     async def aclose(self) -> None:
         """Cancel everything this conversation runs (server shutdown)."""
@@ -477,7 +477,7 @@ class Conversation:
 
     # --- the game server: action notices --------------------------------------
 
-    def _notify(self, turn: Turn, action: TurnAction, status: str) -> None:
+    def _notify(self, turn: Turn, action: TurnAction, status: str, by: str | None = None) -> None:
         """Tell the game server's webhook sender (never waits, never raises into a turn)."""
         if self.on_action is None:
             return
@@ -492,6 +492,7 @@ class Conversation:
             self.npc.id,
             turn.player,
             turn.room,
+            by,
         )
         try:
             self.on_action(notice)

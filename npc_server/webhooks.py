@@ -84,6 +84,9 @@ def action_event(notice: ActionNotice, now: float) -> dict[str, Any]:
         "npc": notice.npc,
         "player": notice.player,
         "room": notice.room,
+        # accepted / declined: the member who answered (any member, in a room turn the
+        # game started); null for the other events.
+        "answered_by": notice.answered_by,
     }
 
 

@@ -133,6 +133,12 @@ async def test_every_action_outcome_is_sent() -> None:
             *("taken", "retracted"),
         ]
         assert game.events[-1].json["action"]["id"] == action["action"]
+        # Who answered: named on accepted and declined (in a room turn the game started,
+        # any member may answer, and `player` is ""), null on the rest.
+        assert [e.json["answered_by"] for e in game.events] == [
+            *(None, "alice", None, "alice", None, None),
+            *(None, None),
+        ]
 
 
 async def test_failed_deliveries_are_retried_with_the_same_key() -> None:
