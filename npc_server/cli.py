@@ -67,7 +67,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--production",
         action="store_true",
-        help="refuse to start without an NPC_SERVER_SECRET of at least 32 bytes",
+        help="refuse to start without an NPC_SERVER_SECRET of at least 32 bytes, with an "
+        "API key or webhook secret under 16 characters, or a [game] url without a webhook secret",
     )
     parser.add_argument(
         "--workers",
