@@ -37,9 +37,10 @@ START_TIMEOUT = 60
 
 
 def run_command(
-    args: list[str], env: Mapping[str, str] | None = None
+    args: list[str], env: Mapping[str, str] | None = None, timeout: float = START_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m npc_server` with only our NPC_SERVER_* variables; returns once it exits."""
+    """`python -m npc_server` with only our NPC_SERVER_* variables; returns once it exits
+    (`subprocess.TimeoutExpired` after `timeout` if it does not)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NPC_SERVER_")}
     full_env = {**clean, "NPC_SERVER_SECRET": SECRET, "NPC_SERVER_PORT": "0", **(env or {})}
     return subprocess.run(
@@ -48,7 +49,7 @@ def run_command(
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=START_TIMEOUT,
+        timeout=timeout,
         check=False,
     )
 

@@ -5,9 +5,7 @@ with a warning at most. Development stays lenient."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -20,8 +18,8 @@ from npc_server.config import (
     load_config,
     with_overrides,
 )
-from tests.support.server import REPO, SECRET
 from tests.test_cli import assert_refused
+from tests.test_cli import run_command as run_cli
 
 SHORT = "k" * (MIN_PRODUCTION_KEY_CHARS - 1)
 GOOD = "k" * MIN_PRODUCTION_KEY_CHARS
@@ -30,20 +28,10 @@ REFUSED_WITHIN_S = 20  # a refusal comes before the NPCs load; a start would lis
 
 
 def run_command(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    """`python -m npc_server` with only these NPC_SERVER_* variables (and a good token
-    secret), expected to exit: one that starts instead fails the test at once."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("NPC_SERVER_")}
-    full_env = {**clean, "NPC_SERVER_SECRET": SECRET, "NPC_SERVER_PORT": "0", **env}
+    """The command (tests/test_cli.py's `run_command`), expected to exit: one that starts
+    instead fails the test at once."""
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "npc_server", *args],
-            env=full_env,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=REFUSED_WITHIN_S,
-            check=False,
-        )
+        return run_cli(args, env, timeout=REFUSED_WITHIN_S)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"it started instead of refusing: {exc.stdout!r}")
 
