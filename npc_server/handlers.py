@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from npc_server.cluster.forward import Caller
+from npc_server.cluster.rosters import roster
 from npc_server.events import Limited
 from npc_server.node import Node
 from npc_server.npcs import NpcConfig, RoomInterrupt
@@ -26,6 +27,7 @@ from npc_server.protocol.frames import (
     Interrupt,
     Join,
     Leave,
+    Members,
     Said,
     Say,
     Seen,
@@ -281,6 +283,7 @@ def join(node: Node, session: Session, frame: Join) -> None:
             _ack(node, session, frame)
             for mine in node.hub.sessions_of(player):  # catch up on turns under way
                 node.snapshot(mine, room=frame.room)
+            _send_members(node, session, frame.room)
 
         def failed() -> None:
             # Redis went away before the room's other nodes were heard: not joined.
@@ -291,6 +294,25 @@ def join(node: Node, session: Session, frame: Join) -> None:
         node.broker.when_subscribed(joined, failed)
         return
     _ack(node, session, frame)
+    _send_members(node, session, frame.room)
+
+
+def _send_members(node: Node, session: Session, room: str) -> None:
+    """`members` after a join's ack: who is in the room (in a cluster, once the other
+    nodes answered: `cluster/rosters.py`)."""
+    cluster = node.cluster
+    if cluster is None:
+        node.hub.send_to_session(session, Members(room, list(node.hub.members(room))))
+        return
+
+    async def send() -> None:
+        others, partial = await roster(cluster, room, session.id)
+        if not node.hub.is_member(room, session.player):
+            return  # left meanwhile: its leave's ack came instead
+        members = sorted(others | set(node.hub.members(room)))
+        node.hub.send_to_session(session, Members(room, members, partial or None))
+
+    cluster.spawn(send())
 
 
 def leave(node: Node, session: Session, frame: Leave) -> None:

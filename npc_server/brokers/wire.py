@@ -143,6 +143,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return any(_fits(value, arm) for arm in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if origin is list:  # `members.members`
+        (item_hint,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(item, item_hint) for item in value)
     if origin is not None and issubclass(origin, Mapping):
         key_hint, value_hint = typing.get_args(hint)
         return isinstance(value, dict) and all(

@@ -614,6 +614,10 @@ class Forwarder:
                 "the cut of %s was not remembered: the memory store did not answer", turn.id
             )
 
+    def spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        """Run `coroutine` as one of this node's cluster tasks (awaited on close)."""
+        return self._spawn(coroutine)
+
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)

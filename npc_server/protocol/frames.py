@@ -320,6 +320,17 @@ class Presence(ServerFrame):
 
 
 @dataclass(frozen=True, slots=True)
+class Members(ServerFrame):
+    """Who is in a room, sent to a socket after its `join`'s ack: presence frames after
+    it bring the changes. `partial`: a server of the cluster did not answer in time."""
+
+    T: ClassVar[str] = "members"
+    room: str
+    members: list[str]
+    partial: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RoomGap(ServerFrame):
     """Room talk other nodes published (`said`, `typing`, `presence`) may be missing
     before this frame: this node's link to Redis was down, or a node lost publications."""

@@ -8,10 +8,13 @@ import msgpack
 import pytest
 
 from npc_server.brokers import wire
-from npc_server.protocol.frames import Delta, TurnEnd, TurnStart
+from npc_server.protocol.frames import Delta, Members, TurnEnd, TurnStart
 from tests.support.alloc import length_claims, peak_allocation
 
-SAMPLES: list[Any] = [None, "", "x", 0, 7, -1, True, False, 1.5, {}, {"a": 1}, {"a": "b"}, [], b"x"]
+SAMPLES: list[Any] = [
+    *(None, "", "x", 0, 7, -1, True, False, 1.5, {}, {"a": 1}, {"a": "b"}, [], b"x"),
+    *(["a", "b"], ["a", 1]),
+]
 
 
 def test_each_fields_fast_check_agrees_with_the_full_one() -> None:
@@ -25,7 +28,12 @@ def test_each_fields_fast_check_agrees_with_the_full_one() -> None:
 
 
 @pytest.mark.parametrize(
-    "frame", [Delta("t-a-1", "hello", 3), TurnStart("t-a-1", "guard", "alice", None)]
+    "frame",
+    [
+        Delta("t-a-1", "hello", 3),
+        TurnStart("t-a-1", "guard", "alice", None),
+        Members("inn", ["alice", "bob"], True),  # a list field (a handed-over queue has one)
+    ],
 )
 def test_a_frame_survives_the_trip_between_nodes(frame: Any) -> None:
     """Encoded by one node and decoded by another, a frame is the same frame."""
@@ -48,6 +56,7 @@ def envelope(body: Any, version: int = wire.VERSION) -> bytes:
         ({"t": "delta", "turn": "t1", "text": "x", "at": 0, "evil": 1}, "unknown keys"),
         ({"t": "delta", "turn": "t1", "text": "x"}, "delta"),
         ({"t": "no-such", "turn": "t1"}, "unknown frame type"),
+        ({"t": "members", "room": "inn", "members": ["a", 1]}, "members.members"),
     ],
 )
 def test_a_frame_that_does_not_fit_is_refused_with_the_reason(body: Any, why: str) -> None:

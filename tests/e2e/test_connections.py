@@ -28,6 +28,28 @@ def joined_text(frames: list[Frame], turn: str) -> str:
     return text
 
 
+async def test_a_joiner_gets_the_rooms_members_after_the_ack() -> None:
+    """`members` follows the join's ack, the joiner included; the members already there
+    get `presence{joined}` instead; a repeated join gets it again; a leaver's roster
+    after the leave no longer has them."""
+    async with running_server() as server, connect(server.url) as alice, connect(server.url) as bob:
+        await alice.hello(server.token("alice"))
+        await bob.hello(server.token("bob"))
+        await alice.send({"t": "join", "id": 1, "room": "inn"})
+        frames = await alice.recv_until(lambda f: f["t"] == "members")
+        assert [f["t"] for f in frames] == ["ack", "members"]
+        assert (frames[-1]["room"], frames[-1]["members"]) == ("inn", ["alice"])
+        await bob.send({"t": "join", "id": 2, "room": "inn"})
+        roster = await bob.expect("members")
+        assert roster["members"] == ["alice", "bob"] and "partial" not in roster
+        assert (await alice.expect("presence"))["player"] == "bob"
+        await bob.send({"t": "leave", "id": 3, "room": "inn"})
+        await bob.expect("ack")
+        await alice.expect("presence")
+        await alice.send({"t": "join", "id": 4, "room": "inn"})  # already a member
+        assert (await alice.expect("members"))["members"] == ["alice"]
+
+
 async def test_room_members_see_said_typing_presence_and_the_turn() -> None:
     """Two players in a room see each other's words, typing, presence, and the NPC's turn."""
     async with running_server() as server, connect(server.url) as alice, connect(server.url) as bob:

@@ -26,7 +26,7 @@ ROOM = "hall"
 # Replies long enough to be watched mid-stream, fast enough for a test.
 STREAMING = {"tokens_per_second": 200, "long_reply_chars": 400}
 # Frames only a player's own socket gets, never a room's.
-PRIVATE = {"welcome", "ack", "ping", "pong", "error"}
+PRIVATE = {"welcome", "ack", "members", "ping", "pong", "error"}
 
 
 def watch_token(server: RunningServer, *rooms: str, ttl: float = 600.0) -> str:
