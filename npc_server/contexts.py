@@ -73,8 +73,8 @@ class TrustedContexts:
 
     Kept per player and per room, each scope all-NPC (`*`) or per NPC, within the
     same byte budget per scope as a player's own contexts; at most `max_scopes`
-    players and rooms are held. Past that, the least recently set scope *not in use*
-    is forgotten first (`in_use(scope)`: a player with a session here, a room with
+    players and rooms are held. Past that, the oldest scope *not in use* is forgotten
+    first (set longest ago; one found in use counts as new again) (`in_use(scope)`: a player with a session here, a room with
     members here), so posts for players who never connect, or for a stream of
     rooms, cannot push out the state of a player who is playing (the client's claim
     would win again). Only when every scope is in use does the oldest go; that is
@@ -116,10 +116,16 @@ class TrustedContexts:
         """Forget the oldest scope not in use (never `keep`, the one just set)."""
         in_use = self._in_use
         if in_use is not None:
-            for old in self._data:
+            # Scopes found in use go to the newest end as they are passed, so the next
+            # eviction starts past them: amortised, not a walk over every player
+            # playing (10,000 `in_use` calls a post at the cap).
+            data = self._data
+            for _ in range(len(data)):
+                old = next(iter(data))
                 if old != keep and not in_use(old):
-                    del self._data[old]
+                    del data[old]
                     return
+                data[old] = data.pop(old)
         oldest = next(iter(self._data))
         del self._data[oldest]
         if in_use is not None:

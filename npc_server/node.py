@@ -420,11 +420,12 @@ class Node:
 
     def _scope_in_use(self, scope: str) -> bool:
         """Whether a trusted context's scope is in play here: the player has a session
-        (connected or held for a resume), the room has members."""
+        (connected or held for a resume), the room has members, or a conversation of
+        that audience runs here (in a cluster, one a game say claimed for a node with
+        no member: its turns read this node's copy). A scope is its audience's key."""
         kind, _, name = scope.partition(":")
-        if kind == "room":
-            return self.hub.room_exists(name)
-        return self.hub.is_online(name)
+        present = self.hub.room_exists(name) if kind == "room" else self.hub.is_online(name)
+        return present or any((npc, scope) in self._conversations for npc in self.npcs)
 
     def forget_if_unused(self, conversation: Conversation) -> None:
         """Drop an idle conversation whose audience has no session here (and, in a

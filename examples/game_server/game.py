@@ -120,7 +120,10 @@ def create_game(npc_url: str, api_key: str, webhook_secret: str) -> Quart:
             return "not an action event", 400
         if event["id"] not in applied:  # a retry of an event already applied is a no-op
             applied.add(event["id"])
-            apply(players.setdefault(event["player"], Player()), event)
+            # Who answered an approval gets it (in a room turn the game started
+            # `player` is ""); for the other events, the turn's player.
+            who = event.get("answered_by") or event["player"]
+            apply(players.setdefault(who, Player()), event)
         return jsonify({"ok": True})
 
     @app.post("/steal")

@@ -563,6 +563,12 @@ class Forwarder:
             self.gaps.sweep_nowait()
             await self.check_once()
 
+    @property
+    def leases_trusted(self) -> bool:
+        """Whether a missing lease means a dead node: not within `LEASE_GRACE` of Redis
+        coming back (a restarted Redis lost every lease until each node renews)."""
+        return time.monotonic() >= self._leases_trusted_at
+
     async def check_once(self) -> None:
         """End the turns relayed here whose nodes' leases lapsed."""
         if time.monotonic() < self._leases_trusted_at:

@@ -36,6 +36,8 @@ class CloseCode(IntEnum):
 DEFAULT_REASONS = {
     CloseCode.SLOW_CONSUMER: "too slow: the frames waiting for this socket overflowed its queue",
     CloseCode.REPLACED: "replaced by a newer socket of this session or player",
+    CloseCode.KICKED: "kicked by the game server",
+    CloseCode.GOING_AWAY: "the session ended",
 }
 
 

@@ -133,8 +133,8 @@ async def test_every_action_outcome_is_sent() -> None:
             *("taken", "retracted"),
         ]
         assert game.events[-1].json["action"]["id"] == action["action"]
-        # Who answered: named on accepted and declined (in a room turn the game started,
-        # any member may answer, and `player` is ""), null on the rest.
+        # Who answered: named on accepted and declined, null on the rest (a room turn the
+        # game started, where `player` is "", is tests/e2e/test_game_room_turns.py's).
         assert [e.json["answered_by"] for e in game.events] == [
             *(None, "alice", None, "alice", None, None),
             *(None, None),
