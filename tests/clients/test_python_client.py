@@ -14,6 +14,7 @@ from npc_client import (
     ConnectionClosedError,
     ConnectionState,
     Draining,
+    Members,
     NotInRoom,
     NpcClient,
     Presence,
@@ -406,11 +407,15 @@ async def test_room_turns_and_events_reach_other_members() -> None:
         events = bob.events()
         turns = bob.turns()
         await bob.join("tavern")
+        assert await asyncio.wait_for(anext(events), TIMEOUT) == Members("tavern", ("bob",))
         async with client(server, "alice") as alice:
+            alice_events = alice.events()
             await alice.join("tavern")
             assert await asyncio.wait_for(anext(events), TIMEOUT) == Presence(
                 "tavern", "alice", "joined"
             )
+            roster = await asyncio.wait_for(anext(alice_events), TIMEOUT)
+            assert roster == Members("tavern", ("alice", "bob"))
             mine = await alice.say("merchant", "hello", room="tavern")
             assert await asyncio.wait_for(anext(events), TIMEOUT) == Said(
                 "tavern", "alice", "merchant", "hello"
@@ -430,6 +435,8 @@ async def test_room_turns_and_events_reach_other_members() -> None:
 def test_a_room_gap_frame_is_an_event() -> None:
     """`room.gap` (cluster mode: room talk from other servers may be missing) reaches the
     app as `RoomGap`, as the other room events do."""
-    from npc_client.events import RoomGap, event_from_frame
+    from npc_client.events import Members, RoomGap, event_from_frame
 
     assert event_from_frame({"t": "room.gap", "seq": 9, "room": "inn"}) == RoomGap("inn")
+    frame = {"t": "members", "seq": 3, "room": "inn", "members": ["a", "b"], "partial": True}
+    assert event_from_frame(frame) == Members("inn", ("a", "b"), True)

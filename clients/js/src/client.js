@@ -31,7 +31,7 @@ export const VERSION = "0.1.0";
 export const PROTOCOL_VERSION = 1;
 
 const FENCE_TIMEOUT_MS = 10_000;
-const EVENT_FRAMES = new Set(["said", "typing", "presence", "room.gap", "draining", "notice", "tool.end"]);
+const EVENT_FRAMES = new Set(["said", "typing", "presence", "members", "room.gap", "draining", "notice", "tool.end"]);
 
 /** Open a session: connect, send `hello`, wait for `welcome`. The first connect is not retried. */
 export async function connect(options) {

@@ -315,6 +315,13 @@ export interface Presence {
   player: string;
   state: "joined" | "left";
 }
+/** Who is in the room, after this client joined it ("presence" events are the changes
+ *  after it); `partial`: in a cluster, a server did not answer in time. */
+export interface Members {
+  room: string;
+  members: string[];
+  partial?: boolean;
+}
 /** Cluster mode: room talk other servers published (said, typing, presence) before this
  *  may not all have arrived (their link to Redis was down). */
 export interface RoomGap {
@@ -416,6 +423,7 @@ export declare class NpcClient {
   on(event: "said", listener: (said: Said) => void): Unsubscribe;
   on(event: "typing", listener: (typing: Typing) => void): Unsubscribe;
   on(event: "presence", listener: (presence: Presence) => void): Unsubscribe;
+  on(event: "members", listener: (members: Members) => void): Unsubscribe;
   on(event: "room.gap", listener: (gap: RoomGap) => void): Unsubscribe;
   on(event: "draining", listener: (draining: Draining) => void): Unsubscribe;
   /** An error frame that answers no request (e.g. rate_limited); without listeners it goes to "error". */

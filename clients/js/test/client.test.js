@@ -339,8 +339,10 @@ describe("rooms", () => {
     try {
       await alice.join("tavern");
       const joined = next(alice, "presence", (p) => p.player === "jon");
+      const roster = next(bob, "members");
       await bob.join("tavern");
       assert.deepEqual(await within(joined), { room: "tavern", player: "jon", state: "joined" });
+      assert.deepEqual(await within(roster), { room: "tavern", members: ["ivy", "jon"] });
 
       const typing = next(alice, "typing");
       assert.equal(bob.typing({ room: "tavern", npc: "guard" }), true);

@@ -40,7 +40,16 @@ from npc_client.errors import (
     UnknownTurn,
     UnknownType,
 )
-from npc_client.events import Draining, Event, Presence, RoomGap, Said, ServerNotice, Typing
+from npc_client.events import (
+    Draining,
+    Event,
+    Members,
+    Presence,
+    RoomGap,
+    Said,
+    ServerNotice,
+    Typing,
+)
 from npc_client.turns import Action, Text, ToolCall, Turn
 
 __version__ = VERSION
@@ -60,6 +69,7 @@ __all__ = [
     "ErrorCode",
     "Event",
     "Forbidden",
+    "Members",
     "NotInRoom",
     "NpcClient",
     "NpcClientError",

@@ -43,6 +43,16 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class Members:
+    """Who is in `room`, after this client joined it (`presence` events are the changes
+    after it); `partial`: in a cluster, a server did not answer in time."""
+
+    room: str
+    members: tuple[str, ...]
+    partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Draining:
     """The server is going down; the client resumes elsewhere after `retry_after` s."""
 
@@ -64,12 +74,12 @@ class ServerNotice:
     error: NpcError
 
 
-Event = Said | Typing | Presence | RoomGap | Draining | ServerNotice
+Event = Said | Typing | Presence | Members | RoomGap | Draining | ServerNotice
 
 
 def event_from_frame(frame: Mapping[str, Any]) -> Event | None:
-    """The event for a `said`, `typing`, `presence`, `room.gap` or `draining` frame, else
-    None."""
+    """The event for a `said`, `typing`, `presence`, `members`, `room.gap` or `draining`
+    frame, else None."""
     t = frame.get("t")
     if t == "said":
         return Said(
@@ -84,6 +94,10 @@ def event_from_frame(frame: Mapping[str, Any]) -> Event | None:
         )
     if t == "presence":
         return Presence(str(frame.get("room")), str(frame.get("player")), str(frame.get("state")))
+    if t == "members":
+        members = frame.get("members")
+        names = tuple(str(m) for m in members) if isinstance(members, list) else ()
+        return Members(str(frame.get("room")), names, frame.get("partial") is True)
     if t == "room.gap":
         return RoomGap(str(frame.get("room")))
     if t == "draining":
