@@ -3,8 +3,14 @@ ids and validation of what other nodes send."""
 
 from __future__ import annotations
 
+import types
+from typing import Any
+
+import pytest
 import redis.asyncio as aioredis
 
+from npc_server.api import _check_turn_node_alive
+from npc_server.api_schema import ApiError
 from npc_server.cluster.forward import owner_of
 from npc_server.cluster.leases import Leases, alive_key, owner_key
 from npc_server.cluster.remote_turns import RemoteTurn, RemoteTurns
@@ -165,3 +171,24 @@ def test_a_turn_missed_at_its_start_is_reported_then_caught_up_once() -> None:
     assert turns.observe("a", 10, "room:inn", Delta("t-a-1", " there", 5))
     turn = turns.get("t-a-1")
     assert turn is not None and turn.text == "hello there"
+
+
+async def test_a_game_interrupt_asks_the_node_while_leases_are_not_trusted() -> None:
+    """Within the grace after Redis came back (a restarted Redis lost every lease until
+    the nodes renew), a missing lease is no proof of a dead node: the interrupt is asked
+    of its node (no 404); after it, a node with no lease is a 404 at once."""
+    asked: list[str] = []
+
+    async def alive(node_id: str) -> bool:
+        asked.append(node_id)
+        return False
+
+    leases = types.SimpleNamespace(alive=alive)
+    cluster = types.SimpleNamespace(leases_trusted=False, leases=leases)
+    node: Any = types.SimpleNamespace(cluster=cluster)
+    await _check_turn_node_alive(node, "b", "t-b-1")  # goes on to ask node b
+    assert asked == []
+    cluster.leases_trusted = True
+    with pytest.raises(ApiError) as refused:
+        await _check_turn_node_alive(node, "b", "t-b-1")
+    assert (refused.value.status, refused.value.code, asked) == (404, "unknown_turn", ["b"])
