@@ -158,9 +158,7 @@ async def _tokens() -> Response:
     ttl = body.seconds("ttl", low=1, high=MAX_TTL_S, default=DEFAULT_TTL_S)
     body.done()
     token = issue_token(current_app.extensions["npc_server.secret"], player, ttl)
-    answer = _json({"token": token, "player": player, "expires_in": ttl})
-    answer.headers["Cache-Control"] = "no-store"  # a credential: no cache keeps a copy
-    return answer
+    return _credential({"token": token, "player": player, "expires_in": ttl})
 
 
 async def _watch_tokens() -> Response:
@@ -173,9 +171,14 @@ async def _watch_tokens() -> Response:
     ttl = body.seconds("ttl", low=1, high=MAX_TTL_S, default=default)
     body.done()
     token = issue_watch_token(current_app.extensions["npc_server.secret"], rooms, ttl)
-    answer = _json({"token": token, "rooms": rooms, "expires_in": ttl})
-    answer.headers["Cache-Control"] = "no-store"  # a credential: no cache keeps a copy
-    return answer
+    return _credential({"token": token, "rooms": rooms, "expires_in": ttl})
+
+
+def _credential(answer: dict[str, Any]) -> Response:
+    """An answer that carries a token: no cache keeps a copy."""
+    response = _json(answer)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def _context() -> Response:
