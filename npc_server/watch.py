@@ -24,6 +24,7 @@ turns other nodes run that this node relays, and the members of every node;
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -184,6 +185,9 @@ class WatchService:
             clock=node.clock,
         )
         self._by_address: dict[str, int] = {}
+        # Requests admitted so far but still asking the other nodes (cluster): they
+        # count against the caps, or a burst would pass them all during the ask.
+        self._asking: Counter[str] = Counter()
 
     async def open(self, ask: WatchRequest) -> Response:
         """The stream for a watch request, or the status that refuses it (a refused
@@ -230,10 +234,18 @@ class WatchService:
         not answer in time (as a game say goes ahead then); 503 if Redis cannot say which
         nodes live."""
         assert self.node.cluster is not None
+        refused = self._admit(room, ask.address)
+        if refused is not None:
+            return refused
+        keys = (f"address:{ask.address}", f"room:{room}")
+        self._asking.update(keys)
         try:
             members, unsure = await members_elsewhere(self.node.cluster, room)
         except Exception:
             return _unreachable()
+        finally:
+            self._asking.subtract(keys)
+            self._asking -= Counter()  # drop the zeros
         if not members and not unsure and not self.known(room):
             return self._refused(self._unknown(room), None, ask.address)
         return self._admitted(room, ask)
@@ -267,9 +279,11 @@ class WatchService:
             return refusal(503, "server draining", {"Retry-After": str(DRAIN_RETRY_S)})
         limits = self.node.config.watch
         log = self.logs.get(room)
-        if log is not None and len(log.readers) >= limits.watchers_per_room:
+        readers = (len(log.readers) if log is not None else 0) + self._asking[f"room:{room}"]
+        if readers >= limits.watchers_per_room:
             return self._limited("watchers_room", f"room {room!r} has too many watchers")
-        if self._by_address.get(address, 0) >= limits.watchers_per_address:
+        asking = self._asking[f"address:{address}"]
+        if self._by_address.get(address, 0) + asking >= limits.watchers_per_address:
             return self._limited("watchers_address", "too many watchers from this address")
         return None
 

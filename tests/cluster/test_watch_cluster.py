@@ -4,6 +4,8 @@ SSE and WebSockets on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,14 +28,16 @@ PUBLIC = "lobby"
 
 
 @contextmanager
-def two_nodes(tmp_path: Path) -> Iterator[tuple[RedisServer, ServerProcess, ServerProcess]]:
+def two_nodes(
+    tmp_path: Path, **env: str
+) -> Iterator[tuple[RedisServer, ServerProcess, ServerProcess]]:
     """Redis and nodes A and B; NPCs at 20 tokens a second with long replies (a turn lasts
-    seconds); `lobby` is public."""
+    seconds); `lobby` is public; `env`, more variables for both."""
     with redis_server() as redis:
         config = cluster_config(
             tmp_path, redis, tokens_per_second=20, scripted="long_reply_chars = 400\n"
         )
-        env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_WATCH_PUBLIC_ROOMS": PUBLIC}
+        env = {"NPC_SERVER_CONFIG": str(config), "NPC_SERVER_WATCH_PUBLIC_ROOMS": PUBLIC, **env}
         a = start_server_process(env=env)
         try:
             b = start_server_process(env=env)
@@ -95,6 +99,29 @@ async def test_a_private_room_with_members_only_on_another_node_can_be_watched(
                 assert unsure.status == 200
                 [live] = await unsure.until(is_live)
                 assert data(live)["members"] == []
+
+
+async def test_watchers_still_asking_the_other_nodes_count_against_the_caps(
+    tmp_path: Path,
+) -> None:
+    """A burst of watchers of a room whose only member is on B reaches A while A asks the
+    other nodes (2 s: a ghost node never answers): with 3 watchers per address, 3 open
+    and the rest are 429. (Without the count of those still asking, this passed too:
+    the asks end one by one and each admitted stream starts before the next ends; the
+    count closes that window instead of relying on it.)"""
+    with two_nodes(tmp_path, NPC_SERVER_WATCH_WATCHERS_PER_ADDRESS="3") as (redis, a, b):
+        async with connect(b.url) as fay:
+            await fay.hello(b.token("fay"))
+            await join(fay, "market2")
+            await a_ghost_node(redis)
+            params = {"room": "market2", "token": token_for("market2")}
+            async with contextlib.AsyncExitStack() as streams:
+                opened = [
+                    streams.enter_async_context(watch(a.http_url, params=params)) for _ in range(8)
+                ]
+                watchers = await asyncio.gather(*opened)
+                statuses = sorted(w.status for w in watchers)
+            assert statuses == [200] * 3 + [429] * 5, statuses
 
 
 async def test_a_watcher_on_another_node_gets_the_turn_under_way_and_every_member(
